@@ -1,0 +1,98 @@
+"""The `imagebuilder` command: a thin layer over config -> plan -> render -> build -> publish -> retain."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from imagebuilder import __version__
+from imagebuilder.config import DEFAULT_MATRIX, load_matrix
+from imagebuilder.errors import UserError
+from imagebuilder.planner import Cell, plan
+
+stdout = Console(highlight=False, soft_wrap=True)
+
+matrix_option = click.option(
+    "-m", "--matrix", "matrix_path", type=click.Path(path_type=Path), default=DEFAULT_MATRIX,
+    show_default=True, help="The build matrix.",
+)
+only_option = click.option(
+    "--only", "only", multiple=True, metavar="GLOB",
+    help="Only cells whose id matches this glob (repeatable), e.g. 'qemu-debian-12-*'.",
+)
+
+
+def planned_cells(matrix_path: Path, only: tuple[str, ...]) -> list[Cell]:
+    return plan(load_matrix(matrix_path), list(only) or None)
+
+
+def print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=False))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="imagebuilder")
+def cli() -> None:
+    """Build, publish and retire Kubernetes node images from one matrix."""
+
+
+@cli.command("plan")
+@matrix_option
+@only_option
+@click.option("--format", "output_format", type=click.Choice(["table", "json", "github-matrix", "make"]),
+              default=None, help="Output format; a table in a terminal, JSON otherwise.")
+def plan_command(matrix_path: Path, only: tuple[str, ...], output_format: str | None) -> None:
+    """Expand the matrix into build cells with their ids and build keys."""
+    cells = planned_cells(matrix_path, only)
+    output_format = output_format or ("table" if sys.stdout.isatty() else "json")
+    if output_format == "json":
+        print_json([cell.summary() for cell in cells])
+    elif output_format == "github-matrix":
+        click.echo(json.dumps({"include": [_github_entry(cell) for cell in cells]}, separators=(",", ":")))
+    elif output_format == "make":
+        for target in dict.fromkeys(f"build-{cell.cloud}-{cell.os}" for cell in cells):
+            click.echo(target)
+    else:
+        stdout.print(_plan_table(cells))
+
+
+def _github_entry(cell: Cell) -> dict[str, str]:
+    return {"id": cell.id, "cloud": cell.cloud, "os": cell.os, "kubernetes": cell.kubernetes,
+            "build_key": cell.build_key}
+
+
+def _plan_table(cells: list[Cell]) -> Table:
+    table = Table(title=f"{len(cells)} cells")
+    for column in ("id", "kubernetes", "arch", "strategy", "image name", "build key"):
+        table.add_column(column)
+    for cell in cells:
+        table.add_row(cell.id, cell.kubernetes_version, cell.arch, cell.strategy, cell.image_name,
+                      cell.build_key[:12])
+    return table
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except UserError as error:
+        click.echo(f"imagebuilder: {error}", err=True)
+        sys.exit(error.exit_code)
+    except click.exceptions.Abort:
+        click.echo("imagebuilder: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as error:
+        error.show()
+        sys.exit(error.exit_code)
+    except KeyboardInterrupt:
+        click.echo("imagebuilder: interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,227 @@
+"""matrix.yaml: the user's declaration of OS x Kubernetes minor x cloud, validated."""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+from imagebuilder.osinfo import OPERATING_SYSTEMS, Strategy
+from imagebuilder.versions import COMPONENTS, VersionsLock
+from imagebuilder.yamlsource import InputError, SourceMap, did_you_mean, load_model, read_yaml, validate
+
+# Where templates and roles live: the checkout the package was installed from,
+# unless IMAGEBUILDER_HOME points elsewhere.
+PROJECT_ROOT = Path(os.environ.get("IMAGEBUILDER_HOME") or Path(__file__).resolve().parent.parent)
+PACKER_DIR = PROJECT_ROOT / "packer"
+ANSIBLE_DIR = PROJECT_ROOT / "ansible"
+DEFAULT_MATRIX = "matrix.yaml"
+
+CLOUDS: tuple[str, ...] = ("qemu", "aws", "gcp", "openstack", "azure")
+MINOR_PATTERN = re.compile(r"^1\.\d{1,3}$")
+Arch = Literal["amd64", "arm64"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Settings that only say where an image is copied or shared; they stay out of the build key.
+    PUBLISH_ONLY: ClassVar[frozenset[str]] = frozenset()
+
+
+def _check_minor(value: Any) -> Any:
+    if isinstance(value, float):
+        raise ValueError("YAML read this minor as the number {raw} | fix: write it in quotes, e.g. \"1.30\"")
+    if isinstance(value, str) and not MINOR_PATTERN.match(value):
+        raise ValueError(f"'{value}' is not a Kubernetes minor | fix: write it as \"1.31\"")
+    return value
+
+
+Minor = Annotated[str, BeforeValidator(_check_minor)]
+
+
+class QemuSettings(_Strict):
+    accelerator: Literal["auto", "kvm", "tcg"] = "auto"
+    disk_size_mb: int = Field(8192, ge=2048)
+    memory_mb: int = Field(2048, ge=512)
+    cpus: int = Field(2, ge=1)
+    boot_test: bool = True
+
+
+class AwsSettings(_Strict):
+    regions: list[str] = Field(default_factory=lambda: ["us-east-1"], min_length=1)
+    instance_type: str = "t3.large"
+    volume_size_gb: int = Field(20, ge=8)
+    subnet_id: str | None = None
+    ami_users: list[str] = Field(default_factory=list)  # accounts to share with
+    ami_groups: list[str] = Field(default_factory=list)  # ["all"] makes it public
+    ssm_parameter_prefix: str | None = None
+
+    PUBLISH_ONLY = frozenset({"regions", "ami_users", "ami_groups", "ssm_parameter_prefix"})
+
+
+class GcpSettings(_Strict):
+    project_id: str
+    zone: str = "us-central1-a"
+    machine_type: str = "n2-standard-2"
+    network: str | None = None
+    subnetwork: str | None = None
+    storage_locations: list[str] = Field(default_factory=lambda: ["us"])
+
+    PUBLISH_ONLY = frozenset({"storage_locations"})
+
+
+class OpenstackSettings(_Strict):
+    cloud: str | None = None  # entry in clouds.yaml; credentials stay there or in OS_* variables
+    flavor: str = "m1.medium"
+    networks: list[str] = Field(default_factory=list)
+    floating_ip_network: str | None = None
+    visibility: Literal["private", "shared", "community", "public"] = "private"
+    volume_size_gb: int | None = None
+
+    PUBLISH_ONLY = frozenset({"visibility"})
+
+
+class AzureSettings(_Strict):
+    resource_group: str
+    gallery: str = "capi_images"
+    location: str = "westeurope"
+    vm_size: str = "Standard_D2s_v3"
+    target_regions: list[str] = Field(default_factory=list)
+    replica_count: int = Field(1, ge=1)
+
+    PUBLISH_ONLY = frozenset({"target_regions", "replica_count"})
+
+
+CLOUD_SETTINGS: dict[str, type[_Strict]] = {
+    "qemu": QemuSettings,
+    "aws": AwsSettings,
+    "gcp": GcpSettings,
+    "openstack": OpenstackSettings,
+    "azure": AzureSettings,
+}
+
+
+class Clouds(_Strict):
+    qemu: QemuSettings | None = None
+    aws: AwsSettings | None = None
+    gcp: GcpSettings | None = None
+    openstack: OpenstackSettings | None = None
+    azure: AzureSettings | None = None
+
+    def declared(self) -> list[str]:
+        return [name for name in CLOUDS if getattr(self, name) is not None]
+
+
+class CellSelector(_Strict):
+    """A partial cell: any dimension left out matches everything. Globs are allowed."""
+
+    os: str | None = None
+    kubernetes: Minor | None = None
+    cloud: str | None = None
+
+    def matches(self, os_id: str, minor: str, cloud: str) -> bool:
+        return all(
+            want is None or fnmatch.fnmatchcase(have, want)
+            for want, have in ((self.os, os_id), (self.kubernetes, minor), (self.cloud, cloud))
+        )
+
+
+class Override(_Strict):
+    match: CellSelector
+    settings: dict[str, Any] = Field(default_factory=dict)  # merged into the cloud's settings
+    ansible_vars: dict[str, Any] = Field(default_factory=dict)
+    arch: Arch | None = None
+    strategy: Strategy | None = None
+
+
+class RetentionPolicy(_Strict):
+    keep_newest: int = Field(3, ge=1)
+    min_age_days: int = Field(7, ge=0)
+    deprecate_grace_days: int = Field(14, ge=0)
+    protect_tag: str = "imagebuilder-protect"
+
+
+class Matrix(_Strict):
+    versions_file: str = "versions.lock.yaml"
+    os: list[str] = Field(min_length=1)
+    kubernetes: list[Minor] = Field(min_length=1)
+    clouds: Clouds
+    arch: Arch = "amd64"
+    include: list[CellSelector] = Field(default_factory=list)
+    exclude: list[CellSelector] = Field(default_factory=list)
+    overrides: list[Override] = Field(default_factory=list)
+    mirrors: dict[str, str] = Field(default_factory=dict)
+    retention: RetentionPolicy = Field(default_factory=RetentionPolicy)
+
+
+class LoadedMatrix(BaseModel):
+    """A validated matrix with its versions file and the source map for later errors."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, frozen=True)
+
+    path: Path
+    matrix: Matrix
+    versions: VersionsLock
+    versions_path: Path
+    source: SourceMap
+
+
+def load_matrix(path: Path) -> LoadedMatrix:
+    data, source = read_yaml(path)
+    if not isinstance(data, dict):
+        raise InputError(source.file, 1, "", f"expected a mapping at the top, got {type(data).__name__}",
+                         "see README.md for the matrix format")
+    matrix = validate(data, source, Matrix)
+    versions_path = (path.parent / matrix.versions_file).resolve()
+    if not versions_path.exists():
+        raise source.error(("versions_file",), f"versions file {matrix.versions_file} not found",
+                           "create it with 'imagebuilder versions update' or fix the path")
+    versions = load_model(versions_path, VersionsLock)
+    _check_names(matrix, source, versions)
+    return LoadedMatrix(path=path, matrix=matrix, versions=versions, versions_path=versions_path, source=source)
+
+
+def _check_names(matrix: Matrix, source: SourceMap, versions: VersionsLock) -> None:
+    known_os = tuple(OPERATING_SYSTEMS)
+    known_minors = tuple(versions.minors)
+    for index, os_id in enumerate(matrix.os):
+        if os_id not in OPERATING_SYSTEMS:
+            raise source.error(("os", index), f"unknown OS '{os_id}'", did_you_mean(os_id, known_os))
+    for index, minor in enumerate(matrix.kubernetes):
+        _check_pinned(minor, ("kubernetes", index), source, known_minors)
+    for rule_kind in ("include", "exclude"):
+        for index, rule in enumerate(getattr(matrix, rule_kind)):
+            _check_selector(rule, (rule_kind, index), source, known_os, known_minors, matrix.clouds.declared())
+    for index, override in enumerate(matrix.overrides):
+        _check_selector(override.match, ("overrides", index, "match"), source, known_os, known_minors,
+                        matrix.clouds.declared())
+    for component in matrix.mirrors:
+        if component not in COMPONENTS:
+            raise source.error(("mirrors", component), f"unknown component '{component}'",
+                               did_you_mean(component, COMPONENTS))
+    if not matrix.clouds.declared():
+        raise source.error(("clouds",), "no cloud declared", "add at least one of: " + ", ".join(CLOUDS))
+
+
+def _check_pinned(minor: str, loc: tuple[Any, ...], source: SourceMap, known_minors: tuple[str, ...]) -> None:
+    if minor not in known_minors:
+        raise source.error(loc, f"Kubernetes {minor} is not in the versions file",
+                           f"{did_you_mean(minor, known_minors)} or add it with 'imagebuilder versions update --minor {minor}'")
+
+
+def _check_selector(rule: CellSelector, loc: tuple[Any, ...], source: SourceMap, known_os: tuple[str, ...],
+                    known_minors: tuple[str, ...], clouds: list[str]) -> None:
+    for dimension, known in (("os", known_os), ("kubernetes", known_minors), ("cloud", tuple(clouds))):
+        value = getattr(rule, dimension)
+        if value is None or any(ch in value for ch in "*?["):
+            continue
+        if value not in known:
+            if dimension == "kubernetes":
+                _check_pinned(value, loc + (dimension,), source, known_minors)
+            what = "cloud not declared under clouds:" if dimension == "cloud" else f"unknown {dimension}"
+            raise source.error(loc + (dimension,), f"{what} '{value}'", did_you_mean(value, known))

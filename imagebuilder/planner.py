@@ -1,0 +1,214 @@
+"""Expand a validated matrix into build cells with stable ids and content-derived build keys."""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from imagebuilder.config import ANSIBLE_DIR, CLOUD_SETTINGS, CLOUDS, PACKER_DIR, LoadedMatrix, Matrix
+from imagebuilder.osinfo import OPERATING_SYSTEMS, OsInfo
+from imagebuilder.versions import UPSTREAM_MIRRORS, Download, downloads_for
+from imagebuilder.yamlsource import did_you_mean, validate
+
+BUILD_KEY_SCHEMA = 1
+
+
+@dataclass(frozen=True)
+class Cell:
+    id: str
+    os: str
+    kubernetes: str  # the minor, "1.31"
+    kubernetes_version: str  # the pinned patch, "1.31.4"
+    cloud: str
+    arch: str
+    strategy: str
+    versions: dict[str, str]
+    pause_image: str
+    downloads: dict[str, Download]
+    settings: dict[str, Any]
+    ansible_vars: dict[str, Any]
+    base_image: dict[str, Any]
+    image_name: str
+    build_key: str = field(default="")
+
+    @property
+    def os_info(self) -> OsInfo:
+        return OPERATING_SYSTEMS[self.os]
+
+    def summary(self) -> dict[str, Any]:
+        """The fields `plan --format json` prints."""
+        return {
+            "id": self.id,
+            "os": self.os,
+            "kubernetes": self.kubernetes,
+            "kubernetes_version": self.kubernetes_version,
+            "cloud": self.cloud,
+            "arch": self.arch,
+            "strategy": self.strategy,
+            "build_key": self.build_key,
+            "image_name": self.image_name,
+            "versions": self.versions,
+        }
+
+
+def cell_id(cloud: str, os_id: str, minor: str) -> str:
+    return f"{cloud}-{os_id}-k8s-{minor}"
+
+
+def image_name(cloud: str, os_id: str, kubernetes_version: str) -> str:
+    """Cluster API provider naming; `{timestamp}` is filled by Packer at build time."""
+    if cloud == "aws":
+        return f"capa-ami-{os_id}-v{kubernetes_version}-{{timestamp}}"
+    if cloud == "gcp":  # GCE names allow no dots
+        return f"cluster-api-{os_id}-v{kubernetes_version.replace('.', '-')}-{{timestamp}}"
+    if cloud == "azure":  # a gallery image version under the definition capi-<os>-k8s-<minor>
+        major, minor, _patch = kubernetes_version.split(".")
+        return f"capi-{os_id}-k8s-{major}.{minor}/{major}.{minor}.{{timestamp}}"
+    return f"{os_id}-kube-v{kubernetes_version}-{{timestamp}}"
+
+
+def base_image_for(info: OsInfo, cloud: str, arch: str) -> dict[str, Any]:
+    aws_arch = {"amd64": "amd64", "arm64": "arm64"}[arch]
+    if cloud == "aws":
+        return {"name_filter": info.aws.name_filter.replace("{arch}", aws_arch), "owner": info.aws.owner}
+    if cloud == "gcp":
+        return {"family": info.gcp.family, "project": info.gcp.project}
+    if cloud == "azure":
+        return asdict(info.azure)
+    if cloud == "openstack":
+        return {"image_name": info.openstack_image}
+    return {"source": info.qemu_base.replace("{arch}", arch)}
+
+
+def _selected_combinations(matrix: Matrix) -> list[tuple[str, str, str]]:
+    clouds = matrix.clouds.declared()
+    combos = [
+        (cloud, os_id, minor)
+        for cloud in clouds
+        for os_id in matrix.os
+        for minor in matrix.kubernetes
+        if not any(rule.matches(os_id, minor, cloud) for rule in matrix.exclude)
+    ]
+    seen = set(combos)
+    # As in a GitHub Actions matrix: include adds after exclude, expanding missing dimensions.
+    for rule in matrix.include:
+        for cloud in [rule.cloud] if rule.cloud and rule.cloud in clouds else clouds:
+            for os_id in [rule.os] if rule.os and rule.os in OPERATING_SYSTEMS else matrix.os:
+                for minor in [rule.kubernetes] if rule.kubernetes and "*" not in rule.kubernetes else matrix.kubernetes:
+                    combo = (cloud, os_id, minor)
+                    if rule.matches(os_id, minor, cloud) and combo not in seen:
+                        seen.add(combo)
+                        combos.append(combo)
+    return combos
+
+
+def plan(loaded: LoadedMatrix, only: list[str] | None = None) -> list[Cell]:
+    """Every cell of the matrix (optionally only ids matching a glob), in a stable order."""
+    matrix = loaded.matrix
+    combos = _selected_combinations(matrix)
+    if not combos:
+        loc = ("exclude",) if matrix.exclude else ("os",)
+        raise loaded.source.error(loc, "the matrix selects no cell: the excludes remove every combination",
+                                  "narrow the exclude rules")
+    mirrors = {**UPSTREAM_MIRRORS, **matrix.mirrors}
+    cells = [_make_cell(loaded, cloud, os_id, minor, mirrors) for cloud, os_id, minor in combos]
+    if only:
+        cells = [cell for cell in cells if any(fnmatch.fnmatchcase(cell.id, pattern) for pattern in only)]
+    return sorted(cells, key=lambda cell: (CLOUDS.index(cell.cloud), cell.os, _minor_key(cell.kubernetes)))
+
+
+def _minor_key(minor: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in minor.split("."))
+
+
+def _make_cell(loaded: LoadedMatrix, cloud: str, os_id: str, minor: str, mirrors: dict[str, str]) -> Cell:
+    matrix = loaded.matrix
+    info = OPERATING_SYSTEMS[os_id]
+    pins = loaded.versions.minors[minor]
+    settings: dict[str, Any] = getattr(matrix.clouds, cloud).model_dump()
+    ansible_vars: dict[str, Any] = {}
+    arch = matrix.arch
+    strategy = info.default_strategy
+    for index, override in enumerate(matrix.overrides):
+        if not override.match.matches(os_id, minor, cloud):
+            continue
+        settings = _merged_settings(loaded, cloud, settings, override.settings, index)
+        ansible_vars.update(override.ansible_vars)
+        arch = override.arch or arch
+        strategy = override.strategy or strategy
+    cell = Cell(
+        id=cell_id(cloud, os_id, minor),
+        os=os_id,
+        kubernetes=minor,
+        kubernetes_version=pins.kubernetes_version,
+        cloud=cloud,
+        arch=arch,
+        strategy=strategy,
+        versions=pins.component_versions(),
+        pause_image=f"registry.k8s.io/pause:{pins.pause}",
+        downloads=downloads_for(pins, arch, mirrors),
+        settings=settings,
+        ansible_vars=ansible_vars,
+        base_image=base_image_for(info, cloud, arch),
+        image_name=image_name(cloud, os_id, pins.kubernetes_version),
+    )
+    key = build_key(cell, pins.model_dump(mode="json"))
+    return Cell(**{**cell.__dict__, "build_key": key})
+
+
+def _merged_settings(loaded: LoadedMatrix, cloud: str, settings: dict[str, Any], changes: dict[str, Any],
+                     index: int) -> dict[str, Any]:
+    model = CLOUD_SETTINGS[cloud]
+    for name in changes:
+        if name not in model.model_fields:
+            raise loaded.source.error(("overrides", index, "settings", name), f"unknown {cloud} setting '{name}'",
+                                      did_you_mean(name, tuple(model.model_fields)))
+    merged = validate({**settings, **changes}, loaded.source, model)
+    return merged.model_dump()
+
+
+@lru_cache(maxsize=None)
+def tree_digest(root: Path, prefixes: tuple[str, ...] = ("",)) -> str:
+    """sha256 over the relative paths and bytes of every file under root (matching a prefix)."""
+    digest = hashlib.sha256()
+    if root.is_dir():
+        for path in sorted(p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+            relative = path.relative_to(root).as_posix()
+            if not relative.startswith(prefixes):
+                continue
+            digest.update(relative.encode() + b"\0")
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def build_settings(cloud: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """The settings that shape the image; where it is copied or shared to does not."""
+    publish_only = CLOUD_SETTINGS[cloud].PUBLISH_ONLY
+    kept = {name: value for name, value in settings.items() if name not in publish_only}
+    if cloud == "aws":
+        kept["build_region"] = settings["regions"][0]
+    return kept
+
+
+def build_key(cell: Cell, pins: dict[str, Any]) -> str:
+    """Everything that determines the image, and nothing that does not (mirrors, names, time)."""
+    material = {
+        "schema": BUILD_KEY_SCHEMA,
+        "templates": tree_digest(PACKER_DIR, ("_", f"{cell.cloud}")),
+        "roles": tree_digest(ANSIBLE_DIR),
+        "pins": pins,
+        "os": cell.os,
+        "arch": cell.arch,
+        "cloud": cell.cloud,
+        "strategy": cell.strategy,
+        "base_image": cell.base_image,
+        "settings": build_settings(cell.cloud, cell.settings),
+        "ansible_vars": cell.ansible_vars,
+    }
+    canonical = json.dumps(material, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()

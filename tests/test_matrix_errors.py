@@ -1,0 +1,140 @@
+"""Bad matrix input: one line `FILE:LINE: field: problem (fix)`, exit 2, no traceback, nothing written."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from imagebuilder.config import load_matrix
+from imagebuilder.errors import UserError
+from imagebuilder.planner import plan
+
+DATA = Path(__file__).parent / "data"
+ONE_LINE = re.compile(r"^imagebuilder: m\.yaml:\d+: .+ \(.+\)$")
+
+
+@pytest.fixture()
+def workdir(tmp_path: Path) -> Path:
+    shutil.copy(DATA / "versions.lock.yaml", tmp_path / "versions.lock.yaml")
+    return tmp_path
+
+
+def run_plan(workdir: Path, text: str) -> subprocess.CompletedProcess[str]:
+    (workdir / "m.yaml").write_text(text)
+    return subprocess.run(
+        [sys.executable, "-m", "imagebuilder.cli", "plan", "-m", "m.yaml", "--format", "json"],
+        cwd=workdir, capture_output=True, text=True, timeout=60,
+    )
+
+
+GOOD = 'os: [debian-12]\nkubernetes: ["1.31"]\nclouds: {qemu: {}}\n'
+
+CASES = {
+    "float minor": ('os: [debian-12]\nkubernetes: [1.30]\nclouds: {qemu: {}}\n', 2, "kubernetes[0]", 'quotes'),
+    "unknown os": ('os: [debain-12]\nkubernetes: ["1.31"]\nclouds: {qemu: {}}\n', 1, "os[0]", "did you mean 'debian-12'"),
+    "unknown cloud": ('os: [debian-12]\nkubernetes: ["1.31"]\nclouds:\n  qemu: {}\n  awz: {}\n', 5, "clouds.awz",
+                      "did you mean 'aws'"),
+    "unknown minor": ('os: [debian-12]\nkubernetes: ["1.39"]\nclouds: {qemu: {}}\n', 2, "kubernetes[0]", "versions update"),
+    "unknown key": ('os: [debian-12]\nkubernetes: ["1.31"]\nclouds: {qemu: {}}\nexcludes: []\n', 4, "excludes",
+                    "did you mean 'exclude'"),
+    "wrong type": ('os: [debian-12]\nkubernetes: ["1.31"]\nclouds:\n  aws:\n    regions: us-east-1\n', 5,
+                   "clouds.aws.regions", "YAML list"),
+    "wrong int": ('os: [debian-12]\nkubernetes: ["1.31"]\nclouds:\n  qemu:\n    cpus: many\n', 5, "clouds.qemu.cpus",
+                  "whole number"),
+    "exclude everything": ('os: [debian-12]\nkubernetes: ["1.31"]\nclouds: {qemu: {}}\nexclude:\n  - {cloud: qemu}\n', 4,
+                           "exclude", "narrow"),
+    "selector unknown cloud": ('os: [debian-12]\nkubernetes: ["1.31"]\nclouds: {qemu: {}}\nexclude:\n  - {cloud: aws}\n',
+                               5, "exclude[0].cloud", "qemu"),
+    "override unknown setting": ('os: [debian-12]\nkubernetes: ["1.31"]\nclouds: {qemu: {}}\noverrides:\n'
+                                 '  - match: {cloud: qemu}\n    settings: {cpu: 4}\n', 6, "overrides[0].settings.cpu",
+                                 "did you mean 'cpus'"),
+    "missing versions file": ('versions_file: nope.yaml\nos: [debian-12]\nkubernetes: ["1.31"]\nclouds: {qemu: {}}\n', 1,
+                              "versions_file", "versions update"),
+    "yaml syntax": ('os: [debian-12\nkubernetes: ["1.31"]\n', 2, "", "YAML syntax"),
+    "empty": ("", 1, "", "empty"),
+    "comment only": ("# nothing\n", 1, "", ""),
+    "not a mapping": ("- a\n- b\n", 1, "", "mapping"),
+    "duplicate key": ('os: [debian-12]\nos: [ubuntu-2204]\nkubernetes: ["1.31"]\nclouds: {qemu: {}}\n', 2, "os", "twice"),
+    "missing field": ('os: [debian-12]\nclouds: {qemu: {}}\n', 1, "kubernetes", "add 'kubernetes'"),
+    "alias bomb": ("".join(f"l{i}: &l{i} [" + ",".join([f"*l{i-1}"] * 10 if i else ["1"] * 10) + "]\n"
+                           for i in range(7)), 1, "", "aliases"),
+    "minor not a minor": ('os: [debian-12]\nkubernetes: ["latest"]\nclouds: {qemu: {}}\n', 2, "kubernetes[0]", "1.31"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_bad_input_gives_one_line(workdir: Path, name: str) -> None:
+    text, line, field, hint = CASES[name]
+    result = run_plan(workdir, text)
+    assert result.returncode == 2, result
+    assert result.stdout == ""
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert ONE_LINE.match(lines[0]), lines[0]
+    assert lines[0].startswith(f"imagebuilder: m.yaml:{line}:"), lines[0]
+    if field:
+        assert f": {field}:" in lines[0]
+    assert hint in lines[0]
+
+
+def test_missing_file(workdir: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "imagebuilder.cli", "plan", "-m", "absent.yaml"],
+                            cwd=workdir, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "imagebuilder: absent.yaml:1: file not found (create it or pass the right path)"
+
+
+def test_good_matrix_passes(workdir: Path) -> None:
+    result = run_plan(workdir, GOOD)
+    assert result.returncode == 0, result.stderr
+    assert '"qemu-debian-12-k8s-1.31"' in result.stdout
+
+
+# --- fuzz: malformed matrices never crash and never print more than one line -------------------
+
+scalars = st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.floats(allow_nan=False, width=16),
+                    st.sampled_from(["1.31", "debian-12", "qemu", "", "*", "1.3", "x" * 3]))
+keys = st.sampled_from(["os", "kubernetes", "clouds", "exclude", "include", "overrides", "mirrors", "arch",
+                        "qemu", "aws", "regions", "match", "settings", "cloud", "bogus", "versions_file"])
+values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(keys, inner, max_size=3),
+                      max_leaves=12)
+
+
+def mutated_matrices() -> st.SearchStrategy[str]:
+    base = yaml.safe_load(GOOD)
+
+    def mutate(pair: tuple[str, object]) -> str:
+        key, value = pair
+        doc = dict(base)
+        doc[key] = value
+        return yaml.safe_dump(doc)
+
+    raw_text = st.text(alphabet=st.sampled_from(list("abc:[]{}-&*!|>'\"\n #1.,")), max_size=60)
+    return st.one_of(st.tuples(keys, values).map(mutate), raw_text)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=mutated_matrices())
+def test_fuzz_malformed_matrices(workdir: Path, text: str) -> None:
+    path = workdir / "m.yaml"
+    path.write_text(text)
+    before = sorted(p.name for p in workdir.iterdir())
+    try:
+        cells = plan(load_matrix(path))
+    except UserError as error:
+        message = str(error)
+        assert "\n" not in message
+        assert re.match(rf"^{re.escape(str(path))}:\d+: ", message), message
+        assert message.endswith(")"), message
+    else:
+        assert cells, "a matrix that loads must select at least one cell"
+    assert sorted(p.name for p in workdir.iterdir()) == before

@@ -1,0 +1,138 @@
+"""The planner: cells, ids, include/exclude/overrides, build keys and the plan output formats."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from imagebuilder.config import PROJECT_ROOT, load_matrix
+from imagebuilder.planner import plan
+
+DATA = Path(__file__).parent / "data"
+
+
+def plan_json(root: Path, matrix: Path, *args: str, home: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    if home is not None:
+        env["IMAGEBUILDER_HOME"] = str(home)
+        env["PYTHONPATH"] = str(home)
+    return subprocess.run([sys.executable, "-m", "imagebuilder.cli", "plan", "-m", str(matrix), *args],
+                          cwd=root, capture_output=True, text=True, env=env, timeout=60, check=True)
+
+
+@pytest.fixture()
+def cells():
+    return {cell.id: cell for cell in plan(load_matrix(DATA / "matrix.yaml"))}
+
+
+def test_expansion_exclude_include(cells) -> None:
+    # 3 clouds x 4 os x 3 minors, less flatcar on qemu (3) and rocky 1.30 (3), plus one include.
+    assert len(cells) == 36 - 3 - 3 + 1
+    assert "qemu-flatcar-k8s-1.31" not in cells
+    assert "qemu-rockylinux-9-k8s-1.30" not in cells
+    assert "aws-rockylinux-9-k8s-1.30" in cells
+    assert "openstack-ubuntu-2204-k8s-1.31" in cells
+
+
+def test_cell_fields(cells) -> None:
+    cell = cells["aws-ubuntu-2204-k8s-1.31"]
+    assert cell.kubernetes_version == "1.31.5"
+    assert cell.settings["instance_type"] == "m6i.large"  # the override
+    assert cells["aws-debian-12-k8s-1.31"].settings["instance_type"] == "t3.large"  # the default
+    assert cell.image_name == "capa-ami-ubuntu-2204-v1.31.5-{timestamp}"
+    assert cell.downloads["kubeadm"].url == "https://dl.k8s.io/release/v1.31.5/bin/linux/amd64/kubeadm"
+    assert cells["qemu-debian-12-k8s-1.32"].arch == "arm64"
+    assert cells["qemu-debian-12-k8s-1.32"].downloads["runc"].url.endswith("/v1.2.4/runc.arm64")
+    assert cells["aws-flatcar-k8s-1.31"].strategy == "sysext"
+    assert len({c.build_key for c in cells.values()}) == len(cells)
+
+
+def test_only_glob() -> None:
+    selected = plan(load_matrix(DATA / "matrix.yaml"), ["qemu-debian-12-*"])
+    assert [c.id for c in selected] == [f"qemu-debian-12-k8s-{m}" for m in ("1.30", "1.31", "1.32")]
+
+
+def _copy_project(dest: Path) -> Path:
+    shutil.copytree(PROJECT_ROOT, dest, ignore=shutil.ignore_patterns(".git", ".cache", "__pycache__", "*.egg-info",
+                                                                        "output", ".pytest_cache", ".hypothesis"))
+    return dest
+
+
+def test_build_keys_identical_across_clones_and_change_with_one_sum(tmp_path: Path) -> None:
+    first = _copy_project(tmp_path / "one")
+    second = _copy_project(tmp_path / "two")
+    matrix = Path("tests/data/matrix.yaml")
+    keys_one = {c["id"]: c["build_key"] for c in json.loads(plan_json(first, matrix, home=first).stdout)}
+    keys_two = {c["id"]: c["build_key"] for c in json.loads(plan_json(second, matrix, home=second).stdout)}
+    assert keys_one == keys_two
+
+    lock_path = second / "tests/data/versions.lock.yaml"
+    lock = yaml.safe_load(lock_path.read_text())
+    lock["minors"]["1.31"]["components"]["runc"]["files"]["runc"]["sha256"]["amd64"] = "0" * 64
+    lock_path.write_text(yaml.safe_dump(lock))
+    changed = {c["id"]: c["build_key"] for c in json.loads(plan_json(second, matrix, home=second).stdout)}
+    differing = {cell_id for cell_id in keys_one if keys_one[cell_id] != changed[cell_id]}
+    # Every 1.31 cell changes (all amd64), and nothing else does.
+    assert differing == {cell_id for cell_id in keys_one if cell_id.endswith("-k8s-1.31")}
+
+
+def test_role_change_changes_every_key(tmp_path: Path) -> None:
+    clone = _copy_project(tmp_path / "clone")
+    matrix = Path("tests/data/matrix.yaml")
+    before = {c["id"]: c["build_key"] for c in json.loads(plan_json(clone, matrix, home=clone).stdout)}
+    (clone / "ansible").mkdir(exist_ok=True)
+    (clone / "ansible" / "extra.txt").write_text("a change to the roles\n")
+    after = {c["id"]: c["build_key"] for c in json.loads(plan_json(clone, matrix, home=clone).stdout)}
+    assert all(before[cell_id] != after[cell_id] for cell_id in before)
+
+
+def test_mirrors_do_not_change_keys_but_change_urls(tmp_path: Path) -> None:
+    shutil.copy(DATA / "versions.lock.yaml", tmp_path / "versions.lock.yaml")
+    text = (DATA / "matrix.yaml").read_text()
+    (tmp_path / "plain.yaml").write_text(text)
+    (tmp_path / "mirrored.yaml").write_text(text + "mirrors:\n  kubernetes: http://mirror.internal/k8s\n")
+    plain = {c.id: c for c in plan(load_matrix(tmp_path / "plain.yaml"))}
+    mirrored = {c.id: c for c in plan(load_matrix(tmp_path / "mirrored.yaml"))}
+    cell_id = "qemu-debian-12-k8s-1.31"
+    assert plain[cell_id].build_key == mirrored[cell_id].build_key
+    assert mirrored[cell_id].downloads["kubelet"].url == "http://mirror.internal/k8s/v1.31.5/bin/linux/amd64/kubelet"
+
+
+def test_publish_only_settings_stay_out_of_the_key(tmp_path: Path) -> None:
+    shutil.copy(DATA / "versions.lock.yaml", tmp_path / "versions.lock.yaml")
+    text = (DATA / "matrix.yaml").read_text()
+    (tmp_path / "a.yaml").write_text(text)
+    (tmp_path / "b.yaml").write_text(text.replace("[us-east-1, eu-west-1]", "[us-east-1, eu-west-1, ap-south-1]"))
+    (tmp_path / "c.yaml").write_text(text.replace("[us-east-1, eu-west-1]", "[eu-west-1]"))
+    keys = [{c.id: c.build_key for c in plan(load_matrix(tmp_path / f"{n}.yaml"))} for n in "abc"]
+    assert keys[0] == keys[1]  # one more copy region: same image
+    assert keys[0]["aws-debian-12-k8s-1.31"] != keys[2]["aws-debian-12-k8s-1.31"]  # another build region
+
+
+def test_plan_formats() -> None:
+    root = PROJECT_ROOT
+    matrix = DATA / "matrix.yaml"
+    as_json = json.loads(plan_json(root, matrix, "--format", "json").stdout)
+    assert {"id", "os", "kubernetes", "kubernetes_version", "cloud", "build_key", "image_name"} <= set(as_json[0])
+    github = json.loads(plan_json(root, matrix, "--format", "github-matrix").stdout)
+    assert [entry["id"] for entry in github["include"]] == [c["id"] for c in as_json]
+    make_targets = plan_json(root, matrix, "--format", "make").stdout.split()
+    assert "build-qemu-debian-12" in make_targets and len(make_targets) == len(set(make_targets))
+    table = plan_json(root, matrix, "--format", "table").stdout
+    assert "31 cells" in table
+
+
+def test_shipped_matrix_plans() -> None:
+    cells = plan(load_matrix(PROJECT_ROOT / "matrix.yaml"))
+    ids = {cell.id for cell in cells}
+    assert "openstack-ubuntu-2204-k8s-1.31" in ids
+    assert "openstack-ubuntu-2404-k8s-1.33" in ids and "openstack-ubuntu-2404-k8s-1.32" not in ids
+    assert {cell.cloud for cell in cells} == {"qemu", "aws", "gcp", "openstack", "azure"}
+    assert {cell.os for cell in cells} == {"ubuntu-2204", "ubuntu-2404", "debian-12", "rockylinux-9", "flatcar"}
