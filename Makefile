@@ -31,6 +31,7 @@ test:
 
 bench:
 	$(PYTHON) bench/plan.py
+	$(PYTHON) bench/render.py
 
 prune:
 	$(IMAGEBUILDER) prune -m $(MATRIX)

@@ -11,7 +11,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from imagebuilder import __version__
+from imagebuilder import __version__, packer, render
 from imagebuilder.config import DEFAULT_MATRIX, load_matrix
 from imagebuilder.errors import UserError
 from imagebuilder.planner import Cell, plan
@@ -75,6 +75,68 @@ def _plan_table(cells: list[Cell]) -> Table:
         table.add_row(cell.id, cell.kubernetes_version, cell.arch, cell.strategy, cell.image_name,
                       cell.build_key[:12])
     return table
+
+
+output_dir_option = click.option(
+    "-o", "--output", "output_dir", type=click.Path(path_type=Path), default=Path("build"), show_default=True,
+    help="Where each cell's Packer directory is written.",
+)
+packer_version_option = click.option(
+    "--packer-version", default=None, metavar="X.Y.Z",
+    help="Emit templates for this Packer version; default: the one on PATH.",
+)
+
+
+def _packer_version(requested: str | None) -> packer.Version | None:
+    return packer.parse_version(requested) if requested else packer.installed_version()
+
+
+@cli.command("render")
+@matrix_option
+@only_option
+@output_dir_option
+@packer_version_option
+def render_command(matrix_path: Path, only: tuple[str, ...], output_dir: Path, packer_version: str | None) -> None:
+    """Write one self-contained Packer HCL2 directory per cell."""
+    cells = _require_cells(planned_cells(matrix_path, only), only)
+    for rendered in render.render_cells(cells, output_dir, _packer_version(packer_version)):
+        click.echo(str(rendered.directory))
+
+
+@cli.command("validate")
+@matrix_option
+@only_option
+@output_dir_option
+@packer_version_option
+def validate_command(matrix_path: Path, only: tuple[str, ...], output_dir: Path, packer_version: str | None) -> None:
+    """Render the cells and run `packer validate` on each."""
+    cells = _require_cells(planned_cells(matrix_path, only), only)
+    failed = 0
+    for rendered in render.render_cells(cells, output_dir, _packer_version(packer_version)):
+        result = packer.validate(rendered.directory)
+        failed += not result.ok
+        click.echo(f"{'ok' if result.ok else 'FAILED'}  {rendered.cell.id}")
+        if not result.ok:
+            click.echo("    " + result.output.replace("\n", "\n    "), err=True)
+    click.echo(f"{len(cells) - failed} valid, {failed} invalid")
+    if failed:
+        sys.exit(1)
+
+
+@cli.command("vars")
+@matrix_option
+@click.argument("cell_id")
+def vars_command(matrix_path: Path, cell_id: str) -> None:
+    """Print a cell's Ansible variables (for `ansible-playbook ansible/node.yml -e @vars.json`)."""
+    cells = _require_cells(planned_cells(matrix_path, (cell_id,)), (cell_id,))
+    print_json(render.ansible_vars(cells[0]))
+
+
+def _require_cells(cells: list[Cell], only: tuple[str, ...]) -> list[Cell]:
+    if not cells:
+        raise UserError(f"--only {' '.join(only)}: no cell of the matrix matches "
+                        "(see 'imagebuilder plan' for the cell ids)")
+    return cells
 
 
 def main() -> None:

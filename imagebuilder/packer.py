@@ -1,0 +1,63 @@
+"""Running the Packer binary: its version, `packer validate`, `packer build`."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from imagebuilder.errors import UserError
+
+Version = tuple[int, int, int]
+
+
+def parse_version(text: str) -> Version:
+    match = re.search(r"(\d+)\.(\d+)\.(\d+)", text)
+    if not match:
+        raise UserError(f"cannot read a Packer version from '{text.strip()[:60]}' "
+                        "(install Packer or pass --packer-version 1.11.2)")
+    major, minor, patch = (int(part) for part in match.groups())
+    return major, minor, patch
+
+
+def packer_binary() -> str:
+    found = shutil.which("packer")
+    if found is None:
+        raise UserError("packer: not found on PATH (install it: apt-get install packer)")
+    return found
+
+
+@lru_cache(maxsize=1)
+def installed_version() -> Version | None:
+    """The Packer on PATH, or None when there is none (render then emits the modern form)."""
+    if shutil.which("packer") is None:
+        return None
+    result = subprocess.run([packer_binary(), "version"], capture_output=True, text=True, timeout=60)
+    return parse_version(result.stdout)
+
+
+@dataclass(frozen=True)
+class ValidateResult:
+    directory: Path
+    ok: bool
+    output: str
+
+
+def prepare_for_validate(cell_dir: Path) -> None:
+    """The qemu build's inputs that `imagebuilder build` links in are checked by validate:
+    a throw-away key stands in for them until a build links the real ones."""
+    if (cell_dir / "qemu.pkr.hcl").exists() and not (cell_dir / "base" / "id_ed25519").exists():
+        (cell_dir / "base").mkdir(exist_ok=True)
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "imagebuilder-validate",
+                        "-f", str(cell_dir / "base" / "id_ed25519")], check=True, capture_output=True)
+
+
+def validate(cell_dir: Path, env: dict[str, str] | None = None) -> ValidateResult:
+    prepare_for_validate(cell_dir)
+    result = subprocess.run([packer_binary(), "validate", "."], cwd=cell_dir, capture_output=True, text=True,
+                            timeout=300, env=env)
+    output = (result.stdout + result.stderr).strip()
+    return ValidateResult(directory=cell_dir, ok=result.returncode == 0, output=output)
