@@ -29,8 +29,9 @@ Arch = Literal["amd64", "arm64"]
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    # Settings that only say where an image is copied or shared; they stay out of the build key.
-    PUBLISH_ONLY: ClassVar[frozenset[str]] = frozenset()
+    # Settings that say where an image is copied or shared, or how many build at once;
+    # they do not shape the image, so they stay out of the build key.
+    OUTSIDE_BUILD_KEY: ClassVar[frozenset[str]] = frozenset({"max_parallel"})
 
 
 def _check_minor(value: Any) -> Any:
@@ -45,6 +46,7 @@ Minor = Annotated[str, BeforeValidator(_check_minor)]
 
 
 class QemuSettings(_Strict):
+    max_parallel: int = Field(1, ge=1)  # builds of this cloud at once (quotas)
     accelerator: Literal["auto", "kvm", "tcg"] = "auto"
     disk_size_mb: int = Field(8192, ge=2048)
     memory_mb: int = Field(2048, ge=512)
@@ -53,6 +55,7 @@ class QemuSettings(_Strict):
 
 
 class AwsSettings(_Strict):
+    max_parallel: int = Field(10, ge=1)  # builds of this cloud at once (quotas)
     regions: list[str] = Field(default_factory=lambda: ["us-east-1"], min_length=1)
     instance_type: str = "t3.large"
     volume_size_gb: int = Field(20, ge=8)
@@ -61,10 +64,11 @@ class AwsSettings(_Strict):
     ami_groups: list[str] = Field(default_factory=list)  # ["all"] makes it public
     ssm_parameter_prefix: str | None = None
 
-    PUBLISH_ONLY = frozenset({"regions", "ami_users", "ami_groups", "ssm_parameter_prefix"})
+    OUTSIDE_BUILD_KEY = frozenset({"max_parallel", "regions", "ami_users", "ami_groups", "ssm_parameter_prefix"})
 
 
 class GcpSettings(_Strict):
+    max_parallel: int = Field(10, ge=1)  # builds of this cloud at once (quotas)
     project_id: str
     zone: str = "us-central1-a"
     machine_type: str = "n2-standard-2"
@@ -72,10 +76,11 @@ class GcpSettings(_Strict):
     subnetwork: str | None = None
     storage_locations: list[str] = Field(default_factory=lambda: ["us"])
 
-    PUBLISH_ONLY = frozenset({"storage_locations"})
+    OUTSIDE_BUILD_KEY = frozenset({"max_parallel", "storage_locations"})
 
 
 class OpenstackSettings(_Strict):
+    max_parallel: int = Field(4, ge=1)  # builds of this cloud at once (quotas)
     cloud: str | None = None  # entry in clouds.yaml; credentials stay there or in OS_* variables
     flavor: str = "m1.medium"
     networks: list[str] = Field(default_factory=list)
@@ -83,10 +88,11 @@ class OpenstackSettings(_Strict):
     visibility: Literal["private", "shared", "community", "public"] = "private"
     volume_size_gb: int | None = None
 
-    PUBLISH_ONLY = frozenset({"visibility"})
+    OUTSIDE_BUILD_KEY = frozenset({"max_parallel", "visibility"})
 
 
 class AzureSettings(_Strict):
+    max_parallel: int = Field(5, ge=1)  # builds of this cloud at once (quotas)
     resource_group: str
     gallery: str = "capi_images"
     location: str = "westeurope"
@@ -94,7 +100,7 @@ class AzureSettings(_Strict):
     target_regions: list[str] = Field(default_factory=list)
     replica_count: int = Field(1, ge=1)
 
-    PUBLISH_ONLY = frozenset({"target_regions", "replica_count"})
+    OUTSIDE_BUILD_KEY = frozenset({"max_parallel", "target_regions", "replica_count"})
 
 
 CLOUD_SETTINGS: dict[str, type[_Strict]] = {

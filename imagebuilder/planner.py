@@ -188,8 +188,8 @@ def tree_digest(root: Path, prefixes: tuple[str, ...] = ("",)) -> str:
 
 def build_settings(cloud: str, settings: dict[str, Any]) -> dict[str, Any]:
     """The settings that shape the image; where it is copied or shared to does not."""
-    publish_only = CLOUD_SETTINGS[cloud].PUBLISH_ONLY
-    kept = {name: value for name, value in settings.items() if name not in publish_only}
+    outside_key = CLOUD_SETTINGS[cloud].OUTSIDE_BUILD_KEY
+    kept = {name: value for name, value in settings.items() if name not in outside_key}
     if cloud == "aws":
         kept["build_region"] = settings["regions"][0]
     return kept

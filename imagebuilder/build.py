@@ -1,0 +1,256 @@
+"""Run Packer for many cells at once: limits, skips, retries, logs, Ctrl-C, artifact records."""
+
+from __future__ import annotations
+
+import enum
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from imagebuilder.artifact import Artifact, from_packer_manifest
+from imagebuilder.packer import packer_binary
+from imagebuilder.planner import Cell
+
+# Packer output that means "try again": cloud throttling, capacity and transient network faults.
+RETRYABLE = re.compile(
+    r"RequestLimitExceeded|Throttling|Rate exceeded|rateLimitExceeded|503 Service Unavailable|"
+    r"InsufficientInstanceCapacity|connection reset by peer|i/o timeout|TLS handshake timeout|"
+    r"Timeout waiting for SSH|ServerBusy|TooManyRequests",
+    re.IGNORECASE,
+)
+DEFAULT_RETRIES = 2
+# First-run duration estimates in seconds, per cloud, for ordering the queue; a cell's own
+# last duration replaces them once it has built.
+DEFAULT_ESTIMATES = {"qemu": 300.0, "aws": 900.0, "gcp": 700.0, "openstack": 600.0, "azure": 1500.0}
+LAST_DURATION_FILE = ".last-duration"
+
+
+class State(str, enum.Enum):
+    QUEUED = "queued"
+    SKIPPED = "skipped"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+@dataclass
+class Job:
+    cell: Cell
+    directory: Path
+    estimate: float
+    state: State = State.QUEUED
+    attempts: int = 0
+    started: float = 0.0
+    finished: float = 0.0
+    artifact: Artifact | None = None
+    existing: str = ""  # the image that made this cell skip
+    error: str = ""
+
+    @property
+    def log_path(self) -> Path:
+        return self.directory / "build.log"
+
+    @property
+    def elapsed(self) -> float:
+        if not self.started:
+            return 0.0
+        return (self.finished or time.monotonic()) - self.started
+
+
+class Reporter(Protocol):
+    def update(self, jobs: list[Job], event: str, job: Job | None) -> None: ...
+
+    def close(self, jobs: list[Job]) -> None: ...
+
+
+class Hooks(Protocol):
+    """What a target adds around `packer build`: base images before, boot tests and publishing after."""
+
+    def prepare(self, job: Job) -> None: ...
+
+    def finish(self, job: Job, artifact: Artifact) -> Artifact: ...
+
+
+class NoHooks:
+    def prepare(self, job: Job) -> None:
+        return
+
+    def finish(self, job: Job, artifact: Artifact) -> Artifact:
+        return artifact
+
+
+@dataclass
+class Limits:
+    jobs: int
+    per_cloud: dict[str, int] = field(default_factory=dict)
+
+    def allows(self, cloud: str, running: Counter[str]) -> bool:
+        return sum(running.values()) < self.jobs and running[cloud] < self.per_cloud.get(cloud, self.jobs)
+
+
+def estimate_for(cell: Cell, directory: Path) -> float:
+    try:
+        return float((directory / LAST_DURATION_FILE).read_text())
+    except (OSError, ValueError):
+        return DEFAULT_ESTIMATES.get(cell.cloud, 600.0)
+
+
+Executor = Callable[[Job, threading.Event], "Outcome"]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    ok: bool
+    output_tail: str = ""
+    retryable: bool = False
+    cancelled: bool = False
+
+
+class PackerExecutor:
+    """Runs `packer build` in a cell directory, logging to the cell's build.log."""
+
+    def __init__(self, extra_args: tuple[str, ...] = ()) -> None:
+        self.extra_args = extra_args
+
+    def __call__(self, job: Job, cancel: threading.Event) -> Outcome:
+        command = [packer_binary(), "build", "-color=false", "-timestamp-ui", *self.extra_args, "."]
+        with job.log_path.open("ab") as log:
+            log.write(f"\n=== attempt {job.attempts}: {' '.join(command)}\n".encode())
+            log.flush()
+            # Its own session: a terminal's Ctrl-C reaches Packer once, from us, so it cleans up.
+            process = subprocess.Popen(command, cwd=job.directory, stdout=log, stderr=subprocess.STDOUT,
+                                       stdin=subprocess.DEVNULL, start_new_session=True,
+                                       env={**os.environ, "PACKER_NO_COLOR": "1"})
+            interrupted = False
+            while process.poll() is None:
+                if cancel.is_set() and not interrupted:
+                    # The whole group, as a terminal's Ctrl-C would: Packer's wrapper process
+                    # ignores SIGINT and leaves it to the real Packer process beneath it.
+                    os.killpg(process.pid, signal.SIGINT)
+                    interrupted = True
+                time.sleep(0.05)
+        tail = _tail(job.log_path)
+        if interrupted:
+            return Outcome(ok=False, output_tail=tail, cancelled=True)
+        ok = process.returncode == 0
+        return Outcome(ok=ok, output_tail=tail, retryable=not ok and bool(RETRYABLE.search(tail)))
+
+
+def _tail(path: Path, size: int = 8192) -> str:
+    with path.open("rb") as handle:
+        handle.seek(max(0, path.stat().st_size - size))
+        return handle.read().decode(errors="replace")
+
+
+class Scheduler:
+    """Longest-expected-first onto free slots, within the global and per-cloud limits."""
+
+    def __init__(self, jobs: list[Job], limits: Limits, executor: Executor, hooks: Hooks, reporter: Reporter,
+                 retries: int = DEFAULT_RETRIES, retry_delay: float = 5.0) -> None:
+        self.jobs = jobs
+        self.limits = limits
+        self.executor = executor
+        self.hooks = hooks
+        self.reporter = reporter
+        self.retries = retries
+        self.retry_delay = retry_delay
+        self.cancel = threading.Event()
+
+    def run(self) -> list[Job]:
+        pending = sorted((j for j in self.jobs if j.state == State.QUEUED), key=lambda j: (-j.estimate, j.cell.id))
+        running: dict[Future[None], Job] = {}
+        per_cloud: Counter[str] = Counter()
+        with ThreadPoolExecutor(max_workers=max(1, self.limits.jobs)) as pool:
+            try:
+                while pending or running:
+                    for job in list(pending):
+                        if not self.limits.allows(job.cell.cloud, per_cloud):
+                            continue
+                        pending.remove(job)
+                        per_cloud[job.cell.cloud] += 1
+                        job.state, job.started = State.RUNNING, time.monotonic()
+                        self.reporter.update(self.jobs, "started", job)
+                        running[pool.submit(self._run_one, job)] = job
+                    finished, _ = wait(running, timeout=0.5, return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        job = running.pop(future)
+                        per_cloud[job.cell.cloud] -= 1
+                        self.reporter.update(self.jobs, job.state.value, job)
+                    if not finished:
+                        self.reporter.update(self.jobs, "tick", None)
+            except KeyboardInterrupt:
+                self.cancel.set()
+                for job in pending:
+                    job.state = State.CANCELLED
+                self.reporter.update(self.jobs, "interrupted", None)
+                wait(running)  # Packer removes its temporary resources before it exits
+                raise
+            finally:
+                self.reporter.close(self.jobs)
+        return self.jobs
+
+    def _run_one(self, job: Job) -> None:
+        try:
+            self.hooks.prepare(job)
+            while True:
+                job.attempts += 1
+                outcome = self.executor(job, self.cancel)
+                if outcome.cancelled:
+                    job.state, job.error = State.CANCELLED, "interrupted"
+                    return
+                if outcome.ok:
+                    break
+                if not outcome.retryable or job.attempts > self.retries:
+                    job.state, job.error = State.FAILED, _last_error(outcome.output_tail)
+                    return
+                self.reporter.update(self.jobs, "retry", job)
+                if self.cancel.wait(self.retry_delay * job.attempts):
+                    job.state, job.error = State.CANCELLED, "interrupted"
+                    return
+            finished = time.time()
+            artifact = from_packer_manifest(job.directory / "packer-manifest.json", job.cell.cloud,
+                                            started_at=finished - job.elapsed, finished_at=finished)
+            job.artifact = self.hooks.finish(job, artifact)
+            job.state = State.DONE
+            (job.directory / LAST_DURATION_FILE).write_text(f"{job.elapsed:.1f}\n")
+        except Exception as error:  # one cell's failure must not stop the others
+            job.state, job.error = State.FAILED, f"{error.__class__.__name__}: {error}"
+        finally:
+            job.finished = time.monotonic()
+
+
+def _last_error(tail: str) -> str:
+    lines = [line.strip() for line in tail.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if "error" in line.lower() or "failed" in line.lower():
+            return line[-300:]
+    return lines[-1][-300:] if lines else "packer failed with no output"
+
+
+Lookup = Callable[[Cell], "str | None"]
+
+
+def make_jobs(cells: list[Cell], directories: list[Path]) -> list[Job]:
+    return [Job(cell=cell, directory=directory, estimate=estimate_for(cell, directory))
+            for cell, directory in zip(cells, directories)]
+
+
+def mark_existing(jobs: list[Job], lookup: Lookup, force: bool, parallel: int = 8) -> None:
+    """Skip cells whose build key already names an image in their catalogue (the cloud itself)."""
+    if force:
+        return
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        found = list(pool.map(lambda job: lookup(job.cell), jobs))
+    for job, existing in zip(jobs, found):
+        if existing:
+            job.state, job.existing = State.SKIPPED, existing
