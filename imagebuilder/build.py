@@ -156,7 +156,8 @@ class Scheduler:
     """Longest-expected-first onto free slots, within the global and per-cloud limits."""
 
     def __init__(self, jobs: list[Job], limits: Limits, executor: Executor, hooks: Hooks, reporter: Reporter,
-                 retries: int = DEFAULT_RETRIES, retry_delay: float = 5.0) -> None:
+                 retries: int = DEFAULT_RETRIES, retry_delay: float = 5.0,
+                 collect: Callable[[Job], Artifact | None] | None = None) -> None:
         self.jobs = jobs
         self.limits = limits
         self.executor = executor
@@ -165,6 +166,7 @@ class Scheduler:
         self.retries = retries
         self.retry_delay = retry_delay
         self.cancel = threading.Event()
+        self.collect = collect or manifest_artifact
 
     def run(self) -> list[Job]:
         pending = sorted((j for j in self.jobs if j.state == State.QUEUED), key=lambda j: (-j.estimate, j.cell.id))
@@ -173,9 +175,7 @@ class Scheduler:
         with ThreadPoolExecutor(max_workers=max(1, self.limits.jobs)) as pool:
             try:
                 while pending or running:
-                    for job in list(pending):
-                        if not self.limits.allows(job.cell.cloud, per_cloud):
-                            continue
+                    for job in self._startable(pending, per_cloud):
                         pending.remove(job)
                         per_cloud[job.cell.cloud] += 1
                         job.state, job.started = State.RUNNING, time.monotonic()
@@ -199,6 +199,26 @@ class Scheduler:
                 self.reporter.close(self.jobs)
         return self.jobs
 
+    def _startable(self, pending: list[Job], per_cloud: Counter[str]) -> list[Job]:
+        """The jobs to start now: the cloud with the most queued work per slot goes first
+        (it bounds the makespan), and within a cloud the longest cell."""
+        chosen: list[Job] = []
+        running = Counter(per_cloud)
+        queued = [job for job in pending]
+        while queued:
+            work: dict[str, float] = {}
+            for job in queued:
+                work[job.cell.cloud] = work.get(job.cell.cloud, 0.0) + job.estimate
+            clouds = sorted(work, key=lambda cloud: -work[cloud] / self.limits.per_cloud.get(cloud, self.limits.jobs))
+            pick = next((cloud for cloud in clouds if self.limits.allows(cloud, running)), None)
+            if pick is None:
+                break
+            job = max((j for j in queued if j.cell.cloud == pick), key=lambda j: (j.estimate, j.cell.id))
+            queued.remove(job)
+            running[pick] += 1
+            chosen.append(job)
+        return chosen
+
     def _run_one(self, job: Job) -> None:
         try:
             self.hooks.prepare(job)
@@ -217,16 +237,20 @@ class Scheduler:
                 if self.cancel.wait(self.retry_delay * job.attempts):
                     job.state, job.error = State.CANCELLED, "interrupted"
                     return
-            finished = time.time()
-            artifact = from_packer_manifest(job.directory / "packer-manifest.json", job.cell.cloud,
-                                            started_at=finished - job.elapsed, finished_at=finished)
-            job.artifact = self.hooks.finish(job, artifact)
+            artifact = self.collect(job)
+            job.artifact = self.hooks.finish(job, artifact) if artifact else None
             job.state = State.DONE
             (job.directory / LAST_DURATION_FILE).write_text(f"{job.elapsed:.1f}\n")
         except Exception as error:  # one cell's failure must not stop the others
             job.state, job.error = State.FAILED, f"{error.__class__.__name__}: {error}"
         finally:
             job.finished = time.monotonic()
+
+
+def manifest_artifact(job: Job) -> Artifact:
+    finished = time.time()
+    return from_packer_manifest(job.directory / "packer-manifest.json", job.cell.cloud,
+                                started_at=finished - job.elapsed, finished_at=finished)
 
 
 def _last_error(tail: str) -> str:
