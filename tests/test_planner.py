@@ -132,7 +132,8 @@ def test_plan_formats() -> None:
 def test_shipped_matrix_plans() -> None:
     cells = plan(load_matrix(PROJECT_ROOT / "matrix.yaml"))
     ids = {cell.id for cell in cells}
-    assert "openstack-ubuntu-2204-k8s-1.31" in ids
-    assert "openstack-ubuntu-2404-k8s-1.33" in ids and "openstack-ubuntu-2404-k8s-1.32" not in ids
+    assert "openstack-ubuntu-2204-k8s-1.33" in ids
+    assert "openstack-ubuntu-2404-k8s-1.35" in ids and "openstack-ubuntu-2404-k8s-1.34" not in ids
+    assert "qemu-flatcar-k8s-1.35" not in ids and "aws-rockylinux-9-k8s-1.33" not in ids
     assert {cell.cloud for cell in cells} == {"qemu", "aws", "gcp", "openstack", "azure"}
     assert {cell.os for cell in cells} == {"ubuntu-2204", "ubuntu-2404", "debian-12", "rockylinux-9", "flatcar"}
