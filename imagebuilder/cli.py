@@ -11,7 +11,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from imagebuilder import __version__, packer, render
+from imagebuilder import __version__, packer, pipeline, progress, render
 from imagebuilder.config import DEFAULT_MATRIX, load_matrix
 from imagebuilder.errors import UserError
 from imagebuilder.planner import Cell, plan
@@ -47,9 +47,13 @@ def cli() -> None:
 @only_option
 @click.option("--format", "output_format", type=click.Choice(["table", "json", "github-matrix", "make"]),
               default=None, help="Output format; a table in a terminal, JSON otherwise.")
-def plan_command(matrix_path: Path, only: tuple[str, ...], output_format: str | None) -> None:
+@click.option("--changed", is_flag=True,
+              help="Only cells whose build key is not yet an image in their catalogue (the cloud itself).")
+def plan_command(matrix_path: Path, only: tuple[str, ...], output_format: str | None, changed: bool) -> None:
     """Expand the matrix into build cells with their ids and build keys."""
     cells = planned_cells(matrix_path, only)
+    if changed:
+        cells = pipeline.changed_cells(cells, pipeline.catalogue_lookup)
     output_format = output_format or ("table" if sys.stdout.isatty() else "json")
     if output_format == "json":
         print_json([cell.summary() for cell in cells])
@@ -120,6 +124,41 @@ def validate_command(matrix_path: Path, only: tuple[str, ...], output_dir: Path,
             click.echo("    " + result.output.replace("\n", "\n    "), err=True)
     click.echo(f"{len(cells) - failed} valid, {failed} invalid")
     if failed:
+        sys.exit(1)
+
+
+@cli.command("build")
+@matrix_option
+@only_option
+@output_dir_option
+@click.option("--jobs", "-j", type=click.IntRange(1, 64), default=4, show_default=True,
+              help="Cells built at once, over all clouds (each cloud also has its max_parallel).")
+@click.option("--force", is_flag=True, help="Build cells whose build key already exists as an image.")
+@click.option("--dry-run", is_flag=True, help="Show what would be built and skipped; run nothing.")
+@click.option("--no-publish", is_flag=True, help="Build (and boot-test) only; publish nothing.")
+def build_command(matrix_path: Path, only: tuple[str, ...], output_dir: Path, jobs: int, force: bool,
+                  dry_run: bool, no_publish: bool) -> None:
+    """Render the selected cells and run Packer on the ones whose image does not exist yet."""
+    cells = _require_cells(planned_cells(matrix_path, only), only)
+    options = pipeline.BuildOptions(output_dir=output_dir, jobs=jobs, force=force, dry_run=dry_run,
+                                    publish=not no_publish)
+    job_list = pipeline.prepare_jobs(cells, options, pipeline.catalogue_lookup)
+    if dry_run:
+        for job in job_list:
+            action = f"skip (exists: {job.existing})" if job.existing else "build"
+            click.echo(f"{action:<40} {job.cell.id}")
+        return
+    try:
+        pipeline.run_jobs(job_list, options, progress.make_reporter())
+    except KeyboardInterrupt:
+        progress.print_summary(job_list)
+        click.echo("imagebuilder: interrupted; Packer cleaned up the running builds", err=True)
+        sys.exit(130)
+    progress.print_summary(job_list)
+    failed = [job for job in job_list if job.state.value == "failed"]
+    if failed:
+        click.echo(f"imagebuilder: {len(failed)} of {len(job_list)} cells failed; logs in "
+                   f"{output_dir}/<cell>/build.log", err=True)
         sys.exit(1)
 
 
