@@ -32,6 +32,8 @@ test:
 bench:
 	$(PYTHON) bench/plan.py
 	$(PYTHON) bench/render.py
+	$(PYTHON) bench/scheduler.py
+	$(PYTHON) bench/changed.py
 
 prune:
 	$(IMAGEBUILDER) prune -m $(MATRIX)
