@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import hcl2
@@ -158,7 +159,7 @@ def test_shipped_matrix_passes_packer_validate(tmp_path: Path) -> None:
     """CI validates every cell of the shipped matrix with the real Packer binary."""
     with keystone() as identity:
         env = {**os.environ, **openstack_env(identity)}
-        result = subprocess.run(["imagebuilder", "validate", "-m", str(PROJECT_ROOT / "matrix.yaml"),
+        result = subprocess.run([sys.executable, "-m", "imagebuilder.cli", "validate", "-m", str(PROJECT_ROOT / "matrix.yaml"),
                                  "-o", str(tmp_path / "build")], capture_output=True, text=True, env=env,
                                 timeout=900)
         assert identity.token_requests > 0
@@ -170,7 +171,7 @@ def test_shipped_matrix_passes_packer_validate(tmp_path: Path) -> None:
 @needs_packer
 def test_validate_reports_a_broken_cell(tmp_path: Path) -> None:
     path = all_cells_matrix(tmp_path, aws={"instance_type": ""})
-    result = subprocess.run(["imagebuilder", "validate", "-m", str(path), "--only", "aws-debian-12-*",
+    result = subprocess.run([sys.executable, "-m", "imagebuilder.cli", "validate", "-m", str(path), "--only", "aws-debian-12-*",
                              "-o", str(tmp_path / "build")], capture_output=True, text=True, timeout=300)
     assert result.returncode == 1
     assert "FAILED  aws-debian-12-k8s-1.31" in result.stdout
