@@ -1,0 +1,555 @@
+"""Kubernetes sysext images: contents, reproducibility, checksums, sysupdate and node configs,
+downloads, the S3 upload (moto server) and the strategy comparison."""
+
+from __future__ import annotations
+
+import configparser
+import hashlib
+import http.server
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import urllib.parse
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mirror import DEFAULT_FIXTURE_VERSIONS, FixtureFile, build_fixture_release, mirrors_for, serve_directory
+
+from imagebuilder import sysext as sx
+from imagebuilder.config import load_matrix
+from imagebuilder.downloads import fetch
+from imagebuilder.errors import UserError
+from imagebuilder.planner import plan
+from imagebuilder.versions import Download
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(__file__).parent / "data"
+MINOR = "1.31"
+K8S = DEFAULT_FIXTURE_VERSIONS["kubernetes"]
+BASE_URL = "https://sysext.example.org/kubernetes"
+IMAGE = f"kubernetes-v{K8S}-x86-64.raw"
+
+
+@dataclass(frozen=True)
+class Fixture:
+    base_url: str
+    files: dict[str, dict[str, FixtureFile]]  # arch -> download name -> file
+
+    def lock(self, wrong: str | None = None) -> dict:
+        """A versions lock pinning the fixture sums; ``wrong`` names a file whose sum is falsified."""
+        components: dict[str, dict] = {}
+        for name, amd64 in self.files["amd64"].items():
+            sums = {arch: files[name].sha256 for arch, files in self.files.items()}
+            if name == wrong:
+                sums["amd64"] = hashlib.sha256(b"not the file").hexdigest()
+            entry = components.setdefault(amd64.component, {"version": DEFAULT_FIXTURE_VERSIONS[amd64.component],
+                                                            "files": {}})
+            entry["files"][name] = {"path": amd64.path.replace("amd64", "{arch}"), "sha256": sums}
+        return {"schema": 1, "minors": {MINOR: {"pause": "3.10", "components": components}}}
+
+
+@pytest.fixture(scope="module")
+def fixture_mirror(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fixture]:
+    root = tmp_path_factory.mktemp("sysext-mirror")
+    files = {arch: build_fixture_release(root, DEFAULT_FIXTURE_VERSIONS, arch) for arch in ("amd64", "arm64")}
+    with serve_directory(root) as base_url:
+        yield Fixture(base_url=base_url, files=files)
+
+
+def write_matrix(directory: Path, fixture: Fixture, wrong: str | None = None) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "versions.lock.yaml").write_text(yaml.safe_dump(fixture.lock(wrong)))
+    matrix = {
+        "versions_file": "versions.lock.yaml",
+        "os": ["flatcar"],
+        "kubernetes": [MINOR],
+        "clouds": {"openstack": {}},
+        "mirrors": mirrors_for(fixture.base_url),
+    }
+    path = directory / "matrix.yaml"
+    path.write_text(yaml.safe_dump(matrix))
+    return path
+
+
+# Runs the real CLI entry point (its error handling: one line, exit 2), with the sysext group
+# added if the CLI does not carry it yet.
+CLI = ("import sys; from imagebuilder.cli import cli, main; from imagebuilder.commands_sysext import sysext; "
+       "cli.commands.setdefault('sysext', sysext); sys.argv = ['imagebuilder', *sys.argv[1:]]; main()")
+
+
+def run_cli(*args: str, cwd: Path, cache: Path, extra_env: dict[str, str] | None = None,
+            umask: int | None = None) -> subprocess.CompletedProcess[str]:
+    env = {key: value for key, value in os.environ.items() if key != "SOURCE_DATE_EPOCH"}
+    env.update({"IMAGEBUILDER_CACHE_DIR": str(cache), "PYTHONPATH": str(REPO), **(extra_env or {})})
+    preexec = (lambda: os.umask(umask)) if umask is not None else None
+    return subprocess.run([sys.executable, "-c", CLI, *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=300, preexec_fn=preexec)
+
+
+def build_cli(work: Path, fixture: Fixture, *extra: str, base_url: str | None = BASE_URL,
+              **kwargs) -> subprocess.CompletedProcess[str]:
+    matrix = write_matrix(work / "in", fixture)
+    args = ["sysext", "build", "-m", str(matrix), "--k8s", MINOR, "-o", str(work / "out"), *extra]
+    if base_url:
+        args += ["--base-url", base_url]
+    result = run_cli(*args, cwd=work, cache=kwargs.pop("cache", work / "cache"), **kwargs)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+@pytest.fixture(scope="module")
+def built(fixture_mirror: Fixture, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The output directory of one x86-64 build with a base URL."""
+    work = tmp_path_factory.mktemp("sysext-build")
+    build_cli(work, fixture_mirror)
+    return work / "out"
+
+
+def unsquashfs_listing(image: Path) -> list[tuple[str, str, str]]:
+    """(mode, owner, path) per entry, from `unsquashfs -lls`."""
+    out = subprocess.run(["unsquashfs", "-lls", str(image)], capture_output=True, text=True, check=True).stdout
+    entries = []
+    for line in out.splitlines():
+        fields = line.split()
+        if len(fields) >= 6 and fields[-1].startswith("squashfs-root"):
+            entries.append((fields[0], fields[1], fields[-1].removeprefix("squashfs-root")))
+    return entries
+
+
+def unsquashfs_cat(image: Path, path: str) -> str:
+    return subprocess.run(["unsquashfs", "-cat", str(image), path], capture_output=True, text=True,
+                          check=True).stdout
+
+
+# -- the image ------------------------------------------------------------------------------------
+
+
+def test_image_name_and_contents_owned_by_root(built: Path) -> None:
+    assert (built / IMAGE).is_file()
+    entries = {path: (mode, owner) for mode, owner, path in unsquashfs_listing(built / IMAGE)}
+    for binary in ("kubelet", "kubeadm", "kubectl"):
+        assert entries[f"/usr/bin/{binary}"][0] == "-rwxr-xr-x"
+    for plugin in ("bridge", "host-local", "loopback", "portmap"):
+        assert entries[f"/usr/libexec/kubernetes/cni/{plugin}"][0] == "-rwxr-xr-x"
+    assert "/usr/libexec/kubernetes/cni/LICENSE" not in entries
+    assert entries["/usr/lib/systemd/system/kubelet.service"][0] == "-rw-r--r--"
+    assert "/usr/lib/systemd/system/kubelet.service.d/10-kubeadm.conf" in entries
+    assert "/usr/lib/extension-release.d/extension-release.kubernetes" in entries
+    assert {owner for _mode, owner in entries.values()} == {"root/root"}
+    # only /usr and /opt are merged by systemd-sysext: nothing else may be in the image
+    assert {path.split("/")[1] for path in entries if path} == {"usr"}
+
+
+def test_binaries_are_the_pinned_release(built: Path, tmp_path: Path) -> None:
+    subprocess.run(["unsquashfs", "-q", "-n", "-d", str(tmp_path / "root"), str(built / IMAGE)], check=True,
+                   capture_output=True)
+    version = subprocess.run([str(tmp_path / "root/usr/bin/kubeadm"), "version", "-o", "short"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    assert version == f"v{K8S}"
+
+
+def test_release_file(built: Path) -> None:
+    release = unsquashfs_cat(built / IMAGE, "usr/lib/extension-release.d/extension-release.kubernetes")
+    fields = dict(line.split("=", 1) for line in release.splitlines())
+    assert fields == {"ID": "_any", "ARCHITECTURE": "x86-64", "EXTENSION_RELOAD_MANAGER": "1"}
+
+
+def test_os_id_release_file_and_arm64_name(fixture_mirror: Fixture, tmp_path: Path) -> None:
+    build_cli(tmp_path, fixture_mirror, "--arch", "arm64", "--os-id", "flatcar", "--sysext-level", "1.0")
+    image = tmp_path / "out" / f"kubernetes-v{K8S}-arm64.raw"
+    release = unsquashfs_cat(image, "usr/lib/extension-release.d/extension-release.kubernetes")
+    assert release.splitlines()[:3] == ["ID=flatcar", "SYSEXT_LEVEL=1.0", "ARCHITECTURE=arm64"]
+    kubelet = unsquashfs_cat(image, "usr/bin/kubelet").encode()
+    assert hashlib.sha256(kubelet).hexdigest() == fixture_mirror.files["arm64"]["kubelet"].sha256
+
+
+def test_os_id_without_sysext_level_is_refused(fixture_mirror: Fixture, tmp_path: Path) -> None:
+    matrix = write_matrix(tmp_path / "in", fixture_mirror)
+    result = run_cli("sysext", "build", "-m", str(matrix), "--k8s", MINOR, "-o", str(tmp_path / "out"),
+                     "--os-id", "flatcar", cwd=tmp_path, cache=tmp_path / "cache")
+    assert result.returncode == 2
+    assert "--sysext-level" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_reproducible_across_directories_times_and_umask(fixture_mirror: Fixture, built: Path,
+                                                         tmp_path: Path) -> None:
+    other_tmp = tmp_path / "tmp"
+    other_tmp.mkdir()
+    # Another cache (so the fetched files have other mtimes), TMPDIR, working directory and umask.
+    build_cli(tmp_path, fixture_mirror, extra_env={"TMPDIR": str(other_tmp)}, umask=0o077)
+    again = tmp_path / "out"
+    names = sorted(path.name for path in built.iterdir())
+    assert names == sorted(path.name for path in again.iterdir())
+    for name in names:
+        assert (built / name).read_bytes() == (again / name).read_bytes(), name
+
+
+def test_source_date_epoch_sets_every_time(fixture_mirror: Fixture, built: Path, tmp_path: Path) -> None:
+    epoch = 1700000000  # 2023-11-14 22:13:20 UTC
+    build_cli(tmp_path, fixture_mirror, extra_env={"SOURCE_DATE_EPOCH": str(epoch)})
+    image = tmp_path / "out" / IMAGE
+    assert image.read_bytes() != (built / IMAGE).read_bytes()
+    listing = subprocess.run(["unsquashfs", "-lls", str(image)], env={**os.environ, "TZ": "UTC"},
+                             capture_output=True, text=True, check=True).stdout
+    stamps = {" ".join(line.split()[3:5]) for line in listing.splitlines() if "squashfs-root" in line}
+    assert stamps == {"2023-11-14 22:13"}
+    superblock = subprocess.run(["unsquashfs", "-s", str(image)], env={**os.environ, "TZ": "UTC"},
+                                capture_output=True, text=True, check=True).stdout
+    assert "Tue Nov 14 22:13:20 2023" in superblock
+
+
+def test_wrong_checksum_fails_clearly_and_writes_nothing(fixture_mirror: Fixture, tmp_path: Path) -> None:
+    matrix = write_matrix(tmp_path / "in", fixture_mirror, wrong="kubelet")
+    out = tmp_path / "out"
+    result = run_cli("sysext", "build", "-m", str(matrix), "--k8s", MINOR, "-o", str(out), "--base-url", BASE_URL,
+                     cwd=tmp_path, cache=tmp_path / "cache")
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr
+    kubelet = fixture_mirror.files["amd64"]["kubelet"]
+    assert kubelet.url(fixture_mirror.base_url) in lines[0]
+    assert hashlib.sha256(b"not the file").hexdigest() in lines[0]  # expected
+    assert kubelet.sha256 in lines[0]  # actual
+    assert not out.exists()
+    assert not list((tmp_path / "cache").rglob(kubelet.sha256))  # nothing unverified kept either
+
+
+def test_sha256sums_lists_every_published_file(built: Path) -> None:
+    listed = {}
+    for line in (built / "SHA256SUMS").read_text().splitlines():
+        digest, name = line.split("  ", 1)
+        listed[name] = digest
+    published = {path.name for path in built.iterdir() if path.name != "SHA256SUMS"}
+    assert set(listed) == published
+    for name, digest in listed.items():
+        assert hashlib.sha256((built / name).read_bytes()).hexdigest() == digest
+
+
+def test_second_minor_in_same_directory_keeps_the_first_in_sha256sums(fixture_mirror: Fixture,
+                                                                       tmp_path: Path) -> None:
+    build_cli(tmp_path, fixture_mirror)
+    build_cli(tmp_path, fixture_mirror, "--arch", "arm64")
+    names = {line.split("  ", 1)[1] for line in (tmp_path / "out" / "SHA256SUMS").read_text().splitlines()}
+    assert {IMAGE, f"kubernetes-v{K8S}-arm64.raw"} <= names
+
+
+def test_without_base_url_only_the_image_and_sums(fixture_mirror: Fixture, tmp_path: Path) -> None:
+    result = build_cli(tmp_path, fixture_mirror, base_url=None)
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["SHA256SUMS", IMAGE]
+    assert "--base-url" in result.stdout
+
+
+# -- units ---------------------------------------------------------------------------------------
+
+
+def test_kubelet_unit_copies_cni_plugins_without_replacing_existing(built: Path, tmp_path: Path) -> None:
+    unit = unsquashfs_cat(built / IMAGE, "usr/lib/systemd/system/kubelet.service")
+    pre = [line.split("=", 1)[1] for line in unit.splitlines() if line.startswith("ExecStartPre=")]
+    assert len(pre) == 1 and pre[0].startswith("/bin/sh -c '")
+    script = pre[0].removeprefix("/bin/sh -c '").removesuffix("'").replace("$$", "$")  # systemd's unescaping
+    plugins, opt = tmp_path / "plugins", tmp_path / "opt-cni-bin"
+    plugins.mkdir()
+    for name in ("bridge", "portmap"):
+        (plugins / name).write_text(f"ours {name}")
+    script = script.replace(f"/{sx.CNI_IMAGE_DIR}", str(plugins)).replace("/opt/cni/bin", str(opt))
+    opt.mkdir()
+    (opt / "portmap").write_text("installed by the CNI provider")
+    subprocess.run(["sh", "-c", script], check=True)
+    assert (opt / "bridge").read_text() == "ours bridge"
+    assert (opt / "portmap").read_text() == "installed by the CNI provider"
+    dropin = unsquashfs_cat(built / IMAGE, "usr/lib/systemd/system/kubelet.service.d/10-kubeadm.conf")
+    assert "ExecStart=\n" in dropin and "$KUBELET_KUBEADM_ARGS" in dropin
+
+
+# -- sysupdate and node configs --------------------------------------------------------------------
+
+
+def read_transfer(path: Path) -> configparser.RawConfigParser:
+    parser = configparser.RawConfigParser(strict=True)
+    parser.optionxform = str  # type: ignore[assignment]  # systemd keys are case-sensitive
+    parser.read_string(path.read_text())
+    return parser
+
+
+def test_sysupdate_transfer_file(built: Path) -> None:
+    transfer = read_transfer(built / f"kubernetes-{MINOR}.conf")
+    assert transfer.sections() == ["Transfer", "Source", "Target"]
+    source, target = transfer["Source"], transfer["Target"]
+    assert source["Type"] == "url-file" and target["Type"] == "regular-file"
+    assert source["Path"].rstrip("/") == BASE_URL
+    assert target["Path"] == "/opt/extensions/kubernetes"
+    assert target["CurrentSymlink"] == "/etc/extensions/kubernetes.raw"
+    assert int(target["InstancesMax"]) >= 2
+    for pattern in (source["MatchPattern"], target["MatchPattern"]):
+        # sysupdate's wildcards: @v the version, %a the host architecture (x86-64 here)
+        regex = re.escape(pattern).replace("@v", r"(?P<v>[0-9][0-9A-Za-z.~+-]*)").replace("%a", "x86-64")
+        match = re.fullmatch(regex, IMAGE)
+        assert match and match["v"] == K8S.split(".")[2]
+        assert not re.fullmatch(regex, IMAGE.replace(f"v{MINOR}.", "v1.32."))  # patch updates only
+
+
+# The Ignition v3.3.0 config spec (docs/configuration-v3_3.md upstream): the keys each object
+# may carry, for the parts our configs use.
+IGNITION_KEYS = {
+    "": {"ignition", "storage", "systemd", "passwd", "kernelArguments"},
+    "ignition": {"version", "config", "timeouts", "security", "proxy"},
+    "storage": {"disks", "raid", "filesystems", "files", "directories", "links", "luks"},
+    "file": {"path", "overwrite", "contents", "append", "mode", "user", "group"},
+    "contents": {"compression", "source", "httpHeaders", "verification"},
+    "verification": {"hash"},
+    "link": {"path", "overwrite", "user", "group", "target", "hard"},
+    "systemd": {"units"},
+    "unit": {"name", "enabled", "mask", "contents", "dropins"},
+    "dropin": {"name", "contents"},
+}
+
+
+def check_ignition_3_3(config: dict) -> None:
+    def keys(obj: dict, kind: str) -> None:
+        assert isinstance(obj, dict) and set(obj) <= IGNITION_KEYS[kind], (kind, set(obj) - IGNITION_KEYS[kind])
+
+    keys(config, "")
+    keys(config["ignition"], "ignition")
+    assert config["ignition"]["version"] == "3.3.0"
+    keys(config["storage"], "storage")
+    paths: list[str] = []
+    for entry in config["storage"].get("files", []):
+        keys(entry, "file")
+        keys(entry["contents"], "contents")
+        assert urllib.parse.urlsplit(entry["contents"]["source"]).scheme in ("http", "https", "tftp", "s3", "gs", "data")
+        if "verification" in entry["contents"]:
+            keys(entry["contents"]["verification"], "verification")
+            assert re.fullmatch(r"sha512-[0-9a-f]{128}|sha256-[0-9a-f]{64}", entry["contents"]["verification"]["hash"])
+        assert isinstance(entry["mode"], int) and entry["mode"] <= 0o777  # decimal, no special bits
+        paths.append(entry["path"])
+    for link in config["storage"].get("links", []):
+        keys(link, "link")
+        assert isinstance(link["target"], str) and isinstance(link.get("hard", False), bool)
+        paths.append(link["path"])
+    assert all(path.startswith("/") for path in paths) and len(paths) == len(set(paths))
+    if "systemd" in config:
+        keys(config["systemd"], "systemd")
+        for unit in config["systemd"]["units"]:
+            keys(unit, "unit")
+            for dropin in unit.get("dropins", []):
+                keys(dropin, "dropin")
+
+
+def test_ignition_json_fetches_verifies_and_links_the_image(built: Path) -> None:
+    config = json.loads((built / IMAGE.replace(".raw", ".ign")).read_text())
+    check_ignition_3_3(config)
+    files = {entry["path"]: entry for entry in config["storage"]["files"]}
+    node_image = f"/opt/extensions/kubernetes/{IMAGE}"
+    assert files[node_image]["contents"]["source"] == f"{BASE_URL}/{IMAGE}"
+    assert files[node_image]["contents"]["verification"]["hash"] == \
+        "sha512-" + hashlib.sha512((built / IMAGE).read_bytes()).hexdigest()
+    assert config["storage"]["links"] == [{"path": "/etc/extensions/kubernetes.raw", "target": node_image,
+                                           "hard": False}]
+    transfer = files[f"/etc/sysupdate.kubernetes.d/kubernetes-{MINOR}.conf"]["contents"]["source"]
+    assert transfer.startswith("data:,")
+    assert urllib.parse.unquote(transfer.removeprefix("data:,")) == (built / f"kubernetes-{MINOR}.conf").read_text()
+    units = {unit["name"]: unit for unit in config["systemd"]["units"]}
+    assert units["systemd-sysupdate.timer"]["enabled"] is True
+    assert "systemd-sysupdate -C kubernetes update" in units["systemd-sysupdate.service"]["dropins"][0]["contents"]
+
+
+def test_butane_is_the_same_config(built: Path) -> None:
+    butane = yaml.safe_load((built / IMAGE.replace(".raw", ".bu")).read_text())
+    assert (butane["variant"], butane["version"]) == ("flatcar", "1.0.0")
+    assert sx.to_ignition(butane) == json.loads((built / IMAGE.replace(".raw", ".ign")).read_text())
+
+
+def test_container_linux_config_for_cluster_api(built: Path) -> None:
+    clc = yaml.safe_load((built / IMAGE.replace(".raw", ".clc.yaml")).read_text())
+    image_file = next(entry for entry in clc["storage"]["files"] if entry["path"].endswith(".raw"))
+    assert image_file["filesystem"] == "root"
+    remote = image_file["contents"]["remote"]
+    assert remote["url"] == f"{BASE_URL}/{IMAGE}"
+    assert remote["verification"]["hash"] == {"function": "sha512",
+                                              "sum": hashlib.sha512((built / IMAGE).read_bytes()).hexdigest()}
+    assert clc["storage"]["links"][0]["path"] == "/etc/extensions/kubernetes.raw"
+
+
+def test_no_updates_leaves_out_sysupdate(fixture_mirror: Fixture, tmp_path: Path) -> None:
+    build_cli(tmp_path, fixture_mirror, "--no-updates")
+    config = json.loads((tmp_path / "out" / IMAGE.replace(".raw", ".ign")).read_text())
+    check_ignition_3_3(config)
+    assert "systemd" not in config and len(config["storage"]["files"]) == 1
+    assert not (tmp_path / "out" / f"kubernetes-{MINOR}.conf").exists()
+
+
+# -- a real merge with this host's systemd-sysext ---------------------------------------------------
+
+
+def sysext_merge(image: Path, root: Path) -> subprocess.CompletedProcess[str]:
+    """Merge ``image`` as /etc/extensions/kubernetes.raw into a scratch root, in a private mount
+    namespace (its own /run), so the host's mounts are never touched."""
+    (root / "usr/lib").mkdir(parents=True)
+    (root / "opt").mkdir()
+    (root / "etc/extensions").mkdir(parents=True)
+    shutil.copyfile("/etc/os-release", root / "usr/lib/os-release")
+    shutil.copyfile(image, root / "etc/extensions/kubernetes.raw")
+    script = (f"mount -t tmpfs tmpfs /run && mount --make-rshared / && systemd-sysext merge --root={root} "
+              f"&& {root}/usr/bin/kubeadm version -o short")
+    return subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def sysext_merge_works(built: Path, tmp_path_factory: pytest.TempPathFactory) -> subprocess.CompletedProcess[str]:
+    if shutil.which("systemd-sysext") is None or shutil.which("unshare") is None or os.geteuid() != 0:
+        pytest.skip("needs root, unshare and systemd-sysext")
+    return sysext_merge(built / IMAGE, tmp_path_factory.mktemp("merge-root"))
+
+
+def test_systemd_sysext_merges_the_image(sysext_merge_works: subprocess.CompletedProcess[str]) -> None:
+    if "Operation not permitted" in sysext_merge_works.stderr and "unshare" in sysext_merge_works.stderr:
+        pytest.skip("no mount namespaces here")
+    assert sysext_merge_works.returncode == 0, sysext_merge_works.stderr
+    assert sysext_merge_works.stdout.strip().splitlines()[-1] == f"v{K8S}"
+
+
+def test_systemd_sysext_refuses_another_os_id(sysext_merge_works: subprocess.CompletedProcess[str],
+                                              fixture_mirror: Fixture, tmp_path: Path) -> None:
+    if sysext_merge_works.returncode != 0:
+        pytest.skip("systemd-sysext cannot merge on this machine")
+    host_id = dict(line.split("=", 1) for line in Path("/etc/os-release").read_text().splitlines() if "=" in line)["ID"]
+    other = "flatcar" if host_id.strip('"') != "flatcar" else "debian"
+    build_cli(tmp_path, fixture_mirror, "--os-id", other, "--sysext-level", "1.0")
+    result = sysext_merge(tmp_path / "out" / IMAGE, tmp_path / "root")
+    assert result.returncode != 0 and not (tmp_path / "root/usr/bin/kubeadm").exists()
+
+
+# -- downloads ---------------------------------------------------------------------------------------
+
+
+@contextmanager
+def flaky_server(body: bytes, failures: int, status: int = 503) -> Iterator[tuple[str, list[int]]]:
+    """Serves ``body`` at /file after answering ``status`` ``failures`` times; records each answer."""
+    answers: list[int] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - stdlib name
+            code = status if len(answers) < failures else 200
+            answers.append(code)
+            self.send_response(code)
+            self.send_header("Content-Length", str(len(body) if code == 200 else 0))
+            self.end_headers()
+            if code == 200:
+                self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/file", answers
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_fetch_retries_transient_errors_then_caches(tmp_path: Path) -> None:
+    body = b"release file\n"
+    pinned = Download(url="", sha256=hashlib.sha256(body).hexdigest())
+    with flaky_server(body, failures=2) as (url, answers):
+        path = fetch(pinned.model_copy(update={"url": url}), cache=tmp_path, sleep=lambda _s: None)
+        assert path.read_bytes() == body and answers == [503, 503, 200]
+        again = fetch(pinned.model_copy(update={"url": url}), cache=tmp_path, sleep=lambda _s: None)
+        assert again == path and len(answers) == 3  # served from the cache
+    path.write_bytes(b"damaged")  # a damaged cache entry is fetched again, never used
+    with flaky_server(body, failures=0) as (url, answers):
+        assert fetch(pinned.model_copy(update={"url": url}), cache=tmp_path).read_bytes() == body
+        assert answers == [200]
+
+
+def test_fetch_gives_up_after_bounded_retries_and_not_on_404(tmp_path: Path) -> None:
+    body = b"x"
+    pinned = Download(url="", sha256=hashlib.sha256(body).hexdigest())
+    with flaky_server(body, failures=10) as (url, answers):
+        with pytest.raises(UserError, match=r"failed after 3 attempts \(HTTP 503\)"):
+            fetch(pinned.model_copy(update={"url": url}), cache=tmp_path, sleep=lambda _s: None)
+        assert len(answers) == 3
+    with flaky_server(body, failures=10, status=404) as (url, answers):
+        with pytest.raises(UserError, match="HTTP 404"):
+            fetch(pinned.model_copy(update={"url": url}), cache=tmp_path, sleep=lambda _s: None)
+        assert answers == [404]
+    assert not any(tmp_path.rglob("*.part"))
+
+
+# -- S3 (moto server over HTTP) ------------------------------------------------------------------------
+
+
+def test_upload_to_s3_merges_sha256sums(fixture_mirror: Fixture, built: Path, tmp_path: Path) -> None:
+    boto3 = pytest.importorskip("boto3")
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing",
+               "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+        s3 = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+        s3.create_bucket(Bucket="sysext")
+        other = f"{'0' * 64}  kubernetes-v1.30.9-x86-64.raw\n"
+        s3.put_object(Bucket="sysext", Key="k8s/SHA256SUMS", Body=other.encode())
+        build_cli(tmp_path, fixture_mirror, "--s3-bucket", "sysext", "--s3-prefix", "k8s", extra_env=env)
+        keys = {obj["Key"] for obj in s3.list_objects_v2(Bucket="sysext")["Contents"]}
+        assert keys == {f"k8s/{path.name}" for path in built.iterdir()}
+        remote = s3.get_object(Bucket="sysext", Key=f"k8s/{IMAGE}")["Body"].read()
+        assert remote == (built / IMAGE).read_bytes()
+        sums = s3.get_object(Bucket="sysext", Key="k8s/SHA256SUMS")["Body"].read().decode()
+        assert other in sums and f"{hashlib.sha256(remote).hexdigest()}  {IMAGE}\n" in sums
+    finally:
+        server.stop()
+
+
+# -- plan --compare --------------------------------------------------------------------------------------
+
+
+def test_compare_strategies_on_the_test_matrix() -> None:
+    cells = plan(load_matrix(DATA / "matrix.yaml"))
+    report = sx.compare_strategies(cells)
+    bake, configured, everywhere = report.strategies
+    aws_regions = 2  # tests/data/matrix.yaml: regions [us-east-1, eu-west-1]
+    aws = [cell for cell in cells if cell.cloud == "aws"]
+    assert bake.images_built == len(cells) == 31
+    assert bake.image_copies_stored == len(cells) + (aws_regions - 1) * len(aws)
+    assert bake.sysexts_built == 0 and bake.stock_images_imported == 0
+    flatcar = [cell for cell in cells if cell.os == "flatcar"]
+    assert {cell.strategy for cell in flatcar} == {"sysext"}  # the OS default
+    assert configured.images_built == len(cells) - len(flatcar) == 25
+    assert configured.sysexts_built == 3  # 1.30, 1.31, 1.32 on amd64
+    assert configured.stock_images_imported == 1  # flatcar into Glance; aws lists the vendor's AMI
+    assert everywhere.images_built == 0
+    assert everywhere.sysexts_built == 4  # debian 1.32 is arm64: one more (minor, arch)
+    assert bake.storage_gib > configured.storage_gib > everywhere.storage_gib
+    expected_bake = sum(sx.IMAGE_GIB[c.cloud] * sx.copies_per_image(c) for c in cells)
+    assert bake.storage_gib == round(expected_bake, 1)
+
+
+def test_compare_output(tmp_path: Path) -> None:
+    result = run_cli("sysext", "compare", "-m", str(DATA / "matrix.yaml"), cwd=tmp_path, cache=tmp_path / "c")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "31 cells"
+    assert re.match(r"bake everything\s+31\s+43\s+0\s+0\s+\d", lines[2])
+    assert lines[-1].startswith("assumptions: ")
+    as_json = run_cli("sysext", "compare", "-m", str(DATA / "matrix.yaml"), "--format", "json", cwd=tmp_path,
+                      cache=tmp_path / "c")
+    assert [s["name"] for s in json.loads(as_json.stdout)["strategies"]] == \
+        ["bake everything", "as configured", "sysext everywhere"]
