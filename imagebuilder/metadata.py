@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, fields
+from datetime import datetime, timezone
 from typing import Any
 
 PREFIX = "imagebuilder-"
@@ -21,7 +22,7 @@ class ImageMetadata:
     cell: str
     version: str  # imagebuilder's own version
     git_commit: str
-    build_timestamp: str = ""  # unix seconds, set when Packer builds
+    build_timestamp: str = ""  # UTC "YYYYMMDDhhmmss" as Packer's formatdate writes it at build time
 
     def to_tags(self) -> dict[str, str]:
         """As AWS tags, OpenStack properties, Azure tags and local catalogue records carry it."""
@@ -38,6 +39,15 @@ class ImageMetadata:
             elif item.name != "build_timestamp":
                 return None
         return cls(**values)
+
+    def built_at(self) -> datetime | None:
+        """The build time: Packer's "YYYYMMDDhhmmss" (UTC), or unix seconds; None when unset."""
+        stamp = self.build_timestamp
+        if len(stamp) == 14 and stamp.isdigit():
+            return datetime.strptime(stamp, "%Y%m%d%H%M%S").replace(tzinfo=timezone.utc)
+        if stamp.isdigit():
+            return datetime.fromtimestamp(int(stamp), timezone.utc)
+        return None
 
     def to_gcp_labels(self) -> dict[str, str]:
         """GCE labels allow [a-z0-9_-] up to 63 characters; dots become dashes."""

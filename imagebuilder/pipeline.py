@@ -18,8 +18,8 @@ def catalogue_lookup(cell: Cell) -> str | None:
     the cloud's images for a cloud cell, the local catalogue for a qemu cell."""
     from imagebuilder.clouds import store_for
 
-    record = store_for(cell.cloud, cell.settings).find_by_build_key(cell.build_key)
-    return None if record is None else record.image_id
+    records = store_for(cell.cloud, cell.settings).find_by_build_key(cell.build_key)
+    return ", ".join(sorted(f"{r.region}:{r.image_id}" for r in records)) or None
 
 
 def changed_cells(cells: list[Cell], lookup: Lookup) -> list[Cell]:
