@@ -13,6 +13,7 @@ from rich.table import Table
 
 from imagebuilder import __version__, packer, pipeline, progress, render
 from imagebuilder.config import DEFAULT_MATRIX, load_matrix
+from imagebuilder.commands_sysext import print_comparison, sysext
 from imagebuilder.errors import UserError
 from imagebuilder.planner import Cell, plan
 
@@ -49,9 +50,15 @@ def cli() -> None:
               default=None, help="Output format; a table in a terminal, JSON otherwise.")
 @click.option("--changed", is_flag=True,
               help="Only cells whose build key is not yet an image in their catalogue (the cloud itself).")
-def plan_command(matrix_path: Path, only: tuple[str, ...], output_format: str | None, changed: bool) -> None:
+@click.option("--compare", is_flag=True,
+              help="Compare how many images baking and sysext build and store for the whole matrix.")
+def plan_command(matrix_path: Path, only: tuple[str, ...], output_format: str | None, changed: bool,
+                 compare: bool) -> None:
     """Expand the matrix into build cells with their ids and build keys."""
     cells = planned_cells(matrix_path, only)
+    if compare:
+        print_comparison(cells, "json" if output_format == "json" else "table")
+        return
     if changed:
         cells = pipeline.changed_cells(cells, pipeline.catalogue_lookup)
     output_format = output_format or ("table" if sys.stdout.isatty() else "json")
@@ -176,6 +183,9 @@ def _require_cells(cells: list[Cell], only: tuple[str, ...]) -> list[Cell]:
         raise UserError(f"--only {' '.join(only)}: no cell of the matrix matches "
                         "(see 'imagebuilder plan' for the cell ids)")
     return cells
+
+
+cli.add_command(sysext)
 
 
 def main() -> None:
