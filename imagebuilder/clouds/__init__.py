@@ -1,0 +1,200 @@
+"""One small interface for every place images live: AWS, OpenStack, the local catalogue (GCP, Azure later).
+
+An ``ImageStore`` publishes an artifact (the record a build produced) and manages what is
+already published: list with metadata, find by build key, tag, copy, share, deprecate,
+delete. Each cloud implements it in its own module; ``store_for`` picks one. Retention
+builds on ``list_images`` (metadata and creation time), ``in_use`` and ``delete``.
+
+Errors a user can act on (a missing region, a denied permission, an image that vanished)
+are ``CloudError``: a ``UserError`` with one line naming the image, the call and the fix.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from imagebuilder.artifact import Artifact
+from imagebuilder.errors import UserError
+from imagebuilder.metadata import ImageMetadata
+
+# The cloud names a store answers to; "qemu" builds publish into the local catalogue.
+STORE_CLOUDS: tuple[str, ...] = ("local", "aws", "openstack")
+CLOUD_ALIASES: dict[str, str] = {"qemu": "local"}
+
+
+class CloudError(UserError):
+    """A cloud call failed in a way the user can act on; one line, never a traceback."""
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One image in one region, as every store reports it."""
+
+    cloud: str  # "aws", "openstack", "local", ...
+    region: str  # AWS region, OpenStack region name (or "default"), "local"
+    image_id: str
+    name: str
+    created_at: datetime  # timezone-aware, UTC
+    metadata: ImageMetadata | None  # None: not an imagebuilder image
+    state: str = "available"  # the cloud's own word, lower case ("available", "active", "pending", ...)
+    deprecated_at: datetime | None = None  # deprecated from then on (GCP/AWS semantics)
+    public: bool = False
+    tags: dict[str, str] = field(default_factory=dict)  # every tag/property, ours included
+    extra: dict[str, Any] = field(default_factory=dict)  # cloud-specific: snapshots, file path, owner...
+
+    def deprecated(self, now: datetime | None = None) -> bool:
+        return self.deprecated_at is not None and self.deprecated_at <= (now or utcnow())
+
+    @property
+    def build_time(self) -> datetime:
+        """When it was built: the metadata's build timestamp, else the cloud's creation time."""
+        if self.metadata and self.metadata.build_timestamp.isdigit():
+            return datetime.fromtimestamp(int(self.metadata.build_timestamp), timezone.utc)
+        return self.created_at
+
+    def to_json(self) -> dict[str, Any]:
+        meta = self.metadata
+        return {
+            "cloud": self.cloud,
+            "region": self.region,
+            "image_id": self.image_id,
+            "name": self.name,
+            "created_at": self.created_at.isoformat(),
+            "state": self.state,
+            "deprecated_at": self.deprecated_at.isoformat() if self.deprecated_at else None,
+            "public": self.public,
+            "os": meta.os if meta else None,
+            "kubernetes_version": meta.kubernetes_version if meta else None,
+            "kubernetes_minor": meta.kubernetes_minor if meta else None,
+            "arch": meta.arch if meta else None,
+            "build_key": meta.build_key if meta else None,
+            "metadata": meta.to_tags() if meta else {},
+        }
+
+
+@dataclass(frozen=True)
+class ImageFilter:
+    """What `list_images` returns; None matches anything. Only our images unless include_foreign."""
+
+    os: str | None = None
+    kubernetes_minor: str | None = None
+    arch: str | None = None
+    build_key: str | None = None
+    region: str | None = None
+    include_foreign: bool = False
+
+    def matches(self, record: ImageRecord) -> bool:
+        if self.region is not None and record.region != self.region:
+            return False
+        meta = record.metadata
+        if meta is None:
+            return self.include_foreign and (self.os, self.kubernetes_minor, self.arch, self.build_key) == (None,) * 4
+        return all(want is None or want == have for want, have in (
+            (self.os, meta.os), (self.kubernetes_minor, meta.kubernetes_minor), (self.arch, meta.arch),
+            (self.build_key, meta.build_key)))
+
+
+class ImageStore(abc.ABC):
+    """Where images of one cloud live. Constructed with that cloud's settings from the matrix."""
+
+    cloud: str
+
+    @abc.abstractmethod
+    def publish(self, artifact: Artifact) -> dict[str, str]:
+        """Make the artifact's image available as configured: in every region, tagged, shared.
+
+        Idempotent: images already published for the artifact's build key are found and
+        completed, never duplicated. Returns region -> image id.
+        """
+
+    @abc.abstractmethod
+    def list_images(self, filters: ImageFilter | None = None) -> list[ImageRecord]:
+        """Images in every configured region, newest first."""
+
+    def find_by_build_key(self, build_key: str, region: str | None = None) -> list[ImageRecord]:
+        """The images (one per region) built from this build key; empty when none."""
+        return self.list_images(ImageFilter(build_key=build_key, region=region))
+
+    @abc.abstractmethod
+    def tag(self, image: ImageRecord, tags: dict[str, str]) -> None:
+        """Add or overwrite tags (properties) on the image, and on its snapshots where it has them."""
+
+    @abc.abstractmethod
+    def copy_to_regions(self, image: ImageRecord, regions: Sequence[str]) -> dict[str, str]:
+        """Copies of the image (with its tags) in these regions; existing copies are reused."""
+
+    @abc.abstractmethod
+    def share(self, image: ImageRecord, principals: Sequence[str] = (), public: bool = False) -> None:
+        """Make the image launchable exactly by these accounts/projects (and everyone if public)."""
+
+    @abc.abstractmethod
+    def deprecate(self, image: ImageRecord, when: datetime) -> None:
+        """Hide the image from searches from `when` on; it stays launchable."""
+
+    @abc.abstractmethod
+    def delete(self, image: ImageRecord) -> list[str]:
+        """Delete the image and what only it uses (AMI snapshots); returns what was deleted.
+
+        This deletes for real: dry runs and policy belong to the retention layer.
+        """
+
+    def in_use(self, image: ImageRecord) -> list[str] | None:
+        """What refers to the image (instances, templates, servers); None when it cannot be checked."""
+        return None
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def canonical_cloud(cloud: str) -> str:
+    cloud = CLOUD_ALIASES.get(cloud, cloud)
+    if cloud not in STORE_CLOUDS:
+        raise UserError(f"--cloud {cloud}: no image store for this cloud | fix: use one of {', '.join(STORE_CLOUDS)}")
+    return cloud
+
+
+def store_for(cloud: str, settings: Any = None, **options: Any) -> ImageStore:
+    """The image store of a cloud, configured by its matrix settings (a model or a dict).
+
+    Credentials come from the environment or the SDK's own config files, never from here.
+    """
+    cloud = canonical_cloud(cloud)
+    if cloud == "local":
+        from imagebuilder.clouds.local import LocalCatalogue
+
+        return LocalCatalogue(**options)
+    if cloud == "aws":
+        from imagebuilder.clouds.aws import AwsImageStore
+        from imagebuilder.config import AwsSettings
+
+        return AwsImageStore(_settings(AwsSettings, settings), **options)
+    from imagebuilder.clouds.openstack import OpenstackImageStore
+    from imagebuilder.config import OpenstackSettings
+
+    return OpenstackImageStore(_settings(OpenstackSettings, settings), **options)
+
+
+def _settings(model: Any, settings: Any) -> Any:
+    if settings is None:
+        return model()
+    if isinstance(settings, model):
+        return settings
+    known = {name: value for name, value in dict(settings).items() if name in model.model_fields}
+    return model(**known)
+
+
+def newest(records: Sequence[ImageRecord], include_deprecated: bool = False) -> ImageRecord | None:
+    """The most recently built image, skipping deprecated ones (as GCP image families resolve)."""
+    now = utcnow()
+    candidates = [r for r in records if include_deprecated or not r.deprecated(now)]
+    candidates = [r for r in candidates if r.state in ("available", "active")]
+    return max(candidates, key=lambda r: (r.build_time, r.created_at, r.image_id), default=None)
+
+
+def sort_newest_first(records: list[ImageRecord]) -> list[ImageRecord]:
+    return sorted(records, key=lambda r: (r.build_time, r.created_at, r.image_id), reverse=True)

@@ -1,0 +1,212 @@
+"""The local catalogue: qemu images on this machine, one JSON record per image.
+
+Layout under the catalogue directory ($IMAGEBUILDER_CATALOGUE, else the user's cache dir):
+
+    records/<image id>.json    metadata (as tags), name, creation and deprecation times, file
+    images/<image id>/<file>   the qcow2, hard-linked from the build output when it can be, else copied
+
+The image id derives from the build key, so publishing the same build twice finds the
+first record and changes nothing. Every write goes to a temporary file first and is
+renamed into place: a reader never sees half a record or half an image.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from platformdirs import user_cache_dir
+
+from imagebuilder.artifact import Artifact
+from imagebuilder.clouds import CloudError, ImageFilter, ImageRecord, ImageStore, sort_newest_first, utcnow
+from imagebuilder.metadata import ImageMetadata
+
+CATALOGUE_ENV = "IMAGEBUILDER_CATALOGUE"
+RECORD_SCHEMA = 1
+REGION = "local"
+IMAGE_SUFFIXES = (".qcow2", ".img", ".raw")
+
+
+def default_catalogue_dir() -> Path:
+    configured = os.environ.get(CATALOGUE_ENV)
+    return Path(configured) if configured else Path(user_cache_dir("imagebuilder")) / "catalogue"
+
+
+def local_image_id(build_key: str) -> str:
+    return f"local-{build_key[:16]}"
+
+
+class LocalCatalogue(ImageStore):
+    cloud = "local"
+
+    def __init__(self, root: Path | str | None = None) -> None:
+        self.root = Path(root) if root is not None else default_catalogue_dir()
+
+    @property
+    def records_dir(self) -> Path:
+        return self.root / "records"
+
+    @property
+    def images_dir(self) -> Path:
+        return self.root / "images"
+
+    # -- the interface -------------------------------------------------------------------
+
+    def publish(self, artifact: Artifact) -> dict[str, str]:
+        image_id = local_image_id(artifact.build_key)
+        existing = self._load(image_id)
+        if existing is not None and Path(existing.extra["path"]).is_file():
+            return {REGION: image_id}
+        source = image_file_of(artifact)
+        target = self.images_dir / image_id / source.name
+        _place_file(source, target)
+        record = {
+            "schema": RECORD_SCHEMA,
+            "image_id": image_id,
+            "name": artifact.image_name or source.stem,
+            "created_at": utcnow().isoformat(),
+            "deprecated_at": None,
+            "tags": artifact.metadata.to_tags(),
+            "file": str(target.relative_to(self.root)),
+            "format": source.suffix.lstrip(".") or "raw",
+            "size": target.stat().st_size,
+            "cell": artifact.cell_id,
+            "versions": artifact.versions,
+        }
+        self._write(image_id, record)
+        return {REGION: image_id}
+
+    def list_images(self, filters: ImageFilter | None = None) -> list[ImageRecord]:
+        filters = filters or ImageFilter()
+        if not self.records_dir.is_dir():
+            return []
+        records = (self._load(path.stem) for path in sorted(self.records_dir.glob("*.json")))
+        return sort_newest_first([r for r in records if r is not None and filters.matches(r)])
+
+    def get(self, image_id: str) -> ImageRecord:
+        record = self._load(image_id)
+        if record is None:
+            raise CloudError(f"local catalogue {self.root}: no image {image_id} "
+                             "| fix: see 'imagebuilder images list --cloud local'")
+        return record
+
+    def tag(self, image: ImageRecord, tags: dict[str, str]) -> None:
+        data = self._raw(image.image_id)
+        data["tags"] = {**data["tags"], **{str(k): str(v) for k, v in tags.items()}}
+        self._write(image.image_id, data)
+
+    def copy_to_regions(self, image: ImageRecord, regions: Sequence[str]) -> dict[str, str]:
+        others = [region for region in regions if region != REGION]
+        if others:
+            raise CloudError(f"local catalogue: cannot copy {image.image_id} to {', '.join(others)} "
+                             "| fix: the local catalogue has one region, 'local'")
+        return {REGION: image.image_id} if regions else {}
+
+    def share(self, image: ImageRecord, principals: Sequence[str] = (), public: bool = False) -> None:
+        if principals or public:
+            raise CloudError(f"local catalogue: {image.image_id} cannot be shared "
+                             "| fix: publish it to a cloud, or copy the file from 'images list --output json'")
+
+    def deprecate(self, image: ImageRecord, when: datetime) -> None:
+        data = self._raw(image.image_id)
+        data["deprecated_at"] = _utc(when).isoformat()
+        self._write(image.image_id, data)
+
+    def delete(self, image: ImageRecord) -> list[str]:
+        record_path = self.records_dir / f"{image.image_id}.json"
+        if not record_path.exists():
+            raise CloudError(f"local catalogue {self.root}: no image {image.image_id} to delete")
+        record_path.unlink()  # the record first: a half-deleted image is never listed
+        shutil.rmtree(self.images_dir / image.image_id, ignore_errors=True)
+        return [image.image_id]
+
+    def in_use(self, image: ImageRecord) -> list[str] | None:
+        return []  # nothing launches from the catalogue itself; VMs run from copies
+
+    # -- records -------------------------------------------------------------------------
+
+    def _raw(self, image_id: str) -> dict[str, Any]:
+        path = self.records_dir / f"{image_id}.json"
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise CloudError(f"local catalogue {self.root}: no image {image_id} "
+                             "| fix: see 'imagebuilder images list --cloud local'") from None
+        except ValueError as exc:
+            raise CloudError(f"{path}: not a catalogue record ({exc}) | fix: delete the file and publish again") from None
+        if not isinstance(data, dict) or data.get("schema") != RECORD_SCHEMA:
+            raise CloudError(f"{path}: catalogue record schema {data.get('schema') if isinstance(data, dict) else '?'} "
+                             f"is not {RECORD_SCHEMA} | fix: delete the file and publish again")
+        return data
+
+    def _load(self, image_id: str) -> ImageRecord | None:
+        if not (self.records_dir / f"{image_id}.json").exists():
+            return None
+        data = self._raw(image_id)
+        path = self.root / data["file"]
+        return ImageRecord(
+            cloud=self.cloud,
+            region=REGION,
+            image_id=data["image_id"],
+            name=data["name"],
+            created_at=datetime.fromisoformat(data["created_at"]),
+            metadata=ImageMetadata.from_tags(data["tags"]),
+            state="available" if path.is_file() else "missing",
+            deprecated_at=datetime.fromisoformat(data["deprecated_at"]) if data.get("deprecated_at") else None,
+            tags=dict(data["tags"]),
+            extra={"path": str(path), "format": data.get("format", ""), "size": data.get("size", 0),
+                   "cell": data.get("cell", ""), "versions": data.get("versions", {})},
+        )
+
+    def _write(self, image_id: str, data: dict[str, Any]) -> None:
+        self.records_dir.mkdir(parents=True, exist_ok=True)
+        _atomic_write(self.records_dir / f"{image_id}.json", json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def image_file_of(artifact: Artifact) -> Path:
+    """The disk image an artifact produced: its first qcow2 (or img/raw) file."""
+    candidates = [Path(f) for f in artifact.files] + [Path(v) for v in artifact.ids.values() if "/" in v]
+    for path in candidates:
+        if path.suffix in IMAGE_SUFFIXES and path.is_file():
+            return path
+    listed = ", ".join(str(p) for p in candidates) or "none"
+    raise CloudError(f"{artifact.cell_id}: the artifact has no image file to catalogue (files: {listed}) "
+                     "| fix: rebuild the cell; its qcow2 is missing")
+
+
+def _place_file(source: Path, target: Path) -> None:
+    """Hard-link (or copy) source to target, atomically: target is whole or absent."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    temporary.unlink(missing_ok=True)
+    try:
+        try:
+            os.link(source, temporary)
+        except OSError:
+            shutil.copyfile(source, temporary)
+        os.replace(temporary, target)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _utc(when: datetime) -> datetime:
+    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)

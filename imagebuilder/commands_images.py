@@ -1,0 +1,155 @@
+"""`imagebuilder images list|resolve`, and the publish step the build calls for each artifact.
+
+- ``images list [--cloud C] [--os O] [--k8s M] [--region R] [--output json]``: every image
+  with its metadata, from the local catalogue and every cloud the matrix declares.
+- ``images resolve --cloud C --os O --k8s 1.31 [--region R] [--arch A]``: the newest image id
+  that is not deprecated, as a Cluster API machine template needs it.
+- ``publish_artifact(artifact, cell_settings)``: publish one build's artifact to its store.
+- ``lookup_existing(cell)``: the id of an image already built from the cell's build key
+  (for ``build.mark_existing``), or None.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from imagebuilder.artifact import Artifact
+from imagebuilder.clouds import (
+    CLOUD_ALIASES,
+    STORE_CLOUDS,
+    ImageFilter,
+    ImageRecord,
+    ImageStore,
+    canonical_cloud,
+    newest,
+    sort_newest_first,
+    store_for,
+)
+from imagebuilder.config import DEFAULT_MATRIX, load_matrix
+from imagebuilder.errors import UserError
+
+MINOR = re.compile(r"^1\.\d{1,3}$")
+
+
+def publish_artifact(artifact: Artifact, cell_settings: Any = None) -> dict[str, str]:
+    """Publish a build's artifact where its cloud keeps images; region -> image id.
+
+    ``cell_settings`` is the cell's cloud settings (``Cell.settings`` or a settings model).
+    Idempotent: a second call for the same build key finds what the first published.
+    """
+    return store_for(artifact.cloud, cell_settings).publish(artifact)
+
+
+def lookup_existing(cell: Any) -> str | None:
+    """An image id already published for the cell's build key (build.Lookup), or None."""
+    found = store_for(cell.cloud, cell.settings).find_by_build_key(cell.build_key)
+    return found[0].image_id if found else None
+
+
+def stores_for(cloud: str | None, matrix_path: Path | None) -> list[ImageStore]:
+    """The stores to ask: one cloud, or the local catalogue plus every store cloud the matrix declares."""
+    settings = _matrix_settings(matrix_path, required=matrix_path is not None)
+    if cloud is not None:
+        name = canonical_cloud(cloud)
+        return [store_for(name, settings.get(name))]
+    return [store_for(name, settings.get(name)) for name in STORE_CLOUDS if name == "local" or name in settings]
+
+
+def _matrix_settings(matrix_path: Path | None, required: bool) -> dict[str, Any]:
+    """Cloud name -> settings from the matrix; {} when there is no matrix to read."""
+    path = matrix_path or Path(DEFAULT_MATRIX)
+    if not path.exists():
+        if required:
+            raise UserError(f"{path}: no such matrix file | fix: pass -m with the path of your matrix.yaml")
+        return {}
+    clouds = load_matrix(path).matrix.clouds
+    return {name: getattr(clouds, name) for name in clouds.declared() if name in STORE_CLOUDS}
+
+
+def _check_minor(minor: str | None) -> str | None:
+    if minor is not None and not MINOR.match(minor):
+        raise UserError(f"--k8s {minor}: not a Kubernetes minor | fix: write it as 1.31")
+    return minor
+
+
+cloud_choices = click.Choice([*STORE_CLOUDS, *CLOUD_ALIASES])
+matrix_option = click.option("-m", "--matrix", "matrix_path", type=click.Path(path_type=Path), default=None,
+                             help=f"The matrix whose cloud settings say where to look [default: {DEFAULT_MATRIX} if it exists].")
+
+
+@click.group("images")
+def images() -> None:
+    """List and resolve published images (AWS, OpenStack, the local catalogue)."""
+
+
+@images.command("list")
+@matrix_option
+@click.option("--cloud", type=cloud_choices, default=None, help="Only this cloud (default: local and the matrix's clouds).")
+@click.option("--os", "os_id", default=None, metavar="OS", help="Only this OS, e.g. debian-12.")
+@click.option("--k8s", "minor", default=None, metavar="MINOR", help="Only this Kubernetes minor, e.g. 1.31.")
+@click.option("--region", default=None, help="Only this region.")
+@click.option("--output", "output_format", type=click.Choice(["table", "json"]), default=None,
+              help="A table in a terminal, JSON otherwise.")
+def list_command(matrix_path: Path | None, cloud: str | None, os_id: str | None, minor: str | None,
+                 region: str | None, output_format: str | None) -> None:
+    """Every image with its metadata, newest first."""
+    filters = ImageFilter(os=os_id, kubernetes_minor=_check_minor(minor), region=region)
+    records: list[ImageRecord] = []
+    for store in stores_for(cloud, matrix_path):
+        records.extend(store.list_images(filters))
+    records = sort_newest_first(records)
+    if (output_format or ("table" if sys.stdout.isatty() else "json")) == "json":
+        click.echo(json.dumps([record.to_json() for record in records], indent=2))
+    else:
+        Console(highlight=False, soft_wrap=True).print(_table(records))
+
+
+@images.command("resolve")
+@matrix_option
+@click.option("--cloud", type=cloud_choices, required=True)
+@click.option("--os", "os_id", required=True, metavar="OS", help="e.g. debian-12")
+@click.option("--k8s", "minor", required=True, metavar="MINOR", help="e.g. 1.31")
+@click.option("--region", default=None, help="Needed when the images are in several regions.")
+@click.option("--arch", default=None, type=click.Choice(["amd64", "arm64"]), help="Needed when both exist.")
+def resolve_command(matrix_path: Path | None, cloud: str, os_id: str, minor: str, region: str | None,
+                    arch: str | None) -> None:
+    """Print the id of the newest image (not deprecated) for an OS and Kubernetes minor."""
+    filters = ImageFilter(os=os_id, kubernetes_minor=_check_minor(minor), arch=arch, region=region)
+    (store,) = stores_for(cloud, matrix_path)
+    records = store.list_images(filters)
+    what = f"--cloud {cloud} --os {os_id} --k8s {minor}"
+    for dimension, values in (("region", {r.region for r in records}),
+                              ("arch", {r.metadata.arch for r in records if r.metadata})):
+        if len(values) > 1:
+            raise UserError(f"{what}: images in several {dimension}s ({', '.join(sorted(values))}) "
+                            f"| fix: add --{dimension} with one of them")
+    found = newest(records)
+    if found is None:
+        detail = f"{len(records)} deprecated or unavailable" if records else "none published"
+        raise UserError(f"{what}{f' --region {region}' if region else ''}: no usable image ({detail}) "
+                        "| fix: build and publish it, or check 'imagebuilder images list'")
+    click.echo(found.image_id)
+
+
+def _table(records: list[ImageRecord]) -> Table:
+    table = Table(title=f"{len(records)} images")
+    for column in ("cloud", "region", "image id", "os", "kubernetes", "arch", "built", "state", "build key"):
+        table.add_column(column, no_wrap=column in ("image id", "build key"))
+    for record in records:
+        meta = record.metadata
+        state = "deprecated" if record.deprecated() else record.state
+        if record.public:
+            state += ", public"
+        table.add_row(record.cloud, record.region, record.image_id, meta.os if meta else "-",
+                      meta.kubernetes_version if meta else "-", meta.arch if meta else "-",
+                      record.build_time.strftime("%Y-%m-%d %H:%M"), state,
+                      meta.build_key[:12] if meta else "-")
+    return table
