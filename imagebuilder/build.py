@@ -55,6 +55,7 @@ class Job:
     artifact: Artifact | None = None
     existing: str = ""  # the image that made this cell skip
     error: str = ""
+    packer_args: list[str] = field(default_factory=list)  # set by a target's prepare step
 
     @property
     def log_path(self) -> Path:
@@ -123,7 +124,7 @@ class PackerExecutor:
         self.extra_args = extra_args
 
     def __call__(self, job: Job, cancel: threading.Event) -> Outcome:
-        command = [packer_binary(), "build", "-color=false", "-timestamp-ui", *self.extra_args, "."]
+        command = [packer_binary(), "build", "-color=false", "-timestamp-ui", *self.extra_args, *job.packer_args, "."]
         with job.log_path.open("ab") as log:
             log.write(f"\n=== attempt {job.attempts}: {' '.join(command)}\n".encode())
             log.flush()
