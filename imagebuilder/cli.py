@@ -13,6 +13,7 @@ from rich.table import Table
 
 from imagebuilder import __version__, packer, pipeline, progress, render
 from imagebuilder.config import DEFAULT_MATRIX, load_matrix
+from imagebuilder.commands_images import images
 from imagebuilder.commands_sysext import print_comparison, sysext
 from imagebuilder.errors import UserError
 from imagebuilder.planner import Cell, plan
@@ -186,6 +187,7 @@ def _require_cells(cells: list[Cell], only: tuple[str, ...]) -> list[Cell]:
 
 
 cli.add_command(sysext)
+cli.add_command(images)
 
 
 def main() -> None:

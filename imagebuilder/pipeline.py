@@ -3,7 +3,7 @@ own steps (the qemu target boot-tests), then publish with the one metadata schem
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,9 +47,9 @@ class TargetHooks:
 
             local_target.boot_test(job, artifact)
         if self.publish:
-            from imagebuilder.clouds import publish_artifact
+            from imagebuilder.commands_images import publish_artifact
 
-            return publish_artifact(artifact, job.cell.settings)
+            return replace(artifact, ids=publish_artifact(artifact, job.cell.settings))
         return artifact
 
 
