@@ -27,8 +27,10 @@ def sysext() -> None:
 @sysext.command("build")
 @click.option("-m", "--matrix", "matrix_path", type=click.Path(path_type=Path), default=DEFAULT_MATRIX,
               show_default=True, help="The matrix: its versions file and mirrors are used.")
-@click.option("--k8s", "minor", required=True, metavar="MINOR", help="Kubernetes minor, e.g. 1.31 (its pinned patch is built).")
-@click.option("--arch", default="x86-64", show_default=True, metavar="x86-64|arm64", help="Architecture (amd64 also accepted).")
+@click.option("--k8s", "minor", required=True, metavar="MINOR",
+              help="Kubernetes minor, e.g. 1.31: its pinned patch is built (1.31.4 also accepted if pinned).")
+@click.option("--arch", default="x86-64", show_default=True, metavar="x86-64|arm64",
+              help="Architecture (amd64 also accepted).")
 @click.option("-o", "--output", "output_dir", type=click.Path(path_type=Path), default=DEFAULT_OUTPUT,
               show_default=True, help="Directory the image and its companions are written to.")
 @click.option("--base-url", default=None, metavar="URL",
@@ -36,15 +38,16 @@ def sysext() -> None:
 @click.option("--os-id", default=sx.ANY_OS, show_default=True, help="ID= of the release file; _any matches every OS.")
 @click.option("--sysext-level", default=None, help="SYSEXT_LEVEL= of the release file (with --os-id).")
 @click.option("--no-updates", is_flag=True, help="Node configs without the sysupdate transfer file and timer.")
-@click.option("--s3-bucket", default=None, help="Also upload to this S3 bucket (credentials and AWS_ENDPOINT_URL from the environment).")
+@click.option("--s3-bucket", default=None,
+              help="Also upload to this S3 bucket (credentials and AWS_ENDPOINT_URL from the environment).")
 @click.option("--s3-prefix", default="", help="Key prefix in the bucket, e.g. sysext/.")
 def build_command(matrix_path: Path, minor: str, arch: str, output_dir: Path, base_url: str | None, os_id: str,
                   sysext_level: str | None, no_updates: bool, s3_bucket: str | None, s3_prefix: str) -> None:
     """Build kubernetes-vX.Y.Z-ARCH.raw from the pinned, checksum-verified release files."""
     loaded = load_matrix(matrix_path)
     request = sx.SysextRequest(
-        minor=minor, arch=sx.normalize_arch(arch), base_url=base_url, os_id=os_id, sysext_level=sysext_level,
-        mirrors=dict(loaded.matrix.mirrors), updates=not no_updates,
+        minor=sx.resolve_minor(minor, loaded.versions), arch=sx.normalize_arch(arch), base_url=base_url,
+        os_id=os_id, sysext_level=sysext_level, mirrors=dict(loaded.matrix.mirrors), updates=not no_updates,
     )
     started = time.monotonic()
     result = sx.build(request, loaded.versions, output_dir)

@@ -181,6 +181,15 @@ def test_os_id_without_sysext_level_is_refused(fixture_mirror: Fixture, tmp_path
     assert not (tmp_path / "out").exists()
 
 
+def test_k8s_takes_the_minor_or_its_pinned_patch(fixture_mirror: Fixture) -> None:
+    from imagebuilder.versions import VersionsLock
+
+    lock = VersionsLock.model_validate(fixture_mirror.lock())
+    assert sx.resolve_minor(MINOR, lock) == sx.resolve_minor(f"v{K8S}", lock) == MINOR
+    with pytest.raises(UserError, match=f"pins {K8S} for {MINOR}"):
+        sx.resolve_minor(f"{MINOR}.999", lock)
+
+
 def test_reproducible_across_directories_times_and_umask(fixture_mirror: Fixture, built: Path,
                                                          tmp_path: Path) -> None:
     other_tmp = tmp_path / "tmp"
@@ -326,7 +335,8 @@ def check_ignition_3_3(config: dict) -> None:
     for entry in config["storage"].get("files", []):
         keys(entry, "file")
         keys(entry["contents"], "contents")
-        assert urllib.parse.urlsplit(entry["contents"]["source"]).scheme in ("http", "https", "tftp", "s3", "gs", "data")
+        scheme = urllib.parse.urlsplit(entry["contents"]["source"]).scheme
+        assert scheme in ("http", "https", "tftp", "s3", "gs", "data")
         if "verification" in entry["contents"]:
             keys(entry["contents"]["verification"], "verification")
             assert re.fullmatch(r"sha512-[0-9a-f]{128}|sha256-[0-9a-f]{64}", entry["contents"]["verification"]["hash"])
