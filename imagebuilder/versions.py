@@ -20,6 +20,17 @@ UPSTREAM_MIRRORS: dict[str, str] = {
 }
 COMPONENTS: tuple[str, ...] = tuple(UPSTREAM_MIRRORS)
 
+# The upstream download layout: each component's files, as paths under its mirror base URL.
+# {version} is the component's version (no leading v), {arch} stays for path_for().
+# `imagebuilder versions update` uses it to write the entries of a new minor.
+UPSTREAM_FILES: dict[str, dict[str, str]] = {
+    "kubernetes": {name: "v{version}/bin/linux/{arch}/" + name for name in ("kubeadm", "kubelet", "kubectl")},
+    "containerd": {"containerd": "v{version}/containerd-{version}-linux-{arch}.tar.gz"},
+    "runc": {"runc": "v{version}/runc.{arch}"},
+    "crictl": {"crictl": "v{version}/crictl-v{version}-linux-{arch}.tar.gz"},
+    "cni_plugins": {"cni_plugins": "v{version}/cni-plugins-linux-{arch}-v{version}.tgz"},
+}
+
 DEFAULT_VERSIONS_FILE = "versions.lock.yaml"
 
 
