@@ -74,7 +74,7 @@ class LiveReporter:
             style = "green" if job.state == State.DONE else "red"
             extra = f" in {_duration(job.elapsed)}" if job.state == State.DONE else f": {job.error}"
             self.live.console.print(Text(f"{job.state.value:<9} {job.cell.id}{extra}", style=style))
-        self.live.update(self._view(jobs))
+        self.live.update(self._view(jobs), refresh=True)
 
     def close(self, jobs: list[Job]) -> None:
         self.live.stop()

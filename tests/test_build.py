@@ -158,3 +158,26 @@ def test_ctrl_c_stops_packer_cleanly_and_reports(tmp_path: Path) -> None:
     assert "cancelled" in logs.lower() or "interrupt" in logs.lower()
     leftover = subprocess.run(["pgrep", "-f", "sleep 60"], capture_output=True, text=True)
     assert leftover.stdout.strip() == ""
+
+
+def test_live_view_and_plain_lines_show_the_queue(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from imagebuilder.progress import LiveReporter
+
+    cells = null_cells(tmp_path, {"qemu": {}}, minors=["1.30", "1.31"], oses=["debian-12"])
+    jobs = null_jobs(cells, tmp_path / "build", lambda cell: ["true"])
+    screen = io.StringIO()
+    live = LiveReporter(Console(file=screen, force_terminal=True, width=120))
+    jobs[0].state, jobs[0].started = State.RUNNING, time.monotonic()
+    live.update(jobs, "started", jobs[0])
+    jobs[0].state, jobs[0].finished = State.DONE, time.monotonic()
+    jobs[1].state, jobs[1].error = State.FAILED, "boom"
+    live.update(jobs, "failed", jobs[1])
+    live.close(jobs)
+    text = screen.getvalue()
+    assert "running 1" in text and "queued 1" in text
+    assert f"failed    {cells[1].id}: boom" in text
+    plain = io.StringIO()
+    PlainReporter(plain).update(jobs, "failed", jobs[1])
+    assert plain.getvalue().strip() == f"failed    {cells[1].id}: boom  [done 1  failed 1]"
