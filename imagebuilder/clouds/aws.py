@@ -1,0 +1,448 @@
+"""AWS: publish amazon-ebs AMIs to every region of a cell, tagged, shared as configured.
+
+After Packer's amazon-ebs build the AMI exists in the build region. `publish`:
+
+1. checks the regions and waits for the AMI (a waiter);
+2. tags it and its snapshots with the metadata (register_image's own TagSpecifications
+   are not relied on: tags are applied with create_tags, which every emulator honours);
+3. copies it to each other region, unless a copy with the same build key (or the same
+   name, which AWS keeps unique per region) exists there already: re-running never
+   duplicates an image;
+4. waits for every copy, tags it and its snapshots;
+5. sets launch permissions exactly as configured: private unless `ami_users` or
+   `ami_groups: [all]` say otherwise (image-builder defaults to public; we do not);
+6. optionally points an SSM parameter `<prefix>/<os>/<minor>/<arch>` at the newest AMI.
+
+Credentials come from boto3's own chain (environment, profiles, instance roles), and the
+endpoint from AWS_ENDPOINT_URL when set. Throttling and 5xx answers are retried with
+exponential backoff and jitter; other failures become one-line CloudErrors.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime, timedelta, timezone
+from typing import Any, TypeVar
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError, WaiterError
+
+from imagebuilder.artifact import Artifact
+from imagebuilder.clouds import CloudError, ImageFilter, ImageRecord, ImageStore, sort_newest_first, utcnow
+from imagebuilder.config import AwsSettings
+from imagebuilder.metadata import ImageMetadata, tag_key
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+BUILD_KEY_TAG = tag_key("build_key")
+RETRYABLE_CODES = frozenset({
+    "RequestLimitExceeded", "Throttling", "ThrottlingException", "TooManyRequestsException",
+    "RequestThrottled", "ServiceUnavailable", "Unavailable", "InternalError", "InternalFailure", "RequestTimeout",
+})
+RETRYABLE_STATUS = frozenset({500, 502, 503, 504})
+DENIED_CODES = frozenset({"UnauthorizedOperation", "AccessDenied", "AccessDeniedException", "AuthFailure",
+                          "OperationNotPermitted"})
+VANISHED_CODES = frozenset({"InvalidAMIID.NotFound", "InvalidAMIID.Unavailable", "InvalidSnapshot.NotFound"})
+LIVE_INSTANCE_STATES = ["pending", "running", "shutting-down", "stopping", "stopped"]
+PUBLIC_GROUP = "all"
+
+
+class AwsImageStore(ImageStore):
+    cloud = "aws"
+
+    def __init__(self, settings: AwsSettings, session: boto3.session.Session | None = None, *,
+                 waiter_delay: int = 15, waiter_max_attempts: int = 240, max_attempts: int = 6,
+                 backoff: float = 1.0, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.settings = settings
+        self.session = session or boto3.session.Session()
+        self.waiter_delay = waiter_delay
+        self.waiter_max_attempts = waiter_max_attempts
+        self.max_attempts = max_attempts
+        self.backoff = backoff
+        self.sleep = sleep
+        self._clients: dict[tuple[str, str], Any] = {}
+
+    # -- clients and calls -------------------------------------------------------------
+
+    def client(self, service: str, region: str) -> Any:
+        """One client per (service, region), reused; botocore's own retries cover the transport."""
+        key = (service, region)
+        if key not in self._clients:
+            config = Config(retries={"mode": "standard", "max_attempts": 3}, user_agent_extra="imagebuilder")
+            self._clients[key] = self.session.client(service, region_name=region, config=config)
+        return self._clients[key]
+
+    def call(self, service: str, region: str, operation: str, subject: str = "", **params: Any) -> Any:
+        """client.<operation>(**params), retried on throttling; failures as one-line CloudErrors."""
+        method = getattr(self.client(service, region), operation)
+        return self._retrying(lambda: method(**params), region, operation, subject)
+
+    def paginate(self, service: str, region: str, operation: str, result_key: str, subject: str = "",
+                 **params: Any) -> list[Any]:
+        """Every item of a paginated listing; throttled part-way, the whole listing is retried."""
+        paginator = self.client(service, region).get_paginator(operation)
+
+        def run() -> list[Any]:
+            return [item for page in paginator.paginate(**params) for item in page.get(result_key, [])]
+
+        return self._retrying(run, region, operation, subject)
+
+    def _retrying(self, run: Callable[[], T], region: str, operation: str, subject: str) -> T:
+        for attempt in range(1, self.max_attempts + 1):
+            try:
+                return run()
+            except ClientError as exc:
+                if attempt < self.max_attempts and _retryable(exc):
+                    delay = self.backoff * (2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+                    log.info("aws %s: %s throttled (%s), retrying in %.1fs", region, operation, _code(exc), delay)
+                    self.sleep(delay)
+                    continue
+                raise aws_error(exc, region, operation, subject) from None
+            except WaiterError:
+                raise
+            except BotoCoreError as exc:
+                raise CloudError(f"aws {region}: {operation} failed: {_one_line(str(exc))} "
+                                 "| fix: check the network, AWS_ENDPOINT_URL and the credentials") from None
+        raise AssertionError("unreachable")
+
+    # -- publish ---------------------------------------------------------------------------
+
+    def publish(self, artifact: Artifact) -> dict[str, str]:
+        if artifact.cloud != "aws":
+            raise CloudError(f"{artifact.cell_id}: a {artifact.cloud} artifact cannot be published to AWS")
+        regions = self.check_regions(self.settings.regions)
+        source_region, source_id = source_of(artifact)
+        self.check_regions([source_region])
+        tags = image_tags(artifact)
+        source = self.wait_available(source_region, source_id)
+        ids = {source_region: source_id}
+        records = {source_region: source}
+        for region, image_id in artifact.ids.items():  # regions Packer copied to itself (ami_regions)
+            if region not in ids:
+                ids[region] = image_id
+                records[region] = self.wait_available(region, image_id)
+        for region in regions:
+            if region not in ids:
+                ids[region] = self._copy_once(source, region, artifact)
+        for region, image_id in ids.items():
+            record = records.get(region) or self.wait_available(region, image_id)
+            self.tag(record, tags)
+            self.share(record, self.settings.ami_users, PUBLIC_GROUP in self.settings.ami_groups,
+                       groups=[g for g in self.settings.ami_groups if g != PUBLIC_GROUP])
+        if self.settings.ssm_parameter_prefix:
+            for region, image_id in ids.items():
+                self.update_parameter(region, image_id, artifact.metadata)
+        return ids
+
+    def _copy_once(self, source: ImageRecord, region: str, artifact: Artifact) -> str:
+        """The id of this build's copy in the region: an existing one, or a new copy."""
+        existing = self.existing_copy(region, artifact.build_key, source.name)
+        if existing:
+            log.info("aws %s: %s already has a copy of %s", region, existing, source.image_id)
+            return existing
+        log.info("aws %s: copying %s from %s", region, source.image_id, source.region)
+        try:
+            answer = self.call("ec2", region, "copy_image", source.image_id, SourceRegion=source.region,
+                               SourceImageId=source.image_id, Name=source.name,
+                               Description=f"imagebuilder {artifact.cell_id} {artifact.build_key[:12]}")
+        except CloudError as error:
+            if "InvalidAMIName.Duplicate" not in str(error):
+                raise
+            found = self.existing_copy(region, artifact.build_key, source.name)
+            if not found:
+                raise
+            return found
+        return str(answer["ImageId"])
+
+    def existing_copy(self, region: str, build_key: str, name: str) -> str | None:
+        """A copy in this region found by build key tag, else by name (a copy not yet tagged)."""
+        for filters in ([{"Name": f"tag:{BUILD_KEY_TAG}", "Values": [build_key]}],
+                        [{"Name": "name", "Values": [name]}]):
+            images = self.paginate("ec2", region, "describe_images", "Images", Owners=["self"],
+                                   IncludeDeprecated=True, Filters=filters)
+            images = [image for image in images if image.get("State") not in ("deregistered", "failed")]
+            if images:
+                return str(sorted(images, key=lambda i: i.get("CreationDate", ""))[0]["ImageId"])
+        return None
+
+    def check_regions(self, regions: Iterable[str]) -> list[str]:
+        known: set[str] = set()
+        for partition in self.session.get_available_partitions():
+            known.update(self.session.get_available_regions("ec2", partition_name=partition))
+        unknown = [region for region in regions if region not in known]
+        if unknown:
+            raise CloudError(f"clouds.aws.regions: unknown region '{unknown[0]}' "
+                             f"| fix: use an AWS region name such as us-east-1 or eu-west-1")
+        return list(dict.fromkeys(regions))
+
+    def wait_available(self, region: str, image_id: str) -> ImageRecord:
+        """Wait (with EC2's ImageAvailable waiter) until the AMI is available; explain why not."""
+        waiter = self.client("ec2", region).get_waiter("image_available")
+        try:
+            self._retrying(lambda: waiter.wait(ImageIds=[image_id], WaiterConfig={
+                "Delay": self.waiter_delay, "MaxAttempts": self.waiter_max_attempts}), region, "wait", image_id)
+        except WaiterError as exc:
+            raise self._waiter_error(exc, region, image_id) from None
+        return self.describe(region, image_id)
+
+    def _waiter_error(self, exc: WaiterError, region: str, image_id: str) -> CloudError:
+        response = exc.last_response or {}
+        code = response.get("Error", {}).get("Code", "")
+        images = response.get("Images") or []
+        if code in VANISHED_CODES or (not code and not images) or images[0].get("State") == "deregistered":
+            return CloudError(f"aws {region}: image {image_id} vanished while it was being copied or built "
+                              "| fix: run publish again; it copies anew and never duplicates")
+        if code:
+            return aws_error(ClientError(response, "DescribeImages"), region, "describe_images", image_id)
+        state = images[0].get("State", "?")
+        reason = images[0].get("StateReason", {}).get("Message", "")
+        if state == "failed":
+            return CloudError(f"aws {region}: image {image_id} failed: {_one_line(reason) or 'no reason given'} "
+                              "| fix: deregister it and run publish again")
+        return CloudError(f"aws {region}: image {image_id} still '{state}' after "
+                          f"{self.waiter_delay * self.waiter_max_attempts}s | fix: run publish again later")
+
+    def describe(self, region: str, image_id: str) -> ImageRecord:
+        images = self.call("ec2", region, "describe_images", image_id, ImageIds=[image_id],
+                           IncludeDeprecated=True)["Images"]
+        if not images:
+            raise CloudError(f"aws {region}: image {image_id} does not exist (or vanished) "
+                             "| fix: check the id and region; run the build again if it was deleted")
+        return record_of(region, images[0])
+
+    # -- the interface ---------------------------------------------------------------------
+
+    def list_images(self, filters: ImageFilter | None = None) -> list[ImageRecord]:
+        filters = filters or ImageFilter()
+        regions = [filters.region] if filters.region else self.check_regions(self.settings.regions)
+        aws_filters = [{"Name": f"tag:{tag_key(name)}", "Values": [value]} for name, value in (
+            ("os", filters.os), ("kubernetes_minor", filters.kubernetes_minor), ("arch", filters.arch),
+            ("build_key", filters.build_key)) if value is not None]
+        if not filters.include_foreign:
+            aws_filters.append({"Name": "tag-key", "Values": [BUILD_KEY_TAG]})
+        records: list[ImageRecord] = []
+        for region in regions:
+            params: dict[str, Any] = {"Owners": ["self"], "IncludeDeprecated": True}
+            if aws_filters:
+                params["Filters"] = aws_filters
+            images = self.paginate("ec2", region, "describe_images", "Images", **params)
+            records.extend(r for r in (record_of(region, image) for image in images) if filters.matches(r))
+        return sort_newest_first(records)
+
+    def tag(self, image: ImageRecord, tags: dict[str, str]) -> None:
+        resources = [image.image_id, *image.extra.get("snapshots", [])]
+        self.call("ec2", image.region, "create_tags", image.image_id, Resources=resources,
+                  Tags=[{"Key": key, "Value": value} for key, value in tags.items()])
+
+    def copy_to_regions(self, image: ImageRecord, regions: Sequence[str]) -> dict[str, str]:
+        if image.metadata is None:
+            raise CloudError(f"aws {image.region}: {image.image_id} has no imagebuilder metadata to copy")
+        artifact = Artifact(cell_id=image.metadata.cell, cloud="aws", build_key=image.metadata.build_key,
+                            image_name=image.name, metadata=image.metadata, ids={image.region: image.image_id})
+        ids: dict[str, str] = {}
+        for region in self.check_regions(regions):
+            ids[region] = image.image_id if region == image.region else self._copy_once(image, region, artifact)
+        for region, image_id in ids.items():
+            if region != image.region:
+                self.tag(self.wait_available(region, image_id), image.tags)
+        return ids
+
+    def share(self, image: ImageRecord, principals: Sequence[str] = (), public: bool = False,
+              groups: Sequence[str] = ()) -> None:
+        """Launch permissions exactly as given (others removed); snapshots readable by the same accounts."""
+        current = self.call("ec2", image.region, "describe_image_attribute", image.image_id,
+                            ImageId=image.image_id, Attribute="launchPermission").get("LaunchPermissions", [])
+        want = [{"UserId": user} for user in principals] + [{"Group": g} for g in groups]
+        if public:
+            want.append({"Group": PUBLIC_GROUP})
+        have = [{k: v for k, v in p.items() if k in ("UserId", "Group")} for p in current]
+        add = [p for p in want if p not in have]
+        remove = [p for p in have if p not in want]
+        if add or remove:
+            self.call("ec2", image.region, "modify_image_attribute", image.image_id, ImageId=image.image_id,
+                      LaunchPermission={key: value for key, value in (("Add", add), ("Remove", remove)) if value})
+        for snapshot in image.extra.get("snapshots", []):
+            self._share_snapshot(image.region, snapshot, list(principals))
+
+    def _share_snapshot(self, region: str, snapshot: str, users: list[str]) -> None:
+        current = self.call("ec2", region, "describe_snapshot_attribute", snapshot, SnapshotId=snapshot,
+                            Attribute="createVolumePermission").get("CreateVolumePermissions", [])
+        have = {p["UserId"] for p in current if "UserId" in p}
+        for operation, ids in (("add", sorted(set(users) - have)), ("remove", sorted(have - set(users)))):
+            if ids:
+                self.call("ec2", region, "modify_snapshot_attribute", snapshot, SnapshotId=snapshot,
+                          Attribute="createVolumePermission", OperationType=operation, UserIds=ids)
+
+    def deprecate(self, image: ImageRecord, when: datetime) -> None:
+        """EnableImageDeprecation; AWS refuses past times, so a past `when` means one minute from now."""
+        when = max(when if when.tzinfo else when.replace(tzinfo=timezone.utc), utcnow() + timedelta(minutes=1))
+        if when.second or when.microsecond:  # AWS counts whole minutes
+            when = when.replace(second=0, microsecond=0) + timedelta(minutes=1)
+        self.call("ec2", image.region, "enable_image_deprecation", image.image_id, ImageId=image.image_id,
+                  DeprecateAt=when)
+
+    def delete(self, image: ImageRecord) -> list[str]:
+        """Deregister the AMI, then delete its snapshots (DeregisterImage leaves them behind)."""
+        current = self.describe(image.region, image.image_id)
+        self.call("ec2", image.region, "deregister_image", image.image_id, ImageId=image.image_id)
+        deleted = [image.image_id]
+        for snapshot in current.extra.get("snapshots", []):
+            try:
+                self.call("ec2", image.region, "delete_snapshot", snapshot, SnapshotId=snapshot)
+                deleted.append(snapshot)
+            except CloudError as error:
+                if "InvalidSnapshot.InUse" not in str(error) and "InvalidSnapshot.NotFound" not in str(error):
+                    raise
+                log.warning("aws %s: kept snapshot %s: %s", image.region, snapshot, error)
+        return deleted
+
+    def in_use(self, image: ImageRecord) -> list[str] | None:
+        """Instances (not terminated), launch template versions, launch configurations and their ASGs."""
+        region, image_id = image.region, image.image_id
+        try:
+            users = [f"instance {i['InstanceId']}" for r in self.paginate(
+                "ec2", region, "describe_instances", "Reservations", image_id,
+                Filters=[{"Name": "image-id", "Values": [image_id]},
+                         {"Name": "instance-state-name", "Values": LIVE_INSTANCE_STATES}]) for i in r["Instances"]]
+            templates = set()
+            for template in self.paginate("ec2", region, "describe_launch_templates", "LaunchTemplates", image_id):
+                versions = self.paginate("ec2", region, "describe_launch_template_versions",
+                                         "LaunchTemplateVersions", image_id,
+                                         LaunchTemplateId=template["LaunchTemplateId"])
+                for version in versions:
+                    if version.get("LaunchTemplateData", {}).get("ImageId") == image_id:
+                        templates.add(template["LaunchTemplateId"])
+                        users.append(f"launch template {template['LaunchTemplateId']} "
+                                     f"version {version['VersionNumber']}")
+            configurations = {c["LaunchConfigurationName"] for c in self.paginate(
+                "autoscaling", region, "describe_launch_configurations", "LaunchConfigurations", image_id)
+                if c.get("ImageId") == image_id}
+            users += [f"launch configuration {name}" for name in sorted(configurations)]
+            for group in self.paginate("autoscaling", region, "describe_auto_scaling_groups", "AutoScalingGroups",
+                                       image_id):
+                template = (group.get("LaunchTemplate") or {}).get("LaunchTemplateId") or (
+                    group.get("MixedInstancesPolicy", {}).get("LaunchTemplate", {})
+                    .get("LaunchTemplateSpecification", {}).get("LaunchTemplateId"))
+                if group.get("LaunchConfigurationName") in configurations or template in templates:
+                    users.append(f"auto scaling group {group['AutoScalingGroupName']}")
+        except CloudError as error:
+            log.warning("aws %s: cannot tell whether %s is in use: %s", region, image_id, error)
+            return None
+        return users
+
+    # -- SSM -------------------------------------------------------------------------------
+
+    def update_parameter(self, region: str, image_id: str, metadata: ImageMetadata) -> str:
+        """Point <prefix>/<os>/<minor>/<arch> at image_id unless it already names a newer image."""
+        name = parameter_name(self.settings.ssm_parameter_prefix or "", metadata)
+        try:
+            current = self.call("ssm", region, "get_parameter", name, Name=name)["Parameter"]["Value"]
+        except CloudError as error:
+            if "ParameterNotFound" not in str(error):
+                raise
+            current = ""
+        if current == image_id:
+            return name
+        if current and self._newer(region, current, image_id):
+            log.info("aws %s: %s keeps %s, newer than %s", region, name, current, image_id)
+            return name
+        self.call("ssm", region, "put_parameter", name, Name=name, Value=image_id, Type="String",
+                  DataType="aws:ec2:image", Overwrite=True,
+                  Description=f"newest imagebuilder image for {metadata.os} Kubernetes {metadata.kubernetes_minor}")
+        return name
+
+    def _newer(self, region: str, current: str, candidate: str) -> bool:
+        try:
+            have = self.describe(region, current)
+        except CloudError:
+            return False  # the parameter names a vanished image: replace it
+        return have.build_time > self.describe(region, candidate).build_time
+
+
+def parameter_name(prefix: str, metadata: ImageMetadata) -> str:
+    base = "/" + prefix.strip("/")
+    return f"{base}/{metadata.os}/{metadata.kubernetes_minor}/{metadata.arch}"
+
+
+def image_tags(artifact: Artifact) -> dict[str, str]:
+    tags = artifact.metadata.to_tags()
+    if artifact.image_name:
+        tags["Name"] = artifact.image_name
+    return tags
+
+
+def source_of(artifact: Artifact) -> tuple[str, str]:
+    """The build region and AMI id from amazon-ebs's artifact id ('region:ami-...')."""
+    for region, image_id in artifact.ids.items():
+        if image_id.startswith("ami-") and region != "default":
+            return region, image_id
+    raise CloudError(f"{artifact.cell_id}: the artifact names no AMI (ids: {artifact.ids or 'none'}) "
+                     "| fix: publish the manifest of an amazon-ebs build")
+
+
+def record_of(region: str, image: dict[str, Any]) -> ImageRecord:
+    tags = {t["Key"]: t.get("Value", "") for t in image.get("Tags") or []}
+    snapshots = [m["Ebs"]["SnapshotId"] for m in image.get("BlockDeviceMappings") or []
+                 if m.get("Ebs", {}).get("SnapshotId")]
+    return ImageRecord(
+        cloud="aws",
+        region=region,
+        image_id=image["ImageId"],
+        name=image.get("Name", ""),
+        created_at=_parse_time(image.get("CreationDate")) or datetime.fromtimestamp(0, timezone.utc),
+        metadata=ImageMetadata.from_tags(tags),
+        state=str(image.get("State", "")).lower(),
+        deprecated_at=_parse_time(image.get("DeprecationTime")),
+        public=bool(image.get("Public")),
+        tags=tags,
+        extra={"snapshots": snapshots, "owner": image.get("OwnerId", "")},
+    )
+
+
+def aws_error(exc: ClientError, region: str, operation: str, subject: str) -> CloudError:
+    code = _code(exc)
+    message = _one_line(exc.response.get("Error", {}).get("Message", ""))[:300]
+    what = f"aws {region}: {operation}" + (f" {subject}" if subject else "")
+    if code in DENIED_CODES:
+        return CloudError(f"{what} was denied ({code}: {message}) "
+                          f"| fix: allow {_iam_action(operation)} to the role or user publishing images")
+    if code in VANISHED_CODES:
+        return CloudError(f"{what}: {subject or 'the image'} does not exist or vanished ({code}) "
+                          "| fix: run publish again; it finds or copies the image anew")
+    if code in ("OptInRequired", "InvalidClientTokenId") or "not enabled" in message.lower():
+        return CloudError(f"{what}: region {region} is not enabled for this account ({code}) "
+                          "| fix: enable the region or remove it from clouds.aws.regions")
+    if _retryable(exc):
+        return CloudError(f"{what}: still throttled or unavailable after retries ({code}) | fix: run it again later")
+    return CloudError(f"{what} failed ({code}: {message})")
+
+
+def _iam_action(operation: str) -> str:
+    service = "ssm" if operation in ("get_parameter", "put_parameter") else "ec2"
+    return f"{service}:" + "".join(part.capitalize() for part in operation.split("_"))
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _retryable(exc: ClientError) -> bool:
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return _code(exc) in RETRYABLE_CODES or status in RETRYABLE_STATUS
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if not value:
+        return None
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
