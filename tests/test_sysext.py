@@ -373,6 +373,21 @@ def test_ignition_json_fetches_verifies_and_links_the_image(built: Path) -> None
     assert "systemd-sysupdate -C kubernetes update" in units["systemd-sysupdate.service"]["dropins"][0]["contents"]
 
 
+def test_ignition_validate_accepts_the_configs(built: Path, fixture_mirror: Fixture, tmp_path: Path) -> None:
+    """Ignition's own validator (Debian's ignition package) on both variants of the config."""
+    if shutil.which("ignition-validate") is None:
+        pytest.fail("ignition-validate is not installed (apt-get install ignition)")
+    build_cli(tmp_path, fixture_mirror, "--no-updates")
+    for config in (built / IMAGE.replace(".raw", ".ign"), tmp_path / "out" / IMAGE.replace(".raw", ".ign")):
+        result = subprocess.run(["ignition-validate", str(config)], capture_output=True, text=True)
+        assert result.returncode == 0 and not result.stdout.strip(), result.stdout + result.stderr
+    broken = json.loads(config.read_text())
+    broken["storage"]["files"][0]["contents"]["verification"]["hash"] = "sha512-00"
+    (tmp_path / "broken.ign").write_text(json.dumps(broken))
+    result = subprocess.run(["ignition-validate", str(tmp_path / "broken.ign")], capture_output=True, text=True)
+    assert result.returncode != 0  # the validator does check what we rely on
+
+
 def test_butane_is_the_same_config(built: Path) -> None:
     butane = yaml.safe_load((built / IMAGE.replace(".raw", ".bu")).read_text())
     assert (butane["variant"], butane["version"]) == ("flatcar", "1.0.0")
