@@ -11,12 +11,13 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from imagebuilder import __version__, packer, pipeline, progress, render
+from imagebuilder import __version__, packer, pipeline, progress, render, versions_update
 from imagebuilder.config import DEFAULT_MATRIX, load_matrix
 from imagebuilder.commands_images import images
 from imagebuilder.commands_sysext import print_comparison, sysext
 from imagebuilder.errors import UserError
 from imagebuilder.planner import Cell, plan
+from imagebuilder.versions import DEFAULT_VERSIONS_FILE
 
 stdout = Console(highlight=False, soft_wrap=True)
 
@@ -184,6 +185,31 @@ def _require_cells(cells: list[Cell], only: tuple[str, ...]) -> list[Cell]:
         raise UserError(f"--only {' '.join(only)}: no cell of the matrix matches "
                         "(see 'imagebuilder plan' for the cell ids)")
     return cells
+
+
+@cli.group("versions")
+def versions_group() -> None:
+    """The pinned versions file (versions.lock.yaml)."""
+
+
+@versions_group.command("update")
+@click.option("--versions-file", type=click.Path(path_type=Path), default=Path(DEFAULT_VERSIONS_FILE),
+              show_default=True)
+@click.option("--minor", "minors", multiple=True, metavar="1.35",
+              help="Only these minors (repeatable); a minor not in the file is added.")
+@click.option("--mirror", "mirrors", multiple=True, metavar="COMPONENT=URL",
+              help="Read from a mirror instead of the upstream release site (repeatable).")
+@click.option("--pin", "pins", multiple=True, metavar="COMPONENT=VERSION",
+              help="Move a component (containerd, runc, crictl, cni_plugins, pause) to this version.")
+@click.option("--dry-run", is_flag=True, help="Show the changes; write nothing.")
+def versions_update_command(versions_file: Path, minors: tuple[str, ...], mirrors: tuple[str, ...],
+                            pins: tuple[str, ...], dry_run: bool) -> None:
+    """Refresh patch versions and sha256 sums from the release sites; review the diff, then commit."""
+    report = versions_update.update_versions(
+        versions_file, list(minors) or None, versions_update.parse_assignments(mirrors, "--mirror"),
+        write=not dry_run, pins=versions_update.parse_assignments(pins, "--pin"))
+    for line in report.lines():
+        click.echo(line)
 
 
 cli.add_command(sysext)
