@@ -280,6 +280,21 @@ def test_kubelet_unit_copies_cni_plugins_without_replacing_existing(built: Path,
     assert "ExecStart=\n" in dropin and "$KUBELET_KUBEADM_ARGS" in dropin
 
 
+def test_units_pass_systemd_analyze_verify(built: Path, tmp_path: Path) -> None:
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed")
+    subprocess.run(["unsquashfs", "-q", "-n", "-d", str(tmp_path / "root"), str(built / IMAGE)], check=True,
+                   capture_output=True)
+    units = tmp_path / "root/usr/lib/systemd/system"
+    result = subprocess.run(["systemd-analyze", "verify", str(units / "kubelet.service")], capture_output=True,
+                            text=True, env={**os.environ, "SYSTEMD_UNIT_PATH": f"{units}:"}, timeout=60)
+    complaints = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    # The one complaint allowed: this host has no /usr/bin/kubelet (the image would provide it).
+    # Unknown keys, bad sections or bad escaping in the unit or the drop-in would show up here.
+    assert all("Command /usr/bin/kubelet is not executable" in line for line in complaints), complaints
+    assert result.returncode == (1 if complaints else 0)
+
+
 # -- sysupdate and node configs --------------------------------------------------------------------
 
 
