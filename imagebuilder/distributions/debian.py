@@ -1,0 +1,243 @@
+"""Debian 12: the cloud-style base disk for the local qemu target, built here from scratch.
+
+``mmdebstrap`` makes the root tree; the tree goes straight into an ext4 file system
+inside a partitioned raw disk (``sfdisk`` on the file, ``mke2fs -d -E offset=``): no
+loop devices. The disk carries no bootloader yet (the grub packages are installed, the
+Packer build runs ``grub-install``), so its first boot is a direct kernel boot with the
+kernel and initrd extracted next to it. Built once per set of inputs, then cached.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from imagebuilder.cache import cache_dir
+from imagebuilder.errors import UserError
+
+OS_ID = "debian-12"
+SUITE = "bookworm"
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+DEFAULT_SECURITY_MIRROR = "http://deb.debian.org/debian-security"
+VARIANT = "minbase"
+# Bump when the build recipe below changes in a way that changes the disk.
+SCRIPT_VERSION = 2
+
+# The one list of what the base image holds (on top of the minbase variant).
+PACKAGES: tuple[str, ...] = (
+    "linux-image-amd64",
+    "initramfs-tools",
+    "systemd-sysv",
+    "systemd-timesyncd",
+    "udev",
+    "dbus",
+    "kmod",
+    "procps",
+    "iproute2",
+    "netbase",
+    "ifupdown",  # cloud-init renders DHCP on the first NIC as /etc/network/interfaces.d
+    "isc-dhcp-client",
+    "openssh-server",
+    "sudo",
+    "python3",  # Ansible's interpreter
+    "python3-apt",  # Ansible's apt module
+    "ca-certificates",
+    "cloud-init",
+    "cloud-guest-utils",  # growpart: cloud-init grows the root partition to the disk
+    "fdisk",
+    "e2fsprogs",
+    "grub-pc",  # installed onto the disk by the Packer build (grub-install /dev/vda)
+)
+
+DISK_SIZE = 4 * 1024**3
+PARTITION_START = 1024**2  # 1 MiB: the gap before it holds grub's core.img
+SECTOR = 512
+FS_LABEL = "root"
+# Cloud-init settings of the image (the datasource, users and network come from the cloud).
+CLOUD_CFG = (
+    "# imagebuilder base image\n"
+    "manage_etc_hosts: true\n"
+    "locale: C.UTF-8\n"  # no locales package: C.UTF-8 is built into glibc
+)
+GRUB_DEFAULTS = (
+    'GRUB_TIMEOUT=1\n'
+    'GRUB_CMDLINE_LINUX_DEFAULT="console=tty0 console=ttyS0,115200"\n'
+    'GRUB_TERMINAL="console serial"\n'
+    'GRUB_SERIAL_COMMAND="serial --speed=115200"\n'
+)
+
+
+@dataclass(frozen=True)
+class BaseSpec:
+    """Everything the base disk is built from; its hash is the cache key."""
+
+    suite: str = SUITE
+    mirror: str = DEFAULT_MIRROR
+    security_mirror: str = DEFAULT_SECURITY_MIRROR
+    variant: str = VARIANT
+    packages: tuple[str, ...] = PACKAGES
+    disk_size: int = DISK_SIZE
+    arch: str = "amd64"
+    script_version: int = SCRIPT_VERSION
+
+    @property
+    def key(self) -> str:
+        blob = json.dumps(asdict(self), sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    @property
+    def root_uuid(self) -> str:
+        """The root file system's UUID, derived from the key (same inputs, same disk)."""
+        return str(uuid.UUID(self.key[:32], version=4))
+
+
+@dataclass(frozen=True)
+class BaseDisk:
+    """A built base disk and what a first (direct kernel) boot needs."""
+
+    dir: Path
+    key: str
+    disk: Path  # raw, one MBR partition holding ext4
+    kernel: Path
+    initrd: Path
+    root_uuid: str
+    partition_offset: int = PARTITION_START
+    manifest: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def kernel_cmdline(self) -> str:
+        return f"root=UUID={self.root_uuid} ro console=ttyS0,115200"
+
+
+def base_disk(spec: BaseSpec | None = None, cache: Path | None = None) -> BaseDisk:
+    """The cached base disk for ``spec``, building it first if it is not there yet.
+
+    Output: ``<cache>/base/<key>/{disk.raw,vmlinuz,initrd.img,manifest.json}``, built
+    in a temporary directory beside it and renamed into place; concurrent callers wait
+    for each other on a lock file.
+    """
+    spec = spec or BaseSpec()
+    root = (cache / "base") if cache else cache_dir("base")
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / spec.key
+    with open(root / f"{spec.key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (final / "manifest.json").exists():
+            _build(spec, root, final)
+    return _load(final)
+
+
+def _load(path: Path) -> BaseDisk:
+    manifest = json.loads((path / "manifest.json").read_text())
+    return BaseDisk(
+        dir=path, key=manifest["key"], disk=path / "disk.raw", kernel=path / "vmlinuz",
+        initrd=path / "initrd.img", root_uuid=manifest["root_uuid"],
+        partition_offset=manifest["partition_offset"], manifest=manifest,
+    )
+
+
+def _build(spec: BaseSpec, root: Path, final: Path) -> None:
+    for tool in ("mmdebstrap", "sfdisk", "mke2fs"):
+        if shutil.which(tool) is None:
+            raise UserError(f"{tool} is not installed: apt-get install mmdebstrap fdisk e2fsprogs")
+    work = root / f".building-{spec.key[:16]}-{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    try:
+        timings: dict[str, float] = {}
+        started = time.monotonic()
+        tree = work / "root"
+        _run(mmdebstrap_command(spec, tree), "mmdebstrap")
+        configure_tree(tree, spec.root_uuid)
+        timings["mmdebstrap"] = time.monotonic() - started
+        _extract_boot_files(tree, work)
+        started = time.monotonic()
+        write_partitioned_disk(tree, work / "disk.raw", spec.disk_size, spec.root_uuid)
+        timings["disk"] = time.monotonic() - started
+        shutil.rmtree(tree)
+        manifest = {
+            "key": spec.key, "os": OS_ID, "spec": asdict(spec), "root_uuid": spec.root_uuid,
+            "partition_offset": PARTITION_START, "disk": "disk.raw", "kernel": "vmlinuz",
+            "initrd": "initrd.img", "seconds": {k: round(v, 1) for k, v in timings.items()},
+            "built": int(time.time()),
+        }
+        (work / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        shutil.rmtree(final, ignore_errors=True)
+        work.rename(final)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+
+
+def mmdebstrap_command(spec: BaseSpec, dest: Path) -> list[str]:
+    """The mmdebstrap call (mmdebstrap cleans the apt caches and lists itself)."""
+    sources = [
+        f"deb {spec.mirror} {spec.suite} main",
+        f"deb {spec.mirror} {spec.suite}-updates main",
+        f"deb {spec.security_mirror} {spec.suite}-security main",
+    ]
+    cmd = [
+        "mmdebstrap", f"--variant={spec.variant}", "--mode=root", "--format=directory",
+        f"--architectures={spec.arch}", f"--include={','.join(sorted(spec.packages))}",
+        # grub-pc asks where to install itself; the Packer build does that, not the chroot.
+        "--essential-hook=echo 'grub-pc grub-pc/install_devices_empty boolean true'"
+        ' | chroot "$1" debconf-set-selections',
+    ]
+    return cmd + [spec.suite, str(dest), *sources]
+
+
+def configure_tree(tree: Path, root_uuid: str) -> None:
+    """The cloud-style configuration: fstab by UUID, serial console, identity made at first boot."""
+    (tree / "etc/fstab").write_text(f"UUID={root_uuid} / ext4 errors=remount-ro 0 1\n")
+    (tree / "etc/network/interfaces").write_text(
+        "source /etc/network/interfaces.d/*\n\nauto lo\niface lo inet loopback\n"
+    )
+    (tree / "etc/default/grub.d").mkdir(parents=True, exist_ok=True)
+    (tree / "etc/default/grub.d/10-imagebuilder.cfg").write_text(GRUB_DEFAULTS)
+    (tree / "etc/hostname").write_text("localhost\n")
+    (tree / "etc/hosts").write_text("127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n")
+    (tree / "etc/cloud/cloud.cfg.d/01-imagebuilder.cfg").write_text(CLOUD_CFG)
+    # Every instance gets its own identity: systemd makes the machine-id and cloud-init
+    # the ssh host keys at first boot.
+    (tree / "etc/machine-id").write_text("")
+    (tree / "var/lib/dbus/machine-id").unlink(missing_ok=True)
+    for key in (tree / "etc/ssh").glob("ssh_host_*"):
+        key.unlink()
+
+
+def _extract_boot_files(tree: Path, dest: Path) -> None:
+    kernels = sorted((tree / "boot").glob("vmlinuz-*"))
+    initrds = sorted((tree / "boot").glob("initrd.img-*"))
+    if len(kernels) != 1 or len(initrds) != 1:
+        raise RuntimeError(f"expected one kernel and one initrd in {tree}/boot, found {kernels} {initrds}")
+    shutil.copyfile(kernels[0], dest / "vmlinuz")
+    shutil.copyfile(initrds[0], dest / "initrd.img")
+
+
+def write_partitioned_disk(tree: Path, disk: Path, size: int, root_uuid: str) -> None:
+    """A sparse raw disk with one bootable MBR partition (from 1 MiB) holding ``tree`` as ext4."""
+    with open(disk, "wb") as fh:
+        fh.truncate(size)
+    table = f"label: dos\nstart={PARTITION_START // SECTOR}, type=83, bootable\n"
+    _run(["sfdisk", "--no-reread", "--no-tell-kernel", str(disk)], "sfdisk", input=table)
+    fs_blocks = (size - PARTITION_START) // 4096
+    _run(
+        ["mke2fs", "-q", "-F", "-t", "ext4", "-b", "4096", "-L", FS_LABEL, "-U", root_uuid,
+         "-d", str(tree), "-E", f"offset={PARTITION_START}", str(disk), str(fs_blocks)],
+        "mke2fs",
+    )
+
+
+def _run(cmd: Sequence[str], what: str, input: str | None = None) -> None:
+    proc = subprocess.run(list(cmd), input=input, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{what} failed (exit {proc.returncode}): {proc.stderr[-3000:]}")
