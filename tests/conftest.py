@@ -1,0 +1,138 @@
+"""Shared fixtures: the fixture release mirror and a cached Debian 12 root filesystem."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from mirror import (  # noqa: E402
+    DEFAULT_FIXTURE_VERSIONS,
+    FixtureFile,
+    build_fixture_release,
+    downloads_for_fixture,
+    mirrors_for,
+    serve_directory,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+ROLES = REPO / "ansible" / "roles"
+DEBIAN_SUITE = "bookworm"
+DEBIAN_MIRROR = os.environ.get("IMAGEBUILDER_DEBIAN_MIRROR", "http://deb.debian.org/debian")
+# What the chroot needs besides the role packages: Ansible's interpreter and an init system.
+DEBIAN_ROOTFS_BASE_PACKAGES = ("python3", "systemd", "systemd-sysv", "dbus", "udev", "kmod", "procps")
+
+
+def test_cache_dir() -> Path:
+    """Cache shared by one test run and the next: $IMAGEBUILDER_TEST_CACHE or .cache/tests."""
+    path = Path(os.environ.get("IMAGEBUILDER_TEST_CACHE", REPO / ".cache" / "tests"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@dataclass(frozen=True)
+class ReleaseMirror:
+    root: Path
+    base_url: str
+    versions: dict[str, str]
+    files: dict[str, FixtureFile]
+
+    @property
+    def downloads(self) -> dict[str, dict[str, str]]:
+        """The imagebuilder_downloads variable pointing at this mirror."""
+        return downloads_for_fixture(self.files, self.base_url)
+
+    @property
+    def mirrors(self) -> dict[str, str]:
+        return mirrors_for(self.base_url)
+
+
+@pytest.fixture(scope="session")
+def release_mirror(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ReleaseMirror]:
+    """Fixture release files for DEFAULT_FIXTURE_VERSIONS (amd64), served on 127.0.0.1."""
+    root = tmp_path_factory.mktemp("release-mirror")
+    files = build_fixture_release(root, DEFAULT_FIXTURE_VERSIONS, "amd64")
+    with serve_directory(root) as base_url:
+        yield ReleaseMirror(root=root, base_url=base_url, versions=dict(DEFAULT_FIXTURE_VERSIONS), files=files)
+
+
+def role_debian_packages() -> list[str]:
+    """Every Debian package the roles install for a qemu cell, read from the role defaults."""
+    node = yaml.safe_load((ROLES / "node" / "defaults" / "main.yml").read_text())
+    providers = yaml.safe_load((ROLES / "providers" / "defaults" / "main.yml").read_text())
+    return sorted(set(node["node_packages"]["debian"]) | set(providers["providers_packages"]["debian"]["qemu"]))
+
+
+def build_debian_rootfs(dest: Path, packages: list[str]) -> None:
+    """mmdebstrap a Debian 12 tree into ``dest`` (a directory that must not exist)."""
+    include = ",".join(sorted(set(DEBIAN_ROOTFS_BASE_PACKAGES) | set(packages)))
+    cmd = [
+        "mmdebstrap", "--variant=apt", "--mode=root", "--format=directory",
+        f"--include={include}", DEBIAN_SUITE, str(dest),
+        f"deb {DEBIAN_MIRROR} {DEBIAN_SUITE} main",
+        f"deb {DEBIAN_MIRROR} {DEBIAN_SUITE}-updates main",
+    ]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.fixture(scope="session")
+def debian_rootfs() -> Path:
+    """A Debian 12 root filesystem with everything the roles install; built once, then cached.
+
+    Keyed on its inputs (suite, mirror, package list). Read-only: copy it before use
+    (``copy_rootfs``).
+    """
+    if shutil.which("mmdebstrap") is None:
+        pytest.fail("mmdebstrap is not installed (apt-get install mmdebstrap)")
+    try:
+        return cached_debian_rootfs()
+    except subprocess.CalledProcessError as exc:
+        pytest.fail(f"mmdebstrap failed: {exc.stderr[-2000:]}")
+
+
+def cached_debian_rootfs() -> Path:
+    """Build (or reuse) the cached Debian 12 tree; raises CalledProcessError if mmdebstrap fails."""
+    packages = role_debian_packages()
+    key_src = json.dumps(
+        {"suite": DEBIAN_SUITE, "mirror": DEBIAN_MIRROR, "base": DEBIAN_ROOTFS_BASE_PACKAGES, "packages": packages},
+        sort_keys=True,
+    )
+    key = hashlib.sha256(key_src.encode()).hexdigest()[:16]
+    cache = test_cache_dir() / f"debian-12-rootfs-{key}"
+    if (cache / ".complete").exists():
+        return cache
+    building = cache.with_name(f"{cache.name}.building-{os.getpid()}")
+    shutil.rmtree(building, ignore_errors=True)
+    started = time.monotonic()
+    try:
+        build_debian_rootfs(building, packages)
+    except subprocess.CalledProcessError:
+        shutil.rmtree(building, ignore_errors=True)
+        raise
+    (building / ".complete").write_text(f"{key_src}\nbuilt in {time.monotonic() - started:.0f}s\n")
+    if (cache / ".complete").exists():  # another process won the race
+        shutil.rmtree(building, ignore_errors=True)
+    else:
+        shutil.rmtree(cache, ignore_errors=True)
+        building.rename(cache)
+    print(f"\ndebian rootfs built in {time.monotonic() - started:.0f}s: {cache}", file=sys.stderr)
+    return cache
+
+
+def copy_rootfs(src: Path, dest: Path) -> Path:
+    """A private, writable copy of a cached root filesystem (hard links are not shared)."""
+    subprocess.run(["cp", "-a", "--reflink=auto", f"{src}/.", str(dest)], check=True)
+    (dest / ".complete").unlink(missing_ok=True)
+    return dest

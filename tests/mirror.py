@@ -1,0 +1,211 @@
+"""Fixture release mirror for tests: small, real, runnable release files served on 127.0.0.1.
+
+API (kept small; the roles, qemu, sysext and versions-update tests share it):
+
+- ``build_fixture_release(root, versions, arch="amd64") -> dict[str, FixtureFile]``
+  writes one file per download name (kubeadm, kubelet, kubectl, containerd, runc, crictl,
+  cni_plugins) under ``root/<component>/<path>``, where ``<path>`` is the upstream path
+  under that component's mirror base (docs/architecture.md), plus the upstream checksum
+  files and ``kubernetes/stable-<minor>.txt``. Binaries are POSIX shell scripts that print
+  versions as the real ones do (``kubeadm version -o short`` prints ``v1.31.4``).
+  Archives are byte-for-byte reproducible, so their sums are stable between runs.
+- ``serve_directory(root)``: context manager serving ``root`` over HTTP on 127.0.0.1 on a
+  free port, in a thread; yields the base URL (no trailing slash).
+- ``mirrors_for(base_url)``: the ``mirrors:`` mapping (component -> base URL) for that server.
+- ``downloads_for_fixture(files, base_url)``: the ``imagebuilder_downloads`` mapping
+  (name -> {url, sha256}) that the Ansible roles consume.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import http.server
+import io
+import tarfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+DEFAULT_FIXTURE_VERSIONS: dict[str, str] = {
+    "kubernetes": "1.31.4",
+    "containerd": "1.7.24",
+    "runc": "1.2.3",
+    "crictl": "1.31.1",
+    "cni_plugins": "1.6.1",
+}
+COMPONENT_OF: dict[str, str] = {
+    "kubeadm": "kubernetes",
+    "kubelet": "kubernetes",
+    "kubectl": "kubernetes",
+    "containerd": "containerd",
+    "runc": "runc",
+    "crictl": "crictl",
+    "cni_plugins": "cni_plugins",
+}
+CONTAINERD_BINARIES: tuple[str, ...] = ("containerd", "containerd-shim-runc-v2", "ctr", "containerd-stress")
+CNI_PLUGINS: tuple[str, ...] = (
+    "bandwidth", "bridge", "dhcp", "firewall", "host-device", "host-local",
+    "ipvlan", "loopback", "macvlan", "portmap", "ptp", "tuning", "vlan",
+)
+
+
+@dataclass(frozen=True)
+class FixtureFile:
+    component: str  # key of imagebuilder.versions.UPSTREAM_MIRRORS
+    path: str  # path under the component's mirror base, as in versions.lock.yaml
+    sha256: str
+
+    def url(self, base_url: str) -> str:
+        return f"{base_url.rstrip('/')}/{self.component}/{self.path}"
+
+
+def _script(body: str) -> bytes:
+    return f"#!/bin/sh\n# imagebuilder test fixture, not the real program\n{body}\n".encode()
+
+
+def _version_script(name: str, cases: dict[str, str]) -> bytes:
+    lines = ['case "$*" in']
+    for pattern, output in cases.items():
+        text = output.replace("'", "'\\''")
+        lines.append(f"  {pattern}) printf '%s\\n' '{text}' ;;")
+    lines.append(f'  *) echo "{name} (fixture): unsupported arguments: $*" >&2; exit 1 ;;')
+    lines.append("esac")
+    return _script("\n".join(lines))
+
+
+def kubernetes_binary(name: str, version: str) -> bytes:
+    v = f"v{version}"
+    major, minor = version.split(".")[:2]
+    info = f'&version.Info{{Major:"{major}", Minor:"{minor}", GitVersion:"{v}", GitTreeState:"clean"}}'
+    cases = {
+        "kubeadm": {
+            '"version -o short"|"version --output=short"|"version -oshort"': v,
+            "version*": f"kubeadm version: {info}",
+        },
+        "kubelet": {'"--version"|"version"': f"Kubernetes {v}"},
+        "kubectl": {"version*--client*": f"Client Version: {v}\nKustomize Version: v5.4.2"},
+    }[name]
+    return _version_script(name, cases)
+
+
+def _tar_gz(members: dict[str, bytes]) -> bytes:
+    """A reproducible .tar.gz: fixed mtimes and owners, members in the given order."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = 0o755 if data.startswith(b"#!") else 0o644
+            info.mtime = 0
+            info.uname = info.gname = "root"
+            tar.addfile(info, io.BytesIO(data))
+    out = io.BytesIO()
+    with gzip.GzipFile(fileobj=out, mode="wb", mtime=0, filename="") as gz:
+        gz.write(raw.getvalue())
+    return out.getvalue()
+
+
+def _release_files(versions: dict[str, str], arch: str) -> dict[str, tuple[str, bytes]]:
+    k8s, ctd, runc, crictl, cni = (
+        versions["kubernetes"], versions["containerd"], versions["runc"], versions["crictl"], versions["cni_plugins"],
+    )
+    files: dict[str, tuple[str, bytes]] = {}
+    for name in ("kubeadm", "kubelet", "kubectl"):
+        files[name] = (f"v{k8s}/bin/linux/{arch}/{name}", kubernetes_binary(name, k8s))
+    ctd_out = f"github.com/containerd/containerd v{ctd} fixture{ctd.replace('.', '')}"
+    containerd_members = {
+        "bin/containerd": _version_script("containerd", {'"--version"|"-v"': f"containerd {ctd_out}"}),
+        "bin/containerd-shim-runc-v2": _version_script(
+            "containerd-shim-runc-v2", {'"-v"|"--version"': f"containerd-shim-runc-v2:\n  Version:  v{ctd}"}
+        ),
+        "bin/ctr": _version_script("ctr", {'"--version"|"-v"': f"ctr {ctd_out}"}),
+        "bin/containerd-stress": _version_script("containerd-stress", {'"--version"|"-v"': f"containerd-stress v{ctd}"}),
+    }
+    files["containerd"] = (f"v{ctd}/containerd-{ctd}-linux-{arch}.tar.gz", _tar_gz(containerd_members))
+    files["runc"] = (
+        f"v{runc}/runc.{arch}",
+        _version_script("runc", {'"--version"|"-v"|"version"': f"runc version {runc}\ncommit: v{runc}-0-gfixture\nspec: 1.2.0"}),
+    )
+    files["crictl"] = (
+        f"v{crictl}/crictl-v{crictl}-linux-{arch}.tar.gz",
+        _tar_gz({"crictl": _version_script("crictl", {'"--version"|"-v"': f"crictl version v{crictl}"})}),
+    )
+    cni_members = {
+        f"./{plugin}": _script(
+            f'if [ "$CNI_COMMAND" = VERSION ]; then echo \'{{"cniVersion":"1.0.0","supportedVersions":["0.3.1","0.4.0","1.0.0"]}}\'; '
+            f"else echo 'CNI {plugin} plugin v{cni}'; echo 'CNI protocol versions supported: 0.1.0, 0.2.0, 0.3.0, 0.3.1, 0.4.0, 1.0.0'; fi"
+        )
+        for plugin in CNI_PLUGINS
+    }
+    cni_members["./LICENSE"] = b"Apache License 2.0 (fixture)\n"
+    files["cni_plugins"] = (f"v{cni}/cni-plugins-linux-{arch}-v{cni}.tgz", _tar_gz(cni_members))
+    return files
+
+
+def _write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    path.chmod(0o755 if data.startswith(b"#!") else 0o644)
+
+
+def build_fixture_release(root: Path, versions: dict[str, str], arch: str = "amd64") -> dict[str, FixtureFile]:
+    """Write the fixture release files for ``versions`` (component -> version, no 'v') under ``root``.
+
+    Returns download name -> FixtureFile. Also writes the upstream-style checksum files
+    (kubernetes ``<file>.sha256``, containerd ``.sha256sum``, runc ``runc.sha256sum``,
+    crictl and CNI ``.sha256``) and ``kubernetes/stable-<minor>.txt``.
+    """
+    result: dict[str, FixtureFile] = {}
+    runc_sums: list[str] = []
+    for name, (rel, data) in _release_files(versions, arch).items():
+        component = COMPONENT_OF[name]
+        digest = hashlib.sha256(data).hexdigest()
+        target = root / component / rel
+        _write(target, data)
+        if component == "kubernetes" or name == "crictl":
+            _write(target.with_name(target.name + ".sha256"), f"{digest}\n".encode())
+        elif name == "containerd":
+            _write(target.with_name(target.name + ".sha256sum"), f"{digest}  {target.name}\n".encode())
+        elif name == "cni_plugins":
+            _write(target.with_name(target.name + ".sha256"), f"{digest}  {target.name}\n".encode())
+        elif name == "runc":
+            runc_sums.append(f"{digest}  {target.name}\n")
+            _write(target.with_name("runc.sha256sum"), "".join(runc_sums).encode())
+        result[name] = FixtureFile(component=component, path=rel, sha256=digest)
+    minor = ".".join(versions["kubernetes"].split(".")[:2])
+    _write(root / "kubernetes" / f"stable-{minor}.txt", f"v{versions['kubernetes']}\n".encode())
+    return result
+
+
+def mirrors_for(base_url: str) -> dict[str, str]:
+    """The ``mirrors:`` mapping that points every component at the fixture server."""
+    return {component: f"{base_url.rstrip('/')}/{component}" for component in sorted(set(COMPONENT_OF.values()))}
+
+
+def downloads_for_fixture(files: dict[str, FixtureFile], base_url: str) -> dict[str, dict[str, str]]:
+    """The ``imagebuilder_downloads`` variable for ``files`` served at ``base_url``."""
+    return {name: {"url": f.url(base_url), "sha256": f.sha256} for name, f in files.items()}
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
+        pass
+
+
+@contextmanager
+def serve_directory(root: Path) -> Iterator[str]:
+    """Serve ``root`` on 127.0.0.1 on a free port in a daemon thread; yield the base URL."""
+    handler = partial(_QuietHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, name=f"mirror:{root}", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)

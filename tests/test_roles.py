@@ -1,0 +1,301 @@
+"""The Ansible roles, run for real into a Debian 12 root filesystem through the chroot connection.
+
+Release files come from the fixture mirror on 127.0.0.1 (tests/mirror.py); Debian packages
+are preinstalled in the cached rootfs, so the roles find them present and need no network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, ReleaseMirror, copy_rootfs
+from mirror import DEFAULT_FIXTURE_VERSIONS, build_fixture_release
+
+ANSIBLE_DIR = REPO / "ansible"
+BUILD_KEY = hashlib.sha256(b"test_roles build key").hexdigest()
+RECAP = re.compile(
+    r"^(?P<host>\S+)\s*:\s*ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+unreachable=(?P<unreachable>\d+)\s+failed=(?P<failed>\d+)",
+    re.M,
+)
+
+
+@dataclass
+class PlayRun:
+    rc: int
+    output: str
+    seconds: float
+
+    @property
+    def recap(self) -> dict[str, int]:
+        matches = list(RECAP.finditer(self.output))
+        assert matches, f"no PLAY RECAP in output:\n{self.output[-3000:]}"
+        return {k: int(v) for k, v in matches[-1].groupdict().items() if k != "host"}
+
+
+def cell_vars(mirror: ReleaseMirror, **overrides: object) -> dict[str, object]:
+    """The contract variables of a qemu Debian 12 cell (docs/architecture.md), for a chroot."""
+    minor = ".".join(mirror.versions["kubernetes"].split(".")[:2])
+    values: dict[str, object] = {
+        "imagebuilder_build_key": BUILD_KEY,
+        "imagebuilder_cell_id": f"qemu-debian-12-k8s-{minor}",
+        "imagebuilder_version": "0.1.0",
+        "imagebuilder_git_commit": "unknown",
+        "imagebuilder_os": "debian-12",
+        "imagebuilder_os_family": "debian",
+        "imagebuilder_cloud": "qemu",
+        "imagebuilder_arch": "amd64",
+        "imagebuilder_kubernetes_minor": minor,
+        "imagebuilder_versions": dict(mirror.versions),
+        "imagebuilder_pause_image": "registry.k8s.io/pause:3.10",
+        "imagebuilder_downloads": mirror.downloads,
+        # A chroot: nothing runs, so no modprobe/sysctl/daemon-reload and no runtime checks.
+        "imagebuilder_apply_runtime": False,
+        "validate_runtime_checks": False,
+    }
+    values.update(overrides)
+    return values
+
+
+def run_playbook(root: Path, variables: dict[str, object], tmp: Path, playbook: str = "node.yml") -> PlayRun:
+    vars_file = tmp / f"vars-{time.monotonic_ns()}.json"
+    vars_file.write_text(json.dumps(variables))
+    env = dict(os.environ, ANSIBLE_CONFIG=str(ANSIBLE_DIR / "ansible.cfg"), ANSIBLE_NOCOLOR="1",
+               ANSIBLE_FORCE_COLOR="0", PYTHONUNBUFFERED="1")
+    cmd = [
+        "ansible-playbook", str(ANSIBLE_DIR / playbook),
+        "-i", f"{root},", "-c", "community.general.chroot",
+        "-e", "ansible_become=false", "-e", "ansible_python_interpreter=/usr/bin/python3",
+        "-e", f"@{vars_file}",
+    ]
+    started = time.monotonic()
+    proc = subprocess.run(cmd, env=env, cwd=ANSIBLE_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return PlayRun(rc=proc.returncode, output=proc.stdout, seconds=time.monotonic() - started)
+
+
+def in_chroot(root: Path, *argv: str) -> str:
+    proc = subprocess.run(["chroot", str(root), *argv], capture_output=True, text=True,
+                          env={"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"})
+    assert proc.returncode == 0, f"{argv} failed in the chroot: {proc.stderr}"
+    return proc.stdout + proc.stderr
+
+
+def seed_build_leftovers(root: Path) -> None:
+    """What a booted build VM carries and sysprep must remove (the rootfs already has host keys)."""
+    (root / "etc/machine-id").write_text("0123456789abcdef0123456789abcdef\n")
+    (root / "root/.bash_history").write_text("ls\n")
+    (root / "root/.ssh").mkdir(mode=0o700, exist_ok=True)
+    (root / "root/.ssh/authorized_keys").write_text("ssh-ed25519 AAAA packer\n")
+    (root / "var/lib/cloud/instances/i-123").mkdir(parents=True, exist_ok=True)
+    (root / "var/lib/cloud/instance").symlink_to("/var/lib/cloud/instances/i-123")
+    (root / "var/log/cloud-init.log").write_text("cloud-init ran\n" * 100)
+    (root / "var/log/syslog.1").write_text("old\n")
+    with (root / "etc/fstab").open("a") as fstab:
+        fstab.write("/swapfile none swap sw 0 0\n")
+
+
+def tree_snapshot(root: Path) -> dict[str, tuple[int, int, int]]:
+    """path -> (mode, size, mtime_ns) of every entry, symlinks not followed."""
+    snap: dict[str, tuple[int, int, int]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = Path(dirpath, name)
+            st = path.lstat()
+            snap[str(path.relative_to(root))] = (st.st_mode, st.st_size, st.st_mtime_ns)
+    return snap
+
+
+@pytest.fixture(scope="module")
+def built(debian_rootfs: Path, release_mirror: ReleaseMirror, tmp_path_factory: pytest.TempPathFactory):
+    """The roles run once into a copy of the Debian 12 rootfs."""
+    tmp = tmp_path_factory.mktemp("roles")
+    root = copy_rootfs(debian_rootfs, tmp / "rootfs")
+    seed_build_leftovers(root)
+    run = run_playbook(root, cell_vars(release_mirror), tmp)
+    print(f"\nfull role run (ansible/node.yml into a Debian 12 chroot): {run.seconds:.1f}s", file=sys.stderr)
+    assert run.rc == 0, run.output[-6000:]
+    return root, run, tmp
+
+
+# ---------------------------------------------------------------- fixture mirror (fast)
+
+def test_fixture_release_is_reproducible_and_pinned(tmp_path: Path) -> None:
+    first = build_fixture_release(tmp_path / "a", DEFAULT_FIXTURE_VERSIONS)
+    second = build_fixture_release(tmp_path / "b", DEFAULT_FIXTURE_VERSIONS)
+    assert first == second
+    for name, f in first.items():
+        data = (tmp_path / "a" / f.component / f.path).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == f.sha256, name
+    assert first["kubeadm"].path == "v1.31.4/bin/linux/amd64/kubeadm"
+    assert first["containerd"].path == "v1.7.24/containerd-1.7.24-linux-amd64.tar.gz"
+    assert first["cni_plugins"].path == "v1.6.1/cni-plugins-linux-amd64-v1.6.1.tgz"
+    kubeadm = tmp_path / "a" / "kubernetes" / first["kubeadm"].path
+    assert subprocess.run([kubeadm, "version", "-o", "short"], capture_output=True, text=True).stdout == "v1.31.4\n"
+
+
+# ---------------------------------------------------------------- the roles (slow)
+
+@pytest.mark.slow
+def test_first_run_installs_and_validates(built) -> None:
+    _, run, _ = built
+    assert run.recap["failed"] == 0
+    assert run.recap["changed"] > 0
+    assert "Image validation passed" in run.output
+
+
+@pytest.mark.slow
+def test_binaries_run_at_the_pinned_versions(built, release_mirror: ReleaseMirror) -> None:
+    root, _, _ = built
+    v = release_mirror.versions
+    assert in_chroot(root, "kubeadm", "version", "-o", "short").strip() == f"v{v['kubernetes']}"
+    assert in_chroot(root, "kubelet", "--version").strip() == f"Kubernetes v{v['kubernetes']}"
+    assert f"v{v['containerd']}" in in_chroot(root, "containerd", "--version")
+    assert f"runc version {v['runc']}" in in_chroot(root, "runc", "--version")
+    assert in_chroot(root, "crictl", "--version").strip() == f"crictl version v{v['crictl']}"
+    for binary in ("containerd", "containerd-shim-runc-v2", "ctr", "crictl", "kubeadm", "kubelet", "kubectl"):
+        assert os.access(root / "usr/local/bin" / binary, os.X_OK), binary
+    assert os.access(root / "usr/local/sbin/runc", os.X_OK)
+    for plugin in ("bridge", "host-local", "loopback", "portmap"):
+        assert os.access(root / "opt/cni/bin" / plugin, os.X_OK), plugin
+
+
+@pytest.mark.slow
+def test_units_enabled_and_configured(built) -> None:
+    root, _, _ = built
+    wants = root / "etc/systemd/system/multi-user.target.wants"
+    for unit in ("containerd.service", "kubelet.service", "chrony.service", "auditd.service"):
+        assert (wants / unit).is_symlink(), f"{unit} not enabled: {sorted(p.name for p in wants.iterdir())}"
+    assert os.readlink(wants / "containerd.service").endswith("/containerd.service")
+    containerd_unit = (root / "usr/local/lib/systemd/system/containerd.service").read_text()
+    assert "ExecStart=/usr/local/bin/containerd" in containerd_unit
+    assert "Delegate=yes" in containerd_unit
+    kubelet_unit = (root / "etc/systemd/system/kubelet.service").read_text()
+    assert "ExecStart=/usr/local/bin/kubelet" in kubelet_unit
+    dropin = (root / "etc/systemd/system/kubelet.service.d/10-kubeadm.conf").read_text()
+    assert "EnvironmentFile=-/var/lib/kubelet/kubeadm-flags.env" in dropin
+    assert "ExecStart=\nExecStart=/usr/local/bin/kubelet $KUBELET_KUBECONFIG_ARGS" in dropin
+
+    config = (root / "etc/containerd/config.toml").read_text()
+    assert "version = 2" in config
+    assert "SystemdCgroup = true" in config
+    assert 'sandbox_image = "registry.k8s.io/pause:3.10"' in config
+    assert 'bin_dir = "/opt/cni/bin"' in config
+    assert "runtime-endpoint: unix:///run/containerd/containerd.sock" in (root / "etc/crictl.yaml").read_text()
+
+    assert (root / "etc/modules-load.d/kubernetes.conf").read_text().split("\n")[1:3] == ["br_netfilter", "overlay"][::-1] or \
+        {"overlay", "br_netfilter"} <= set((root / "etc/modules-load.d/kubernetes.conf").read_text().split())
+    sysctls = (root / "etc/sysctl.d/99-kubernetes.conf").read_text()
+    for line in ("net.bridge.bridge-nf-call-iptables = 1", "net.ipv4.ip_forward = 1",
+                 "net.bridge.bridge-nf-call-ip6tables = 1", "net.ipv6.conf.all.forwarding = 1"):
+        assert line in sysctls
+    assert "swap" not in "".join(l for l in (root / "etc/fstab").read_text().splitlines() if not l.startswith("#"))
+    assert "datasource_list: [NoCloud, ConfigDrive, None]" in \
+        (root / "etc/cloud/cloud.cfg.d/90-imagebuilder-datasource.cfg").read_text()
+
+
+@pytest.mark.slow
+def test_provenance_file(built, release_mirror: ReleaseMirror) -> None:
+    root, _, _ = built
+    fields = dict(
+        line.split("=", 1) for line in (root / "etc/imagebuilder-release").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    v = release_mirror.versions
+    assert fields["IMAGEBUILDER_BUILD_KEY"] == BUILD_KEY
+    assert fields["KUBERNETES_VERSION"] == f"v{v['kubernetes']}"
+    assert fields["CONTAINERD_VERSION"] == v["containerd"]
+    assert fields["RUNC_VERSION"] == v["runc"]
+    assert fields["CRICTL_VERSION"] == v["crictl"]
+    assert fields["CNI_PLUGINS_VERSION"] == v["cni_plugins"]
+    assert fields["PAUSE_IMAGE"] == "registry.k8s.io/pause:3.10"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", fields["BUILD_DATE"]), fields["BUILD_DATE"]
+    installed = {p.stem: p.read_text().strip() for p in (root / "var/lib/imagebuilder/artifacts").iterdir()}
+    assert installed == {name: f.sha256 for name, f in release_mirror.files.items()}
+
+
+@pytest.mark.slow
+def test_image_is_generalised(built) -> None:
+    root, _, _ = built
+    assert (root / "etc/machine-id").read_text() == ""
+    assert not list((root / "etc/ssh").glob("ssh_host_*"))
+    assert not (root / "root/.ssh/authorized_keys").exists()
+    assert not (root / "root/.bash_history").exists()
+    assert not (root / "var/lib/cloud/instance").is_symlink()
+    assert not (root / "var/lib/cloud/instances").exists()
+    assert (root / "var/log/cloud-init.log").stat().st_size == 0
+    assert not (root / "var/log/syslog.1").exists()
+    assert not (root / "var/cache/imagebuilder/downloads").exists()
+    assert [p.name for p in (root / "var/lib/apt/lists").iterdir() if p.is_file() and p.name != "lock"] == []
+
+
+@pytest.mark.slow
+def test_second_run_changes_nothing(built, release_mirror: ReleaseMirror) -> None:
+    root, _, tmp = built
+    before = (root / "etc/imagebuilder-release").read_text()
+    run = run_playbook(root, cell_vars(release_mirror), tmp)
+    assert run.rc == 0, run.output[-6000:]
+    assert run.recap["changed"] == 0, [l for l in run.output.splitlines() if l.startswith("changed:")]
+    assert (root / "etc/imagebuilder-release").read_text() == before
+
+
+@pytest.mark.slow
+def test_validate_names_the_failing_check(built, release_mirror: ReleaseMirror) -> None:
+    root, _, tmp = built
+    machine_id = root / "etc/machine-id"
+    machine_id.write_text("0123456789abcdef0123456789abcdef\n")
+    try:
+        run = run_playbook(root, cell_vars(release_mirror), tmp, playbook="validate.yml")
+    finally:
+        machine_id.write_text("")
+    assert run.rc != 0
+    assert run.recap["failed"] == 1
+    assert "[hygiene: empty machine-id] /etc/machine-id has 33 bytes" in run.output
+    assert "1 of " in run.output
+
+
+@pytest.mark.slow
+def test_wrong_checksum_fails_before_installing(debian_rootfs: Path, release_mirror: ReleaseMirror, tmp_path: Path) -> None:
+    root = copy_rootfs(debian_rootfs, tmp_path / "rootfs")
+    before = tree_snapshot(root)
+    downloads = release_mirror.downloads
+    wrong = "0" * 64
+    downloads["containerd"] = {**downloads["containerd"], "sha256": wrong}
+    run = run_playbook(root, cell_vars(release_mirror, imagebuilder_downloads=downloads), tmp_path)
+    assert run.rc != 0
+    assert run.recap["failed"] == 1
+    file_name = Path(release_mirror.files["containerd"].path).name
+    actual = release_mirror.files["containerd"].sha256
+    message = f"sha256 mismatch for containerd file {file_name}"
+    assert message in run.output
+    assert f"expected {wrong}" in run.output and f"actual {actual}" in run.output
+    assert "TASK [imagebuilder : Verify the sha256 of every release file]" in run.output
+    changed = {p for p, st in tree_snapshot(root).items() if before.get(p) != st}
+    changed |= {p for p in before if not (root / p).exists() and not (root / p).is_symlink()}
+    outside_staging = sorted(
+        p for p in changed
+        if not p.startswith(("var/cache/imagebuilder", "root/.ansible", "tmp/"))
+        and p not in ("var/cache", "root", "tmp")
+    )
+    assert outside_staging == []
+    staged = sorted(p.name for p in (root / "var/cache/imagebuilder/downloads").iterdir())
+    assert file_name not in staged  # the bad file is deleted
+    assert not (root / "usr/local/bin/containerd").exists()
+
+
+@pytest.mark.slow
+def test_ansible_lint_passes() -> None:
+    if shutil.which("ansible-lint") is None:
+        pytest.fail("ansible-lint is not installed (pip install ansible-lint)")
+    proc = subprocess.run(["ansible-lint", "--offline", "node.yml", "validate.yml", "roles"],
+                          cwd=ANSIBLE_DIR, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
