@@ -1,0 +1,271 @@
+"""The local qemu target's machinery: base disks, seeds, the KVM probe, a real Packer build, the boot test."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from mirror import serve_directory  # noqa: E402
+
+from imagebuilder.distributions import debian, ubuntu  # noqa: E402
+from imagebuilder.errors import UserError  # noqa: E402
+from imagebuilder.qemu import (  # noqa: E402
+    Check,
+    Expected,
+    Vm,
+    boot_test,
+    guest_checks,
+    make_seed_iso,
+    make_ssh_key,
+    probe_boot_sector,
+    release_fields,
+    write_seed_dir,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = REPO / "tests" / "data" / "qemu-smoke"
+
+
+def _test_cache() -> Path:
+    """The cache tests share from one run to the next (as in conftest: $IMAGEBUILDER_TEST_CACHE)."""
+    path = Path(os.environ.get("IMAGEBUILDER_TEST_CACHE", REPO / ".cache" / "tests"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _debugfs_cat(disk: Path, offset: int, path: str) -> str:
+    proc = subprocess.run(["debugfs", "-R", f"cat {path}", f"{disk}?offset={offset}"],
+                          capture_output=True, text=True, check=True)
+    return proc.stdout
+
+
+def _partitions(disk: Path) -> dict:
+    proc = subprocess.run(["sfdisk", "--json", str(disk)], capture_output=True, text=True, check=True)
+    return json.loads(proc.stdout)["partitiontable"]
+
+
+def _isoinfo(iso: Path, *args: str) -> str:
+    return subprocess.run(["isoinfo", "-i", str(iso), *args], capture_output=True, text=True, check=True).stdout
+
+
+# --- fast ------------------------------------------------------------------------------
+
+
+def test_partitioned_disk_holds_the_tree_at_the_partition_offset(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    (tree / "etc").mkdir(parents=True)
+    (tree / "etc" / "os-release").write_text('ID=debian\nVERSION_ID="12"\n')
+    disk = tmp_path / "disk.raw"
+    fs_uuid = "0f5a6c1e-1111-4222-8333-444455556666"
+
+    debian.write_partitioned_disk(tree, disk, 64 * 1024**2, fs_uuid)
+
+    table = _partitions(disk)
+    assert table["label"] == "dos"
+    assert len(table["partitions"]) == 1
+    part = table["partitions"][0]
+    assert part["start"] * 512 == debian.PARTITION_START
+    assert part["bootable"] is True
+    assert _debugfs_cat(disk, debian.PARTITION_START, "/etc/os-release") == 'ID=debian\nVERSION_ID="12"\n'
+    fsck = subprocess.run(["e2fsck", "-fn", f"{disk}?offset={debian.PARTITION_START}"], capture_output=True, text=True)
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+    info = subprocess.run(["dumpe2fs", "-h", f"{disk}?offset={debian.PARTITION_START}"],
+                          capture_output=True, text=True, check=True).stdout
+    assert fs_uuid in info
+    assert disk.stat().st_blocks * 512 < disk.stat().st_size // 4  # sparse
+
+
+def test_base_spec_key_follows_every_input() -> None:
+    base = debian.BaseSpec()
+    assert base.key == debian.BaseSpec().key
+    assert debian.BaseSpec(mirror="http://mirror.example/debian").key != base.key
+    assert debian.BaseSpec(packages=(*debian.PACKAGES, "vim")).key != base.key
+    assert debian.BaseSpec(script_version=debian.SCRIPT_VERSION + 1).key != base.key
+    assert base.root_uuid != debian.BaseSpec(suite="trixie").root_uuid
+
+
+def test_seed_iso_carries_the_throwaway_key(tmp_path: Path) -> None:
+    key = make_ssh_key(tmp_path)
+    assert key.public.startswith("ssh-ed25519 ")
+    iso = make_seed_iso(tmp_path / "seed.iso", "debian", [key.public], instance_id="iid-test")
+
+    assert "Volume id: cidata" in _isoinfo(iso, "-d")
+    user_data = _isoinfo(iso, "-R", "-x", "/user-data")
+    assert user_data.startswith("#cloud-config\n")
+    assert "- name: debian" in user_data
+    assert key.public in user_data
+    assert "instance-id: iid-test" in _isoinfo(iso, "-R", "-x", "/meta-data")
+
+
+def test_seed_dir_for_packer_cd_files(tmp_path: Path) -> None:
+    files = write_seed_dir(tmp_path / "seed", "packer", ["ssh-ed25519 AAAA test"])
+    assert sorted(p.name for p in files) == ["meta-data", "user-data"]
+    assert "ssh-ed25519 AAAA test" in (tmp_path / "seed" / "user-data").read_text()
+
+
+def test_probe_boot_sector_reports_under_tcg(tmp_path: Path) -> None:
+    # The probe's hand-written boot sector must really print and exit, or every probe says "tcg".
+    assert probe_boot_sector(tmp_path / "probe.img", "tcg", timeout=60) is True
+
+
+def _fake_release(root: Path, content: bytes) -> str:
+    (root / "jammy").mkdir(parents=True)
+    (root / "jammy" / "fake-cloudimg-amd64.img").write_bytes(content)
+    digest = hashlib.sha256(content).hexdigest()
+    (root / "jammy" / "SHA256SUMS").write_text(f"{'0' * 64} *other.img\n{digest} *fake-cloudimg-amd64.img\n")
+    return digest
+
+
+def test_ubuntu_download_rejects_a_wrong_checksum(tmp_path: Path) -> None:
+    content = os.urandom(256 * 1024)
+    digest = _fake_release(tmp_path / "www", content)
+    cache = tmp_path / "cache"
+    with serve_directory(tmp_path / "www") as base_url:
+        url = f"{base_url}/jammy/fake-cloudimg-amd64.img"
+        wrong = hashlib.sha256(b"something else").hexdigest()
+        with pytest.raises(UserError) as err:
+            ubuntu.base_image("ubuntu-2204", url=url, sha256=wrong, cache=cache)
+        message = str(err.value)
+        assert url in message and digest in message and wrong in message and "\n" not in message
+        assert not any(p.is_file() for p in cache.rglob("*")), "nothing may be left behind"
+
+        with pytest.raises(UserError, match="not 64 hex digits"):
+            ubuntu.base_image("ubuntu-2204", url=url, sha256="abc", cache=cache)
+
+        got = ubuntu.base_image("ubuntu-2204", url=url, cache=cache)  # checksum from SHA256SUMS
+        assert got.sha256 == digest
+        assert got.disk.read_bytes() == content
+
+    # Cached by checksum: served no more, still there.
+    again = ubuntu.base_image("ubuntu-2204", url=url, sha256=digest, cache=cache)
+    assert again.disk == got.disk
+
+
+def test_ubuntu_unreachable_mirror_is_a_clear_error(tmp_path: Path) -> None:
+    with serve_directory(tmp_path) as base_url:
+        pass  # the port is closed again
+    with pytest.raises(UserError, match="cannot download"):
+        ubuntu.base_image("ubuntu-2404", url=f"{base_url}/x.img", sha256="0" * 64, cache=tmp_path)
+    with pytest.raises(UserError, match="not an Ubuntu release"):
+        ubuntu.default_url("debian-12")
+    assert ubuntu.default_url("ubuntu-2404").endswith("ubuntu-24.04-server-cloudimg-amd64.img")
+
+
+def test_expectations_and_provenance_parsing() -> None:
+    with pytest.raises(ValueError, match="unknown expectation"):
+        Expected.from_dict({"build_key": "x", "kubernetes": "1.31"})
+    node = Expected.from_dict({"kubernetes_version": "1.31.4"})
+    assert node.units_active == ("containerd",) and node.units_enabled == ("kubelet",)
+    assert Expected.from_dict({"build_key": "k"}).units_active == ()
+    assert release_fields('# c\nIMAGEBUILDER_BUILD_KEY="abc"\nX=1\n') == {"IMAGEBUILDER_BUILD_KEY": "abc", "X": "1"}
+
+
+# --- slow: real base disk, real Packer build, real boots -------------------------------
+
+
+@pytest.fixture(scope="module")
+def debian_base() -> debian.BaseDisk:
+    started = time.monotonic()
+    base = debian.base_disk(cache=_test_cache())
+    print(f"\n[stage] debian base disk: {time.monotonic() - started:.1f}s "
+          f"(built in {base.manifest['seconds']}, cached at {base.dir})", file=sys.stderr)
+    return base
+
+
+@pytest.mark.slow
+def test_debian_base_disk(debian_base: debian.BaseDisk) -> None:
+    table = _partitions(debian_base.disk)
+    assert len(table["partitions"]) == 1
+    assert table["partitions"][0]["start"] * 512 == debian_base.partition_offset
+    offset = debian_base.partition_offset
+    os_release = _debugfs_cat(debian_base.disk, offset, "/usr/lib/os-release")
+    assert 'VERSION_ID="12"' in os_release and "ID=debian" in os_release
+    assert _debugfs_cat(debian_base.disk, offset, "/etc/fstab").startswith(f"UUID={debian_base.root_uuid} / ext4")
+    assert _debugfs_cat(debian_base.disk, offset, "/etc/machine-id") == ""
+    fsck = subprocess.run(["e2fsck", "-fn", f"{debian_base.disk}?offset={offset}"], capture_output=True, text=True)
+    assert fsck.returncode == 0, fsck.stdout
+    assert debian_base.kernel.read_bytes()[0x202:0x206] == b"HdrS"  # a bzImage
+    assert debian_base.initrd.stat().st_size > 1024**2
+    assert debian_base.key == debian.BaseSpec().key
+
+
+@pytest.mark.slow
+def test_debian_base_disk_cache_hit(debian_base: debian.BaseDisk) -> None:
+    before = debian_base.disk.stat()
+    again = debian.base_disk(cache=_test_cache())
+    assert again.dir == debian_base.dir
+    assert again.manifest["built"] == debian_base.manifest["built"]
+    after = again.disk.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+
+
+def _smoke_vars(tmp_path: Path, base: debian.BaseDisk, build_key: str) -> Path:
+    key = make_ssh_key(tmp_path, "packer_key")
+    seed = write_seed_dir(tmp_path / "seed", "packer", [key.public])
+    values = {
+        "base_disk": str(base.disk), "kernel": str(base.kernel), "initrd": str(base.initrd),
+        "kernel_cmdline": base.kernel_cmdline, "seed_files": [str(p) for p in seed],
+        "ssh_private_key_file": str(key.private), "output_directory": str(tmp_path / "out"),
+        "serial_log": str(tmp_path / "build-serial.log"), "build_key": build_key,
+        "playbook": str(SMOKE / "smoke.yml"), "manifest": str(tmp_path / "manifest.json"),
+    }
+    path = tmp_path / "smoke.pkrvars.json"
+    path.write_text(json.dumps(values, indent=2))
+    return path
+
+
+@pytest.mark.slow
+def test_packer_qemu_smoke_build_and_boot_test(debian_base: debian.BaseDisk, tmp_path: Path) -> None:
+    build_key = hashlib.sha256(b"qemu-smoke").hexdigest()
+    var_file = _smoke_vars(tmp_path, debian_base, build_key)
+    template = SMOKE / "smoke.pkr.hcl"
+    fmt = subprocess.run(["packer", "fmt", "-check", str(template)], capture_output=True, text=True)
+    assert fmt.returncode == 0, f"not packer-fmt formatted: {fmt.stdout}"
+    validate = subprocess.run(["packer", "validate", f"-var-file={var_file}", str(template)],
+                              capture_output=True, text=True)
+    assert validate.returncode == 0, validate.stdout + validate.stderr
+
+    started = time.monotonic()
+    env = dict(os.environ, PACKER_LOG="1", PACKER_LOG_PATH=str(tmp_path / "packer.log"))
+    build = subprocess.run(["packer", "build", "-color=false", f"-var-file={var_file}", str(template)],
+                           capture_output=True, text=True, env=env, cwd=tmp_path)
+    packer_seconds = time.monotonic() - started
+    print(f"\n[stage] packer build: {packer_seconds:.1f}s", file=sys.stderr)
+    assert build.returncode == 0, build.stdout[-4000:] + build.stderr[-2000:]
+
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    artifact = Path(manifest["builds"][-1]["files"][0]["name"])
+    assert artifact == tmp_path / "out" / "smoke.qcow2"
+    info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(artifact)],
+                                     capture_output=True, text=True, check=True).stdout)
+    assert info["format"] == "qcow2"
+    assert info["virtual-size"] == debian_base.disk.stat().st_size
+    # Compressed: smaller than the base's allocated blocks, let alone its size.
+    assert artifact.stat().st_size < debian_base.disk.stat().st_blocks * 512
+
+    def booted_by_itself(vm: Vm) -> list[Check]:
+        cmdline = vm.ssh("cat /proc/cmdline").stdout.strip()
+        packer_user = vm.ssh("id packer")
+        wrong = guest_checks(vm, Expected(build_key="0" * 64))
+        return [
+            Check("grub booted it", cmdline.startswith("BOOT_IMAGE=") and "root=UUID=" in cmdline, cmdline),
+            Check("build user removed", packer_user.returncode != 0, packer_user.stdout.strip()),
+            Check("a wrong build key fails", not next(c for c in wrong if c.name == "provenance").ok, "provenance"),
+        ]
+
+    result = boot_test(artifact, {"build_key": build_key}, user="debian", workdir=tmp_path / "boot-test",
+                       validate=booted_by_itself)
+    print(f"[stage] boot test: {result.seconds}", file=sys.stderr)
+    assert result.ok, f"{result.summary()}\nserial log:\n{result.serial_log.read_text(errors='replace')[-3000:]}"
+    names = [c.name for c in result.checks]
+    assert names[:3] == ["ssh login", "cloud-init", "provenance"]
+    assert "grub booted it" in names
