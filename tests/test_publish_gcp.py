@@ -1,0 +1,354 @@
+"""Publish to GCP through the real google-cloud-compute and google-cloud-storage SDKs.
+
+Compute Engine has no emulator: tests/standins/gcp_compute.py serves the images and global
+operations REST paths the SDK really calls, and records what it sent. GCS is the
+gcp-storage-emulator package from PyPI (a real server speaking the JSON and upload APIs).
+"""
+
+from __future__ import annotations
+
+import io
+import socket
+import subprocess
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+import requests
+
+pytest.importorskip("google.cloud.compute_v1")
+gcs_emulator = pytest.importorskip("gcp_storage_emulator.server")
+
+from google.auth.credentials import AnonymousCredentials  # noqa: E402
+from google.cloud import storage  # noqa: E402
+
+from imagebuilder.artifact import Artifact  # noqa: E402
+from imagebuilder.clouds import CloudError, ImageFilter  # noqa: E402
+from imagebuilder.clouds.gcp import (  # noqa: E402
+    GcpImageStore,
+    describe,
+    image_family,
+    image_name_for,
+    metadata_of,
+)
+from imagebuilder.config import GcpSettings  # noqa: E402
+from imagebuilder.metadata import ImageMetadata  # noqa: E402
+from standins.gcp_compute import GcpComputeStandin  # noqa: E402
+
+PROJECT = "capi-images"
+BUCKET = "imagebuilder-uploads"
+FAMILY = "capi-debian-12-k8s-1-31"
+IMAGES = f"/compute/v1/projects/{PROJECT}/global/images"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def gcs() -> Iterator[str]:
+    port = free_port()
+    server = gcs_emulator.create_server("127.0.0.1", port, in_memory=True, default_bucket=BUCKET)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture()
+def compute(gcs: str) -> Iterator[GcpComputeStandin]:
+    def read_source(url: str) -> bytes:
+        prefix = "https://storage.googleapis.com/"
+        assert url.startswith(prefix), url
+        bucket, _, name = url.removeprefix(prefix).partition("/")
+        answer = requests.get(f"{gcs}/download/storage/v1/b/{bucket}/o/{quote(name, safe='')}?alt=media",
+                              timeout=30)
+        if answer.status_code != 200:
+            raise OSError(f"{url}: HTTP {answer.status_code}")
+        return answer.content
+
+    server = GcpComputeStandin(read_source=read_source)
+    server.start()
+    yield server
+    server.stop()
+
+
+def make_store(compute: GcpComputeStandin, gcs: str, **options: object) -> GcpImageStore:
+    return GcpImageStore(GcpSettings(project_id=PROJECT), credentials=AnonymousCredentials(),
+                         api_endpoint=compute.base_url, storage_endpoint=gcs, bucket=BUCKET, backoff=0.0,
+                         poll_interval=0.0, **options)
+
+
+@pytest.fixture()
+def store(compute: GcpComputeStandin, gcs: str) -> GcpImageStore:
+    return make_store(compute, gcs)
+
+
+def metadata(timestamp: str, key_char: str = "a", arch: str = "amd64") -> ImageMetadata:
+    return ImageMetadata(os="debian-12", os_version="12", kubernetes_version="v1.31.4", kubernetes_minor="1.31",
+                         arch=arch, build_key=key_char * 64, cell="qemu-debian-12-k8s-1.31", version="0.1.0",
+                         git_commit="0123abc", build_timestamp=timestamp)
+
+
+@pytest.fixture(scope="module")
+def qcow2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small qcow2 disk with known bytes at its start."""
+    work = tmp_path_factory.mktemp("disk")
+    raw = work / "seed.raw"
+    raw.write_bytes(b"IMAGEBUILDER-DISK" + bytes(3 * 1024 * 1024 - 17))
+    disk = work / "node.qcow2"
+    subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(disk)], check=True)
+    return disk
+
+
+def local_artifact(disk: Path, meta: ImageMetadata) -> Artifact:
+    return Artifact(cell_id=meta.cell, cloud="qemu", build_key=meta.build_key,
+                    image_name=f"debian-12-kube-v1.31.4-{meta.build_timestamp}", metadata=meta,
+                    ids={"local": str(disk)}, files=[str(disk)])
+
+
+def test_local_disk_is_uploaded_and_imported_with_labels_family_and_description(
+        store: GcpImageStore, compute: GcpComputeStandin, gcs: str, qcow2: Path) -> None:
+    meta = metadata("1764064800")
+    ids = store.publish(local_artifact(qcow2, meta))
+
+    name = image_name_for(meta)
+    assert ids == {"global": name}
+    assert name == "cluster-api-debian-12-v1-31-4-1764064800"
+    (insert,) = compute.calls("POST", f"^{IMAGES}$")
+    body = insert.body
+    assert body["rawDisk"] == {"source": f"https://storage.googleapis.com/{BUCKET}/imagebuilder/{name}.tar.gz"}
+    assert body["family"] == FAMILY
+    assert body["labels"]["imagebuilder-kubernetes-version"] == "v1-31-4"
+    assert body["labels"]["imagebuilder-kubernetes-minor"] == "1-31"
+    assert body["labels"]["imagebuilder-build-key"] == "a" * 63  # label values hold 63 characters
+    assert body["architecture"] == "X86_64"
+    assert body["storageLocations"] == ["us"]
+    assert insert.query["requestId"]
+    assert compute.calls("POST", r"/global/operations/operation-\d+/wait")  # the SDK waited on the operation
+
+    image = compute.images[(PROJECT, name)]
+    assert image["status"] == "READY"
+    assert image["diskSizeGb"] == "1"  # the 3 MiB disk, raised to a whole GiB as GCE requires
+    # the upload went away once the image held the disk
+    client = storage.Client(project=PROJECT, credentials=AnonymousCredentials(), client_options={"api_endpoint": gcs})
+    assert client.bucket(BUCKET).get_blob(f"imagebuilder/{name}.tar.gz") is None
+
+    (record,) = store.find_by_build_key(meta.build_key)
+    assert record.metadata == meta  # whole values come back from the description, not the lossy labels
+    assert record.state == "available" and record.region == "global" and record.image_id == name
+    assert [r.image_id for r in store.list_images(ImageFilter(kubernetes_minor="1.31", os="debian-12"))] == [name]
+    assert store.list_images(ImageFilter(kubernetes_minor="1.30")) == []
+    listing = compute.calls("GET", f"^{IMAGES}$")[-1]
+    assert '(labels.imagebuilder-kubernetes-minor = "1-30")' in listing.query["filter"]
+
+
+def test_the_tarball_holds_a_sparse_whole_gib_disk_raw(store: GcpImageStore, compute: GcpComputeStandin,
+                                                        qcow2: Path) -> None:
+    seen: list[bytes] = []
+    reader = compute.read_source
+    assert reader is not None
+
+    def keep(url: str) -> bytes:
+        seen.append(reader(url))
+        return seen[-1]
+
+    compute.read_source = keep
+    store.publish(local_artifact(qcow2, metadata("1764064801")))
+    with tarfile.open(fileobj=io.BytesIO(seen[0]), mode="r:gz") as archive:
+        (member,) = archive.getmembers()
+        assert member.name == "disk.raw" and member.size == 1 << 30
+        head = archive.extractfile(member).read(17)  # type: ignore[union-attr]
+    assert head == b"IMAGEBUILDER-DISK"
+    assert len(seen[0]) < 1024 * 1024  # sparse and gzipped, not a GiB of zeros
+
+
+def test_publishing_again_finds_the_image_and_uploads_nothing(store: GcpImageStore, compute: GcpComputeStandin,
+                                                              qcow2: Path) -> None:
+    artifact = local_artifact(qcow2, metadata("1764064800"))
+    first = store.publish(artifact)
+    second = make_store(compute, store._storage_endpoint or "").publish(artifact)
+    assert first == second
+    assert len(compute.calls("POST", f"^{IMAGES}$")) == 1
+    assert len(compute.images) == 1
+
+
+def test_new_image_deprecates_older_ones_in_the_family(store: GcpImageStore, compute: GcpComputeStandin,
+                                                       qcow2: Path) -> None:
+    old = store.publish(local_artifact(qcow2, metadata("1700000000", "a")))["global"]
+    new = store.publish(local_artifact(qcow2, metadata("1764064800", "b")))["global"]
+    new_link = compute.images[(PROJECT, new)]["selfLink"]
+    assert compute.images[(PROJECT, old)]["deprecated"]["state"] == "DEPRECATED"
+    assert compute.images[(PROJECT, old)]["deprecated"]["replacement"] == new_link
+    assert "deprecated" not in compute.images[(PROJECT, new)]
+    head = requests.get(f"{compute.base_url}{IMAGES}/family/{FAMILY}", timeout=10).json()
+    assert head["name"] == new
+
+    # an older build published late does not take the family over: it is deprecated at once
+    late = store.publish(local_artifact(qcow2, metadata("1730000000", "c")))["global"]
+    assert compute.images[(PROJECT, late)]["deprecated"]["replacement"] == new_link
+    assert "deprecated" not in compute.images[(PROJECT, new)]
+    records = {r.image_id: r for r in store.list_images()}
+    assert records[old].deprecated() and records[late].deprecated() and not records[new].deprecated()
+    assert [r.image_id for r in store.list_images()] == [new, late, old]  # newest build first
+
+
+def test_other_architectures_keep_their_own_image(store: GcpImageStore, compute: GcpComputeStandin,
+                                                  qcow2: Path) -> None:
+    arm = store.publish(local_artifact(qcow2, metadata("1700000000", "a", arch="arm64")))["global"]
+    store.publish(local_artifact(qcow2, metadata("1764064800", "b")))
+    assert "deprecated" not in compute.images[(PROJECT, arm)]
+    assert compute.images[(PROJECT, arm)]["architecture"] == "ARM64"
+
+
+def test_a_packer_built_image_is_labelled_described_and_put_in_its_family(
+        store: GcpImageStore, compute: GcpComputeStandin) -> None:
+    meta = metadata("1764064800")
+    name = "cluster-api-debian-12-v1-31-4-1764064800"
+    compute.images[(PROJECT, name)] = {
+        "kind": "compute#image", "id": "77", "name": name, "status": "READY",
+        "creationTimestamp": "2026-11-25T10:00:00.000+00:00", "selfLink": compute.link(PROJECT, "images", name),
+        "labels": {"packer": "yes"}, "labelFingerprint": "fp0", "family": "",
+        "description": "Kubernetes v1.31.4 node, imagebuilder build key " + meta.build_key,
+    }
+    artifact = Artifact(cell_id="gcp-debian-12-k8s-1.31", cloud="gcp", build_key=meta.build_key, image_name=name,
+                        metadata=meta, ids={"default": name})
+    assert store.publish(artifact) == {"global": name}
+
+    (set_labels,) = compute.calls("POST", f"{IMAGES}/{name}/setLabels")
+    assert set_labels.body["labelFingerprint"] == "fp0"
+    assert set_labels.body["labels"]["packer"] == "yes"  # labels Packer set stay
+    assert set_labels.body["labels"]["imagebuilder-os"] == "debian-12"
+    (patch,) = compute.calls("PATCH", f"{IMAGES}/{name}$")
+    assert patch.body["family"] == FAMILY
+    assert metadata_of(compute.images[(PROJECT, name)]["labels"], patch.body["description"]) == meta
+    assert compute.images[(PROJECT, name)]["description"] == describe(meta)
+    store.publish(artifact)  # nothing left to change
+    assert len(compute.calls("POST", "/setLabels")) == 1 and len(compute.calls("PATCH")) == 1
+
+
+def test_a_missing_packer_image_is_a_clear_error(store: GcpImageStore) -> None:
+    meta = metadata("1764064800")
+    artifact = Artifact(cell_id="gcp-debian-12-k8s-1.31", cloud="gcp", build_key=meta.build_key,
+                        image_name="gone", metadata=meta, ids={"default": "gone"})
+    with pytest.raises(CloudError, match="image gone does not exist"):
+        store.publish(artifact)
+
+
+def test_429_on_insert_is_retried_with_the_same_request_id_and_no_duplicate(
+        store: GcpImageStore, compute: GcpComputeStandin, qcow2: Path) -> None:
+    compute.fail("POST", f"^{IMAGES}$", 429, {"error": {"code": 429, "message": "Rate Limit Exceeded",
+                                                        "errors": [{"reason": "rateLimitExceeded"}]}}, times=2)
+    store.publish(local_artifact(qcow2, metadata("1764064800")))
+    inserts = compute.calls("POST", f"^{IMAGES}$")
+    assert len(inserts) == 3
+    assert len({call.query["requestId"] for call in inserts}) == 1
+    assert len(compute.images) == 1
+
+
+def test_a_lost_insert_answer_does_not_duplicate_the_image(store: GcpImageStore, compute: GcpComputeStandin,
+                                                           qcow2: Path) -> None:
+    """The insert reached GCE but its answer was a 503: the retry carries the same requestId."""
+    original = compute.insert
+
+    def insert_then_fail(request, match):  # type: ignore[no-untyped-def]
+        response = original(request, match)
+        if len(compute.calls("POST", f"^{IMAGES}$")) == 1:
+            response.status, response.body = 503, {"error": {"code": 503, "message": "backend error"}}
+        return response
+
+    compute._routes = [(m, p, insert_then_fail if h == original else h) for m, p, h in compute._routes]
+    store.publish(local_artifact(qcow2, metadata("1764064800")))
+    assert len(compute.calls("POST", f"^{IMAGES}$")) == 2
+    assert len(compute.images) == 1
+
+
+def test_throttling_that_never_ends_is_a_bounded_clear_error(compute: GcpComputeStandin, gcs: str,
+                                                             qcow2: Path) -> None:
+    store = make_store(compute, gcs, max_attempts=3)
+    compute.fail("POST", f"^{IMAGES}$", 429, {"error": {"code": 429, "message": "slow down"}}, times=99)
+    with pytest.raises(CloudError, match="still throttled or unavailable after retries"):
+        store.publish(local_artifact(qcow2, metadata("1764064800")))
+    assert len(compute.calls("POST", f"^{IMAGES}$")) == 3
+    assert compute.images == {}
+
+
+def test_a_quota_error_is_clear_and_not_retried(store: GcpImageStore, compute: GcpComputeStandin,
+                                                qcow2: Path) -> None:
+    compute.fail("POST", f"^{IMAGES}$", 403, {"error": {"code": 403, "message": "Quota 'IMAGES' exceeded. Limit: 2000",
+                                                        "errors": [{"reason": "quotaExceeded"}]}})
+    with pytest.raises(CloudError, match=r"quota exceeded .*Quota 'IMAGES' exceeded.* \| fix: raise the quota"):
+        store.publish(local_artifact(qcow2, metadata("1764064800")))
+    assert len(compute.calls("POST", f"^{IMAGES}$")) == 1
+
+
+def test_a_failed_operation_is_a_clear_error_and_a_rerun_replaces_the_failed_image(
+        store: GcpImageStore, compute: GcpComputeStandin, qcow2: Path) -> None:
+    compute.fail_next_operation.append({"code": "QUOTA_EXCEEDED", "http": 403, "keep_image": True,
+                                        "message": "Quota 'SNAPSHOTS' exceeded in region us"})
+    artifact = local_artifact(qcow2, metadata("1764064800"))
+    with pytest.raises(CloudError, match="insert .* failed: quota exceeded"):
+        store.publish(artifact)
+    (failed,) = compute.images.values()
+    assert failed["status"] == "FAILED"
+    assert store.publish(artifact) == {"global": failed["name"]}
+    assert compute.calls("DELETE", f"{IMAGES}/{failed['name']}")
+    (image,) = compute.images.values()
+    assert image["status"] == "READY"
+
+
+def test_a_disk_the_import_cannot_read_fails_the_operation(store: GcpImageStore, compute: GcpComputeStandin,
+                                                           qcow2: Path) -> None:
+    compute.read_source = lambda url: b"not a tarball"
+    with pytest.raises(CloudError, match="INVALID_IMAGE_FILE"):
+        store.publish(local_artifact(qcow2, metadata("1764064800")))
+    assert compute.images == {}
+
+
+def test_share_deprecate_tag_and_delete(store: GcpImageStore, compute: GcpComputeStandin, qcow2: Path) -> None:
+    name = store.publish(local_artifact(qcow2, metadata("1764064800")))["global"]
+    (record,) = store.list_images()
+    store.share(record, ["user:ops@example.com", "group:capi@example.com"], public=False)
+    policy = compute.policies[(PROJECT, name)]
+    assert policy["bindings"] == [{"role": "roles/compute.imageUser",
+                                   "members": ["group:capi@example.com", "user:ops@example.com"]}]
+    store.share(record, ["user:ops@example.com", "group:capi@example.com"])
+    assert len(compute.calls("POST", "/setIamPolicy")) == 1  # already as wanted
+    with pytest.raises(CloudError, match="user:, group:"):
+        store.share(record, ["12345"])
+
+    store.tag(record, {"imagebuilder-protect": "true"})
+    assert compute.images[(PROJECT, name)]["labels"]["imagebuilder-protect"] == "true"
+    store.deprecate(record, record.created_at)
+    (record,) = store.list_images()
+    assert record.deprecated() and record.extra["deprecation_state"] == "DEPRECATED"
+    assert store.copy_to_regions(record, ["europe-west4"]) == {"europe-west4": name}
+    assert store.delete(record) == [name]
+    assert compute.images == {} and store.list_images() == []
+
+
+def test_listing_follows_pages_and_leaves_foreign_images_out(compute: GcpComputeStandin, gcs: str,
+                                                            qcow2: Path) -> None:
+    store = make_store(compute, gcs, page_size=1)
+    for index, stamp in enumerate(("1700000000", "1710000000", "1720000000")):
+        store.publish(local_artifact(qcow2, metadata(stamp, "abc"[index])))
+    compute.images[(PROJECT, "someone-elses")] = {"name": "someone-elses", "status": "READY", "id": "1",
+                                                  "creationTimestamp": "2026-01-01T00:00:00Z", "labels": {}}
+    assert len(store.list_images()) == 3
+    assert len(store.list_images(ImageFilter(include_foreign=True))) == 4
+    assert any(call.query.get("pageToken") for call in compute.calls("GET", f"^{IMAGES}$"))
+
+
+def test_no_bucket_is_a_clear_error(compute: GcpComputeStandin, qcow2: Path) -> None:
+    store = GcpImageStore(GcpSettings(project_id=PROJECT), credentials=AnonymousCredentials(),
+                          api_endpoint=compute.base_url)
+    with pytest.raises(CloudError, match="no GCS bucket"):
+        store.publish(local_artifact(qcow2, metadata("1764064800")))
+
+
+def test_family_name_matches_what_render_writes() -> None:
+    assert image_family("debian-12", "1.31") == FAMILY
+    assert image_family("ubuntu-24.04", "1.35") == "capi-ubuntu-24.04-k8s-1-35"
