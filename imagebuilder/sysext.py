@@ -526,6 +526,12 @@ class ComparisonReport:
     assumptions: str
 
 
+def sysext_targets(cells: Iterable[Cell]) -> list[tuple[str, str]]:
+    """The (minor, arch) sysext images the sysext cells of a plan need, instead of a build per cell."""
+    wanted = {(cell.kubernetes, cell.arch) for cell in cells if cell.strategy == "sysext"}
+    return sorted(wanted, key=lambda target: (tuple(int(part) for part in target[0].split(".")), target[1]))
+
+
 def copies_per_image(cell: Cell) -> int:
     """Stored copies of one image: AWS regions, Azure target regions x replicas; else one."""
     if cell.cloud == "aws":

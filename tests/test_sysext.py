@@ -578,6 +578,7 @@ def test_compare_strategies_on_the_test_matrix() -> None:
     assert everywhere.images_built == 0
     assert everywhere.sysexts_built == 4  # debian 1.32 is arm64: one more (minor, arch)
     assert bake.storage_gib > configured.storage_gib > everywhere.storage_gib
+    assert sx.sysext_targets(cells) == [("1.30", "amd64"), ("1.31", "amd64"), ("1.32", "amd64")]
     expected_bake = sum(sx.IMAGE_GIB[c.cloud] * sx.copies_per_image(c) for c in cells)
     assert bake.storage_gib == round(expected_bake, 1)
 
