@@ -1,0 +1,248 @@
+"""`imagebuilder prune`: retire old images by the retention policy. A dry run unless --apply.
+
+    imagebuilder prune [-m matrix.yaml] [--cloud C ...] [--policy FILE] [--apply] [--output table|json] [--wait]
+
+The policy is matrix.yaml's `retention:` (defaults in config.RetentionPolicy), or --policy
+FILE (the same keys, at the top or under `retention:`). Every image is listed with its
+decision and the reason; with --apply the deprecations, deletions and orphan-snapshot
+sweeps run, with progress, then a summary. Exit status: 0 done, 1 something failed or an
+in-use check could not be made (the rest still ran), 2 bad input, 3 another prune of the
+same cloud account holds the lock (without --wait).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from imagebuilder import locks, retention
+from imagebuilder.clouds import CLOUD_ALIASES, STORE_CLOUDS, ImageStore, canonical_cloud, store_for
+from imagebuilder.config import DEFAULT_MATRIX, RetentionPolicy, load_matrix
+from imagebuilder.errors import UserError
+from imagebuilder.yamlsource import InputError, read_yaml, validate
+
+ACTION_STYLE = {"keep": "green", "deprecate": "yellow", "delete": "red"}
+
+
+@dataclass
+class CloudRun:
+    """One store's inventory, decisions and (with --apply) outcomes."""
+
+    inventory: retention.Inventory
+    decisions: list[retention.Decision]
+    outcomes: list[retention.Outcome] = field(default_factory=list)
+
+
+@click.command("prune")
+@click.option("-m", "--matrix", "matrix_path", type=click.Path(path_type=Path), default=None,
+              help=f"The matrix: cloud settings and its retention policy [default: {DEFAULT_MATRIX} if it exists].")
+@click.option("--cloud", "clouds", multiple=True, type=click.Choice([*STORE_CLOUDS, *CLOUD_ALIASES]),
+              help="Only this cloud (repeatable); default: the local catalogue and the matrix's clouds.")
+@click.option("--policy", "policy_path", type=click.Path(path_type=Path), default=None,
+              help="A retention policy file (keep_newest, min_age_days, deprecate_grace_days, protect_tag).")
+@click.option("--apply", "do_apply", is_flag=True, help="Deprecate, delete and sweep for real (default: dry run).")
+@click.option("--output", "output_format", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--wait", is_flag=True, help="Wait for another prune of the same cloud account to finish.")
+def prune(matrix_path: Path | None, clouds: tuple[str, ...], policy_path: Path | None, do_apply: bool,
+          output_format: str, wait: bool) -> None:
+    """List every image with its retention decision; with --apply, carry the decisions out."""
+    settings, policy = _matrix_settings_and_policy(matrix_path)
+    if policy_path is not None:
+        policy = load_policy(policy_path)
+    stores = _stores(clouds, settings)
+    console = Console(stderr=True, highlight=False, soft_wrap=True)
+    runs: list[CloudRun] = []
+    for store in stores:
+        with locks.exclusive(lock_key(store), wait=wait):
+            run = plan_store(store, policy)
+            if do_apply:
+                apply_run(run, console if output_format == "table" else None)
+            runs.append(run)
+    failed = report(runs, policy, do_apply, output_format)
+    if failed:
+        sys.exit(1)
+
+
+def plan_store(store: ImageStore, policy: RetentionPolicy) -> CloudRun:
+    inventory = retention.gather(store)
+    decisions = retention.decide(inventory.records, inventory.in_use, policy,
+                                 unknown_reasons=inventory.unknown_reasons)
+    return CloudRun(inventory, decisions)
+
+
+def apply_run(run: CloudRun, console: Console | None) -> None:
+    """Deprecate, delete, then sweep orphans; progress on stderr when a console is given."""
+    todo = [d for d in run.decisions if d.action is not retention.Action.KEEP]
+    total = len(todo) + (len(run.inventory.orphans) if run.inventory.sweep else 0)
+    if console is not None and total:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        with Progress(TextColumn(f"{run.inventory.cloud} {{task.description}}"), BarColumn(), MofNCompleteColumn(),
+                      console=console, transient=False) as bar:
+            task = bar.add_task("prune", total=total)
+
+            def step(outcome: retention.Outcome) -> None:
+                bar.update(task, advance=1, description=f"{outcome.action} {outcome.subject}")
+                if not outcome.ok:
+                    bar.console.print(f"[red]failed[/red] {outcome.action} {outcome.subject}: {outcome.error}")
+
+            _apply(run, step)
+    else:
+        _apply(run, None)
+
+
+def _apply(run: CloudRun, step: retention.Progress | None) -> None:
+    run.outcomes = retention.apply(run.decisions, run.inventory.store, progress=step)
+    if run.inventory.sweep and run.inventory.orphans:
+        run.outcomes += retention.sweep(run.inventory.orphans, run.inventory.sweep, progress=step)
+
+
+# -- output --------------------------------------------------------------------------------
+
+
+def report(runs: list[CloudRun], policy: RetentionPolicy, applied: bool, output_format: str) -> bool:
+    """Print the runs; True when anything failed or could not be checked."""
+    decisions = [d for run in runs for d in run.decisions]
+    orphans = [o for run in runs for o in run.inventory.orphans]
+    outcomes = [o for run in runs for o in run.outcomes]
+    errors = [e for run in runs for e in run.inventory.errors]
+    summary = retention.summarize(decisions, orphans, outcomes, len(errors))
+    if output_format == "json":
+        click.echo(json.dumps({
+            "applied": applied,
+            "policy": policy.model_dump(),
+            "images": [d.to_json() for d in decisions],
+            "orphans": [o.to_json() for o in orphans],
+            "outcomes": [o.to_json() for o in outcomes],
+            "errors": errors,
+            "foreign_images": sum(run.inventory.foreign_count for run in runs),
+            "summary": summary.to_json(),
+        }, indent=2))
+    else:
+        _print_table(decisions, orphans, outcomes, errors, summary, applied,
+                     sum(run.inventory.foreign_count for run in runs))
+    return bool(summary.failed or summary.unchecked)
+
+
+def _print_table(decisions: list[retention.Decision], orphans: list[retention.Orphan],
+                 outcomes: list[retention.Outcome], errors: list[str], summary: retention.Summary, applied: bool,
+                 foreign: int) -> None:
+    console = Console(highlight=False, soft_wrap=True)
+    if not console.is_terminal:  # logs and pipes: wide enough that ids are never folded
+        console = Console(highlight=False, soft_wrap=True, width=max(console.width, 200))
+    failures = {(o.region, o.subject): o.error for o in outcomes if not o.ok}
+    table = Table(title=f"{len(decisions)} images" + ("" if applied else " (dry run: nothing changed)"))
+    for column in ("cloud", "region", "image", "name", "os", "k8s", "arch", "built", "decision", "reason"):
+        table.add_column(column, overflow="fold")
+    for decision in decisions:
+        record, meta = decision.record, decision.record.metadata
+        action = decision.action.value
+        reason = decision.reason
+        error = failures.get((record.region, record.image_id))
+        if error:
+            action, reason = f"{action} FAILED", error
+        table.add_row(record.cloud, record.region, record.image_id, record.name, meta.os if meta else "-",
+                      meta.kubernetes_minor if meta else "-", meta.arch if meta else "-",
+                      f"{retention.built_at(record):%Y-%m-%d}",
+                      f"[{ACTION_STYLE.get(decision.action.value, '')}]{action}[/]", reason)
+    console.print(table)
+    if orphans:
+        orphan_table = Table(title=f"{len(orphans)} orphaned snapshots" + (" (swept)" if applied else " (to sweep)"))
+        for column in ("cloud", "region", "snapshot", "reason"):
+            orphan_table.add_column(column)
+        for orphan in orphans:
+            error = failures.get((orphan.region, orphan.resource_id))
+            orphan_table.add_row(orphan.cloud, orphan.region, orphan.resource_id,
+                                 f"FAILED: {error}" if error else orphan.reason)
+        console.print(orphan_table)
+    for error in errors:
+        console.print(f"[red]error[/red] {error}")
+    done = (lambda verb, past: past) if applied else (lambda verb, past: f"would {verb}")
+    console.print(f"{summary.images} images: {summary.keep} kept, {summary.deprecate} {done('deprecate', 'deprecated')}, "
+                  f"{summary.delete} {done('delete', 'deleted')}; {summary.orphans} orphaned snapshots "
+                  f"{done('sweep', 'swept')}; {summary.unchecked} kept unchecked; {summary.failed} failed; "
+                  f"{foreign} images of others untouched")
+
+
+# -- inputs --------------------------------------------------------------------------------
+
+
+def load_policy(path: Path) -> RetentionPolicy:
+    """A policy file: RetentionPolicy's keys at the top, or under `retention:`."""
+    if not path.is_file():
+        raise UserError(f"--policy {path}: no such file | fix: pass the path of a YAML retention policy")
+    data, source = read_yaml(path)
+    if isinstance(data, dict) and set(data) == {"retention"}:
+        data, prefix = data["retention"], ("retention",)
+    else:
+        prefix = ()
+    if not isinstance(data, dict):
+        raise InputError(source.file, 1, "", "expected a mapping of retention settings",
+                         "write keep_newest, min_age_days, deprecate_grace_days, protect_tag")
+    if prefix:
+        source.lines = {loc[1:]: line for loc, line in source.lines.items() if loc[:1] == prefix} or source.lines
+    return validate(data, source, RetentionPolicy)
+
+
+def _matrix_settings_and_policy(matrix_path: Path | None) -> tuple[dict[str, Any], RetentionPolicy]:
+    path = matrix_path or Path(DEFAULT_MATRIX)
+    if not path.exists():
+        if matrix_path is not None:
+            raise UserError(f"{path}: no such matrix file | fix: pass -m with the path of your matrix.yaml")
+        return {}, RetentionPolicy()
+    matrix = load_matrix(path).matrix
+    clouds = matrix.clouds
+    settings = {canonical: getattr(clouds, name) for name in clouds.declared()
+                if (canonical := CLOUD_ALIASES.get(name, name)) in STORE_CLOUDS and canonical != "local"}
+    return settings, matrix.retention
+
+
+def _stores(clouds: tuple[str, ...], settings: dict[str, Any]) -> list[ImageStore]:
+    names = list(dict.fromkeys(canonical_cloud(c) for c in clouds)) if clouds else \
+        [name for name in STORE_CLOUDS if name == "local" or name in settings]
+    return [store_for(name, settings.get(name)) for name in names]
+
+
+def lock_key(store: ImageStore) -> str:
+    """Which account a prune works on: the AWS account (STS), the catalogue path, the cloud entry."""
+    from imagebuilder.clouds.aws import AwsImageStore
+
+    if isinstance(store, AwsImageStore):
+        region = store.settings.regions[0]
+        endpoint = store.client("sts", region).meta.endpoint_url
+        try:
+            account = store.call("sts", region, "get_caller_identity")["Account"]
+        except UserError:
+            account = "unknown-account"
+        return f"aws:{account}@{endpoint}"
+    root = getattr(store, "root", None)
+    if root is not None:
+        return f"{store.cloud}:{Path(root).resolve()}"
+    settings = getattr(store, "settings", None)
+    return f"{store.cloud}:{getattr(settings, 'cloud', None) or 'default'}"
+
+
+def main() -> None:
+    """`python -m imagebuilder.commands_prune ...`, as `imagebuilder prune ...` runs it."""
+    try:
+        prune.main(standalone_mode=False)
+    except UserError as error:
+        click.echo(f"imagebuilder: {error}", err=True)
+        sys.exit(error.exit_code)
+    except click.ClickException as error:
+        error.show()
+        sys.exit(error.exit_code)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        click.echo("imagebuilder: interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,343 @@
+"""Retention: which published images to keep, deprecate or delete, and doing it safely.
+
+``decide`` is the policy engine, pure: records + what uses them + the policy + a clock in,
+one ``Decision`` per image out. The rules, first match wins:
+
+1. no (complete) imagebuilder metadata        -> keep, untouched ("not ours")
+2. carries the policy's protect tag           -> keep ("protected")
+3. in use (instance, template, server, ...)   -> keep ("in use by i-123")
+4. in-use check failed or was not made        -> keep ("in-use check failed: AccessDenied ...")
+5. not available yet (pending, queued, ...)   -> keep ("state pending")
+6. among the newest N available in its group  -> keep ("newest 3")
+7. built less than the minimum age ago        -> keep ("too young")
+8. not deprecated yet                         -> deprecate
+9. deprecated less than the grace period ago  -> keep ("deprecated, grace until ...")
+10. otherwise                                 -> delete
+
+A group is (cloud, region, os, kubernetes minor, arch) from the metadata. An image's age
+is its build time (the metadata's Packer timestamp, else the cloud's creation time).
+Deletion therefore always takes two runs at least ``deprecate_grace_days`` apart, and a
+re-run after any interruption recomputes everything from the cloud's own state.
+
+``apply`` carries decisions out through the store (``deprecate`` / ``delete``), one image
+at a time, capturing each failure instead of stopping. Cloud-specific inventory (listing,
+batched in-use checks, orphan snapshots) lives in ``gather``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import Enum
+from typing import Any
+
+from imagebuilder.clouds import CloudError, ImageFilter, ImageRecord, ImageStore, utcnow
+from imagebuilder.config import RetentionPolicy
+from imagebuilder.metadata import PREFIX
+
+log = logging.getLogger(__name__)
+
+AVAILABLE_STATES = frozenset({"available", "active"})
+TRANSIENT_STATES = frozenset({"pending", "queued", "saving", "importing", "uploading", "creating", "copying",
+                              "transient", "updating"})
+
+GroupKey = tuple[str, str, str, str, str]
+
+
+class Action(str, Enum):
+    KEEP = "keep"
+    DEPRECATE = "deprecate"
+    DELETE = "delete"
+
+
+@dataclass(frozen=True)
+class Decision:
+    record: ImageRecord
+    action: Action
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        meta = self.record.metadata
+        return {
+            "cloud": self.record.cloud,
+            "region": self.record.region,
+            "image_id": self.record.image_id,
+            "name": self.record.name,
+            "os": meta.os if meta else None,
+            "kubernetes_minor": meta.kubernetes_minor if meta else None,
+            "arch": meta.arch if meta else None,
+            "built_at": built_at(self.record).isoformat(),
+            "deprecated_at": self.record.deprecated_at.isoformat() if self.record.deprecated_at else None,
+            "action": self.action.value,
+            "reason": self.reason,
+        }
+
+
+@dataclass(frozen=True)
+class Orphan:
+    """Something of ours left behind by an image that no longer exists (an AMI's snapshot)."""
+
+    cloud: str
+    region: str
+    resource_id: str
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"cloud": self.cloud, "region": self.region, "resource_id": self.resource_id, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What apply did for one decision or orphan; error is set when it failed."""
+
+    subject: str  # image or snapshot id
+    cloud: str
+    region: str
+    action: str  # "deprecate", "delete", "sweep"
+    done: list[str] = field(default_factory=list)  # ids deleted (image, snapshots) or deprecated
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"subject": self.subject, "cloud": self.cloud, "region": self.region, "action": self.action,
+                "done": self.done, "error": self.error}
+
+
+# -- the policy engine -------------------------------------------------------------------
+
+
+def built_at(record: ImageRecord) -> datetime:
+    """When the image was built: the metadata's build timestamp, else the cloud's creation time."""
+    stamp = record.metadata.built_at() if record.metadata else None
+    return stamp or record.created_at
+
+
+def group_key(record: ImageRecord) -> GroupKey | None:
+    meta = record.metadata
+    if meta is None:
+        return None
+    return (record.cloud, record.region, meta.os, meta.kubernetes_minor, meta.arch)
+
+
+def newest_first_key(record: ImageRecord) -> tuple[datetime, datetime, str]:
+    return (built_at(record), record.created_at, record.image_id)
+
+
+def protected(record: ImageRecord, policy: RetentionPolicy) -> bool:
+    """Any value of the protect tag protects, "false" included: fail closed."""
+    return policy.protect_tag in record.tags
+
+
+def decide(records: Iterable[ImageRecord], in_use: Mapping[str, list[str] | None], policy: RetentionPolicy,
+           now: datetime | None = None, unknown_reasons: Mapping[str, str] | None = None) -> list[Decision]:
+    """One decision per record, in the order given.
+
+    ``in_use`` maps image id -> what uses it ([] when nothing), or None when the check
+    failed; an image missing from the map counts as unchecked. ``unknown_reasons`` says
+    why a check failed (image id -> one line).
+    """
+    now = now or utcnow()
+    records = list(records)
+    unknown_reasons = unknown_reasons or {}
+    newest = _newest_per_group(records, policy.keep_newest)
+    min_age = timedelta(days=policy.min_age_days)
+    grace = timedelta(days=policy.deprecate_grace_days)
+    return [_decide_one(r, in_use, unknown_reasons, newest, policy, now, min_age, grace) for r in records]
+
+
+def _newest_per_group(records: Sequence[ImageRecord], keep: int) -> set[tuple[str, str, str]]:
+    groups: dict[GroupKey, list[ImageRecord]] = defaultdict(list)
+    for record in records:
+        key = group_key(record)
+        if key is not None and record.state in AVAILABLE_STATES:
+            groups[key].append(record)
+    kept: set[tuple[str, str, str]] = set()
+    for members in groups.values():
+        members.sort(key=newest_first_key, reverse=True)
+        kept.update(_identity(r) for r in members[:keep])
+    return kept
+
+
+def _identity(record: ImageRecord) -> tuple[str, str, str]:
+    return (record.cloud, record.region, record.image_id)
+
+
+def _decide_one(record: ImageRecord, in_use: Mapping[str, list[str] | None], unknown_reasons: Mapping[str, str],
+                newest: set[tuple[str, str, str]], policy: RetentionPolicy, now: datetime, min_age: timedelta,
+                grace: timedelta) -> Decision:
+    def keep(reason: str) -> Decision:
+        return Decision(record, Action.KEEP, reason)
+
+    if record.metadata is None:
+        return keep("not ours: no complete imagebuilder metadata, never touched")
+    if protected(record, policy):
+        return keep(f"protected ({policy.protect_tag})")
+    users = in_use.get(record.image_id, None)
+    if users:
+        shown = ", ".join(users[:3]) + (f" and {len(users) - 3} more" if len(users) > 3 else "")
+        return keep(f"in use by {shown}")
+    if users is None:
+        why = unknown_reasons.get(record.image_id, "not checked")
+        return keep(f"in-use check failed: {why}")
+    if record.state not in AVAILABLE_STATES and record.state in TRANSIENT_STATES:
+        return keep(f"state {record.state}")
+    if _identity(record) in newest:
+        return keep(f"newest {policy.keep_newest}")
+    built = built_at(record)
+    if now - built < min_age:
+        return keep(f"too young (built {built:%Y-%m-%d}, min age {policy.min_age_days}d)")
+    if record.deprecated_at is None:
+        return Decision(record, Action.DEPRECATE, "older than the newest "
+                        f"{policy.keep_newest}, not in use; delete after {policy.deprecate_grace_days}d")
+    until = record.deprecated_at + grace
+    if now < until or now < record.deprecated_at:
+        return keep(f"deprecated, grace until {until:%Y-%m-%d %H:%M}")
+    return Decision(record, Action.DELETE, f"deprecated since {record.deprecated_at:%Y-%m-%d}, grace over")
+
+
+# -- inventory ---------------------------------------------------------------------------
+
+
+@dataclass
+class Inventory:
+    """What one store holds, and what refers to it, gathered with as few calls as it can."""
+
+    cloud: str
+    store: ImageStore
+    records: list[ImageRecord] = field(default_factory=list)
+    in_use: dict[str, list[str] | None] = field(default_factory=dict)
+    unknown_reasons: dict[str, str] = field(default_factory=dict)
+    orphans: list[Orphan] = field(default_factory=list)
+    foreign_count: int = 0  # images of the account without any imagebuilder tag: not listed, untouched
+    errors: list[str] = field(default_factory=list)  # regions that could not be listed, one line each
+    sweep: Callable[[Orphan], list[str]] | None = None  # deletes an orphan; returns what it deleted
+
+
+def gather(store: ImageStore, min_orphan_age: timedelta = timedelta(0)) -> Inventory:
+    """The store's images, their in-use state and orphans; per-region failures recorded, not raised."""
+    from imagebuilder.clouds.aws import AwsImageStore
+
+    if isinstance(store, AwsImageStore):
+        from imagebuilder.clouds import aws_usage
+
+        return aws_usage.gather(store, min_orphan_age)
+    inventory = Inventory(cloud=store.cloud, store=store)
+    try:
+        records = store.list_images(ImageFilter(include_foreign=True))
+    except CloudError as error:
+        inventory.errors.append(str(error))
+        return inventory
+    inventory.records = [r for r in records if is_candidate(r)]
+    inventory.foreign_count = len(records) - len(inventory.records)
+    batched = getattr(store, "images_in_use", None)
+    if callable(batched):
+        try:
+            inventory.in_use.update(batched(inventory.records))
+        except CloudError as error:
+            for record in inventory.records:
+                inventory.unknown_reasons[record.image_id] = str(error)
+            return inventory
+    for record in inventory.records:
+        if record.image_id in inventory.in_use or record.metadata is None:
+            continue
+        try:
+            inventory.in_use[record.image_id] = store.in_use(record)
+        except CloudError as error:
+            inventory.in_use[record.image_id] = None
+            inventory.unknown_reasons[record.image_id] = str(error)
+        if inventory.in_use[record.image_id] is None and record.image_id not in inventory.unknown_reasons:
+            inventory.unknown_reasons[record.image_id] = f"the {store.cloud} store cannot tell"
+    return inventory
+
+
+def is_candidate(record: ImageRecord) -> bool:
+    """Listed by prune: ours, or carrying any of our tags (half-tagged images are shown, kept)."""
+    return record.metadata is not None or any(key.startswith(PREFIX) for key in record.tags)
+
+
+# -- apply -------------------------------------------------------------------------------
+
+Progress = Callable[[Outcome], None]
+
+
+def apply(decisions: Sequence[Decision], store: ImageStore, now: datetime | None = None,
+          progress: Progress | None = None) -> list[Outcome]:
+    """Deprecate and delete as decided, one image at a time; each failure recorded, none raised.
+
+    Safe to kill at any point: every step is one idempotent cloud call or a delete the
+    next run recomputes (an AMI deregistered but not its snapshots leaves tagged orphans
+    that the next run sweeps).
+    """
+    now = now or utcnow()
+    outcomes: list[Outcome] = []
+    for decision in decisions:
+        if decision.action is Action.KEEP:
+            continue
+        outcome = _apply_one(decision, store, now)
+        outcomes.append(outcome)
+        if progress:
+            progress(outcome)
+    return outcomes
+
+
+def _apply_one(decision: Decision, store: ImageStore, now: datetime) -> Outcome:
+    record = decision.record
+    base = {"subject": record.image_id, "cloud": record.cloud, "region": record.region,
+            "action": decision.action.value}
+    if record.metadata is None or decision.action is Action.KEEP:  # defence in depth: never touch these
+        return Outcome(**base, error="refused: not a deletable imagebuilder image")
+    try:
+        if decision.action is Action.DEPRECATE:
+            store.deprecate(record, now)
+            return Outcome(**base, done=[record.image_id])
+        return Outcome(**base, done=list(store.delete(record)))
+    except CloudError as error:
+        return Outcome(**base, error=str(error))
+    except Exception as error:  # noqa: BLE001 - one image's surprise must not stop the run
+        log.exception("%s %s %s failed", record.cloud, record.image_id, decision.action.value)
+        return Outcome(**base, error=f"{type(error).__name__}: {' '.join(str(error).split())}")
+
+
+def sweep(orphans: Sequence[Orphan], remove: Callable[[Orphan], list[str]],
+          progress: Progress | None = None) -> list[Outcome]:
+    """Delete orphans (snapshots left by deleted images); each failure recorded, none raised."""
+    outcomes: list[Outcome] = []
+    for orphan in orphans:
+        base = {"subject": orphan.resource_id, "cloud": orphan.cloud, "region": orphan.region, "action": "sweep"}
+        try:
+            outcome = Outcome(**base, done=list(remove(orphan)))
+        except CloudError as error:
+            outcome = Outcome(**base, error=str(error))
+        outcomes.append(outcome)
+        if progress:
+            progress(outcome)
+    return outcomes
+
+
+@dataclass(frozen=True)
+class Summary:
+    images: int
+    keep: int
+    deprecate: int
+    delete: int
+    unchecked: int  # kept because the in-use check failed
+    orphans: int
+    failed: int  # apply failures plus regions that could not be gathered
+
+    def to_json(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+def summarize(decisions: Sequence[Decision], orphans: Sequence[Orphan], outcomes: Sequence[Outcome],
+              gather_errors: int = 0) -> Summary:
+    counts = {action: sum(1 for d in decisions if d.action is action) for action in Action}
+    unchecked = sum(1 for d in decisions if d.reason.startswith("in-use check failed"))
+    return Summary(images=len(decisions), keep=counts[Action.KEEP], deprecate=counts[Action.DEPRECATE],
+                   delete=counts[Action.DELETE], unchecked=unchecked, orphans=len(orphans),
+                   failed=sum(1 for o in outcomes if not o.ok) + gather_errors)
