@@ -1,0 +1,328 @@
+"""OpenStack: qcow2 images in Glance, with our metadata as image properties.
+
+`publish` takes either a qcow2 (a qemu build, or any artifact with an image file) and
+uploads it, or an image the openstack builder already made in Glance and completes it.
+Either way the image carries:
+
+- our metadata (`imagebuilder-*` properties), `os_distro`, `os_version`, `os_type`,
+  `architecture` and hardware hints (`hw_*`), as Nova and CAPO read them;
+- the tag `imagebuilder`, by which `list_images` finds our images;
+- the configured visibility, private unless the matrix says otherwise.
+
+Re-publishing finds the image by its build key: an active one is completed, never
+uploaded again; a broken leftover (an upload that died) is deleted and replaced.
+
+Credentials and endpoints come from clouds.yaml (`clouds.openstack.cloud`) or the OS_*
+variables, through openstacksdk; none pass through here.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, TypeVar
+
+from imagebuilder.artifact import Artifact
+from imagebuilder.clouds import CloudError, ImageFilter, ImageRecord, ImageStore, sort_newest_first, utcnow
+from imagebuilder.clouds.local import image_file_of
+from imagebuilder.config import OpenstackSettings
+from imagebuilder.metadata import ImageMetadata, tag_key
+from imagebuilder.osinfo import OPERATING_SYSTEMS
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+OUR_TAG = "imagebuilder"
+BUILD_KEY_PROPERTY = tag_key("build_key")
+DEPRECATED_PROPERTY = "imagebuilder-deprecated-at"
+ARCHITECTURES = {"amd64": "x86_64", "arm64": "aarch64"}
+# Hints for Nova: virtio-scsi disks (discard/TRIM), a virtio RNG, the QEMU guest agent.
+HARDWARE_HINTS = {"hw_disk_bus": "scsi", "hw_scsi_model": "virtio-scsi", "hw_rng_model": "virtio",
+                  "hw_qemu_guest_agent": "yes"}
+# 503s and connection failures are retried by keystoneauth, waiting 0.5 s, then doubling.
+STATUS_CODE_RETRIES = 5  # openstacksdk's own default for the image service
+CONNECT_RETRIES = 3
+PATCH_CONTENT_TYPE = "application/openstack-images-v2.1-json-patch"
+BROKEN_STATES = ("queued", "saving", "killed", "uploading", "importing", "deactivated")
+# Glance image attributes that are not free-form properties.
+CORE_FIELDS = frozenset({"os_distro", "os_version", "os_type", "architecture", "hw_disk_bus", "hw_scsi_model",
+                         "hw_rng_model", "hw_qemu_guest_agent"})
+
+
+class OpenstackImageStore(ImageStore):
+    cloud = "openstack"
+
+    def __init__(self, settings: OpenstackSettings, connection: Any = None, *, timeout: int = 3600,
+                 status_code_retries: int = STATUS_CODE_RETRIES, connect_retries: int = CONNECT_RETRIES) -> None:
+        self.settings = settings
+        self._connection = connection
+        self.timeout = timeout
+        self.status_code_retries = status_code_retries
+        self.connect_retries = connect_retries
+
+    @property
+    def conn(self) -> Any:
+        if self._connection is None:
+            import openstack
+
+            try:
+                self._connection = openstack.connect(cloud=self.settings.cloud,
+                                                     image_status_code_retries=self.status_code_retries,
+                                                     connect_retries=self.connect_retries)
+            except Exception as exc:  # openstacksdk raises several config errors
+                where = f"cloud '{self.settings.cloud}' in clouds.yaml" if self.settings.cloud else "the OS_* variables"
+                raise CloudError(f"openstack: cannot configure a connection from {where}: {_one_line(exc)} "
+                                 "| fix: set clouds.openstack.cloud to an entry of clouds.yaml, or export OS_*") from None
+        return self._connection
+
+    @property
+    def region(self) -> str:
+        return str(self.conn.config.get_region_name("image") or "default")
+
+    def _call(self, what: str, run: Callable[[], T]) -> T:
+        """Run an SDK call; its failures as one line naming what was being done."""
+        from keystoneauth1 import exceptions as keystone_exceptions
+        from openstack import exceptions
+
+        try:
+            return run()
+        except exceptions.ForbiddenException as exc:
+            raise CloudError(f"openstack {self.region}: {what} was denied ({_status(exc)}) "
+                             "| fix: check the role of the publishing user in its project") from None
+        except exceptions.NotFoundException as exc:
+            raise CloudError(f"openstack {self.region}: {what}: not found or vanished ({_status(exc)}) "
+                             "| fix: run publish again; it finds or uploads the image anew") from None
+        except (exceptions.SDKException, keystone_exceptions.ClientException) as exc:
+            raise CloudError(f"openstack {self.region}: {what} failed: {_one_line(exc)} "
+                             "| fix: check that the image endpoint is up and reachable, then run it again") from None
+
+    # -- publish -----------------------------------------------------------------------------
+
+    def publish(self, artifact: Artifact) -> dict[str, str]:
+        properties = image_properties(artifact.metadata)
+        existing = self._existing(artifact.build_key)
+        if existing is None and artifact.cloud == "openstack" and not _has_image_file(artifact):
+            existing = self._builder_image(artifact)
+        if existing is None:
+            existing = self._upload(artifact, properties)
+        self._complete(existing, properties)
+        return {self.region: existing.image_id}
+
+    def _existing(self, build_key: str) -> ImageRecord | None:
+        """The active image of this build key; broken leftovers of this build key are deleted."""
+        found = self.find_by_build_key(build_key)
+        active = [r for r in found if r.state == "active"]
+        for record in found:
+            if record.state in BROKEN_STATES and record.state != "deactivated":
+                log.info("openstack: deleting %s, a %s leftover of an earlier upload", record.image_id, record.state)
+                self._call(f"delete leftover {record.image_id}", lambda r=record: self.conn.image.delete_image(
+                    r.image_id, ignore_missing=True))
+        return min(active, key=lambda r: (r.created_at, r.image_id)) if active else None
+
+    def _builder_image(self, artifact: Artifact) -> ImageRecord:
+        """The image Packer's openstack builder made: its id is the artifact id."""
+        image_id = next(iter(artifact.ids.values()), "")
+        if not image_id:
+            raise CloudError(f"{artifact.cell_id}: the artifact names no Glance image and has no qcow2 "
+                             "| fix: rebuild the cell")
+        return self.get(image_id)
+
+    def _upload(self, artifact: Artifact, properties: dict[str, str]) -> ImageRecord:
+        path: Path = image_file_of(artifact)
+        name = artifact.image_name or path.stem
+        log.info("openstack: uploading %s as %s", path, name)
+        image = self._call(f"upload of {path.name}", lambda: self.conn.image.create_image(
+            name=name, filename=str(path), disk_format=_disk_format(path), container_format="bare",
+            visibility=self.settings.visibility, tags=[OUR_TAG], allow_duplicates=True, wait=True,
+            timeout=self.timeout, **properties))
+        uploaded = self.get(image.id)
+        if uploaded.state != "active":
+            raise CloudError(f"openstack {self.region}: image {uploaded.image_id} is '{uploaded.state}' after upload "
+                             "| fix: run publish again; it replaces the broken image")
+        return self._settle_race(uploaded, artifact.build_key)
+
+    def _settle_race(self, uploaded: ImageRecord, build_key: str) -> ImageRecord:
+        """If a concurrent publisher uploaded the same build, keep the older image and delete ours."""
+        active = [r for r in self.find_by_build_key(build_key) if r.state == "active"]
+        keep = min(active, key=lambda r: (r.created_at, r.image_id), default=uploaded)
+        if keep.image_id != uploaded.image_id:
+            log.info("openstack: %s was uploaded concurrently; deleting the duplicate %s", keep.image_id,
+                     uploaded.image_id)
+            self.delete(uploaded)
+        return keep
+
+    def _complete(self, record: ImageRecord, properties: dict[str, str]) -> None:
+        """Properties, tag and visibility as configured, changing only what differs."""
+        current = {**record.tags, **record.extra.get("core", {})}
+        changes = {key: value for key, value in properties.items() if current.get(key) != value}
+        if record.extra.get("visibility") != self.settings.visibility:
+            changes["visibility"] = self.settings.visibility
+        if changes:
+            self._update(record.image_id, changes)
+        if OUR_TAG not in record.extra.get("tags", []):
+            self._call(f"tagging {record.image_id}", lambda: self.conn.image.add_tag(record.image_id, OUR_TAG))
+
+    def _update(self, image_id: str, changes: dict[str, Any]) -> None:
+        """One JSON patch (Glance's own format): replace what the image has, add what it lacks.
+
+        Written out rather than left to openstacksdk's update_image, which drops the
+        properties it was not given when it diffs a fetched image.
+        """
+        from openstack import exceptions
+
+        def run() -> None:
+            answer = self.conn.image.get(f"/images/{image_id}")
+            exceptions.raise_from_response(answer)
+            current = answer.json()
+            patch = [{"op": "replace" if key in current else "add", "path": "/" + _pointer(key), "value": value}
+                     for key, value in changes.items()]
+            answer = self.conn.image.patch(f"/images/{image_id}", json=patch,
+                                           headers={"Content-Type": PATCH_CONTENT_TYPE})
+            exceptions.raise_from_response(answer)
+
+        self._call(f"update of {image_id}", run)
+
+    # -- the interface -------------------------------------------------------------------------
+
+    def get(self, image_id: str) -> ImageRecord:
+        image = self._call(f"get image {image_id}", lambda: self.conn.image.get_image(image_id))
+        return self._record(image)
+
+    def list_images(self, filters: ImageFilter | None = None) -> list[ImageRecord]:
+        filters = filters or ImageFilter()
+        if filters.region is not None and filters.region != self.region:
+            return []
+        query: dict[str, Any] = {"visibility": "all"}  # community images are left out otherwise
+        if not filters.include_foreign:
+            query["tag"] = OUR_TAG
+        images = self._call("image listing", lambda: [
+            *self.conn.image.images(**query), *self.conn.image.images(is_hidden=True, **query)])
+        unique = {image.id: image for image in images}
+        records = (self._record(image) for image in unique.values())
+        return sort_newest_first([r for r in records if filters.matches(r)])
+
+    def tag(self, image: ImageRecord, tags: dict[str, str]) -> None:
+        self._update(image.image_id, {str(k): str(v) for k, v in tags.items()})
+
+    def copy_to_regions(self, image: ImageRecord, regions: Sequence[str]) -> dict[str, str]:
+        others = [region for region in regions if region != image.region]
+        if others:
+            raise CloudError(f"openstack: copying {image.image_id} to {', '.join(others)} is not supported "
+                             "| fix: publish the artifact once per region (one clouds.yaml entry each)")
+        return {image.region: image.image_id} if regions else {}
+
+    def share(self, image: ImageRecord, principals: Sequence[str] = (), public: bool = False) -> None:
+        """Public, or shared with exactly these projects (as Glance members), or private."""
+        visibility = "public" if public else "shared" if principals else "private"
+        if image.extra.get("visibility") != visibility:
+            self._update(image.image_id, {"visibility": visibility})
+        if public:
+            return
+        members = {m.member_id for m in self._call(f"members of {image.image_id}",
+                                                     lambda: list(self.conn.image.members(image.image_id)))}
+        for project in sorted(set(principals) - members):
+            self._call(f"sharing {image.image_id} with {project}",
+                       lambda p=project: self.conn.image.add_member(image.image_id, member_id=p))
+        for project in sorted(members - set(principals)):
+            self._call(f"unsharing {image.image_id} from {project}",
+                       lambda p=project: self.conn.image.remove_member(p, image.image_id))
+
+    def deprecate(self, image: ImageRecord, when: datetime) -> None:
+        """Record the time; once it has come, hide the image (os_hidden) from default listings."""
+        when = when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+        changes: dict[str, Any] = {DEPRECATED_PROPERTY: when.isoformat()}
+        if when <= utcnow():
+            changes["os_hidden"] = True
+        self._update(image.image_id, changes)
+
+    def delete(self, image: ImageRecord) -> list[str]:
+        if image.extra.get("protected"):
+            raise CloudError(f"openstack {image.region}: image {image.image_id} is protected "
+                             "| fix: unset 'protected' on it first if it really should go")
+        self._call(f"deleting {image.image_id}", lambda: self.conn.image.delete_image(image.image_id,
+                                                                                       ignore_missing=False))
+        return [image.image_id]
+
+    def in_use(self, image: ImageRecord) -> list[str] | None:
+        """Servers booted from the image, in every project the credentials may see; None without Nova."""
+        try:
+            servers = list(self.conn.compute.servers(details=False, all_projects=True, image=image.image_id))
+        except Exception as exc:  # no compute endpoint, or not allowed: cannot tell
+            log.warning("openstack: cannot tell whether %s is in use: %s", image.image_id, _one_line(exc))
+            return None
+        return [f"server {server.id}" for server in servers]
+
+    # -- records -----------------------------------------------------------------------------
+
+    def _record(self, image: Any) -> ImageRecord:
+        properties = {str(k): str(v) for k, v in (image.properties or {}).items()}
+        core = {key: str(getattr(image, key)) for key in CORE_FIELDS
+                if hasattr(image, key) and getattr(image, key) not in (None, "")}
+        deprecated = properties.get(DEPRECATED_PROPERTY)
+        return ImageRecord(
+            cloud=self.cloud,
+            region=self.region,
+            image_id=image.id,
+            name=image.name or "",
+            created_at=_parse_time(image.created_at),
+            metadata=ImageMetadata.from_tags(properties),
+            state=str(image.status or "").lower(),
+            deprecated_at=datetime.fromisoformat(deprecated) if deprecated else None,
+            public=image.visibility == "public",
+            tags=properties,
+            extra={"visibility": image.visibility, "owner": image.owner, "size": image.size,
+                   "disk_format": image.disk_format, "protected": bool(image.is_protected),
+                   "tags": list(image.tags or []), "core": core},
+        )
+
+
+def image_properties(metadata: ImageMetadata) -> dict[str, str]:
+    """Our metadata plus what Nova and CAPO read: os_distro, os_version, architecture, hw_* hints."""
+    info = OPERATING_SYSTEMS.get(metadata.os)
+    return {
+        **metadata.to_tags(),
+        "os_distro": info.distro if info else metadata.os.split("-")[0],
+        "os_version": metadata.os_version,
+        "os_type": "linux",
+        "architecture": ARCHITECTURES.get(metadata.arch, metadata.arch),
+        **HARDWARE_HINTS,
+    }
+
+
+def _pointer(key: str) -> str:
+    return key.replace("~", "~0").replace("/", "~1")
+
+
+def _has_image_file(artifact: Artifact) -> bool:
+    try:
+        image_file_of(artifact)
+    except CloudError:
+        return False
+    return True
+
+
+def _disk_format(path: Path) -> str:
+    return "raw" if path.suffix in (".raw", ".img") and not _is_qcow2(path) else "qcow2"
+
+
+def _is_qcow2(path: Path) -> bool:
+    with path.open("rb") as handle:
+        return handle.read(4) == b"QFI\xfb"
+
+
+def _status(exc: Any) -> str:
+    code = getattr(exc, "status_code", None)
+    return f"HTTP {code}" if code else type(exc).__name__
+
+
+def _one_line(exc: Any) -> str:
+    return " ".join(str(exc).split())[:300]
+
+
+def _parse_time(value: Any) -> datetime:
+    if not value:
+        return datetime.fromtimestamp(0, timezone.utc)
+    parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
