@@ -181,3 +181,12 @@ def test_resolve_without_an_image_and_bad_minor_are_user_errors(catalogue: Local
         run_images("list", "--k8s", "1.31.4")
     with pytest.raises(UserError, match="no such matrix file"):
         run_images("list", "-m", str(tmp_path / "missing.yaml"))
+
+
+def test_store_for_routes_every_cloud_and_explains_what_is_missing() -> None:
+    assert store_for("aws", {"regions": ["eu-west-1"], "max_parallel": 3}).settings.regions == ["eu-west-1"]  # type: ignore[attr-defined]
+    assert store_for("openstack").cloud == "openstack"
+    with pytest.raises(UserError, match="project_id: Field required | fix: declare the cloud"):
+        store_for("gcp")  # GCP needs its project from the matrix
+    with pytest.raises(UserError, match="cloud 'vsphere' has no image store | fix: use one of local, aws"):
+        store_for("vsphere")

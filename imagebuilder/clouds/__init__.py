@@ -1,4 +1,4 @@
-"""One small interface for every place images live: AWS, OpenStack, the local catalogue (GCP, Azure later).
+"""One small interface for every place images live: AWS, OpenStack, GCP, Azure, the local catalogue.
 
 An ``ImageStore`` publishes an artifact (the record a build produced) and manages what is
 already published: list with metadata, find by build key, tag, copy, share, deprecate,
@@ -12,6 +12,7 @@ are ``CloudError``: a ``UserError`` with one line naming the image, the call and
 from __future__ import annotations
 
 import abc
+import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -21,9 +22,20 @@ from imagebuilder.artifact import Artifact
 from imagebuilder.errors import UserError
 from imagebuilder.metadata import ImageMetadata
 
-# The cloud names a store answers to; "qemu" builds publish into the local catalogue.
-STORE_CLOUDS: tuple[str, ...] = ("local", "aws", "openstack")
+# Each cloud's store: module and class, imported only when used (their SDKs are optional
+# extras). A store class takes the cloud's settings model first; the local catalogue takes none.
+STORES: dict[str, tuple[str, str]] = {
+    "local": ("imagebuilder.clouds.local", "LocalCatalogue"),
+    "aws": ("imagebuilder.clouds.aws", "AwsImageStore"),
+    "openstack": ("imagebuilder.clouds.openstack", "OpenstackImageStore"),
+    "gcp": ("imagebuilder.clouds.gcp", "GcpImageStore"),
+    "azure": ("imagebuilder.clouds.azure", "AzureImageStore"),
+}
+STORE_CLOUDS: tuple[str, ...] = tuple(STORES)
+# "qemu" builds publish into the local catalogue.
 CLOUD_ALIASES: dict[str, str] = {"qemu": "local"}
+# The pip extra (pyproject) that brings each store's SDK.
+EXTRAS: dict[str, str] = {"aws": "aws", "openstack": "openstack", "gcp": "gcp", "azure": "azure"}
 
 
 class CloudError(UserError):
@@ -154,7 +166,7 @@ def utcnow() -> datetime:
 def canonical_cloud(cloud: str) -> str:
     cloud = CLOUD_ALIASES.get(cloud, cloud)
     if cloud not in STORE_CLOUDS:
-        raise UserError(f"--cloud {cloud}: no image store for this cloud | fix: use one of {', '.join(STORE_CLOUDS)}")
+        raise UserError(f"cloud '{cloud}' has no image store | fix: use one of {', '.join(STORE_CLOUDS)}")
     return cloud
 
 
@@ -163,29 +175,33 @@ def store_for(cloud: str, settings: Any = None, **options: Any) -> ImageStore:
 
     Credentials come from the environment or the SDK's own config files, never from here.
     """
+    from imagebuilder.config import CLOUD_SETTINGS
+
     cloud = canonical_cloud(cloud)
-    if cloud == "local":
-        from imagebuilder.clouds.local import LocalCatalogue
-
-        return LocalCatalogue(**options)
-    if cloud == "aws":
-        from imagebuilder.clouds.aws import AwsImageStore
-        from imagebuilder.config import AwsSettings
-
-        return AwsImageStore(_settings(AwsSettings, settings), **options)
-    from imagebuilder.clouds.openstack import OpenstackImageStore
-    from imagebuilder.config import OpenstackSettings
-
-    return OpenstackImageStore(_settings(OpenstackSettings, settings), **options)
+    arguments = [] if cloud == "local" else [_settings(CLOUD_SETTINGS[cloud], settings)]
+    module_name, class_name = STORES[cloud]
+    try:
+        store_class = getattr(importlib.import_module(module_name), class_name)
+    except ImportError as exc:
+        raise UserError(f"the {cloud} image store cannot load ({exc}) "
+                        f"| fix: pip install 'imagebuilder[{EXTRAS.get(cloud, cloud)}]'") from None
+    return store_class(*arguments, **options)  # type: ignore[no-any-return]
 
 
 def _settings(model: Any, settings: Any) -> Any:
-    if settings is None:
-        return model()
+    """The settings model from a model, a dict (Cell.settings) or None (the defaults)."""
+    from pydantic import ValidationError
+
     if isinstance(settings, model):
         return settings
-    known = {name: value for name, value in dict(settings).items() if name in model.model_fields}
-    return model(**known)
+    known = {name: value for name, value in dict(settings or {}).items() if name in model.model_fields}
+    try:
+        return model(**known)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field_name = ".".join(str(part) for part in error["loc"])
+        raise UserError(f"{model.__name__}: {field_name}: {error['msg']} "
+                        "| fix: declare the cloud in the matrix and pass it with -m") from None
 
 
 def newest(records: Sequence[ImageRecord], include_deprecated: bool = False) -> ImageRecord | None:
