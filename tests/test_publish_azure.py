@@ -323,14 +323,14 @@ def test_tokens_go_over_plain_http_to_loopback_only() -> None:
     store = AzureImageStore(settings, subscription_id=SUB, credential=FakeCredential(),
                             base_url="http://arm.example.com")
     with pytest.raises(CloudError, match="plain http"):
-        store.client
+        _ = store.client
 
 
 def test_no_subscription_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("AZURE_SUBSCRIPTION_ID", raising=False)
     store = AzureImageStore(AzureSettings(resource_group=RG), credential=FakeCredential())
     with pytest.raises(CloudError, match="AZURE_SUBSCRIPTION_ID"):
-        store.client
+        _ = store.client
 
 
 def test_names_follow_the_planner() -> None:

@@ -226,7 +226,7 @@ class AzureImageStore(ImageStore):
     def definitions(self) -> list[str]:
         try:
             return self.call("list image definitions", self.gallery, lambda: [
-                d.name for d in self.client.gallery_images.list_by_gallery(self.rg, self.gallery)])
+                str(d.name) for d in self.client.gallery_images.list_by_gallery(self.rg, self.gallery)])
         except Missing:
             return []
 
@@ -274,7 +274,8 @@ class AzureImageStore(ImageStore):
             if artifact.cloud == "azure":
                 if not managed_image.lower().startswith("/subscriptions/"):
                     raise CloudError(f"{artifact.cell_id}: the artifact names no managed image "
-                                     f"(ids: {artifact.ids or 'none'}) | fix: publish the manifest of an azure-arm build")
+                                     f"(ids: {artifact.ids or 'none'}) "
+                                     "| fix: publish the manifest of an azure-arm build")
                 storage = m.GalleryImageVersionStorageProfile(source=m.GalleryArtifactVersionFullSource(
                     id=managed_image))
                 version = self.create_version(definition, metadata, storage)
@@ -385,11 +386,11 @@ class AzureImageStore(ImageStore):
         counts = set(record.extra["replica_counts"].values())
         regions = list(dict.fromkeys([*have, *wanted]))
         if tags != (version.tags or {}) or regions != have or counts - {self.settings.replica_count}:
-            update = m.GalleryImageVersionUpdate(tags=tags, properties=m.GalleryImageVersionProperties(
-                publishing_profile=self.publishing_profile(regions)))
-            version = self.lro("update version", f"{definition}/{version.name}",
+            update = version_update(self.publishing_profile(regions), tags)
+            name = str(version.name)
+            version = self.lro("update version", f"{definition}/{name}",
                                lambda: self.client.gallery_image_versions.begin_update(
-                                   self.rg, self.gallery, definition, version.name, update))
+                                   self.rg, self.gallery, definition, name, update))
             record = record_of(version, self.settings.location)
         return record
 
@@ -400,7 +401,7 @@ class AzureImageStore(ImageStore):
                 raise CloudError(f"azure: version {definition}/{version.name} still creating after "
                                  f"{self.operation_timeout:.0f}s | fix: run publish again later")
             self.sleep(self.polling_interval)
-            found = self.get_version(definition, version.name)
+            found = self.get_version(definition, str(version.name))
             if found is None:
                 raise CloudError(f"azure: version {definition}/{version.name} vanished | fix: run publish again")
             version = found
@@ -433,8 +434,7 @@ class AzureImageStore(ImageStore):
         have = image.extra["target_regions"]
         wanted = list(dict.fromkeys([*have, *regions]))
         if wanted != have:
-            self._patch(image, m.GalleryImageVersionUpdate(properties=m.GalleryImageVersionProperties(
-                publishing_profile=self.publishing_profile(wanted))), "replicate version")
+            self._patch(image, version_update(self.publishing_profile(wanted)), "replicate version")
         return {region: image.image_id for region in wanted}
 
     def share(self, image: ImageRecord, principals: Sequence[str] = (), public: bool = False) -> None:
@@ -453,14 +453,22 @@ class AzureImageStore(ImageStore):
         """Excluded from 'latest' now (Azure cannot schedule it), with `when` as its end of life."""
         when = when if when.tzinfo else when.replace(tzinfo=timezone.utc)
         profile = m.GalleryImageVersionPublishingProfile(exclude_from_latest=True, end_of_life_date=when)
-        self._patch(image, m.GalleryImageVersionUpdate(properties=m.GalleryImageVersionProperties(
-            publishing_profile=profile)), "deprecate version")
+        self._patch(image, version_update(profile), "deprecate version")
 
     def delete(self, image: ImageRecord) -> list[str]:
         definition, version = image.extra["definition"], image.extra["version"]
         self.lro("delete version", image.name, lambda: self.client.gallery_image_versions.begin_delete(
             self.rg, self.gallery, definition, version))
         return [image.image_id]
+
+
+def version_update(profile: m.GalleryImageVersionPublishingProfile,
+                   tags: dict[str, str] | None = None) -> m.GalleryImageVersionUpdate:
+    """A PATCH body: the publishing profile (merged by Azure) and, when given, the whole tag set."""
+    body: dict[str, Any] = {"properties": {"publishingProfile": profile.as_dict()}}
+    if tags is not None:
+        body["tags"] = tags
+    return m.GalleryImageVersionUpdate(body)
 
 
 class Missing(CloudError):
@@ -472,7 +480,7 @@ class Missing(CloudError):
 
 def record_of(version: m.GalleryImageVersion, location: str) -> ImageRecord:
     tags = dict(version.tags or {})
-    props = version.properties or m.GalleryImageVersionProperties()
+    props = version.properties or m.GalleryImageVersionProperties({})
     profile = props.publishing_profile or m.GalleryImageVersionPublishingProfile()
     regions = [r.name for r in profile.target_regions or []]
     end_of_life = _parse_time(profile.end_of_life_date)

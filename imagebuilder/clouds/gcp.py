@@ -44,7 +44,7 @@ from typing import Any, TypeVar
 
 from google.api_core import exceptions as gexc
 from google.auth import exceptions as auth_exceptions
-from google.cloud import compute_v1, storage
+from google.cloud import compute_v1, storage  # type: ignore[attr-defined]
 
 from imagebuilder.artifact import Artifact
 from imagebuilder.clouds import CloudError, ImageFilter, ImageRecord, ImageStore, sort_newest_first, utcnow
@@ -190,7 +190,8 @@ class GcpImageStore(ImageStore):
                                  f"{self.operation_timeout:.0f}s (operation {operation.name}) "
                                  "| fix: run publish again later; it finds the image instead of making another")
             name = operation.name
-            operation = self.call("wait", name, lambda: operations.wait(project=self.project, operation=name))
+            operation = self.call("wait", name, lambda name=name: operations.wait(  # type: ignore[misc]
+                project=self.project, operation=name))
             if operation.status != compute_v1.Operation.Status.DONE and self.poll_interval:
                 self.sleep(self.poll_interval)
         errors = list(operation.error.errors) if "error" in operation else []

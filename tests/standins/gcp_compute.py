@@ -260,7 +260,8 @@ class GcpComputeStandin(StandinServer):
             return self._missing(match)
         status = dict(request.body or {})
         if status.get("state") not in ("ACTIVE", "DEPRECATED", "OBSOLETE", "DELETED"):
-            return Response(400, google_error(400, "invalid", f"Invalid value for field 'state': {status.get('state')}"))
+            return Response(400, google_error(400, "invalid",
+                                              f"Invalid value for field 'state': {status.get('state')}"))
 
         def done(_op: Operation) -> None:
             if status["state"] == "ACTIVE":
