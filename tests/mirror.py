@@ -7,7 +7,8 @@ API (kept small; the roles, qemu, sysext and versions-update tests share it):
   cni_plugins) under ``root/<component>/<path>``, where ``<path>`` is the upstream path
   under that component's mirror base (docs/architecture.md), plus the upstream checksum
   files and ``kubernetes/stable-<minor>.txt``. Binaries are POSIX shell scripts that print
-  versions as the real ones do (``kubeadm version -o short`` prints ``v1.31.4``).
+  versions as the real ones do (``kubeadm version -o short`` prints ``v1.31.4``; a CNI
+  plugin run without CNI_COMMAND prints ``CNI bridge plugin v1.6.1`` on stderr).
   Archives are byte-for-byte reproducible, so their sums are stable between runs.
 - ``serve_directory(root)``: context manager serving ``root`` over HTTP on 127.0.0.1 on a
   free port, in a thread; yields the base URL (no trailing slash).
@@ -137,7 +138,7 @@ def _release_files(versions: dict[str, str], arch: str) -> dict[str, tuple[str, 
     cni_members = {
         f"./{plugin}": _script(
             f'if [ "$CNI_COMMAND" = VERSION ]; then echo \'{{"cniVersion":"1.0.0","supportedVersions":["0.3.1","0.4.0","1.0.0"]}}\'; '
-            f"else echo 'CNI {plugin} plugin v{cni}'; echo 'CNI protocol versions supported: 0.1.0, 0.2.0, 0.3.0, 0.3.1, 0.4.0, 1.0.0'; fi"
+            f"else echo 'CNI {plugin} plugin v{cni}' >&2; echo 'CNI protocol versions supported: 0.1.0, 0.2.0, 0.3.0, 0.3.1, 0.4.0, 1.0.0' >&2; fi"
         )
         for plugin in CNI_PLUGINS
     }

@@ -192,8 +192,8 @@ def test_units_enabled_and_configured(built) -> None:
     assert 'bin_dir = "/opt/cni/bin"' in config
     assert "runtime-endpoint: unix:///run/containerd/containerd.sock" in (root / "etc/crictl.yaml").read_text()
 
-    assert (root / "etc/modules-load.d/kubernetes.conf").read_text().split("\n")[1:3] == ["br_netfilter", "overlay"][::-1] or \
-        {"overlay", "br_netfilter"} <= set((root / "etc/modules-load.d/kubernetes.conf").read_text().split())
+    modules = (root / "etc/modules-load.d/kubernetes.conf").read_text().splitlines()
+    assert [m for m in modules if not m.startswith("#")] == ["overlay", "br_netfilter"]
     sysctls = (root / "etc/sysctl.d/99-kubernetes.conf").read_text()
     for line in ("net.bridge.bridge-nf-call-iptables = 1", "net.ipv4.ip_forward = 1",
                  "net.bridge.bridge-nf-call-ip6tables = 1", "net.ipv6.conf.all.forwarding = 1"):
@@ -299,3 +299,30 @@ def test_ansible_lint_passes() -> None:
     proc = subprocess.run(["ansible-lint", "--offline", "node.yml", "validate.yml", "roles"],
                           cwd=ANSIBLE_DIR, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+
+
+def test_playbooks_pass_syntax_check(tmp_path: Path) -> None:
+    env = dict(os.environ, ANSIBLE_CONFIG=str(ANSIBLE_DIR / "ansible.cfg"), ANSIBLE_LOCAL_TEMP=str(tmp_path))
+    for playbook in ("node.yml", "validate.yml"):
+        proc = subprocess.run(["ansible-playbook", "--syntax-check", "-i", "localhost,", playbook],
+                              cwd=ANSIBLE_DIR, env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_containerd_from_debian_packages(debian_rootfs: Path, release_mirror: ReleaseMirror, tmp_path: Path) -> None:
+    """containerd_install_method: package installs Debian's containerd, runc and CNI plugins (from Debian's mirror)."""
+    root = copy_rootfs(debian_rootfs, tmp_path / "rootfs")
+    run = run_playbook(root, cell_vars(release_mirror, containerd_install_method="package"), tmp_path)
+    assert run.rc == 0, run.output[-6000:]
+    assert "Image validation passed" in run.output
+    assert os.access(root / "usr/bin/containerd", os.X_OK)
+    assert not (root / "usr/local/bin/containerd").exists()
+    assert os.readlink(root / "opt/cni/bin") == "/usr/lib/cni"
+    assert os.access(root / "usr/lib/cni/bridge", os.X_OK)
+    assert (root / "etc/systemd/system/multi-user.target.wants/containerd.service").is_symlink()
+    config = (root / "etc/containerd/config.toml").read_text()
+    assert "version = 2" in config and "SystemdCgroup = true" in config
+    assert "CONTAINERD_INSTALL_METHOD=package" in (root / "etc/imagebuilder-release").read_text()
+    recorded = {p.stem for p in (root / "var/lib/imagebuilder/artifacts").iterdir()}
+    assert recorded == {"crictl", "kubeadm", "kubelet", "kubectl"}
