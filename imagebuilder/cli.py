@@ -176,15 +176,26 @@ def build_command(matrix_path: Path, only: tuple[str, ...], output_dir: Path, jo
 @click.argument("cell_id")
 def vars_command(matrix_path: Path, cell_id: str) -> None:
     """Print a cell's Ansible variables (for `ansible-playbook ansible/node.yml -e @vars.json`)."""
-    cells = _require_cells(planned_cells(matrix_path, (cell_id,)), (cell_id,))
+    cells = planned_cells(matrix_path, (cell_id,))
+    if not cells:
+        raise UserError(f"{cell_id}: no such cell (see 'imagebuilder plan' for the cell ids)")
     print_json(render.ansible_vars(cells[0]))
 
 
 def _require_cells(cells: list[Cell], only: tuple[str, ...]) -> list[Cell]:
+    """The cells Packer bakes; sysext cells run the stock image and need no build of their own."""
     if not cells:
         raise UserError(f"--only {' '.join(only)}: no cell of the matrix matches "
                         "(see 'imagebuilder plan' for the cell ids)")
-    return cells
+    baked = [cell for cell in cells if cell.strategy == "bake"]
+    sysext_cells = len(cells) - len(baked)
+    if sysext_cells:
+        click.echo(f"{sysext_cells} sysext cells use the stock OS image: build their Kubernetes with "
+                   "'imagebuilder sysext build'", err=True)
+    if not baked:
+        raise UserError(f"--only {' '.join(only)}: every matching cell uses the sysext strategy "
+                        "(build it with 'imagebuilder sysext build --k8s MINOR')")
+    return baked
 
 
 @cli.group("versions")

@@ -29,6 +29,12 @@ PLUGINS = {
     "azure": ("azure", "github.com/hashicorp/azure", ">= 2.1.0"),
 }
 PLAYBOOK = "node.yml"
+# The qemu build logs in as this user, made by the build's NoCloud seed and removed at shutdown.
+QEMU_BUILD_USER = "packer"
+# Before the roles: cloud-init has finished (it may restart sshd and hold the apt lock).
+WAIT_FOR_CLOUD_INIT = "cloud-init status --wait"
+# A locally built base disk has no bootloader yet: the build installs it.
+INSTALL_BOOTLOADER = ("sudo grub-install /dev/vda", "sudo update-grub")
 
 
 @dataclass(frozen=True)
@@ -173,15 +179,16 @@ CLOUD_VARIABLES: dict[str, Callable[[Cell], dict[str, Any]]] = {
 
 
 def packer_variables(cell: Cell, cell_dir: Path) -> dict[str, Any]:
-    playbook = Path(os.path.relpath(ANSIBLE_DIR / PLAYBOOK, cell_dir.resolve())).as_posix()
+    relative = Path(os.path.relpath(ANSIBLE_DIR, cell_dir.resolve())).as_posix()
     prefix = cell.image_name.split("/")[-1].removesuffix("{timestamp}")
     return {
         "cell_id": cell.id,
         "build_key": cell.build_key,
         "kubernetes_version": cell.kubernetes_version,
         "image_name_prefix": prefix if cell.cloud != "azure" else f"{cell.id}-",
-        "ssh_username": cell.os_info.ssh_user,
-        "ansible_playbook": playbook,
+        "ssh_username": QEMU_BUILD_USER if cell.cloud == "qemu" else cell.os_info.ssh_user,
+        "ansible_playbook": f"{relative}/{PLAYBOOK}",
+        "ansible_config": f"{relative}/ansible.cfg",
         "metadata": cell_metadata(cell).to_tags(),
         "versions": cell.versions,
         **CLOUD_VARIABLES[cell.cloud](cell),
@@ -192,7 +199,10 @@ def render_files(cell: Cell, cell_dir: Path, packer_version: tuple[int, int, int
     """The file name -> content of one cell's build directory."""
     env = _environment()
     variables = packer_variables(cell, cell_dir)
-    context = {"cell": cell, "variables": variables, "builder": BUILDERS[cell.cloud]}
+    direct_kernel_boot = cell.cloud == "qemu" and cell.base_image.get("source") == "local"
+    pre_provision = [WAIT_FOR_CLOUD_INIT, *(INSTALL_BOOTLOADER if direct_kernel_boot else ())]
+    context = {"cell": cell, "variables": variables, "builder": BUILDERS[cell.cloud],
+               "direct_kernel_boot": direct_kernel_boot, "pre_provision": pre_provision}
     files = {
         "variables.pkr.hcl": env.get_template("_common/variables.pkr.hcl.j2").render(context),
         "cell.auto.pkrvars.hcl": env.get_template("_common/cell.auto.pkrvars.hcl.j2").render(context),

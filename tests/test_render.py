@@ -72,7 +72,11 @@ def test_every_cloud_renders_its_builder_and_metadata(tmp_path: Path) -> None:
         build = template["build"][0]
         manifest = build["post-processor"][0]["manifest"]
         assert "custom_data" in manifest
-        assert build["provisioner"][0]["ansible"]["use_proxy"] is False
+        provisioners = {name: body for block in build["provisioner"] for name, body in block.items()}
+        assert provisioners["ansible"]["use_proxy"] is False
+        assert "cloud-init status --wait" in provisioners["shell"]["inline"]
+        assert ("sudo grub-install /dev/vda" in provisioners["shell"]["inline"]) == (
+            rendered.cell.cloud == "qemu" and rendered.cell.os == "debian-12")
         ansible_vars = json.loads((rendered.directory / "ansible-vars.json").read_text())
         assert ansible_vars["imagebuilder_build_key"] == rendered.cell.build_key
         assert ansible_vars["imagebuilder_downloads"]["kubeadm"]["sha256"] == rendered.cell.downloads["kubeadm"].sha256
@@ -164,8 +168,9 @@ def test_shipped_matrix_passes_packer_validate(tmp_path: Path) -> None:
                                 timeout=900)
         assert identity.token_requests > 0
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    cells = plan(load_matrix(PROJECT_ROOT / "matrix.yaml"))
-    assert f"{len(cells)} valid, 0 invalid" in result.stdout
+    baked = [cell for cell in plan(load_matrix(PROJECT_ROOT / "matrix.yaml")) if cell.strategy == "bake"]
+    assert f"{len(baked)} valid, 0 invalid" in result.stdout
+    assert not any(cell.os == "flatcar" for cell in baked)
 
 
 @needs_packer
