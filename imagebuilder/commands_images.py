@@ -82,7 +82,8 @@ def _check_minor(minor: str | None) -> str | None:
 
 cloud_choices = click.Choice([*STORE_CLOUDS, *CLOUD_ALIASES])
 matrix_option = click.option("-m", "--matrix", "matrix_path", type=click.Path(path_type=Path), default=None,
-                             help=f"The matrix whose cloud settings say where to look [default: {DEFAULT_MATRIX} if it exists].")
+                             help=f"The matrix whose cloud settings say where to look "
+                                  f"[default: {DEFAULT_MATRIX} if it exists].")
 
 
 @click.group("images")
@@ -92,7 +93,8 @@ def images() -> None:
 
 @images.command("list")
 @matrix_option
-@click.option("--cloud", type=cloud_choices, default=None, help="Only this cloud (default: local and the matrix's clouds).")
+@click.option("--cloud", type=cloud_choices, default=None,
+              help="Only this cloud (default: local and the matrix's clouds).")
 @click.option("--os", "os_id", default=None, metavar="OS", help="Only this OS, e.g. debian-12.")
 @click.option("--k8s", "minor", default=None, metavar="MINOR", help="Only this Kubernetes minor, e.g. 1.31.")
 @click.option("--region", default=None, help="Only this region.")

@@ -31,6 +31,8 @@ from pathlib import Path
 
 import pytest
 
+from imagebuilder.metadata import ImageMetadata
+
 START_TIMEOUT = 60.0
 
 
@@ -249,10 +251,8 @@ def openstack_env(glance_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
 # -- sample build output ---------------------------------------------------------------------
 
 
-def sample_metadata(**changes: str) -> "ImageMetadata":
+def sample_metadata(**changes: str) -> ImageMetadata:
     """Metadata as a build of debian-12 / Kubernetes 1.31.4 writes it; any field can be changed."""
-    from imagebuilder.metadata import ImageMetadata
-
     values = {"os": "debian-12", "os_version": "12", "kubernetes_version": "v1.31.4", "kubernetes_minor": "1.31",
               "arch": "amd64", "build_key": "a" * 64, "cell": "qemu-debian-12-k8s-1.31", "version": "0.1.0",
               "git_commit": "0123456789abcdef", "build_timestamp": "1764064800"}

@@ -81,7 +81,8 @@ def test_filters_newest_first_and_find_by_build_key(catalogue: LocalCatalogue, t
         catalogue.publish(artifact)
     ids = [r.metadata.build_key[0] for r in catalogue.list_images(ImageFilter(kubernetes_minor="1.31"))]
     assert ids == ["c", "b"]
-    assert [r.metadata.kubernetes_minor for r in catalogue.list_images(ImageFilter(kubernetes_minor="1.32"))] == ["1.32"]
+    minors = [r.metadata.kubernetes_minor for r in catalogue.list_images(ImageFilter(kubernetes_minor="1.32"))]
+    assert minors == ["1.32"]
     assert catalogue.list_images(ImageFilter(os="ubuntu-24.04")) == []
     (found,) = catalogue.find_by_build_key(old.build_key)
     assert found.metadata == old.metadata
@@ -184,7 +185,8 @@ def test_resolve_without_an_image_and_bad_minor_are_user_errors(catalogue: Local
 
 
 def test_store_for_routes_every_cloud_and_explains_what_is_missing() -> None:
-    assert store_for("aws", {"regions": ["eu-west-1"], "max_parallel": 3}).settings.regions == ["eu-west-1"]  # type: ignore[attr-defined]
+    aws = store_for("aws", {"regions": ["eu-west-1"], "max_parallel": 3})
+    assert aws.settings.regions == ["eu-west-1"]  # type: ignore[attr-defined]
     assert store_for("openstack").cloud == "openstack"
     with pytest.raises(UserError, match="project_id: Field required | fix: declare the cloud"):
         store_for("gcp")  # GCP needs its project from the matrix

@@ -16,9 +16,9 @@ import boto3
 import pytest
 from botocore.stub import Stubber
 from click.testing import CliRunner
-from services import aws_env, moto_url, sample_metadata  # noqa: F401 (fixtures)
+from services import aws_env, moto_url, sample_metadata  # noqa: F401,F811 (fixtures)
 
-from imagebuilder.artifact import Artifact
+from imagebuilder.artifact import Artifact, from_packer_manifest
 from imagebuilder.clouds import CloudError, ImageFilter, newest, store_for
 from imagebuilder.clouds.aws import AwsImageStore, parameter_name
 from imagebuilder.commands_images import images, publish_artifact
@@ -89,6 +89,21 @@ def test_publish_copies_tags_image_and_snapshots_and_stays_private(aws_env: str)
     records = store_for("aws", AwsSettings(regions=TWO_REGIONS)).list_images()
     assert sorted((r.region, r.image_id) for r in records) == sorted(ids.items())
     assert all(r.metadata == artifact.metadata for r in records)
+
+
+def test_a_packer_manifest_is_published_as_it_comes(aws_env: str, tmp_path: Path) -> None:
+    """The amazon-ebs manifest (artifact_id 'region:ami', our custom_data) through from_packer_manifest."""
+    built = ebs_build()
+    manifest = tmp_path / "packer-manifest.json"
+    manifest.write_text(json.dumps({"builds": [{
+        "name": "node", "builder_type": "amazon-ebs", "build_time": 1764064800,
+        "artifact_id": f"us-east-1:{built.ids['us-east-1']}", "files": None,
+        "custom_data": {"metadata": json.dumps(built.metadata.to_tags()),
+                        "versions": json.dumps({"kubernetes": "1.31.4"}), "image_name": built.image_name}}]}))
+    artifact = from_packer_manifest(manifest, "aws")
+    ids = publish_artifact(artifact, {"regions": TWO_REGIONS})
+    assert ids["us-east-1"] == built.ids["us-east-1"] and set(ids) == set(TWO_REGIONS)
+    assert tags_of(describe("eu-west-1", ids["eu-west-1"]))["Name"] == built.image_name
 
 
 def test_republishing_finds_the_copies_and_never_duplicates(aws_env: str) -> None:
@@ -263,7 +278,7 @@ def test_deprecated_images_are_listed_but_not_resolved(aws_env: str) -> None:
 def test_listing_follows_next_token_pages(aws_env: str) -> None:
     store = fast_store(AwsSettings(regions=["us-east-1"]))
     tags = [{"Key": k, "Value": v} for k, v in sample_metadata().to_tags().items()]
-    expected_filters = {"Owners": ["self"], "IncludeDeprecated": True,
+    expected_filters = {"Owners": ["self"], "IncludeDeprecated": True, "MaxResults": 1000,
                         "Filters": [{"Name": "tag:imagebuilder-os", "Values": ["debian-12"]},
                                     {"Name": "tag-key", "Values": ["imagebuilder-build-key"]}]}
     stubber = stubbed(store)

@@ -13,7 +13,7 @@ from typing import Any
 import openstack
 import pytest
 from click.testing import CliRunner
-from services import glance_url, openstack_env, qcow2_file, sample_metadata  # noqa: F401 (fixtures)
+from services import glance_url, openstack_env, qcow2_file, sample_metadata  # noqa: F401,F811 (fixtures)
 
 from imagebuilder.artifact import Artifact
 from imagebuilder.clouds import CloudError, ImageFilter, newest, store_for
@@ -84,6 +84,19 @@ def test_a_broken_leftover_upload_is_replaced_not_kept(openstack_env: str, tmp_p
     (image_id,) = store().publish(artifact).values()
     assert image_id != leftover.id
     assert [(i["id"], i["status"]) for i in glance_images(openstack_env)] == [(image_id, "active")]
+
+
+def test_of_two_uploads_of_one_build_the_older_is_used(openstack_env: str, tmp_path: Path) -> None:
+    """Two publishers raced: both images are active; every later publish settles on the first."""
+    artifact = qcow2_artifact(tmp_path)
+    conn = openstack.connect()
+    uploads = [conn.image.create_image(name=artifact.image_name, filename=artifact.files[0], disk_format="qcow2",
+                                       container_format="bare", tags=["imagebuilder"], allow_duplicates=True,
+                                       wait=True, **artifact.metadata.to_tags()) for _ in range(2)]
+    first = min(uploads, key=lambda image: (conn.image.get_image(image.id).created_at, image.id))
+    assert store().publish(artifact) == {"default": first.id}
+    assert store().publish(artifact) == {"default": first.id}
+    assert len(glance_images(openstack_env)) == 2  # the duplicate is retention's to remove, not publish's
 
 
 def test_an_image_made_by_the_openstack_builder_is_completed_in_place(openstack_env: str, tmp_path: Path) -> None:

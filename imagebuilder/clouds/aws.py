@@ -50,6 +50,8 @@ DENIED_CODES = frozenset({"UnauthorizedOperation", "AccessDenied", "AccessDenied
 VANISHED_CODES = frozenset({"InvalidAMIID.NotFound", "InvalidAMIID.Unavailable", "InvalidSnapshot.NotFound"})
 LIVE_INSTANCE_STATES = ["pending", "running", "shutting-down", "stopping", "stopped"]
 PUBLIC_GROUP = "all"
+# Without MaxResults these calls answer with everything at once; with it, in pages (NextToken).
+PAGE_SIZES = {"describe_images": 1000, "describe_instances": 1000}
 
 
 class AwsImageStore(ImageStore):
@@ -86,6 +88,8 @@ class AwsImageStore(ImageStore):
                  **params: Any) -> list[Any]:
         """Every item of a paginated listing; throttled part-way, the whole listing is retried."""
         paginator = self.client(service, region).get_paginator(operation)
+        if operation in PAGE_SIZES:
+            params = {**params, "PaginationConfig": {"PageSize": PAGE_SIZES[operation]}}
 
         def run() -> list[Any]:
             return [item for page in paginator.paginate(**params) for item in page.get(result_key, [])]

@@ -139,7 +139,8 @@ class LocalCatalogue(ImageStore):
             raise CloudError(f"local catalogue {self.root}: no image {image_id} "
                              "| fix: see 'imagebuilder images list --cloud local'") from None
         except ValueError as exc:
-            raise CloudError(f"{path}: not a catalogue record ({exc}) | fix: delete the file and publish again") from None
+            raise CloudError(f"{path}: not a catalogue record ({exc}) "
+                             "| fix: delete the file and publish again") from None
         if not isinstance(data, dict) or data.get("schema") != RECORD_SCHEMA:
             raise CloudError(f"{path}: catalogue record schema {data.get('schema') if isinstance(data, dict) else '?'} "
                              f"is not {RECORD_SCHEMA} | fix: delete the file and publish again")

@@ -74,7 +74,8 @@ class OpenstackImageStore(ImageStore):
             except Exception as exc:  # openstacksdk raises several config errors
                 where = f"cloud '{self.settings.cloud}' in clouds.yaml" if self.settings.cloud else "the OS_* variables"
                 raise CloudError(f"openstack: cannot configure a connection from {where}: {_one_line(exc)} "
-                                 "| fix: set clouds.openstack.cloud to an entry of clouds.yaml, or export OS_*") from None
+                                 "| fix: set clouds.openstack.cloud to an entry of clouds.yaml, or export OS_*"
+                                 ) from None
         return self._connection
 
     @property
