@@ -338,3 +338,24 @@ def test_names_follow_the_planner() -> None:
     assert definition_name(metadata("1", arch="arm64")) == DEFINITION + "-arm64"
     assert version_name(metadata("1764064800")) == "1.31.1764064800"
     assert version_name(metadata("")) == f"1.31.{int('a' * 7, 16)}"
+
+
+def test_in_use_finds_machines_and_scale_sets(store: AzureImageStore, arm: AzureComputeStandin, qcow2: Path) -> None:
+    store.publish(local_artifact(qcow2, metadata("1700000000", "a")))
+    store.publish(local_artifact(qcow2, metadata("1764064800", "b")))
+    new, old = store.list_images()
+    definition_id = f"{GALLERY_PATH}/images/{DEFINITION}"
+    arm.machines = [
+        {"id": "/vm/a", "name": "pinned", "location": "westeurope",
+         "properties": {"storageProfile": {"imageReference": {"id": old.image_id.upper()}}}},
+        {"id": "/vm/b", "name": "from-latest", "location": "westeurope", "properties": {
+            "storageProfile": {"imageReference": {"id": definition_id, "exactVersion": "1.31.1764064800"}}}},
+        {"id": "/vm/c", "name": "marketplace", "location": "westeurope",
+         "properties": {"storageProfile": {"imageReference": {"publisher": "Debian", "offer": "debian-12"}}}},
+    ]
+    arm.scale_sets = [{"id": "/vmss/a", "name": "workers", "location": "westeurope", "properties": {
+        "virtualMachineProfile": {"storageProfile": {"imageReference": {"id": old.image_id}}}}}]
+    assert store.images_in_use([new, old]) == {new.image_id: ["virtual machine from-latest"],
+                                                old.image_id: ["virtual machine pinned", "scale set workers"]}
+    arm.machines, arm.scale_sets = [], []
+    assert store.in_use(old) == []

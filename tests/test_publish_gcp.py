@@ -352,3 +352,24 @@ def test_no_bucket_is_a_clear_error(compute: GcpComputeStandin, qcow2: Path) -> 
 def test_family_name_matches_what_render_writes() -> None:
     assert image_family("debian-12", "1.31") == FAMILY
     assert image_family("ubuntu-24.04", "1.35") == "capi-ubuntu-24.04-k8s-1-35"
+
+
+def test_in_use_finds_disks_and_instance_templates(store: GcpImageStore, compute: GcpComputeStandin,
+                                                   qcow2: Path) -> None:
+    used = store.publish(local_artifact(qcow2, metadata("1700000000", "a")))["global"]
+    free = store.publish(local_artifact(qcow2, metadata("1764064800", "b")))["global"]
+    base = f"https://www.googleapis.com/compute/v1/projects/{PROJECT}"
+    compute.disks = {
+        "zones/us-central1-a": [{"name": "node-1", "sourceImage": f"{base}/global/images/{used}",
+                                 "users": [f"{base}/zones/us-central1-a/instances/node-1"]}],
+        "zones/europe-west4-b": [{"name": "other", "sourceImage": f"{base}/global/images/family/{FAMILY}"},
+                                 {"name": "theirs", "sourceImage": f"https://www.googleapis.com/compute/v1/"
+                                                                   f"projects/elsewhere/global/images/{free}"}],
+    }
+    compute.templates = {"global": [{"name": "workers", "properties": {"disks": [
+        {"initializeParams": {"sourceImage": f"projects/{PROJECT}/global/images/{used}"}}]}}]}
+    records = {r.image_id: r for r in store.list_images()}
+    users = store.images_in_use(list(records.values()))
+    assert users == {used: ["disk zones/us-central1-a/node-1 (instance node-1)", "instance template workers (global)"],
+                     free: []}
+    assert store.in_use(records[free]) == []

@@ -455,6 +455,39 @@ class AzureImageStore(ImageStore):
         profile = m.GalleryImageVersionPublishingProfile(exclude_from_latest=True, end_of_life_date=when)
         self._patch(image, version_update(profile), "deprecate version")
 
+    def in_use(self, image: ImageRecord) -> list[str] | None:
+        return self.images_in_use([image])[image.image_id]
+
+    def images_in_use(self, records: Sequence[ImageRecord]) -> dict[str, list[str] | None]:
+        """Virtual machines and scale sets of the subscription made from each version.
+
+        A reference to the version's id pins it; so does a reference to its definition (the
+        'latest' version) on a VM whose exactVersion is this version.
+        """
+        users: dict[str, list[str] | None] = {r.image_id: [] for r in records}
+        by_id = {r.image_id.lower(): r for r in records}
+        machines = self.call("list virtual machines", self.subscription_id,
+                             lambda: list(self.client.virtual_machines.list_all()))
+        scale_sets = self.call("list scale sets", self.subscription_id,
+                               lambda: list(self.client.virtual_machine_scale_sets.list_all()))
+        references: list[tuple[str, Any]] = []
+        for vm in machines:
+            storage = vm.properties.storage_profile if vm.properties else None
+            references.append((f"virtual machine {vm.name}", storage.image_reference if storage else None))
+        for scale_set in scale_sets:
+            profile = scale_set.properties.virtual_machine_profile if scale_set.properties else None
+            set_storage = profile.storage_profile if profile else None
+            references.append((f"scale set {scale_set.name}", set_storage.image_reference if set_storage else None))
+        for user, reference in references:
+            reference_id = str(getattr(reference, "id", "") or "").lower()
+            exact = str(getattr(reference, "exact_version", "") or "")
+            record = by_id.get(reference_id) or by_id.get(f"{reference_id}/versions/{exact}".lower())
+            if record is not None:
+                found = users[record.image_id]
+                assert found is not None
+                found.append(user)
+        return users
+
     def delete(self, image: ImageRecord) -> list[str]:
         definition, version = image.extra["definition"], image.extra["version"]
         self.lro("delete version", image.name, lambda: self.client.gallery_image_versions.begin_delete(

@@ -71,6 +71,9 @@ STATES = {"READY": "available", "PENDING": "pending", "FAILED": "failed", "DELET
 ARCHITECTURES = {"amd64": "X86_64", "arm64": "ARM64"}
 GUEST_OS_FEATURES = ("UEFI_COMPATIBLE", "VIRTIO_SCSI_MULTIQUEUE", "GVNIC")
 INACTIVE_STATES = ("DEPRECATED", "OBSOLETE", "DELETED")
+COMPUTE_CLIENTS: dict[str, Any] = {"operations": compute_v1.GlobalOperationsClient,
+                                   "disks": compute_v1.DisksClient,
+                                   "templates": compute_v1.InstanceTemplatesClient}
 
 
 def image_family(os_id: str, minor: str) -> str:
@@ -143,9 +146,9 @@ class GcpImageStore(ImageStore):
                 if kind == "images":
                     client: Any = compute_v1.ImagesClient(credentials=self._credentials, transport="rest",
                                                           client_options=options)
-                elif kind == "operations":
-                    client = compute_v1.GlobalOperationsClient(credentials=self._credentials, transport="rest",
-                                                               client_options=options)
+                elif kind in COMPUTE_CLIENTS:
+                    client = COMPUTE_CLIENTS[kind](credentials=self._credentials, transport="rest",
+                                                   client_options=options)
                 else:
                     storage_options = {"api_endpoint": self._storage_endpoint} if self._storage_endpoint else None
                     client = storage.Client(project=self.project, credentials=self._credentials,
@@ -415,6 +418,41 @@ class GcpImageStore(ImageStore):
         except Missing:
             return None
         return None if head.name == image.image_id else head.self_link
+
+    def in_use(self, image: ImageRecord) -> list[str] | None:
+        return self.images_in_use([image])[image.image_id]
+
+    def images_in_use(self, records: Sequence[ImageRecord]) -> dict[str, list[str] | None]:
+        """Disks made from each image (with the instances using them) and instance templates naming it.
+
+        Two aggregated listings for the whole project, however many images. A template that
+        names a family pins no single image: the family moves on to the newest.
+        """
+        users: dict[str, list[str] | None] = {r.image_id: [] for r in records}
+        disks = self._client("disks")
+        templates = self._client("templates")
+        disk_pages = self.call("list disks", self.project, lambda: list(disks.aggregated_list(
+            request=compute_v1.AggregatedListDisksRequest(project=self.project))))
+        for scope, scoped in disk_pages:
+            for disk in scoped.disks:
+                found = users.get(self._own_image(disk.source_image))
+                if found is not None:
+                    owners = ", ".join(url.rsplit("/", 1)[-1] for url in disk.users)
+                    found.append(f"disk {scope}/{disk.name}" + (f" (instance {owners})" if owners else ""))
+        template_pages = self.call("list instance templates", self.project, lambda: list(templates.aggregated_list(
+            request=compute_v1.AggregatedListInstanceTemplatesRequest(project=self.project))))
+        for scope, scoped in template_pages:
+            for template in scoped.instance_templates:
+                for disk in template.properties.disks:
+                    found = users.get(self._own_image(disk.initialize_params.source_image))
+                    if found is not None:
+                        found.append(f"instance template {template.name} ({scope})")
+        return users
+
+    def _own_image(self, url: str) -> str:
+        """The image name of a URL or partial path naming one of this project's images, else ''."""
+        match = re.search(r"projects/([^/]+)/global/images/([^/]+)$", url or "")
+        return match.group(2) if match and match.group(1) == self.project else ""
 
     def delete(self, image: ImageRecord) -> list[str]:
         operation = self.call("delete", image.image_id, lambda: self.images.delete_unary(

@@ -7,6 +7,7 @@ No emulator of ARM exists. This serves the paths and payloads azure-mgmt-compute
     PUT/GET/PATCH/DELETE .../images/{definition}/versions/{version} GET .../versions (list, nextLink pages)
     POST             .../galleries/{g}/share                        (sharing profile update)
     GET              /subscriptions/{s}/providers/Microsoft.Compute/locations/{l}/operations/{id}
+    GET              /subscriptions/{s}/providers/Microsoft.Compute/virtualMachines, .../virtualMachineScaleSets
 
 Every write is a long-running operation as on Azure: 201/200 (202 for DELETE) with an
 ``Azure-AsyncOperation`` header; the operation reports ``InProgress`` until it has been polled
@@ -63,6 +64,8 @@ class AzureComputeStandin(StandinServer):
     operations: dict[str, AsyncOperation] = field(default_factory=dict)
     sharing: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     fail_next_operation: list[dict[str, Any]] = field(default_factory=list)  # {"code", "message"}
+    machines: list[dict[str, Any]] = field(default_factory=list)  # VirtualMachine JSON
+    scale_sets: list[dict[str, Any]] = field(default_factory=list)  # VirtualMachineScaleSet JSON
 
     def __post_init__(self) -> None:
         StandinServer.__init__(self)
@@ -81,6 +84,10 @@ class AzureComputeStandin(StandinServer):
         self.route("GET", DEFINITION + "/versions", self.list_children)
         self.route("GET", r"/subscriptions/(?P<sub>[^/]+)/providers/Microsoft\.Compute/locations/(?P<loc>[^/]+)"
                           r"/operations/(?P<op>[^/]+)", self.get_operation)
+        subscription = r"/subscriptions/(?P<sub>[^/]+)/providers/Microsoft\.Compute/"
+        self.route("GET", subscription + "virtualMachines", lambda r, m: Response(200, {"value": self.machines}))
+        self.route("GET", subscription + "virtualMachineScaleSets",
+                   lambda r, m: Response(200, {"value": self.scale_sets}))
 
     # -- plumbing -------------------------------------------------------------------------
 

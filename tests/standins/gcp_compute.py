@@ -10,6 +10,7 @@ google-cloud-compute's REST transport sends and reads:
     POST      .../global/images/{image}/deprecate
     GET/POST  .../global/images/{image}/getIamPolicy, setIamPolicy
     GET       .../global/operations/{operation}, POST .../{operation}/wait
+    GET       /compute/v1/projects/{project}/aggregated/disks, .../aggregated/instanceTemplates
 
 Mutations answer with an Operation that is DONE after `op_polls` looks at it (get or wait),
 and only then the image changes (READY, deleted). `requestId` makes an insert idempotent as
@@ -62,6 +63,8 @@ class GcpComputeStandin(StandinServer):
     operations: dict[tuple[str, str], Operation] = field(default_factory=dict)
     request_ids: dict[str, str] = field(default_factory=dict)
     fail_next_operation: list[dict[str, Any]] = field(default_factory=list)  # {"code","message","http","keep_image"}
+    disks: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # scope ("zones/x") -> Disk JSON
+    templates: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # scope ("global") -> template JSON
 
     def __post_init__(self) -> None:
         StandinServer.__init__(self)
@@ -78,6 +81,10 @@ class GcpComputeStandin(StandinServer):
         self.route("POST", PREFIX + f"/images/{NAME}/setIamPolicy", self.set_policy)
         self.route("GET", PREFIX + "/operations/(?P<op>[^/]+)", self.get_operation)
         self.route("POST", PREFIX + "/operations/(?P<op>[^/]+)/wait", self.get_operation)
+        aggregated = r"/compute/v1/projects/(?P<project>[^/]+)/aggregated/"
+        self.route("GET", aggregated + "disks", lambda r, m: self.aggregated(r, "disks", self.disks))
+        self.route("GET", aggregated + "instanceTemplates",
+                   lambda r, m: self.aggregated(r, "instanceTemplates", self.templates))
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -130,6 +137,17 @@ class GcpComputeStandin(StandinServer):
             if operation.polls_left <= 0:
                 self._finish(operation)
         return Response(200, dict(operation.body))
+
+    def aggregated(self, request: Request, key: str, scopes: dict[str, list[dict[str, Any]]]) -> Response:
+        """An aggregated list, one scope per page (so the SDK's pager has pages to follow)."""
+        names = sorted(scopes)
+        start = int(request.query.get("pageToken") or 0)
+        items: dict[str, Any] = {name: {key: scopes[name]} for name in names[start:start + 1]}
+        items.setdefault("regions/us-east1", {"warning": {"code": "NO_RESULTS_ON_PAGE", "message": "none"}})
+        body: dict[str, Any] = {"kind": f"compute#{key}AggregatedList", "items": items}
+        if start + 1 < len(names):
+            body["nextPageToken"] = str(start + 1)
+        return Response(200, body)
 
     # -- images -------------------------------------------------------------------------
 
