@@ -431,43 +431,55 @@ def test_no_updates_leaves_out_sysupdate(fixture_mirror: Fixture, tmp_path: Path
 # -- a real merge with this host's systemd-sysext ---------------------------------------------------
 
 
-def sysext_merge(image: Path, root: Path) -> subprocess.CompletedProcess[str]:
-    """Merge ``image`` as /etc/extensions/kubernetes.raw into a scratch root, in a private mount
-    namespace (its own /run), so the host's mounts are never touched."""
-    (root / "usr/lib").mkdir(parents=True)
-    (root / "opt").mkdir()
-    (root / "etc/extensions").mkdir(parents=True)
-    shutil.copyfile("/etc/os-release", root / "usr/lib/os-release")
-    shutil.copyfile(image, root / "etc/extensions/kubernetes.raw")
-    script = (f"mount -t tmpfs tmpfs /run && mount --make-rshared / && systemd-sysext merge --root={root} "
-              f"&& {root}/usr/bin/kubeadm version -o short")
+def sysext_merge(image: Path, scratch: Path, then: str) -> subprocess.CompletedProcess[str]:
+    """Merge ``image`` as a node does (the versioned file in /opt/extensions/kubernetes, found through
+    the stable name kubernetes.raw in a search path), then run ``then``; in a private mount namespace
+    with its own /run and /opt, so the host never sees the merge."""
+    opt = scratch / "opt"
+    opt.mkdir(parents=True)
+    script = f"""set -e
+mount -t tmpfs tmpfs /run
+mount --bind {opt} /opt
+mkdir -p /run/extensions /opt/extensions/kubernetes
+cp {image} /opt/extensions/kubernetes/
+ln -s /opt/extensions/kubernetes/{image.name} /run/extensions/kubernetes.raw
+mount --make-rshared /
+systemd-sysext merge
+{then}
+"""
     return subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
                           capture_output=True, text=True, timeout=120)
 
 
 @pytest.fixture(scope="module")
-def sysext_merge_works(built: Path, tmp_path_factory: pytest.TempPathFactory) -> subprocess.CompletedProcess[str]:
+def merged(built: Path, tmp_path_factory: pytest.TempPathFactory) -> subprocess.CompletedProcess[str]:
     if shutil.which("systemd-sysext") is None or shutil.which("unshare") is None or os.geteuid() != 0:
         pytest.skip("needs root, unshare and systemd-sysext")
-    return sysext_merge(built / IMAGE, tmp_path_factory.mktemp("merge-root"))
+    probe = subprocess.run(["unshare", "-m", "true"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"no mount namespaces here: {probe.stderr.strip()}")
+    return sysext_merge(built / IMAGE, tmp_path_factory.mktemp("merge"),
+                        "kubeadm version -o short\nsystemd-analyze verify kubelet.service")
 
 
-def test_systemd_sysext_merges_the_image(sysext_merge_works: subprocess.CompletedProcess[str]) -> None:
-    if "Operation not permitted" in sysext_merge_works.stderr and "unshare" in sysext_merge_works.stderr:
-        pytest.skip("no mount namespaces here")
-    assert sysext_merge_works.returncode == 0, sysext_merge_works.stderr
-    assert sysext_merge_works.stdout.strip().splitlines()[-1] == f"v{K8S}"
+def test_systemd_sysext_merges_the_image_through_the_stable_name(merged: subprocess.CompletedProcess[str]) -> None:
+    assert merged.returncode == 0, merged.stderr
+    assert "Merged extensions into '/usr'" in merged.stdout + merged.stderr
+    assert merged.stdout.strip().splitlines()[-1] == f"v{K8S}"
+    # With the image merged, systemd-analyze verify finds nothing wrong with kubelet.service
+    # and its drop-in (it would print unknown keys, bad escaping or missing commands).
+    assert "kubelet" not in merged.stderr.replace("Using extensions 'kubernetes'", "")
 
 
-def test_systemd_sysext_refuses_another_os_id(sysext_merge_works: subprocess.CompletedProcess[str],
-                                              fixture_mirror: Fixture, tmp_path: Path) -> None:
-    if sysext_merge_works.returncode != 0:
+def test_systemd_sysext_refuses_another_os_id(merged: subprocess.CompletedProcess[str], fixture_mirror: Fixture,
+                                              tmp_path: Path) -> None:
+    if merged.returncode != 0:
         pytest.skip("systemd-sysext cannot merge on this machine")
     host_id = dict(line.split("=", 1) for line in Path("/etc/os-release").read_text().splitlines() if "=" in line)["ID"]
     other = "flatcar" if host_id.strip('"') != "flatcar" else "debian"
     build_cli(tmp_path, fixture_mirror, "--os-id", other, "--sysext-level", "1.0")
-    result = sysext_merge(tmp_path / "out" / IMAGE, tmp_path / "root")
-    assert result.returncode != 0 and not (tmp_path / "root/usr/bin/kubeadm").exists()
+    result = sysext_merge(tmp_path / "out" / IMAGE, tmp_path / "scratch", "kubeadm version -o short")
+    assert result.returncode != 0 and f"v{K8S}" not in result.stdout
 
 
 # -- downloads ---------------------------------------------------------------------------------------
