@@ -51,9 +51,10 @@ def accelerator(kernel: Path | None = None, initrd: Path | None = None) -> Accel
     """``"kvm"`` when a probe guest runs under KVM, else ``"tcg"``; cached per process.
 
     ``$IMAGEBUILDER_QEMU_ACCEL`` overrides the probe. The probe boots a boot sector
-    (SeaBIOS, real mode, serial out); given a kernel and initrd, it then boots those into
-    the initramfs' userspace too (which gives up on a missing root and powers off), the
-    part that hangs where KVM is broken.
+    (SeaBIOS, real mode, serial out: ~1 s), then ``kernel`` and ``initrd`` (the Debian
+    base disk's) into the initramfs' userspace, which gives up on a missing root and
+    powers off. A broken KVM passes the first and hangs in the second (costing
+    ``PROBE_TIMEOUT``), so without a kernel to try KVM is not trusted: ``"tcg"``.
     """
     forced = os.environ.get(ACCEL_ENV)
     if forced in ("kvm", "tcg"):
@@ -76,7 +77,7 @@ def _probe(kernel: Path | None, initrd: Path | None) -> Accel:
         if not probe_boot_sector(sector, "kvm", timeout=10):
             return "tcg"
         if kernel is None or initrd is None:
-            return "kvm"
+            return "tcg"
         if not probe_kernel(kernel, initrd, "kvm", timeout=PROBE_TIMEOUT):
             return "tcg"
     return "kvm"

@@ -27,6 +27,7 @@ from imagebuilder.qemu import (  # noqa: E402
     make_seed_iso,
     make_ssh_key,
     probe_boot_sector,
+    probe_kernel,
     release_fields,
     write_seed_dir,
 )
@@ -206,6 +207,13 @@ def test_debian_base_disk_cache_hit(debian_base: debian.BaseDisk) -> None:
     assert again.manifest["built"] == debian_base.manifest["built"]
     after = again.disk.stat()
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+
+
+@pytest.mark.slow
+def test_kernel_probe_reaches_initramfs_userspace_under_tcg(debian_base: debian.BaseDisk) -> None:
+    # What the KVM probe looks for must show up when the accelerator works (TCG always does).
+    assert probe_kernel(debian_base.kernel, debian_base.initrd, "tcg", timeout=300) is True
+    assert probe_kernel(debian_base.initrd, debian_base.initrd, "tcg", timeout=60) is False
 
 
 def _smoke_vars(tmp_path: Path, base: debian.BaseDisk, build_key: str) -> Path:

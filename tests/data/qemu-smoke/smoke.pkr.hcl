@@ -48,23 +48,25 @@ variable "manifest" {
 }
 
 source "qemu" "smoke" {
-  disk_image       = true
-  iso_url          = var.base_disk
-  iso_checksum     = "none"
-  use_backing_file = false
-  disk_size        = "4096M"
-  format           = "qcow2"
-  disk_compression = true
-  skip_compaction  = false
-  disk_interface   = "virtio"
-  net_device       = "virtio-net"
-  accelerator      = "tcg"
-  headless         = true
-  memory           = 2048
-  cpus             = 2
-  cd_files         = var.seed_files
-  cd_label         = "cidata"
-  boot_wait        = "1s"
+  disk_image         = true
+  iso_url            = var.base_disk
+  iso_checksum       = "none"
+  use_backing_file   = false
+  disk_size          = "4096M"
+  format             = "qcow2"
+  disk_compression   = true
+  skip_compaction    = false
+  disk_interface     = "virtio"
+  disk_discard       = "unmap"
+  disk_detect_zeroes = "unmap"
+  net_device         = "virtio-net"
+  accelerator        = "tcg"
+  headless           = true
+  memory             = 2048
+  cpus               = 2
+  cd_files           = var.seed_files
+  cd_label           = "cidata"
+  boot_wait          = "1s"
   qemuargs = [
     ["-kernel", var.kernel],
     ["-initrd", var.initrd],
