@@ -27,10 +27,11 @@ def sysext() -> None:
 @sysext.command("build")
 @click.option("-m", "--matrix", "matrix_path", type=click.Path(path_type=Path), default=DEFAULT_MATRIX,
               show_default=True, help="The matrix: its versions file and mirrors are used.")
-@click.option("--k8s", "minor", required=True, metavar="MINOR",
-              help="Kubernetes minor, e.g. 1.31: its pinned patch is built (1.31.4 also accepted if pinned).")
-@click.option("--arch", default="x86-64", show_default=True, metavar="x86-64|arm64",
-              help="Architecture (amd64 also accepted).")
+@click.option("--k8s", "minor", default=None, metavar="MINOR",
+              help="Kubernetes minor, e.g. 1.31: its pinned patch is built (1.31.4 also accepted if pinned). "
+                   "Default: every (minor, arch) of the matrix's cells with strategy sysext.")
+@click.option("--arch", default=None, metavar="x86-64|arm64",
+              help="Architecture (amd64 also accepted); default x86-64 with --k8s.")
 @click.option("-o", "--output", "output_dir", type=click.Path(path_type=Path), default=DEFAULT_OUTPUT,
               show_default=True, help="Directory the image and its companions are written to.")
 @click.option("--base-url", default=None, metavar="URL",
@@ -41,25 +42,36 @@ def sysext() -> None:
 @click.option("--s3-bucket", default=None,
               help="Also upload to this S3 bucket (credentials and AWS_ENDPOINT_URL from the environment).")
 @click.option("--s3-prefix", default="", help="Key prefix in the bucket, e.g. sysext/.")
-def build_command(matrix_path: Path, minor: str, arch: str, output_dir: Path, base_url: str | None, os_id: str,
-                  sysext_level: str | None, no_updates: bool, s3_bucket: str | None, s3_prefix: str) -> None:
+def build_command(matrix_path: Path, minor: str | None, arch: str | None, output_dir: Path, base_url: str | None,
+                  os_id: str, sysext_level: str | None, no_updates: bool, s3_bucket: str | None,
+                  s3_prefix: str) -> None:
     """Build kubernetes-vX.Y.Z-ARCH.raw from the pinned, checksum-verified release files."""
     loaded = load_matrix(matrix_path)
-    request = sx.SysextRequest(
-        minor=sx.resolve_minor(minor, loaded.versions), arch=sx.normalize_arch(arch), base_url=base_url,
-        os_id=os_id, sysext_level=sysext_level, mirrors=dict(loaded.matrix.mirrors), updates=not no_updates,
-    )
-    started = time.monotonic()
-    result = sx.build(request, loaded.versions, output_dir)
-    elapsed = time.monotonic() - started
-    click.echo(f"{result.image}  {result.size} bytes  sha256 {result.sha256}  ({elapsed:.1f}s)")
-    for path in result.files[1:]:
-        click.echo(f"  {path}")
+    if minor is not None:
+        targets = [(sx.resolve_minor(minor, loaded.versions), sx.normalize_arch(arch or "x86-64"))]
+    else:
+        targets = sx.sysext_targets(plan(loaded))
+        if arch is not None:
+            targets = [target for target in targets if target[1] == sx.normalize_arch(arch)]
+        if not targets:
+            raise UserError(f"{matrix_path}: no cell uses strategy sysext{' on ' + arch if arch else ''} "
+                            "| fix: pass --k8s, or set strategy: sysext in an override")
+    for target_minor, target_arch in targets:
+        request = sx.SysextRequest(
+            minor=target_minor, arch=target_arch, base_url=base_url, os_id=os_id, sysext_level=sysext_level,
+            mirrors=dict(loaded.matrix.mirrors), updates=not no_updates,
+        )
+        started = time.monotonic()
+        result = sx.build(request, loaded.versions, output_dir)
+        elapsed = time.monotonic() - started
+        click.echo(f"{result.image}  {result.size} bytes  sha256 {result.sha256}  ({elapsed:.1f}s)")
+        for path in result.files[1:]:
+            click.echo(f"  {path}")
+        if s3_bucket:
+            for key in upload_s3(result, output_dir, s3_bucket, s3_prefix):
+                click.echo(f"  s3://{s3_bucket}/{key}")
     if base_url is None:
-        click.echo("  (no --base-url: the sysupdate transfer file and node configs were not written)")
-    if s3_bucket:
-        for key in upload_s3(result, output_dir, s3_bucket, s3_prefix):
-            click.echo(f"  s3://{s3_bucket}/{key}")
+        click.echo("(no --base-url: the sysupdate transfer files and node configs were not written)")
 
 
 @sysext.command("compare")

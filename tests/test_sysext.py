@@ -181,6 +181,18 @@ def test_os_id_without_sysext_level_is_refused(fixture_mirror: Fixture, tmp_path
     assert not (tmp_path / "out").exists()
 
 
+def test_without_k8s_builds_what_the_sysext_cells_need(fixture_mirror: Fixture, tmp_path: Path) -> None:
+    matrix = write_matrix(tmp_path / "in", fixture_mirror)  # flatcar, sysext by default, amd64
+    result = run_cli("sysext", "build", "-m", str(matrix), "-o", str(tmp_path / "out"), cwd=tmp_path,
+                     cache=tmp_path / "cache")
+    assert result.returncode == 0, result.stderr
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["SHA256SUMS", IMAGE]
+    refused = run_cli("sysext", "build", "-m", str(matrix), "-o", str(tmp_path / "arm"), "--arch", "arm64",
+                      cwd=tmp_path, cache=tmp_path / "cache")
+    assert refused.returncode == 2 and "no cell uses strategy sysext on arm64" in refused.stderr
+    assert not (tmp_path / "arm").exists()
+
+
 def test_k8s_takes_the_minor_or_its_pinned_patch(fixture_mirror: Fixture) -> None:
     from imagebuilder.versions import VersionsLock
 
