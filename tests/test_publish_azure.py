@@ -26,7 +26,7 @@ from azure.storage.blob import BlobClient, BlobServiceClient, BlobType  # noqa: 
 
 from conftest import test_cache_dir as cache_dir  # noqa: E402
 from imagebuilder.artifact import Artifact  # noqa: E402
-from imagebuilder.clouds import CloudError, ImageFilter  # noqa: E402
+from imagebuilder.clouds import CloudError, ImageFilter, store_for  # noqa: E402
 from imagebuilder.clouds.azure import AzureImageStore, definition_name, version_name  # noqa: E402
 from imagebuilder.config import AzureSettings  # noqa: E402
 from imagebuilder.metadata import ImageMetadata  # noqa: E402
@@ -328,7 +328,8 @@ def test_tokens_go_over_plain_http_to_loopback_only() -> None:
 
 def test_no_subscription_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("AZURE_SUBSCRIPTION_ID", raising=False)
-    store = AzureImageStore(AzureSettings(resource_group=RG), credential=FakeCredential())
+    store = store_for("azure", {"resource_group": RG, "vm_size": "Standard_D4s_v3"}, credential=FakeCredential())
+    assert isinstance(store, AzureImageStore) and store.rg == RG
     with pytest.raises(CloudError, match="AZURE_SUBSCRIPTION_ID"):
         _ = store.client
 

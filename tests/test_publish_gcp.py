@@ -25,7 +25,7 @@ from google.auth.credentials import AnonymousCredentials  # noqa: E402
 from google.cloud import storage  # noqa: E402
 
 from imagebuilder.artifact import Artifact  # noqa: E402
-from imagebuilder.clouds import CloudError, ImageFilter  # noqa: E402
+from imagebuilder.clouds import CloudError, ImageFilter, store_for  # noqa: E402
 from imagebuilder.clouds.gcp import (  # noqa: E402
     GcpImageStore,
     describe,
@@ -343,8 +343,9 @@ def test_listing_follows_pages_and_leaves_foreign_images_out(compute: GcpCompute
 
 
 def test_no_bucket_is_a_clear_error(compute: GcpComputeStandin, qcow2: Path) -> None:
-    store = GcpImageStore(GcpSettings(project_id=PROJECT), credentials=AnonymousCredentials(),
-                          api_endpoint=compute.base_url)
+    store = store_for("gcp", {"project_id": PROJECT, "zone": "europe-west4-a"}, credentials=AnonymousCredentials(),
+                      api_endpoint=compute.base_url)
+    assert isinstance(store, GcpImageStore) and store.project == PROJECT
     with pytest.raises(CloudError, match="no GCS bucket"):
         store.publish(local_artifact(qcow2, metadata("1764064800")))
 

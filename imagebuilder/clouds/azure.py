@@ -52,6 +52,7 @@ from azure.core.exceptions import (
 from azure.core.pipeline.policies import BearerTokenCredentialPolicy
 from azure.mgmt.compute import ComputeManagementClient
 from azure.mgmt.compute import models as m
+from azure.mgmt.compute._version import VERSION as SDK_VERSION
 
 from imagebuilder.artifact import Artifact
 from imagebuilder.clouds import CloudError, ImageFilter, ImageRecord, ImageStore, sort_newest_first, utcnow
@@ -60,6 +61,10 @@ from imagebuilder.metadata import ImageMetadata, tag_key
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+MIN_SDK_MAJOR = 39  # models with nested `properties` and mapping constructors
+if int(SDK_VERSION.split(".")[0]) < MIN_SDK_MAJOR:
+    raise ImportError(f"azure-mgmt-compute>={MIN_SDK_MAJOR} is needed, {SDK_VERSION} is installed")
 
 SUBSCRIPTION_ENV = "AZURE_SUBSCRIPTION_ID"
 ARM_SCOPE = "https://management.azure.com/.default"
