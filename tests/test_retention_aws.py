@@ -7,6 +7,7 @@ snapshots, orphan sweeping, failed checks kept, partial failures, the lock, the 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -33,6 +34,17 @@ NOW = datetime.now(timezone.utc)
 LONG_AGO = "2026-01-01T00:00:00.000Z"
 
 
+_CLIENTS: dict[tuple[str, str, str], Any] = {}
+
+
+def client(service: str, region: str) -> Any:
+    """One boto3 client per service, region and endpoint: creating clients costs more than the calls."""
+    key = (service, region, os.environ.get("AWS_ENDPOINT_URL", ""))
+    if key not in _CLIENTS:
+        _CLIENTS[key] = boto3.client(service, region_name=region)
+    return _CLIENTS[key]
+
+
 def stamp(days_ago: float) -> str:
     return (NOW - timedelta(days=days_ago)).strftime("%Y%m%d%H%M%S")
 
@@ -40,7 +52,7 @@ def stamp(days_ago: float) -> str:
 def publish(region: str, key: str, days_ago: float, *, minor: str = "1.31", os_id: str = "debian-12",
             deprecated: str | None = None, extra_tags: dict[str, str] | None = None, tag: bool = True) -> str:
     """An AMI as publish leaves it: it and its snapshots tagged with the metadata."""
-    ec2 = boto3.client("ec2", region_name=region)
+    ec2 = client("ec2", region)
     image_id = ec2.register_image(Name=f"ib-{os_id}-{minor}-{key}", RootDeviceName="/dev/xvda",
                                   Architecture="x86_64", VirtualizationType="hvm")["ImageId"]
     snapshots = [m["Ebs"]["SnapshotId"] for m in
@@ -56,12 +68,12 @@ def publish(region: str, key: str, days_ago: float, *, minor: str = "1.31", os_i
 
 
 def images(region: str) -> dict[str, dict[str, Any]]:
-    answer = boto3.client("ec2", region_name=region).describe_images(Owners=["self"], IncludeDeprecated=True)
+    answer = client("ec2", region).describe_images(Owners=["self"], IncludeDeprecated=True)
     return {image["ImageId"]: image for image in answer["Images"]}
 
 
 def snapshots(region: str) -> set[str]:
-    answer = boto3.client("ec2", region_name=region).describe_snapshots(OwnerIds=["self"])
+    answer = client("ec2", region).describe_snapshots(OwnerIds=["self"])
     return {s["SnapshotId"] for s in answer["Snapshots"]}
 
 
@@ -128,19 +140,19 @@ def test_every_rule_gives_its_decision_and_reason(retention_aws: str) -> None:
     expired = publish(east, "a", 46, deprecated=LONG_AGO)
     foreign = publish(east, "b", 47, tag=False)
     half = publish(east, "c", 48, tag=False)
-    boto3.client("ec2", region_name=east).create_tags(Resources=[half],
+    client("ec2", east).create_tags(Resources=[half],
                                                       Tags=[{"Key": "imagebuilder-os", "Value": "debian-12"}])
     other_group = publish(east, "d", 90, minor="1.32")  # alone in its group: newest, kept
     west_old = publish("eu-west-1", "e", 90)  # newest of its region's group
 
-    ec2 = boto3.client("ec2", region_name=east)
+    ec2 = client("ec2", east)
     instance = ec2.run_instances(ImageId=old_in_instance, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
     ec2.stop_instances(InstanceIds=[instance])  # stopped still counts
     template = ec2.create_launch_template(LaunchTemplateName="nodes", LaunchTemplateData={"ImageId": newest[0]})
     template_id = template["LaunchTemplate"]["LaunchTemplateId"]
     ec2.create_launch_template_version(LaunchTemplateId=template_id, LaunchTemplateData={"ImageId": old_in_template})
     ec2.create_launch_template_version(LaunchTemplateId=template_id, LaunchTemplateData={"ImageId": newest[0]})
-    autoscaling = boto3.client("autoscaling", region_name=east)
+    autoscaling = client("autoscaling", east)
     autoscaling.create_launch_configuration(LaunchConfigurationName="legacy", ImageId=old_in_configuration,
                                             InstanceType="t3.micro")
     autoscaling.create_auto_scaling_group(AutoScalingGroupName="legacy-asg", LaunchConfigurationName="legacy",
@@ -214,10 +226,10 @@ def test_orphan_snapshots_are_reported_then_swept_and_nothing_else(retention_aws
     region = "us-east-1"
     gone = publish(region, "1", 50)
     orphan = snapshot_of(region, gone)
-    boto3.client("ec2", region_name=region).deregister_image(ImageId=gone)  # a delete killed half-way
+    client("ec2", region).deregister_image(ImageId=gone)  # a delete killed half-way
     deprecated = publish(region, "2", 60, deprecated=LONG_AGO, extra_tags={"imagebuilder-protect": "yes"})
     foreign_image = publish(region, "3", 60, tag=False)
-    boto3.client("ec2", region_name=region).deregister_image(ImageId=foreign_image)
+    client("ec2", region).deregister_image(ImageId=foreign_image)
     aws = store([region])
 
     inventory = retention.gather(aws)
@@ -252,7 +264,7 @@ def test_in_use_is_gathered_once_per_region_not_per_image(retention_aws: str) ->
     for region in REGIONS:
         for index in range(40):
             publish(region, f"{index:x}", 30 + index)
-    ec2 = boto3.client("ec2", region_name="us-east-1")
+    ec2 = client("ec2", "us-east-1")
     for index in range(5):
         ec2.create_launch_template(LaunchTemplateName=f"template-{index}", LaunchTemplateData={"ImageId": "ami-12345678"})
     aws = store()
