@@ -186,6 +186,11 @@ class AwsImageStore(ImageStore):
 
     def wait_available(self, region: str, image_id: str) -> ImageRecord:
         """Wait (with EC2's ImageAvailable waiter) until the AMI is available; explain why not."""
+        current = self.describe(region, image_id)  # gone or broken already: say so without waiting
+        if current.state == "available":
+            return current
+        if current.state in ("deregistered", "failed"):
+            return self._raise_waiter_error(region, image_id, current)
         waiter = self.client("ec2", region).get_waiter("image_available")
         try:
             self._retrying(lambda: waiter.wait(ImageIds=[image_id], WaiterConfig={
@@ -193,6 +198,11 @@ class AwsImageStore(ImageStore):
         except WaiterError as exc:
             raise self._waiter_error(exc, region, image_id) from None
         return self.describe(region, image_id)
+
+    def _raise_waiter_error(self, region: str, image_id: str, current: ImageRecord) -> ImageRecord:
+        answer = {"Images": [{"ImageId": image_id, "State": current.state,
+                              "StateReason": {"Message": current.extra.get("state_reason", "")}}]}
+        raise self._waiter_error(WaiterError("ImageAvailable", "not available", answer), region, image_id)
 
     def _waiter_error(self, exc: WaiterError, region: str, image_id: str) -> CloudError:
         response = exc.last_response or {}
@@ -404,7 +414,8 @@ def record_of(region: str, image: dict[str, Any]) -> ImageRecord:
         deprecated_at=_parse_time(image.get("DeprecationTime")),
         public=bool(image.get("Public")),
         tags=tags,
-        extra={"snapshots": snapshots, "owner": image.get("OwnerId", "")},
+        extra={"snapshots": snapshots, "owner": image.get("OwnerId", ""),
+               "state_reason": (image.get("StateReason") or {}).get("Message", "")},
     )
 
 
