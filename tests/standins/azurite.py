@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-AZURITE_SPEC = "azurite@3"
+AZURITE_SPEC = "azurite@3.35.0"  # 3.36 needs Node 21+, 3.37 Node 22; the machines have Node 20
 # Azurite's documented well-known development account (public, not a secret).
 ACCOUNT = "devstoreaccount1"
 ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
