@@ -360,3 +360,13 @@ def test_in_use_finds_machines_and_scale_sets(store: AzureImageStore, arm: Azure
                                                 old.image_id: ["virtual machine pinned", "scale set workers"]}
     arm.machines, arm.scale_sets = [], []
     assert store.in_use(old) == []
+
+
+def test_a_version_name_held_by_another_build_is_refused(store: AzureImageStore, arm: AzureComputeStandin,
+                                                         qcow2: Path) -> None:
+    store.publish(local_artifact(qcow2, metadata("1764064800", "a")))
+    with pytest.raises(CloudError, match="version capi-debian-12-k8s-1.31/1.31.1764064800 exists and is not build "
+                                         "bbbbbbbbbbbb"):
+        store.publish(local_artifact(qcow2, metadata("1764064800", "b")))
+    (version,) = arm.versions()
+    assert version["tags"]["imagebuilder-build-key"] == "a" * 64

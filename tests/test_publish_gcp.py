@@ -374,3 +374,28 @@ def test_in_use_finds_disks_and_instance_templates(store: GcpImageStore, compute
     assert users == {used: ["disk zones/us-central1-a/node-1 (instance node-1)", "instance template workers (global)"],
                      free: []}
     assert store.in_use(records[free]) == []
+
+
+def test_a_concurrent_publish_of_the_same_build_is_adopted_and_a_stranger_is_refused(
+        store: GcpImageStore, compute: GcpComputeStandin, qcow2: Path) -> None:
+    meta = metadata("1764064800")
+    name = image_name_for(meta)
+    original = compute.insert
+
+    def raced(request, match):  # type: ignore[no-untyped-def]
+        """Another publisher of the same build inserted the image just before this request."""
+        other = type(request)(request.method, request.path, {"requestId": "other"}, request.body, request.headers)
+        original(other, match)
+        for operation in list(compute.operations.values()):
+            compute._finish(operation)
+        return original(request, match)
+
+    compute._routes = [(m, p, raced if h == original else h) for m, p, h in compute._routes]
+    assert store.publish(local_artifact(qcow2, meta)) == {"global": name}
+    assert len(compute.images) == 1
+
+    assert len(compute.calls("POST", f"^{IMAGES}$")) == 1  # ours answered 409 alreadyExists: adopted, not retried
+    compute._routes = [(m, p, original if h == raced else h) for m, p, h in compute._routes]
+    compute.images[(PROJECT, name)]["labels"].pop("imagebuilder-build-key")  # now someone else's image
+    with pytest.raises(CloudError, match=f"an image named {name} exists and is not build aaaaaaaaaaaa"):
+        store.publish(local_artifact(qcow2, meta))
