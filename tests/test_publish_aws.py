@@ -240,6 +240,13 @@ def test_in_use_reports_instances_and_launch_templates(aws_env: str) -> None:
     assert store.in_use(record) == [f"launch template {template} version 1"]
 
 
+def test_missing_credentials_say_how_to_provide_them(aws_env: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    with pytest.raises(CloudError, match="aws us-east-1: describe_images: no AWS credentials found | fix: export"):
+        AwsImageStore(AwsSettings()).list_images()
+
+
 # -- moto's gaps, with botocore's Stubber ---------------------------------------------------------
 
 

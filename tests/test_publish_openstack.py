@@ -13,7 +13,14 @@ from typing import Any
 import openstack
 import pytest
 from click.testing import CliRunner
-from services import glance_url, openstack_env, qcow2_file, sample_metadata  # noqa: F401,F811 (fixtures)
+from services import (  # noqa: F401,F811 (fixtures)
+    aws_env,
+    glance_url,
+    moto_url,
+    openstack_env,
+    qcow2_file,
+    sample_metadata,
+)
 
 from imagebuilder.artifact import Artifact
 from imagebuilder.clouds import CloudError, ImageFilter, newest, store_for
@@ -176,6 +183,26 @@ def test_delete_and_protected_images(openstack_env: str, tmp_path: Path) -> None
         store().delete(store().get(second))
     with pytest.raises(CloudError, match="not found or vanished"):
         store().get(first)
+
+
+def test_images_list_finds_every_cloud_of_the_matrix(openstack_env: str, aws_env: str, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """tests/data/matrix.yaml declares qemu, aws and openstack: one listing shows all three."""
+    import boto3
+
+    monkeypatch.setenv("IMAGEBUILDER_CATALOGUE", str(tmp_path / "catalogue"))
+    local_id = publish_artifact(qcow2_artifact(tmp_path, key="b"))["local"]
+    openstack_id = publish_artifact(qcow2_artifact(tmp_path, key="c", cloud="openstack"))["default"]
+    ec2 = boto3.client("ec2", region_name="eu-west-1")
+    snapshot = ec2.create_snapshot(VolumeId=ec2.create_volume(AvailabilityZone="eu-west-1a", Size=8)["VolumeId"])
+    ami = ec2.register_image(Name="capa-ami-debian-12-v1.31.4-1", RootDeviceName="/dev/xvda", BlockDeviceMappings=[
+        {"DeviceName": "/dev/xvda", "Ebs": {"SnapshotId": snapshot["SnapshotId"]}}])["ImageId"]
+    ec2.create_tags(Resources=[ami], Tags=[{"Key": k, "Value": v} for k, v in sample_metadata(
+        build_key="d" * 64, cell="aws-debian-12-k8s-1.31").to_tags().items()])
+    monkeypatch.chdir(Path(__file__).parent / "data")
+    result = CliRunner().invoke(images, ["list", "--output", "json"], standalone_mode=False, catch_exceptions=False)
+    listed = {(entry["cloud"], entry["region"], entry["image_id"]) for entry in json.loads(result.output)}
+    assert listed == {("local", "local", local_id), ("openstack", "default", openstack_id), ("aws", "eu-west-1", ami)}
 
 
 def test_without_nova_in_use_cannot_tell(openstack_env: str, tmp_path: Path) -> None:

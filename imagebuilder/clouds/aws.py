@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, WaiterError
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, WaiterError
 
 from imagebuilder.artifact import Artifact
 from imagebuilder.clouds import CloudError, ImageFilter, ImageRecord, ImageStore, sort_newest_first, utcnow
@@ -109,6 +109,10 @@ class AwsImageStore(ImageStore):
                 raise aws_error(exc, region, operation, subject) from None
             except WaiterError:
                 raise
+            except NoCredentialsError:
+                raise CloudError(f"aws {region}: {operation}: no AWS credentials found "
+                                 "| fix: export AWS_PROFILE (or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY), "
+                                 "or run where an instance role applies") from None
             except BotoCoreError as exc:
                 raise CloudError(f"aws {region}: {operation} failed: {_one_line(str(exc))} "
                                  "| fix: check the network, AWS_ENDPOINT_URL and the credentials") from None
