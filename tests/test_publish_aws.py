@@ -194,6 +194,8 @@ def test_resolve_prints_the_newest_image_of_a_region(aws_env: str, monkeypatch: 
 
 
 def test_unknown_region_is_refused_before_any_copy(aws_env: str) -> None:
+    with pytest.raises(CloudError, match="unknown region 'us-esat-1'"):
+        fast_store(AwsSettings()).list_images(ImageFilter(region="us-esat-1"))
     artifact = ebs_build()
     with pytest.raises(CloudError, match="clouds.aws.regions: unknown region 'eu-wset-1' | fix"):
         fast_store(AwsSettings(regions=["us-east-1", "eu-wset-1"])).publish(artifact)

@@ -237,7 +237,7 @@ class AwsImageStore(ImageStore):
 
     def list_images(self, filters: ImageFilter | None = None) -> list[ImageRecord]:
         filters = filters or ImageFilter()
-        regions = [filters.region] if filters.region else self.check_regions(self.settings.regions)
+        regions = self.check_regions([filters.region] if filters.region else self.settings.regions)
         aws_filters = [{"Name": f"tag:{tag_key(name)}", "Values": [value]} for name, value in (
             ("os", filters.os), ("kubernetes_minor", filters.kubernetes_minor), ("arch", filters.arch),
             ("build_key", filters.build_key)) if value is not None]

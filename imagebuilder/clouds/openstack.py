@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -45,7 +45,9 @@ HARDWARE_HINTS = {"hw_disk_bus": "scsi", "hw_scsi_model": "virtio-scsi", "hw_rng
 STATUS_CODE_RETRIES = 5  # openstacksdk's own default for the image service
 CONNECT_RETRIES = 3
 PATCH_CONTENT_TYPE = "application/openstack-images-v2.1-json-patch"
-BROKEN_STATES = ("queued", "saving", "killed", "uploading", "importing", "deactivated")
+# A leftover that may still be another publisher's upload in progress is only removed once
+# it is this old; a 'queued' (never started) or 'killed' one goes at once.
+STALE_UPLOAD = timedelta(hours=2)
 # Glance image attributes that are not free-form properties.
 CORE_FIELDS = frozenset({"os_distro", "os_version", "os_type", "architecture", "hw_disk_bus", "hw_scsi_model",
                          "hw_rng_model", "hw_qemu_guest_agent"})
@@ -115,8 +117,10 @@ class OpenstackImageStore(ImageStore):
         """The active image of this build key; broken leftovers of this build key are deleted."""
         found = self.find_by_build_key(build_key)
         active = [r for r in found if r.state == "active"]
+        now = utcnow()
         for record in found:
-            if record.state in BROKEN_STATES and record.state != "deactivated":
+            in_progress = record.state in ("saving", "uploading", "importing")
+            if record.state in ("queued", "killed") or (in_progress and now - record.created_at > STALE_UPLOAD):
                 log.info("openstack: deleting %s, a %s leftover of an earlier upload", record.image_id, record.state)
                 self._call(f"delete leftover {record.image_id}", lambda r=record: self.conn.image.delete_image(
                     r.image_id, ignore_missing=True))
