@@ -399,3 +399,25 @@ def test_a_concurrent_publish_of_the_same_build_is_adopted_and_a_stranger_is_ref
     compute.images[(PROJECT, name)]["labels"].pop("imagebuilder-build-key")  # now someone else's image
     with pytest.raises(CloudError, match=f"an image named {name} exists and is not build aaaaaaaaaaaa"):
         store.publish(local_artifact(qcow2, meta))
+
+
+def test_a_delete_whose_answer_was_lost_is_retried_and_counts_as_done(
+        store: GcpImageStore, compute: GcpComputeStandin, qcow2: Path) -> None:
+    name = store.publish(local_artifact(qcow2, metadata("1764064800")))["global"]
+    (record,) = store.list_images()
+    original = compute.delete
+
+    def delete_then_fail(request, match):  # type: ignore[no-untyped-def]
+        """The first delete is carried out (its operation finishes) but answered with a 503."""
+        response = original(request, match)
+        if response.status == 200:
+            for operation in list(compute.operations.values()):
+                if operation.body["status"] != "DONE":
+                    compute._finish(operation)
+            response.status, response.body = 503, {"error": {"code": 503, "message": "backend error"}}
+        return response
+
+    compute._routes = [(m, p, delete_then_fail if h == original else h) for m, p, h in compute._routes]
+    assert store.delete(record) == [name]
+    assert len(compute.calls("DELETE", f"{IMAGES}/{name}")) >= 2
+    assert compute.images == {}

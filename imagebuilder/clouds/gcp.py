@@ -455,9 +455,13 @@ class GcpImageStore(ImageStore):
         return match.group(2) if match and match.group(1) == self.project else ""
 
     def delete(self, image: ImageRecord) -> list[str]:
-        operation = self.call("delete", image.image_id, lambda: self.images.delete_unary(
-            project=self.project, image=image.image_id))
-        self.wait(operation, image.image_id)
+        """Delete the image; one already gone (a retried delete whose first answer was lost) counts as deleted."""
+        try:
+            operation = self.call("delete", image.image_id, lambda: self.images.delete_unary(
+                project=self.project, image=image.image_id))
+            self.wait(operation, image.image_id)
+        except Missing:
+            log.info("gcp %s: %s was already deleted", self.project, image.image_id)
         return [image.image_id]
 
 
