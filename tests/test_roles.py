@@ -67,11 +67,21 @@ def cell_vars(mirror: ReleaseMirror, **overrides: object) -> dict[str, object]:
     return values
 
 
-def run_playbook(root: Path, variables: dict[str, object], tmp: Path, playbook: str = "node.yml") -> PlayRun:
+# Airgapped: every HTTP(S) request except to 127.0.0.1 goes to a proxy that refuses connections.
+OFFLINE_ENV = {"http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9",
+               "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9",
+               "no_proxy": "127.0.0.1", "NO_PROXY": "127.0.0.1"}
+
+
+def run_playbook(root: Path, variables: dict[str, object], tmp: Path, playbook: str = "node.yml",
+                 offline: bool = True) -> PlayRun:
+    """ansible-playbook into the tree at ``root`` with the chroot connection."""
     vars_file = tmp / f"vars-{time.monotonic_ns()}.json"
     vars_file.write_text(json.dumps(variables))
     env = dict(os.environ, ANSIBLE_CONFIG=str(ANSIBLE_DIR / "ansible.cfg"), ANSIBLE_NOCOLOR="1",
                ANSIBLE_FORCE_COLOR="0", PYTHONUNBUFFERED="1")
+    if offline:
+        env.update(OFFLINE_ENV)
     cmd = [
         "ansible-playbook", str(ANSIBLE_DIR / playbook),
         "-i", f"{root},", "-c", "community.general.chroot",
@@ -313,7 +323,7 @@ def test_playbooks_pass_syntax_check(tmp_path: Path) -> None:
 def test_containerd_from_debian_packages(debian_rootfs: Path, release_mirror: ReleaseMirror, tmp_path: Path) -> None:
     """containerd_install_method: package installs Debian's containerd, runc and CNI plugins (from Debian's mirror)."""
     root = copy_rootfs(debian_rootfs, tmp_path / "rootfs")
-    run = run_playbook(root, cell_vars(release_mirror, containerd_install_method="package"), tmp_path)
+    run = run_playbook(root, cell_vars(release_mirror, containerd_install_method="package"), tmp_path, offline=False)
     assert run.rc == 0, run.output[-6000:]
     assert "Image validation passed" in run.output
     assert os.access(root / "usr/bin/containerd", os.X_OK)
