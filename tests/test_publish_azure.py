@@ -370,3 +370,32 @@ def test_a_version_name_held_by_another_build_is_refused(store: AzureImageStore,
         store.publish(local_artifact(qcow2, metadata("1764064800", "b")))
     (version,) = arm.versions()
     assert version["tags"]["imagebuilder-build-key"] == "a" * 64
+
+
+def test_retention_prunes_through_this_store(store: AzureImageStore, arm: AzureComputeStandin, qcow2: Path) -> None:
+    from imagebuilder.clouds import utcnow
+    from imagebuilder.config import RetentionPolicy
+    from imagebuilder.retention import Action, apply, decide, gather
+
+    for stamp, key in (("1700000000", "a"), ("1710000000", "b"), ("1720000000", "c")):
+        store.publish(local_artifact(qcow2, metadata(stamp, key)))
+    new, used, old = store.list_images()
+    arm.machines = [{"id": "/vm/a", "name": "node", "location": "westeurope",
+                     "properties": {"storageProfile": {"imageReference": {"id": used.image_id}}}}]
+    policy = RetentionPolicy(keep_newest=1, min_age_days=0, deprecate_grace_days=0)
+
+    def run() -> dict[str, Action]:
+        later = utcnow() + timedelta(seconds=1)
+        inventory = gather(store)
+        decisions = decide(inventory.records, inventory.in_use, policy, now=later,
+                           unknown_reasons=inventory.unknown_reasons)
+        assert all(o.error is None for o in apply(decisions, store, now=later))
+        return {d.record.extra["version"]: d.action for d in decisions}
+
+    assert run() == {"1.31.1720000000": Action.KEEP, "1.31.1710000000": Action.KEEP,
+                     "1.31.1700000000": Action.DEPRECATE}
+    profile = arm.resource(old.image_id)["properties"]["publishingProfile"]
+    assert profile["excludeFromLatest"] is True and profile["endOfLifeDate"]
+    time.sleep(1.1)
+    assert run()["1.31.1700000000"] == Action.DELETE
+    assert arm.resource(old.image_id) is None and len(arm.versions()) == 2

@@ -421,3 +421,26 @@ def test_a_delete_whose_answer_was_lost_is_retried_and_counts_as_done(
     assert store.delete(record) == [name]
     assert len(compute.calls("DELETE", f"{IMAGES}/{name}")) >= 2
     assert compute.images == {}
+
+
+def test_retention_prunes_through_this_store(store: GcpImageStore, compute: GcpComputeStandin, qcow2: Path) -> None:
+    from datetime import timedelta
+
+    from imagebuilder.clouds import utcnow
+    from imagebuilder.config import RetentionPolicy
+    from imagebuilder.retention import Action, apply, decide, gather
+
+    old, used, new = (store.publish(local_artifact(qcow2, metadata(stamp, key)))["global"]
+                      for stamp, key in (("1700000000", "a"), ("1710000000", "b"), ("1720000000", "c")))
+    compute.disks = {"zones/us-central1-a": [{"name": "node", "sourceImage": compute.link(PROJECT, "images", used)}]}
+    policy = RetentionPolicy(keep_newest=1, min_age_days=0, deprecate_grace_days=0)
+    later = utcnow() + timedelta(seconds=1)
+    inventory = gather(store)
+    decisions = decide(inventory.records, inventory.in_use, policy, now=later,
+                       unknown_reasons=inventory.unknown_reasons)
+    actions = {d.record.image_id: d.action for d in decisions}
+    # the family had already deprecated the older builds: the unused one is deleted at once
+    assert actions == {new: Action.KEEP, used: Action.KEEP, old: Action.DELETE}
+    outcomes = apply(decisions, store, now=later)
+    assert [(o.subject, o.error) for o in outcomes] == [(old, None)]
+    assert set(name for _, name in compute.images) == {new, used}
