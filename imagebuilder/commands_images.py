@@ -5,8 +5,6 @@
 - ``images resolve --cloud C --os O --k8s 1.31 [--region R] [--arch A]``: the newest image id
   that is not deprecated, as a Cluster API machine template needs it.
 - ``publish_artifact(artifact, cell_settings)``: publish one build's artifact to its store.
-- ``lookup_existing(cell)``: the id of an image already built from the cell's build key
-  (for ``build.mark_existing``), or None.
 """
 
 from __future__ import annotations
@@ -46,12 +44,6 @@ def publish_artifact(artifact: Artifact, cell_settings: Any = None) -> dict[str,
     Idempotent: a second call for the same build key finds what the first published.
     """
     return store_for(artifact.cloud, cell_settings).publish(artifact)
-
-
-def lookup_existing(cell: Any) -> str | None:
-    """An image id already published for the cell's build key (build.Lookup), or None."""
-    found = store_for(cell.cloud, cell.settings).find_by_build_key(cell.build_key)
-    return found[0].image_id if found else None
 
 
 def stores_for(cloud: str | None, matrix_path: Path | None) -> list[ImageStore]:

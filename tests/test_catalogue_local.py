@@ -14,7 +14,8 @@ from services import qcow2_file, sample_metadata
 from imagebuilder.artifact import Artifact
 from imagebuilder.clouds import CloudError, ImageFilter, store_for
 from imagebuilder.clouds.local import CATALOGUE_ENV, LocalCatalogue, default_catalogue_dir
-from imagebuilder.commands_images import images, lookup_existing, publish_artifact
+from imagebuilder.commands_images import images, publish_artifact
+from imagebuilder.pipeline import catalogue_lookup
 from imagebuilder.errors import UserError
 
 
@@ -138,15 +139,15 @@ def test_default_location_is_the_user_cache_dir(monkeypatch: pytest.MonkeyPatch,
     assert store_for("qemu").root == default_catalogue_dir()  # type: ignore[attr-defined]
 
 
-def test_lookup_existing_finds_a_cells_image(catalogue: LocalCatalogue, tmp_path: Path) -> None:
+def test_catalogue_lookup_finds_a_cells_image(catalogue: LocalCatalogue, tmp_path: Path) -> None:
     artifact = qemu_artifact(tmp_path)
 
     class CellLike:
         cloud, settings, build_key = "qemu", {"max_parallel": 1}, artifact.build_key
 
-    assert lookup_existing(CellLike()) is None
+    assert catalogue_lookup(CellLike()) is None
     image_id = catalogue.publish(artifact)["local"]
-    assert lookup_existing(CellLike()) == image_id
+    assert catalogue_lookup(CellLike()) == f"local:{image_id}"
 
 
 def run_images(*args: str) -> str:
