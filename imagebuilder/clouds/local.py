@@ -89,6 +89,15 @@ class LocalCatalogue(ImageStore):
         records = (self._load(path.stem) for path in sorted(self.records_dir.glob("*.json")))
         return sort_newest_first([r for r in records if r is not None and filters.matches(r)])
 
+    def find_by_build_key(self, build_key: str, region: str | None = None) -> list[ImageRecord]:
+        """One record read, not the whole catalogue: the image id derives from the build key."""
+        if region not in (None, REGION):
+            return []
+        record = self._load(local_image_id(build_key))
+        if record is None or record.metadata is None or record.metadata.build_key != build_key:
+            return []
+        return [record]
+
     def get(self, image_id: str) -> ImageRecord:
         record = self._load(image_id)
         if record is None:
