@@ -270,6 +270,7 @@ def make_jobs(cells: list[Cell], directories: list[Path]) -> list[Job]:
             for cell, directory in zip(cells, directories)]
 
 
+
 def mark_existing(jobs: list[Job], lookup: Lookup, force: bool, parallel: int = 8) -> None:
     """Skip cells whose build key already names an image in their catalogue (the cloud itself)."""
     if force:

@@ -67,10 +67,13 @@ def per_cloud_limits(cells: list[Cell]) -> dict[str, int]:
 
 
 def prepare_jobs(cells: list[Cell], options: BuildOptions, lookup: Lookup | None) -> list[Job]:
-    rendered = render.render_cells(cells, options.output_dir, packer.installed_version())
-    jobs = make_jobs(cells, [r.directory for r in rendered])
+    """Jobs for the cells; only the cells that will build are rendered (skips cost nothing)."""
+    jobs = make_jobs(cells, [options.output_dir / cell.id for cell in cells])
     if lookup is not None:
         mark_existing(jobs, lookup, options.force)
+    to_build = [job.cell for job in jobs if not job.existing]
+    if to_build:
+        render.render_cells(to_build, options.output_dir, packer.installed_version())
     return jobs
 
 

@@ -87,14 +87,15 @@ def make_reporter() -> PlainReporter | LiveReporter:
 
 
 def summary_table(jobs: list[Job]) -> Table:
+    """Every cell that ran or failed, with its artifacts; skipped cells are counted in the title."""
     table = Table(title=f"build summary: {_counts(jobs)}")
     for column in ("cell", "result", "time", "artifacts"):
         table.add_column(column)
     for job in sorted(jobs, key=lambda j: j.cell.id):
+        if job.state == State.SKIPPED:
+            continue
         if job.artifact:
             artifacts = ", ".join(f"{region}: {image}" for region, image in sorted(job.artifact.ids.items()))
-        elif job.state == State.SKIPPED:
-            artifacts = f"exists: {job.existing}"
         else:
             artifacts = job.error
         took = _duration(job.elapsed) if job.started else "-"
@@ -103,5 +104,10 @@ def summary_table(jobs: list[Job]) -> Table:
 
 
 def print_summary(jobs: list[Job], console: Console | None = None) -> None:
-    (console or Console(soft_wrap=True)).print(summary_table(jobs))
-
+    console = console or Console(soft_wrap=True)
+    skipped = [job for job in jobs if job.state == State.SKIPPED]
+    if len(skipped) < len(jobs):
+        console.print(summary_table(jobs))
+    if skipped:
+        console.print(f"{len(skipped)} cells skipped: their build keys are already images "
+                      "(--dry-run lists them, --force rebuilds)")

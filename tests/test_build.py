@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from imagebuilder.build import Limits, NoHooks, PackerExecutor, Scheduler, State, mark_existing
-from imagebuilder.progress import PlainReporter, summary_table
+from imagebuilder.progress import PlainReporter
 
 from nullcells import null_cells, null_jobs
 
@@ -84,11 +84,14 @@ def test_existing_build_keys_are_skipped_unless_forced(tmp_path: Path) -> None:
     forced = null_jobs(cells, tmp_path / "forced", lambda cell: ["true"])
     mark_existing(forced, lambda cell: existing.get(cell.build_key), force=True)
     assert all(job.state == State.QUEUED for job in forced)
-    table = io.StringIO()
     from rich.console import Console
 
-    Console(file=table, width=200).print(summary_table(jobs))
-    assert "exists: local:image-1" in table.getvalue()
+    from imagebuilder.progress import print_summary
+
+    screen = io.StringIO()
+    print_summary(jobs, Console(file=screen, width=200))
+    assert "skipped 1" in screen.getvalue() and "1 cells skipped" in screen.getvalue()
+    assert jobs[1].cell.id in screen.getvalue() and jobs[0].cell.id not in screen.getvalue()
 
 
 def test_global_and_per_cloud_limits_hold(tmp_path: Path) -> None:
