@@ -218,6 +218,7 @@ def test_a_failed_operation_is_a_clear_error_and_a_rerun_replaces_the_failed_ver
         store.publish(artifact)
     (failed,) = arm.versions()
     assert failed["properties"]["provisioningState"] == "Failed"
+    assert store.find_by_build_key(artifact.build_key) == []  # nothing launchable: the cell still needs a build
     store.publish(artifact)
     assert arm.calls("DELETE", f"{VERSIONS}/1.31.1764064800")
     (version,) = arm.versions()

@@ -294,6 +294,7 @@ def test_a_failed_operation_is_a_clear_error_and_a_rerun_replaces_the_failed_ima
         store.publish(artifact)
     (failed,) = compute.images.values()
     assert failed["status"] == "FAILED"
+    assert store.find_by_build_key(artifact.build_key) == []  # nothing launchable: the cell still needs a build
     assert store.publish(artifact) == {"global": failed["name"]}
     assert compute.calls("DELETE", f"{IMAGES}/{failed['name']}")
     (image,) = compute.images.values()

@@ -423,6 +423,10 @@ class AzureImageStore(ImageStore):
                    for definition in self.definitions() for version in self.versions(definition)]
         return sort_newest_first([r for r in records if filters.matches(r)])
 
+    def find_by_build_key(self, build_key: str, region: str | None = None) -> list[ImageRecord]:
+        """This build's images, a failed one left out: it holds nothing to launch, publish replaces it."""
+        return [r for r in self.list_images(ImageFilter(build_key=build_key, region=region)) if r.state != "failed"]
+
     def _patch(self, image: ImageRecord, update: m.GalleryImageVersionUpdate, what: str) -> m.GalleryImageVersion:
         definition, version = image.extra["definition"], image.extra["version"]
         return self.lro(what, image.name, lambda: self.client.gallery_image_versions.begin_update(

@@ -225,6 +225,10 @@ class GcpImageStore(ImageStore):
         records = [record_of(image) for image in self._list(" AND ".join(terms))]
         return sort_newest_first([r for r in records if r.metadata is not None or filters.include_foreign])
 
+    def find_by_build_key(self, build_key: str, region: str | None = None) -> list[ImageRecord]:
+        """This build's images, a failed one left out: it holds nothing to launch, publish replaces it."""
+        return [r for r in self.list_images(ImageFilter(build_key=build_key, region=region)) if r.state != "failed"]
+
     def family_images(self, family: str) -> list[ImageRecord]:
         return [record_of(image) for image in self._list(f'(family = "{family}")')]
 
