@@ -85,6 +85,17 @@ def test_partitioned_disk_holds_the_tree_at_the_partition_offset(tmp_path: Path)
     assert disk.stat().st_blocks * 512 < disk.stat().st_size // 4  # sparse
 
 
+def test_unreachable_debian_mirror_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with serve_directory(tmp_path / "empty") as base_url:  # a mirror with no Debian on it
+        spec = debian.BaseSpec(mirror=f"{base_url}/debian", security_mirror=f"{base_url}/debian-security")
+        with pytest.raises(UserError) as err:
+            debian.base_disk(spec, cache=tmp_path / "cache")
+    message = str(err.value)
+    assert f"{base_url}/debian" in message and "Release" in message and "\n" not in message
+    assert [p.name for p in (tmp_path / "cache" / "base").iterdir()] == [f"{spec.key}.lock"]
+
+
 def test_base_spec_key_follows_every_input() -> None:
     base = debian.BaseSpec()
     assert base.key == debian.BaseSpec().key

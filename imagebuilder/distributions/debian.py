@@ -149,6 +149,8 @@ def _build(spec: BaseSpec, root: Path, final: Path) -> None:
     for tool in ("mmdebstrap", "sfdisk", "mke2fs"):
         if shutil.which(tool) is None:
             raise UserError(f"{tool} is not installed: apt-get install mmdebstrap fdisk e2fsprogs")
+    if os.geteuid() != 0:
+        raise UserError("building the Debian base disk needs root (mmdebstrap --mode=root): run as root")
     work = root / f".building-{spec.key[:16]}-{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
@@ -156,7 +158,12 @@ def _build(spec: BaseSpec, root: Path, final: Path) -> None:
         timings: dict[str, float] = {}
         started = time.monotonic()
         tree = work / "root"
-        _run(mmdebstrap_command(spec, tree), "mmdebstrap")
+        try:
+            _run(mmdebstrap_command(spec, tree), "mmdebstrap")
+        except RuntimeError as exc:
+            errors = [line.strip() for line in str(exc).splitlines() if line.startswith("E: ")]
+            raise UserError(f"mmdebstrap {spec.suite} from {spec.mirror} failed: {(errors or ['?'])[0]}; "
+                            "check that the Debian mirror is reachable") from None
         configure_tree(tree, spec.root_uuid)
         timings["mmdebstrap"] = time.monotonic() - started
         _extract_boot_files(tree, work)
@@ -240,4 +247,4 @@ def write_partitioned_disk(tree: Path, disk: Path, size: int, root_uuid: str) ->
 def _run(cmd: Sequence[str], what: str, input: str | None = None) -> None:
     proc = subprocess.run(list(cmd), input=input, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise RuntimeError(f"{what} failed (exit {proc.returncode}): {proc.stderr[-3000:]}")
+        raise RuntimeError(f"{what} failed (exit {proc.returncode}):\n{proc.stderr[-20000:]}")
