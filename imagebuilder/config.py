@@ -75,8 +75,9 @@ class GcpSettings(_Strict):
     network: str | None = None
     subnetwork: str | None = None
     storage_locations: list[str] = Field(default_factory=lambda: ["us"])
+    upload_bucket: str | None = None  # GCS bucket for importing locally built disks
 
-    OUTSIDE_BUILD_KEY = frozenset({"max_parallel", "storage_locations"})
+    OUTSIDE_BUILD_KEY = frozenset({"max_parallel", "storage_locations", "upload_bucket"})
 
 
 class OpenstackSettings(_Strict):
@@ -99,8 +100,9 @@ class AzureSettings(_Strict):
     vm_size: str = "Standard_D2s_v3"
     target_regions: list[str] = Field(default_factory=list)
     replica_count: int = Field(1, ge=1)
+    storage_account: str | None = None  # for uploading locally built VHDs as page blobs
 
-    OUTSIDE_BUILD_KEY = frozenset({"max_parallel", "target_regions", "replica_count"})
+    OUTSIDE_BUILD_KEY = frozenset({"max_parallel", "target_regions", "replica_count", "storage_account"})
 
 
 CLOUD_SETTINGS: dict[str, type[_Strict]] = {

@@ -60,15 +60,25 @@ def cell_id(cloud: str, os_id: str, minor: str) -> str:
     return f"{cloud}-{os_id}-k8s-{minor}"
 
 
-def image_name(cloud: str, os_id: str, kubernetes_version: str) -> str:
+def gcp_image_family(os_id: str, minor: str) -> str:
+    """The GCE image family consumers launch from, one per (os, minor); GCE names allow no dots."""
+    return f"capi-{os_id}-k8s-{minor.replace('.', '-')}"
+
+
+def azure_image_definition(os_id: str, minor: str, arch: str) -> str:
+    """The Compute Gallery image definition, one per (os, minor); a definition has one architecture."""
+    return f"capi-{os_id}-k8s-{minor}" + ("-arm64" if arch == "arm64" else "")
+
+
+def image_name(cloud: str, os_id: str, kubernetes_version: str, arch: str = "amd64") -> str:
     """Cluster API provider naming; `{timestamp}` is filled by Packer at build time."""
     if cloud == "aws":
         return f"capa-ami-{os_id}-v{kubernetes_version}-{{timestamp}}"
     if cloud == "gcp":  # GCE names allow no dots
         return f"cluster-api-{os_id}-v{kubernetes_version.replace('.', '-')}-{{timestamp}}"
-    if cloud == "azure":  # a gallery image version under the definition capi-<os>-k8s-<minor>
+    if cloud == "azure":  # a gallery image version under the definition of its (os, minor)
         major, minor, _patch = kubernetes_version.split(".")
-        return f"capi-{os_id}-k8s-{major}.{minor}/{major}.{minor}.{{timestamp}}"
+        return f"{azure_image_definition(os_id, f'{major}.{minor}', arch)}/{major}.{minor}.{{timestamp}}"
     return f"{os_id}-kube-v{kubernetes_version}-{{timestamp}}"
 
 
@@ -155,7 +165,7 @@ def _make_cell(loaded: LoadedMatrix, cloud: str, os_id: str, minor: str, mirrors
         settings=settings,
         ansible_vars=ansible_vars,
         base_image=base_image_for(info, cloud, arch),
-        image_name=image_name(cloud, os_id, pins.kubernetes_version),
+        image_name=image_name(cloud, os_id, pins.kubernetes_version, arch),
     )
     key = build_key(cell, pins.model_dump(mode="json"))
     return Cell(**{**cell.__dict__, "build_key": key})

@@ -15,7 +15,7 @@ import jinja2
 from imagebuilder import __version__, hcl
 from imagebuilder.config import ANSIBLE_DIR, PACKER_DIR, PROJECT_ROOT
 from imagebuilder.metadata import ImageMetadata, metadata_for
-from imagebuilder.planner import Cell
+from imagebuilder.planner import Cell, gcp_image_family
 
 # Packer 1.7 moved builders into plugins; from 1.10 `required_plugins` + `packer init` are needed.
 MODERN_PACKER = (1, 7, 0)
@@ -130,7 +130,7 @@ def _gcp_variables(cell: Cell) -> dict[str, Any]:
         "gcp_subnetwork": _text(settings["subnetwork"]),
         "gcp_source_image_family": cell.base_image["family"],
         "gcp_source_image_project": cell.base_image["project"],
-        "gcp_image_family": f"capi-{cell.os}-k8s-{cell.kubernetes.replace('.', '-')}",
+        "gcp_image_family": gcp_image_family(cell.os, cell.kubernetes),
         "gcp_image_labels": cell_metadata(cell).to_gcp_labels(),
         "gcp_storage_locations": settings["storage_locations"],
     }

@@ -57,6 +57,7 @@ from azure.mgmt.compute._version import VERSION as SDK_VERSION
 from imagebuilder.artifact import Artifact
 from imagebuilder.clouds import CloudError, ImageFilter, ImageRecord, ImageStore, sort_newest_first, utcnow
 from imagebuilder.config import AzureSettings
+from imagebuilder.planner import azure_image_definition
 from imagebuilder.metadata import ImageMetadata, tag_key
 
 log = logging.getLogger(__name__)
@@ -82,9 +83,8 @@ LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 def definition_name(metadata: ImageMetadata) -> str:
-    """capi-<os>-k8s-<minor> (the planner's name), with -arm64 for arm64: a definition has one architecture."""
-    name = f"capi-{metadata.os}-k8s-{metadata.kubernetes_minor}"
-    return name + "-arm64" if metadata.arch == "arm64" else name
+    """The planner's definition name for the image's (os, minor, arch)."""
+    return azure_image_definition(metadata.os, metadata.kubernetes_minor, metadata.arch)
 
 
 def version_name(metadata: ImageMetadata) -> str:

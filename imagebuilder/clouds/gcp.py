@@ -49,6 +49,7 @@ from google.cloud import compute_v1, storage  # type: ignore[attr-defined]
 from imagebuilder.artifact import Artifact
 from imagebuilder.clouds import CloudError, ImageFilter, ImageRecord, ImageStore, sort_newest_first, utcnow
 from imagebuilder.config import GcpSettings
+from imagebuilder.planner import gcp_image_family
 from imagebuilder.metadata import ImageMetadata, gcp_label_value, tag_key
 
 log = logging.getLogger(__name__)
@@ -77,8 +78,8 @@ COMPUTE_CLIENTS: dict[str, Any] = {"operations": compute_v1.GlobalOperationsClie
 
 
 def image_family(os_id: str, minor: str) -> str:
-    """The family consumers launch from: capi-<os>-k8s-<minor with dashes> (as render.py names it)."""
-    return f"capi-{os_id}-k8s-{minor.replace('.', '-')}"
+    """The family consumers launch from (the planner's naming, used by render too)."""
+    return gcp_image_family(os_id, minor)
 
 
 def image_name_for(metadata: ImageMetadata) -> str:
