@@ -8,6 +8,7 @@ NoCloud seed (an ISO labelled ``cidata``), the way a cloud hands one over.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
@@ -398,6 +399,37 @@ class BootTestResult:
 ValidateHook = Callable[[Vm], list[Check]]
 
 
+def playbook_check(playbook: Path, extra_vars: dict | None = None, name: str = "validate role",
+                   timeout: float = 1800) -> ValidateHook:
+    """A boot-test hook running ``playbook`` against the VM (e.g. one applying the validate role).
+
+    It connects as the boot test's user with its throw-away key; extra variables go in as
+    a JSON file. One check: the playbook's exit status, with the first failure as detail.
+    """
+
+    def hook(vm: Vm) -> list[Check]:
+        with tempfile.TemporaryDirectory(prefix="playbook-check-") as tmp:
+            vars_file = Path(tmp) / "vars.json"
+            vars_file.write_text(json.dumps({"ansible_port": vm.port, **(extra_vars or {})}))
+            cmd = ["ansible-playbook", "-i", "127.0.0.1,", "-u", vm.user, "--private-key", str(vm.key),
+                   "-e", f"@{vars_file}", str(playbook)]
+            env = dict(os.environ, ANSIBLE_HOST_KEY_CHECKING="False", ANSIBLE_NOCOLOR="1",
+                       ANSIBLE_SSH_ARGS="-o UserKnownHostsFile=/dev/null -o IdentitiesOnly=yes")
+            try:
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
+                                      stdin=subprocess.DEVNULL)
+            except subprocess.TimeoutExpired:
+                return [Check(name, False, f"{playbook} did not finish within {timeout:.0f}s")]
+        if proc.returncode == 0:
+            return [Check(name, True, f"{playbook.name} passed")]
+        lines = (proc.stdout + proc.stderr).splitlines()
+        failures = [line.strip() for line in lines if line.startswith(("fatal:", "failed:", "ERROR!", "[ERROR]"))]
+        detail = (failures or lines[-1:] or ["no output"])[0][:400]
+        return [Check(name, False, f"{playbook.name} exit {proc.returncode}: {detail}")]
+
+    return hook
+
+
 def release_fields(text: str) -> dict[str, str]:
     """KEY=value lines of the provenance file (values may be quoted)."""
     fields: dict[str, str] = {}
@@ -413,7 +445,7 @@ def guest_checks(vm: Vm, expected: Expected) -> list[Check]:
     checks: list[Check] = []
     cloud = vm.ssh("cloud-init status --wait --long", timeout=600)
     checks.append(Check("cloud-init", cloud.returncode == 0 and "status: done" in cloud.stdout,
-                        (cloud.stdout + cloud.stderr).strip().replace("\n", " ")[:300]))
+                        (cloud.stdout + cloud.stderr).strip().lstrip(".").strip().replace("\n", " ")[:300]))
     for unit in expected.units_active:
         res = vm.ssh(f"systemctl is-active {shlex.quote(unit)}")
         state = res.stdout.strip()

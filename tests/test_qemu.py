@@ -26,6 +26,7 @@ from imagebuilder.qemu import (  # noqa: E402
     guest_checks,
     make_seed_iso,
     make_ssh_key,
+    playbook_check,
     probe_boot_sector,
     probe_kernel,
     release_fields,
@@ -271,14 +272,22 @@ def test_packer_qemu_smoke_build_and_boot_test(debian_base: debian.BaseDisk, tmp
     # Compressed: smaller than the base's allocated blocks, let alone its size.
     assert artifact.stat().st_size < debian_base.disk.stat().st_blocks * 512
 
+    validate_playbook = SMOKE / "validate.yml"
+    validate_ok = playbook_check(validate_playbook, {"build_key": build_key})
+    validate_wrong = playbook_check(validate_playbook, {"build_key": "0" * 64})
+
     def booted_by_itself(vm: Vm) -> list[Check]:
         cmdline = vm.ssh("cat /proc/cmdline").stdout.strip()
         packer_user = vm.ssh("id packer")
         wrong = guest_checks(vm, Expected(build_key="0" * 64))
+        wrong_playbook = validate_wrong(vm)[0]
         return [
             Check("grub booted it", cmdline.startswith("BOOT_IMAGE=") and "root=UUID=" in cmdline, cmdline),
             Check("build user removed", packer_user.returncode != 0, packer_user.stdout.strip()),
             Check("a wrong build key fails", not next(c for c in wrong if c.name == "provenance").ok, "provenance"),
+            Check("a failing playbook fails", not wrong_playbook.ok and "0" * 64 in wrong_playbook.detail,
+                  wrong_playbook.detail),
+            *validate_ok(vm),
         ]
 
     result = boot_test(artifact, {"build_key": build_key}, user="debian", workdir=tmp_path / "boot-test",
@@ -287,4 +296,4 @@ def test_packer_qemu_smoke_build_and_boot_test(debian_base: debian.BaseDisk, tmp
     assert result.ok, f"{result.summary()}\nserial log:\n{result.serial_log.read_text(errors='replace')[-3000:]}"
     names = [c.name for c in result.checks]
     assert names[:3] == ["ssh login", "cloud-init", "provenance"]
-    assert "grub booted it" in names
+    assert "grub booted it" in names and "validate role" in names
