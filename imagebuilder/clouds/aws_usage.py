@@ -17,14 +17,26 @@ once per region and every image is answered from that set:
 A few requests per region plus one per launch template. When any reference listing fails
 (a denied permission, say), no image of that region can be called unused: all of them
 are kept, with the reason.
+
+The two big listings (images and snapshots, thousands of items) are read from the XML by
+ElementTree directly: botocore's generic shape-walking parser costs ~0.3 ms per image,
+more than everything else together. Signing, endpoints, retries and errors stay
+botocore's: a ``before-parse`` handler, registered only around these calls, hands botocore
+a body with just the request id and the next token, and the items it parsed itself (the
+fields ``record_of`` reads) as the response's list.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
+import xml.etree.ElementTree as ElementTree
 from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from typing import Any
+from xml.sax.saxutils import escape
 
 from imagebuilder.clouds import CloudError
 from imagebuilder.clouds.aws import BUILD_KEY_TAG, LIVE_INSTANCE_STATES, AwsImageStore, record_of
@@ -49,7 +61,9 @@ def gather(store: AwsImageStore, min_orphan_age: timedelta = timedelta(0)) -> In
 
 def _gather_region(store: AwsImageStore, region: str, inventory: Inventory, min_orphan_age: timedelta) -> None:
     try:
-        images = store.paginate("ec2", region, "describe_images", "Images", Owners=["self"], IncludeDeprecated=True)
+        with fast_listing(store, region, "DescribeImages", "imagesSet", "Images", _image_of):
+            images = store.paginate("ec2", region, "describe_images", "Images", Owners=["self"],
+                                    IncludeDeprecated=True)
     except CloudError as error:
         inventory.errors.append(str(error))
         return
@@ -107,10 +121,11 @@ def _launch_template_images(store: AwsImageStore, region: str, users: dict[str, 
     """Every version of every launch template; template id and name -> images its versions name."""
     by_template: dict[str, set[str]] = defaultdict(set)
     pending_ssm: dict[str, list[tuple[str, str, int]]] = defaultdict(list)
-    for template in store.paginate("ec2", region, "describe_launch_templates", "LaunchTemplates", "(in-use check)"):
+    for template in store.paginate("ec2", region, "describe_launch_templates", "LaunchTemplates", "(in-use check)",
+                                   PaginationConfig={"PageSize": 200}):
         template_id, name = template["LaunchTemplateId"], template.get("LaunchTemplateName", "")
         for version in store.paginate("ec2", region, "describe_launch_template_versions", "LaunchTemplateVersions",
-                                      template_id, LaunchTemplateId=template_id):
+                                      template_id, LaunchTemplateId=template_id, PaginationConfig={"PageSize": 200}):
             image_id = version.get("LaunchTemplateData", {}).get("ImageId")
             if not image_id:
                 continue
@@ -159,8 +174,9 @@ def orphan_snapshots(store: AwsImageStore, region: str, referenced: set[str],
                      min_age: timedelta = timedelta(0)) -> list[Orphan]:
     """Our snapshots (build-key tag) that no image of the account references, older than min_age."""
     now = datetime.now(timezone.utc)
-    snapshots = store.paginate("ec2", region, "describe_snapshots", "Snapshots", "(orphan check)",
-                               OwnerIds=["self"], Filters=[{"Name": "tag-key", "Values": [BUILD_KEY_TAG]}])
+    with fast_listing(store, region, "DescribeSnapshots", "snapshotSet", "Snapshots", _snapshot_of):
+        snapshots = store.paginate("ec2", region, "describe_snapshots", "Snapshots", "(orphan check)",
+                                   OwnerIds=["self"], Filters=[{"Name": "tag-key", "Values": [BUILD_KEY_TAG]}])
     orphans = []
     for snapshot in snapshots:
         if snapshot["SnapshotId"] in referenced:
@@ -183,3 +199,106 @@ def delete_snapshot(store: AwsImageStore, orphan: Orphan) -> list[str]:
         raise
     return [orphan.resource_id]
 
+
+
+# -- the fast listing ------------------------------------------------------------------------
+
+
+@contextmanager
+def fast_listing(store: AwsImageStore, region: str, operation: str, set_name: str, result_key: str,
+                 item_of: Callable[[ElementTree.Element, str], dict[str, Any]]) -> Iterator[None]:
+    """While active, `operation` answers of the region's EC2 client are parsed by `item_of`."""
+    events = store.client("ec2", region).meta.events
+    event = f"before-parse.ec2.{operation}"
+    unique = f"imagebuilder-fast-{operation}"
+
+    def parse(response_dict: dict[str, Any], customized_response_dict: dict[str, Any], **_: Any) -> None:
+        if response_dict.get("status_code", 500) >= 300 or not response_dict.get("body"):
+            return  # errors go to botocore's own parser
+        collecting = gc.isenabled()
+        gc.disable()  # a million short-lived elements: the cycle collector would rescan the heap for each batch
+        try:
+            root = ElementTree.fromstring(response_dict["body"])
+            ns = root.tag[:root.tag.index("}") + 1] if root.tag.startswith("{") else ""
+            found = root.find(f"{ns}{set_name}")
+            customized_response_dict[result_key] = [item_of(item, ns) for item in
+                                                    (found if found is not None else ())]
+            token = root.findtext(f"{ns}nextToken")
+            request_id = root.findtext(f"{ns}requestId") or ""
+            name = root.tag[len(ns):]
+            del root, found
+        finally:
+            if collecting:
+                gc.enable()
+        xmlns = f' xmlns="{ns[1:-1]}"' if ns else ""
+        response_dict["body"] = (f"<{name}{xmlns}><requestId>{escape(request_id)}</requestId>"
+                                 + (f"<nextToken>{escape(token)}</nextToken>" if token else "")
+                                 + f"</{name}>").encode()
+
+    events.register(event, parse, unique_id=unique)
+    try:
+        yield
+    finally:
+        events.unregister(event, unique_id=unique)
+
+
+def _children(element: ElementTree.Element, ns: str) -> dict[str, ElementTree.Element]:
+    """Child elements by local name, one pass, no ElementPath (which costs more than the parse)."""
+    cut = len(ns)
+    return {child.tag[cut:]: child for child in element}
+
+
+def _tags(tag_set: ElementTree.Element | None, ns: str) -> list[dict[str, str]]:
+    if tag_set is None:
+        return []
+    key_tag, value_tag = f"{ns}key", f"{ns}value"
+    tags = []
+    for item in tag_set:
+        key = value = ""
+        for part in item:
+            if part.tag == key_tag:
+                key = part.text or ""
+            elif part.tag == value_tag:
+                value = part.text or ""
+        tags.append({"Key": key, "Value": value})
+    return tags
+
+
+def _text(fields: dict[str, ElementTree.Element], name: str) -> str:
+    element = fields.get(name)
+    return (element.text or "") if element is not None else ""
+
+
+def _image_of(item: ElementTree.Element, ns: str) -> dict[str, Any]:
+    """The DescribeImages fields record_of reads, as botocore would name them."""
+    fields = _children(item, ns)
+    mappings = []
+    for mapping in fields.get("blockDeviceMapping", ()):
+        parts = _children(mapping, ns)
+        ebs = parts.get("ebs")
+        snapshot = _text(_children(ebs, ns), "snapshotId") if ebs is not None else ""
+        if snapshot:
+            mappings.append({"DeviceName": _text(parts, "deviceName"), "Ebs": {"SnapshotId": snapshot}})
+    image: dict[str, Any] = {
+        "ImageId": _text(fields, "imageId"),
+        "Name": _text(fields, "name"),
+        "CreationDate": _text(fields, "creationDate") or None,
+        "State": _text(fields, "imageState"),
+        "Public": _text(fields, "isPublic") == "true",
+        "OwnerId": _text(fields, "imageOwnerId"),
+        "Tags": _tags(fields.get("tagSet"), ns),
+        "BlockDeviceMappings": mappings,
+    }
+    if _text(fields, "deprecationTime"):
+        image["DeprecationTime"] = _text(fields, "deprecationTime")
+    return image
+
+
+def _snapshot_of(item: ElementTree.Element, ns: str) -> dict[str, Any]:
+    fields = _children(item, ns)
+    started = _text(fields, "startTime")
+    return {
+        "SnapshotId": _text(fields, "snapshotId"),
+        "StartTime": datetime.fromisoformat(started.replace("Z", "+00:00")) if started else None,
+        "Tags": _tags(fields.get("tagSet"), ns),
+    }
