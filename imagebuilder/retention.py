@@ -4,7 +4,8 @@
 one ``Decision`` per image out. The rules, first match wins:
 
 1. no (complete) imagebuilder metadata        -> keep, untouched ("not ours")
-2. carries the policy's protect tag           -> keep ("protected")
+2. carries the policy's protect tag, or the
+   cloud's own deletion protection is on       -> keep ("protected")
 3. in use (instance, template, server, ...)   -> keep ("in use by i-123")
 4. in-use check failed or was not made        -> keep ("in-use check failed: AccessDenied ...")
 5. not available yet (pending, queued, ...)   -> keep ("state pending")
@@ -186,6 +187,8 @@ def _decide_one(record: ImageRecord, in_use: Mapping[str, list[str] | None], unk
         return keep("not ours: no complete imagebuilder metadata, never touched")
     if protected(record, policy):
         return keep(f"protected ({policy.protect_tag})")
+    if record.extra.get("protected") is True:  # the cloud's own deletion protection (Glance `protected`)
+        return keep("protected (the cloud's deletion protection)")
     users = in_use.get(record.image_id, None)
     if users:
         shown = ", ".join(users[:3]) + (f" and {len(users) - 3} more" if len(users) > 3 else "")

@@ -160,3 +160,15 @@ def test_reasons_read_as_the_issue_shows_them() -> None:
         ("keep", "not ours: no complete imagebuilder metadata, never touched")]
     summary = summarize(decisions, [], [])
     assert (summary.keep, summary.deprecate, summary.delete, summary.unchecked) == (8, 1, 1, 1)
+
+
+def test_the_clouds_own_deletion_protection_is_honoured() -> None:
+    meta = sample_metadata(build_timestamp=(NOW - timedelta(days=90)).strftime("%Y%m%d%H%M%S"))
+    records = [ImageRecord(cloud="openstack", region="default", image_id=f"img-{n}", name=f"i{n}", created_at=NOW,
+                           metadata=replace(meta, build_key=f"{n:064x}"), deprecated_at=NOW - timedelta(days=60),
+                           extra={"protected": n == 0}) for n in range(5)]
+    records[1:4] = [replace(r, metadata=replace(r.metadata, build_timestamp=NOW.strftime("%Y%m%d%H%M%S")))
+                    for r in records[1:4]]  # three newer ones take the newest slots
+    decided = {d.record.image_id: d for d in decide(records, {r.image_id: [] for r in records}, RetentionPolicy(), NOW)}
+    assert decided["img-0"].reason == "protected (the cloud's deletion protection)"
+    assert decided["img-4"].action is Action.DELETE

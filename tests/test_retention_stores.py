@@ -1,0 +1,197 @@
+"""Retention on the other stores, through the CLI: the local catalogue, and OpenStack against a
+real Glance (with a Nova stand-in speaking the servers API, as no Nova emulator exists).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+from services import glance_url, openstack_env, qcow2_file, sample_metadata  # noqa: F401 (fixtures)
+
+from imagebuilder.artifact import Artifact
+from imagebuilder.clouds import store_for
+from imagebuilder.clouds.local import LocalCatalogue
+from imagebuilder.config import OpenstackSettings
+
+ROOT = Path(__file__).resolve().parent.parent
+NOW = datetime.now(timezone.utc)
+
+
+def stamp(days_ago: float) -> str:
+    # Unix seconds: ImageRecord.build_time (used by the stores' sorting) does not read Packer's
+    # YYYYMMDDhhmmss yet; retention reads both.
+    return str(int((NOW - timedelta(days=days_ago)).timestamp()))
+
+
+def artifact(tmp_path: Path, key: str, days_ago: float, cloud: str = "qemu") -> Artifact:
+    image = tmp_path / "builds" / key / "node.qcow2"
+    qcow2_file(image, "1M")
+    metadata = sample_metadata(build_key=key * 64, build_timestamp=stamp(days_ago), cell=f"{cloud}-debian-12-k8s-1.31")
+    return Artifact(cell_id=metadata.cell, cloud=cloud, build_key=key * 64, image_name=f"node-{key}",
+                    metadata=metadata, ids={"default": str(image)}, files=[str(image)])
+
+
+def prune(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "imagebuilder.commands_prune", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def decisions(result: subprocess.CompletedProcess[str]) -> dict[str, tuple[str, str]]:
+    report = json.loads(result.stdout)
+    return {image["name"]: (image["action"], image["reason"]) for image in report["images"]}
+
+
+# -- the local catalogue ---------------------------------------------------------------------
+
+
+def test_local_catalogue_is_pruned_in_stages(tmp_path: Path) -> None:
+    catalogue = LocalCatalogue(tmp_path / "catalogue")
+    for key, days in (("a", 1), ("b", 2), ("c", 3), ("d", 30), ("e", 40), ("f", 50), ("g", 60)):
+        catalogue.publish(artifact(tmp_path, key, days))
+    records = {r.name: r for r in catalogue.list_images()}
+    catalogue.deprecate(records["node-f"], NOW - timedelta(days=20))
+    catalogue.deprecate(records["node-g"], NOW - timedelta(days=20))
+    catalogue.tag(records["node-g"], {"imagebuilder-protect": "golden"})
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "IMAGEBUILDER_CATALOGUE": str(tmp_path / "catalogue"),
+           "IMAGEBUILDER_CACHE": str(tmp_path / "cache")}
+
+    dry = prune("--cloud", "local", "--output", "json", env=env)
+    assert dry.returncode == 0, dry.stderr
+    assert decisions(dry) == {
+        "node-a": ("keep", "newest 3"), "node-b": ("keep", "newest 3"), "node-c": ("keep", "newest 3"),
+        "node-d": ("deprecate", "older than the newest 3, not in use; delete after 14d"),
+        "node-e": ("deprecate", "older than the newest 3, not in use; delete after 14d"),
+        "node-f": ("delete", f"deprecated since {NOW - timedelta(days=20):%Y-%m-%d}, grace over"),
+        "node-g": ("keep", "protected (imagebuilder-protect)"),
+    }
+    assert len(catalogue.list_images()) == 7  # a dry run changes nothing
+
+    applied = prune("--cloud", "local", "--apply", env=env)
+    assert applied.returncode == 0, applied.stderr
+    left = {r.name: r for r in catalogue.list_images()}
+    assert sorted(left) == ["node-a", "node-b", "node-c", "node-d", "node-e", "node-g"]
+    assert not (tmp_path / "catalogue" / "images" / records["node-f"].image_id).exists()
+    assert left["node-d"].deprecated_at is not None and left["node-a"].deprecated_at is None
+
+    again = decisions(prune("--cloud", "local", "--output", "json", env=env))
+    assert again["node-d"][1].startswith("deprecated, grace until")
+    assert {action for action, _ in again.values()} == {"keep"}
+
+
+# -- OpenStack: a real Glance, and Nova's servers API ------------------------------------------
+
+
+class NovaStandin(ThreadingHTTPServer):
+    """GET /v2.1/ (version discovery) and GET /v2.1/servers?image=... as Nova answers them."""
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _NovaHandler)
+        self.servers: dict[str, str] = {}  # server id -> image id
+        self.requests: list[str] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/v2.1/"
+
+
+class _NovaHandler(BaseHTTPRequestHandler):
+    server: NovaStandin
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802
+        self.server.requests.append(self.path)
+        parsed = urlparse(self.path)
+        base = f"http://127.0.0.1:{self.server.server_address[1]}/v2.1"
+        if parsed.path.rstrip("/") in ("", "/v2.1"):
+            body: dict[str, Any] = {"version": {"id": "v2.1", "status": "CURRENT", "version": "2.96",
+                                                "min_version": "2.1", "updated": "2013-07-23T11:33:21Z",
+                                                "links": [{"rel": "self", "href": base + "/"}]}}
+        elif parsed.path.rstrip("/") == "/v2.1/servers":
+            query = parse_qs(parsed.query)
+            wanted = query.get("image", [None])[0]
+            body = {"servers": [{"id": sid, "name": f"node-{sid[:4]}", "links": []}
+                                for sid, image in self.server.servers.items() if wanted in (None, image)]}
+        else:
+            self.send_response(404)
+            self.end_headers()
+            return
+        data = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+@pytest.fixture
+def nova() -> Iterator[NovaStandin]:
+    server = NovaStandin()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def os_env(tmp_path: Path, glance: str, nova_url: str | None) -> dict[str, str]:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OS_")}
+    env.update(OS_CLIENT_CONFIG_FILE=str(tmp_path / "no-clouds.yaml"), OS_AUTH_TYPE="none",
+               OS_IMAGE_ENDPOINT_OVERRIDE=glance + "/", IMAGEBUILDER_CACHE=str(tmp_path / "cache"),
+               IMAGEBUILDER_CATALOGUE=str(tmp_path / "catalogue"))
+    if nova_url:
+        env["OS_COMPUTE_ENDPOINT_OVERRIDE"] = nova_url
+    return env
+
+
+def test_glance_images_in_use_by_a_server_stay_and_the_rest_are_pruned(
+        openstack_env: str, nova: NovaStandin, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OS_COMPUTE_ENDPOINT_OVERRIDE", nova.url)
+    store = store_for("openstack", OpenstackSettings())
+    ids = {key: store.publish(artifact(tmp_path, key, days, cloud="openstack"))
+           for key, days in (("a", 1), ("b", 2), ("c", 3), ("d", 30), ("e", 40), ("f", 50))}
+    image = {key: next(iter(found.values())) for key, found in ids.items()}
+    records = {r.image_id: r for r in store.list_images()}
+    store.deprecate(records[image["e"]], NOW - timedelta(days=30))
+    store.deprecate(records[image["f"]], NOW - timedelta(days=30))
+    nova.servers["5e1f0000-0000-4000-8000-000000000001"] = image["e"]
+    env = os_env(tmp_path, openstack_env, nova.url)
+
+    dry = prune("--cloud", "openstack", "--output", "json", env=env)
+    assert dry.returncode == 0, dry.stderr
+    planned = decisions(dry)
+    assert planned["node-e"] == ("keep", "in use by server 5e1f0000-0000-4000-8000-000000000001")
+    assert planned["node-f"][0] == "delete" and planned["node-d"][0] == "deprecate"
+    assert any("image=" in request for request in nova.requests)
+
+    applied = prune("--cloud", "openstack", "--apply", "--output", "json", env=env)
+    assert applied.returncode == 0, applied.stderr
+    left = {r.image_id: r for r in store.list_images()}
+    assert image["f"] not in left and image["e"] in left
+    assert left[image["d"]].deprecated_at is not None  # hidden (os_hidden) and dated
+    assert all(image[k] in left for k in "abc")
+
+
+def test_glance_without_nova_keeps_everything_and_says_why(openstack_env: str, tmp_path: Path) -> None:
+    store = store_for("openstack", OpenstackSettings())
+    mine = {next(iter(store.publish(artifact(tmp_path, key, days, cloud="openstack")).values()))
+            for key, days in (("a", 1), ("b", 2), ("c", 3), ("d", 30))}
+    old = next(r for r in store.list_images() if r.name == "node-d")
+    store.deprecate(old, NOW - timedelta(days=30))
+    result = prune("--cloud", "openstack", "--apply", "--output", "json", env=os_env(tmp_path, openstack_env, None))
+    assert result.returncode == 1  # the run could not do its job: say so in the exit status
+    assert decisions(result)["node-d"] == ("keep", "in-use check failed: the openstack store cannot tell")
+    assert mine <= {r.image_id for r in store.list_images()}
