@@ -23,7 +23,13 @@ from rich.console import Console
 from rich.table import Table
 
 from imagebuilder import locks, retention
-from imagebuilder.clouds import CLOUD_ALIASES, STORE_CLOUDS, ImageStore, canonical_cloud, store_for
+from imagebuilder.clouds import (
+    CLOUD_ALIASES,
+    STORE_CLOUDS,
+    ImageStore,
+    canonical_cloud,
+    store_for,
+)
 from imagebuilder.config import DEFAULT_MATRIX, RetentionPolicy, load_matrix
 from imagebuilder.errors import UserError
 from imagebuilder.yamlsource import InputError, read_yaml, validate
@@ -179,10 +185,9 @@ def load_policy(path: Path) -> RetentionPolicy:
     if not path.is_file():
         raise UserError(f"--policy {path}: no such file | fix: pass the path of a YAML retention policy")
     data, source = read_yaml(path)
+    prefix: tuple[str, ...] = ()
     if isinstance(data, dict) and set(data) == {"retention"}:
         data, prefix = data["retention"], ("retention",)
-    else:
-        prefix = ()
     if not isinstance(data, dict):
         raise InputError(source.file, 1, "", "expected a mapping of retention settings",
                          "write keep_newest, min_age_days, deprecate_grace_days, protect_tag")
@@ -196,7 +201,7 @@ def _matrix_settings_and_policy(matrix_path: Path | None) -> tuple[dict[str, Any
     if not path.exists():
         if matrix_path is not None:
             raise UserError(f"{path}: no such matrix file | fix: pass -m with the path of your matrix.yaml")
-        return {}, RetentionPolicy()
+        return {}, RetentionPolicy.model_validate({})
     matrix = load_matrix(path).matrix
     clouds = matrix.clouds
     settings = {canonical: getattr(clouds, name) for name in clouds.declared()

@@ -28,11 +28,14 @@ batched in-use checks, orphan snapshots) lives in ``gather``.
 from __future__ import annotations
 
 import logging
+import shutil
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 from imagebuilder.clouds import CloudError, ImageFilter, ImageRecord, ImageStore, utcnow
@@ -230,15 +233,22 @@ class Inventory:
     sweep: Callable[[Orphan], list[str]] | None = None  # deletes an orphan; returns what it deleted
 
 
+LOCAL_ORPHAN_AGE = timedelta(hours=1)  # a publish places the file before its record: leave young files alone
+
+
 def gather(store: ImageStore, min_orphan_age: timedelta = timedelta(0)) -> Inventory:
     """The store's images, their in-use state and orphans; per-region failures recorded, not raised."""
     from imagebuilder.clouds.aws import AwsImageStore
+    from imagebuilder.clouds.local import LocalCatalogue
 
     if isinstance(store, AwsImageStore):
         from imagebuilder.clouds import aws_usage
 
         return aws_usage.gather(store, min_orphan_age)
     inventory = Inventory(cloud=store.cloud, store=store)
+    if isinstance(store, LocalCatalogue):
+        inventory.orphans = local_orphans(store, max(min_orphan_age, LOCAL_ORPHAN_AGE))
+        inventory.sweep = lambda orphan: _remove_local(store, orphan)
     try:
         records = store.list_images(ImageFilter(include_foreign=True))
     except CloudError as error:
@@ -265,6 +275,26 @@ def gather(store: ImageStore, min_orphan_age: timedelta = timedelta(0)) -> Inven
         if inventory.in_use[record.image_id] is None and record.image_id not in inventory.unknown_reasons:
             inventory.unknown_reasons[record.image_id] = f"the {store.cloud} store cannot tell"
     return inventory
+
+
+def local_orphans(store: Any, min_age: timedelta) -> list[Orphan]:
+    """Image directories of the local catalogue without a record (a delete killed half-way)."""
+    images_dir: Path = store.images_dir
+    if not images_dir.is_dir():
+        return []
+    cutoff = time.time() - min_age.total_seconds()
+    return [Orphan(store.cloud, "local", path.name, "image files without a catalogue record")
+            for path in sorted(images_dir.iterdir())
+            if path.is_dir() and not (store.records_dir / f"{path.name}.json").exists()
+            and path.stat().st_mtime < cutoff]
+
+
+def _remove_local(store: Any, orphan: Orphan) -> list[str]:
+    path = store.images_dir / orphan.resource_id
+    if (store.records_dir / f"{orphan.resource_id}.json").exists():  # published meanwhile: not an orphan
+        return []
+    shutil.rmtree(path, ignore_errors=True)
+    return [orphan.resource_id]
 
 
 def is_candidate(record: ImageRecord) -> bool:
@@ -299,20 +329,22 @@ def apply(decisions: Sequence[Decision], store: ImageStore, now: datetime | None
 
 def _apply_one(decision: Decision, store: ImageStore, now: datetime) -> Outcome:
     record = decision.record
-    base = {"subject": record.image_id, "cloud": record.cloud, "region": record.region,
-            "action": decision.action.value}
+
+    def outcome(done: list[str] | None = None, error: str | None = None) -> Outcome:
+        return Outcome(record.image_id, record.cloud, record.region, decision.action.value, done or [], error)
+
     if record.metadata is None or decision.action is Action.KEEP:  # defence in depth: never touch these
-        return Outcome(**base, error="refused: not a deletable imagebuilder image")
+        return outcome(error="refused: not a deletable imagebuilder image")
     try:
         if decision.action is Action.DEPRECATE:
             store.deprecate(record, now)
-            return Outcome(**base, done=[record.image_id])
-        return Outcome(**base, done=list(store.delete(record)))
+            return outcome(done=[record.image_id])
+        return outcome(done=list(store.delete(record)))
     except CloudError as error:
-        return Outcome(**base, error=str(error))
+        return outcome(error=str(error))
     except Exception as error:  # noqa: BLE001 - one image's surprise must not stop the run
         log.exception("%s %s %s failed", record.cloud, record.image_id, decision.action.value)
-        return Outcome(**base, error=f"{type(error).__name__}: {' '.join(str(error).split())}")
+        return outcome(error=f"{type(error).__name__}: {' '.join(str(error).split())}")
 
 
 def sweep(orphans: Sequence[Orphan], remove: Callable[[Orphan], list[str]],
@@ -320,11 +352,10 @@ def sweep(orphans: Sequence[Orphan], remove: Callable[[Orphan], list[str]],
     """Delete orphans (snapshots left by deleted images); each failure recorded, none raised."""
     outcomes: list[Outcome] = []
     for orphan in orphans:
-        base = {"subject": orphan.resource_id, "cloud": orphan.cloud, "region": orphan.region, "action": "sweep"}
         try:
-            outcome = Outcome(**base, done=list(remove(orphan)))
+            outcome = Outcome(orphan.resource_id, orphan.cloud, orphan.region, "sweep", list(remove(orphan)))
         except CloudError as error:
-            outcome = Outcome(**base, error=str(error))
+            outcome = Outcome(orphan.resource_id, orphan.cloud, orphan.region, "sweep", error=str(error))
         outcomes.append(outcome)
         if progress:
             progress(outcome)

@@ -21,7 +21,7 @@ import botocore.session
 import pytest
 from botocore.awsrequest import AWSResponse
 from services import sample_metadata
-from test_retention_services import aws_environment, retention_aws, retention_moto_url  # noqa: F401 (fixtures)
+from test_retention_services import aws_environment, retention_aws, retention_moto_url  # noqa: F401,F811 (fixtures)
 
 from imagebuilder import locks, retention
 from imagebuilder.clouds.aws import AwsImageStore

@@ -11,7 +11,15 @@ from services import sample_metadata
 
 from imagebuilder.clouds import ImageRecord
 from imagebuilder.config import RetentionPolicy
-from imagebuilder.retention import Action, Decision, built_at, decide, group_key, newest_first_key, summarize
+from imagebuilder.retention import (
+    Action,
+    Decision,
+    built_at,
+    decide,
+    group_key,
+    newest_first_key,
+    summarize,
+)
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
 GROUPS = [("us-east-1", "debian-12", "1.31", "amd64"), ("us-east-1", "debian-12", "1.32", "amd64"),

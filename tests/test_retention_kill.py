@@ -18,7 +18,7 @@ from typing import Any
 
 from services import reset_moto, sample_metadata
 from test_retention_aws import LONG_AGO, ROOT, cli_env, client, matrix, stamp
-from test_retention_services import retention_moto_url  # noqa: F401 (fixture)
+from test_retention_services import retention_moto_url  # noqa: F401,F811 (fixture)
 
 TRIALS = 20
 REGION = "us-east-1"

@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 import pytest
-from services import glance_url, openstack_env, qcow2_file, sample_metadata  # noqa: F401 (fixtures)
+from services import glance_url, openstack_env, qcow2_file, sample_metadata  # noqa: F401,F811 (fixtures)
 
 from imagebuilder.artifact import Artifact
 from imagebuilder.clouds import store_for
@@ -86,6 +86,23 @@ def test_local_catalogue_is_pruned_in_stages(tmp_path: Path) -> None:
     again = decisions(prune("--cloud", "local", "--output", "json", env=env))
     assert again["node-d"][1].startswith("deprecated, grace until")
     assert {action for action, _ in again.values()} == {"keep"}
+
+
+def test_local_files_left_by_a_killed_delete_are_swept_young_ones_are_not(tmp_path: Path) -> None:
+    import os
+
+    catalogue = LocalCatalogue(tmp_path / "catalogue")
+    catalogue.publish(artifact(tmp_path, "a", 1))
+    (left_over := tmp_path / "catalogue" / "images" / "local-deadbeef").mkdir()
+    (left_over / "node.qcow2").write_bytes(b"x")
+    os.utime(left_over, (0, 0))  # from long ago
+    (in_flight := tmp_path / "catalogue" / "images" / "local-beingpublished").mkdir()  # a publish placing its file
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "IMAGEBUILDER_CATALOGUE": str(tmp_path / "catalogue"),
+           "IMAGEBUILDER_CACHE": str(tmp_path / "cache")}
+    report = json.loads(prune("--cloud", "local", "--output", "json", env=env).stdout)
+    assert [o["resource_id"] for o in report["orphans"]] == ["local-deadbeef"]
+    assert prune("--cloud", "local", "--apply", env=env).returncode == 0
+    assert not left_over.exists() and in_flight.exists() and len(catalogue.list_images()) == 1
 
 
 # -- OpenStack: a real Glance, and Nova's servers API ------------------------------------------

@@ -39,7 +39,12 @@ from typing import Any
 from xml.sax.saxutils import escape
 
 from imagebuilder.clouds import CloudError
-from imagebuilder.clouds.aws import BUILD_KEY_TAG, LIVE_INSTANCE_STATES, AwsImageStore, record_of
+from imagebuilder.clouds.aws import (
+    BUILD_KEY_TAG,
+    LIVE_INSTANCE_STATES,
+    AwsImageStore,
+    record_of,
+)
 from imagebuilder.retention import Inventory, Orphan, is_candidate
 
 log = logging.getLogger(__name__)
