@@ -15,6 +15,11 @@ API (kept small; the roles, qemu, sysext and versions-update tests share it):
 - ``mirrors_for(base_url)``: the ``mirrors:`` mapping (component -> base URL) for that server.
 - ``downloads_for_fixture(files, base_url)``: the ``imagebuilder_downloads`` mapping
   (name -> {url, sha256}) that the Ansible roles consume.
+- ``build_fixture_apt_repo(root, versions, arch="amd64") -> str``: a signed flat apt
+  repository shaped like pkgs.k8s.io (``core:/stable:/v1.31/deb/`` with ``InRelease``,
+  ``Packages`` and ``Release.key``) holding kubeadm, kubelet and kubectl .debs built from
+  the same fixture binaries; returns its path under ``root`` (the repository base for
+  ``kubernetes_package_repo`` is ``base_url + "/" + path``). Needs dpkg-deb and gpg.
 """
 
 from __future__ import annotations
@@ -23,7 +28,10 @@ import gzip
 import hashlib
 import http.server
 import io
+import os
+import subprocess
 import tarfile
+import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -180,6 +188,101 @@ def build_fixture_release(root: Path, versions: dict[str, str], arch: str = "amd
     minor = ".".join(versions["kubernetes"].split(".")[:2])
     _write(root / "kubernetes" / f"stable-{minor}.txt", f"v{versions['kubernetes']}\n".encode())
     return result
+
+
+KUBELET_UNIT = """[Unit]
+Description=kubelet: The Kubernetes Node Agent
+Documentation=https://kubernetes.io/docs/
+Wants=network-online.target
+After=network-online.target
+
+[Service]
+ExecStart=/usr/bin/kubelet
+Restart=always
+StartLimitInterval=0
+RestartSec=10
+
+[Install]
+WantedBy=multi-user.target
+"""
+KUBEADM_DROPIN = """[Service]
+Environment="KUBELET_KUBECONFIG_ARGS=--bootstrap-kubeconfig=/etc/kubernetes/bootstrap-kubelet.conf --kubeconfig=/etc/kubernetes/kubelet.conf"
+Environment="KUBELET_CONFIG_ARGS=--config=/var/lib/kubelet/config.yaml"
+EnvironmentFile=-/var/lib/kubelet/kubeadm-flags.env
+EnvironmentFile=-/etc/default/kubelet
+ExecStart=
+ExecStart=/usr/bin/kubelet $KUBELET_KUBECONFIG_ARGS $KUBELET_CONFIG_ARGS $KUBELET_KUBEADM_ARGS $KUBELET_EXTRA_ARGS
+"""
+
+
+def _build_deb(work: Path, name: str, version: str, arch: str, files: dict[str, bytes]) -> Path:
+    tree = work / f"{name}-tree"
+    for rel, data in files.items():
+        _write(tree / rel, data)
+    (tree / "DEBIAN").mkdir(parents=True)
+    (tree / "DEBIAN" / "control").write_text(
+        f"Package: {name}\nVersion: {version}\nArchitecture: {arch}\n"
+        "Maintainer: imagebuilder tests <tests@invalid>\nSection: admin\nPriority: optional\n"
+        f"Description: {name} (imagebuilder test fixture)\n"
+    )
+    out = work / f"{name}_{version}_{arch}.deb"
+    env = dict(os.environ, SOURCE_DATE_EPOCH="0")
+    subprocess.run(["dpkg-deb", "--root-owner-group", "-Zgzip", "--build", str(tree), str(out)],
+                   check=True, capture_output=True, env=env)
+    return out
+
+
+def build_fixture_apt_repo(root: Path, versions: dict[str, str], arch: str = "amd64") -> str:
+    """A signed flat apt repository shaped like pkgs.k8s.io for the Kubernetes minor of ``versions``."""
+    k8s = versions["kubernetes"]
+    minor = ".".join(k8s.split(".")[:2])
+    rel = f"pkgs/core:/stable:/v{minor}"
+    repo = root / rel / "deb"
+    repo.mkdir(parents=True, exist_ok=True)
+    deb_version = f"{k8s}-1.1"
+    stanzas: list[str] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        contents = {
+            "kubeadm": {"usr/bin/kubeadm": kubernetes_binary("kubeadm", k8s),
+                        "usr/lib/systemd/system/kubelet.service.d/10-kubeadm.conf": KUBEADM_DROPIN.encode()},
+            "kubelet": {"usr/bin/kubelet": kubernetes_binary("kubelet", k8s),
+                        "usr/lib/systemd/system/kubelet.service": KUBELET_UNIT.encode()},
+            "kubectl": {"usr/bin/kubectl": kubernetes_binary("kubectl", k8s)},
+        }
+        for name, files in contents.items():
+            deb = _build_deb(work, name, deb_version, arch, files)
+            data = deb.read_bytes()
+            _write(repo / arch / deb.name, data)
+            stanzas.append(
+                f"Package: {name}\nVersion: {deb_version}\nArchitecture: {arch}\n"
+                f"Maintainer: imagebuilder tests <tests@invalid>\nFilename: {arch}/{deb.name}\n"
+                f"Size: {len(data)}\nSHA256: {hashlib.sha256(data).hexdigest()}\n"
+                f"Description: {name} (imagebuilder test fixture)\n"
+            )
+        packages = "\n".join(stanzas).encode()
+        _write(repo / "Packages", packages)
+        _write(repo / "Packages.gz", gzip.compress(packages, mtime=0))
+        sums = "".join(
+            f" {hashlib.sha256((repo / f).read_bytes()).hexdigest()} {(repo / f).stat().st_size} {f}\n"
+            for f in ("Packages", "Packages.gz")
+        )
+        release = f"Origin: imagebuilder-tests\nLabel: kubernetes\nArchitectures: {arch}\nDate: Thu, 01 Jan 1970 00:00:00 UTC\nSHA256:\n{sums}"
+        _write(repo / "Release", release.encode())
+        gnupg = work / "gnupg"
+        gnupg.mkdir(mode=0o700)
+        gpg = ["gpg", "--batch", "--homedir", str(gnupg), "--pinentry-mode", "loopback", "--passphrase", ""]
+        subprocess.run([*gpg, "--quick-gen-key", "imagebuilder tests <tests@invalid>", "ed25519", "sign", "never"],
+                       check=True, capture_output=True)
+        key = subprocess.run([*gpg, "--armor", "--export"], check=True, capture_output=True).stdout
+        _write(repo / "Release.key", key)
+        for path in (repo / "InRelease", repo / "Release.gpg"):
+            path.unlink(missing_ok=True)
+        subprocess.run([*gpg, "--clearsign", "-o", str(repo / "InRelease"), str(repo / "Release")],
+                       check=True, capture_output=True)
+        subprocess.run([*gpg, "--armor", "--detach-sign", "-o", str(repo / "Release.gpg"), str(repo / "Release")],
+                       check=True, capture_output=True)
+    return rel
 
 
 def mirrors_for(base_url: str) -> dict[str, str]:

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, ReleaseMirror, copy_rootfs
-from mirror import DEFAULT_FIXTURE_VERSIONS, build_fixture_release
+from mirror import DEFAULT_FIXTURE_VERSIONS, build_fixture_apt_repo, build_fixture_release
 
 ANSIBLE_DIR = REPO / "ansible"
 BUILD_KEY = hashlib.sha256(b"test_roles build key").hexdigest()
@@ -336,3 +336,36 @@ def test_containerd_from_debian_packages(debian_rootfs: Path, release_mirror: Re
     assert "CONTAINERD_INSTALL_METHOD=package" in (root / "etc/imagebuilder-release").read_text()
     recorded = {p.stem for p in (root / "var/lib/imagebuilder/artifacts").iterdir()}
     assert recorded == {"crictl", "kubeadm", "kubelet", "kubectl"}
+
+
+@pytest.mark.slow
+def test_kubernetes_from_a_pkgs_k8s_io_repository(debian_rootfs: Path, release_mirror: ReleaseMirror, tmp_path: Path) -> None:
+    """kubernetes_install_method: package, against a signed local repository shaped like pkgs.k8s.io."""
+    repo_path = build_fixture_apt_repo(release_mirror.root, release_mirror.versions)
+    repo_url = f"{release_mirror.base_url}/{repo_path}"
+    root = copy_rootfs(debian_rootfs, tmp_path / "rootfs")
+    variables = cell_vars(release_mirror, kubernetes_install_method="package", kubernetes_package_repo=repo_url)
+    # apt ignores no_proxy, and refreshes Debian's lists too: not offline.
+    run = run_playbook(root, variables, tmp_path, offline=False)
+    assert run.rc == 0, run.output[-6000:]
+    assert "Image validation passed" in run.output
+    k8s = release_mirror.versions["kubernetes"]
+    assert in_chroot(root, "/usr/bin/kubeadm", "version", "-o", "short").strip() == f"v{k8s}"
+    assert not (root / "usr/local/bin/kubeadm").exists()
+    selections = in_chroot(root, "dpkg", "--get-selections", "kubeadm", "kubelet", "kubectl").split()
+    assert dict(zip(selections[::2], selections[1::2])) == {"kubeadm": "hold", "kubelet": "hold", "kubectl": "hold"}
+    status = in_chroot(root, "dpkg-query", "-W", "-f=${Package} ${Version}\\n", "kubelet").strip()
+    assert status == f"kubelet {k8s}-1.1"
+    # The package's unit (/lib or /usr/lib), not the binary method's /etc/systemd/system one.
+    assert os.readlink(root / "etc/systemd/system/multi-user.target.wants/kubelet.service").endswith(
+        "lib/systemd/system/kubelet.service")
+    assert not (root / "etc/systemd/system/kubelet.service").exists()
+    sources = (root / "etc/apt/sources.list.d/kubernetes.sources").read_text()
+    assert f"URIs: {repo_url}/deb/" in sources
+    assert (root / "etc/apt/keyrings/kubernetes-apt-keyring.asc").read_bytes().startswith(b"-----BEGIN PGP PUBLIC KEY")
+    recorded = {p.stem for p in (root / "var/lib/imagebuilder/artifacts").iterdir()}
+    assert recorded == {"containerd", "runc", "crictl", "cni_plugins"}
+
+    again = run_playbook(root, variables, tmp_path, offline=False)
+    assert again.rc == 0, again.output[-6000:]
+    assert again.recap["changed"] == 0, [l for l in again.output.splitlines() if l.startswith("changed:")]
