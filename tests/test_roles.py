@@ -126,13 +126,19 @@ def tree_snapshot(root: Path) -> dict[str, tuple[int, int, int]]:
 
 
 @pytest.fixture(scope="module")
-def built(debian_rootfs: Path, release_mirror: ReleaseMirror, tmp_path_factory: pytest.TempPathFactory):
+def built(debian_rootfs: Path, release_mirror: ReleaseMirror, tmp_path_factory: pytest.TempPathFactory,
+          request: pytest.FixtureRequest):
     """The roles run once into a copy of the Debian 12 rootfs."""
     tmp = tmp_path_factory.mktemp("roles")
     root = copy_rootfs(debian_rootfs, tmp / "rootfs")
     seed_build_leftovers(root)
     run = run_playbook(root, cell_vars(release_mirror), tmp)
-    print(f"\nfull role run (ansible/node.yml into a Debian 12 chroot): {run.seconds:.1f}s", file=sys.stderr)
+    line = f"full role run (ansible/node.yml into a Debian 12 chroot): {run.seconds:.1f}s"
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(f"\n{line}")
+    else:
+        print(line, file=sys.stderr)
     assert run.rc == 0, run.output[-6000:]
     return root, run, tmp
 
