@@ -84,7 +84,7 @@ def plan_store(store: ImageStore, policy: RetentionPolicy) -> CloudRun:
 
 
 def apply_run(run: CloudRun, console: Console | None) -> None:
-    """Deprecate, delete, then sweep orphans; progress on stderr when a console is given."""
+    """Deprecate, delete, then sweep orphans; a progress bar on the console, else a line per action on stderr."""
     todo = [d for d in run.decisions if d.action is not retention.Action.KEEP]
     total = len(todo) + (len(run.inventory.orphans) if run.inventory.sweep else 0)
     if console is not None and total:
@@ -100,8 +100,12 @@ def apply_run(run: CloudRun, console: Console | None) -> None:
                     bar.console.print(f"[red]failed[/red] {outcome.action} {outcome.subject}: {outcome.error}")
 
             _apply(run, step)
-    else:
-        _apply(run, None)
+    else:  # JSON on stdout: one line per action on stderr, an audit trail for logs
+        def line(outcome: retention.Outcome) -> None:
+            result = "ok" if outcome.ok else f"FAILED: {outcome.error}"
+            click.echo(f"{outcome.cloud} {outcome.region}: {outcome.action} {outcome.subject}: {result}", err=True)
+
+        _apply(run, line)
 
 
 def _apply(run: CloudRun, step: retention.Progress | None) -> None:

@@ -302,6 +302,11 @@ def test_cli_dry_run_changes_nothing_and_apply_reports_progress_and_summary(rete
     assert doomed not in images(region)
     assert "1 deleted" in applied.stdout and "0 failed" in applied.stdout
 
+    doomed = publish(region, "5", 41, deprecated=LONG_AGO)
+    audited = run_prune(["-m", str(path), "--cloud", "aws", "--apply", "--output", "json"], env)
+    assert json.loads(audited.stdout)["summary"]["delete"] == 1
+    assert f"aws us-east-1: delete {doomed}: ok" in audited.stderr  # the audit trail of a scheduled run
+
 
 def test_cli_policy_file_and_bad_policy(retention_aws: str, tmp_path: Path) -> None:
     region = "us-east-1"
