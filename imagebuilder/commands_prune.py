@@ -164,8 +164,9 @@ def _print_table(decisions: list[retention.Decision], orphans: list[retention.Or
                       f"[{ACTION_STYLE.get(decision.action.value, '')}]{action}[/]", reason)
     console.print(table)
     if orphans:
-        orphan_table = Table(title=f"{len(orphans)} orphaned snapshots" + (" (swept)" if applied else " (to sweep)"))
-        for column in ("cloud", "region", "snapshot", "reason"):
+        orphan_table = Table(title=f"{len(orphans)} orphans left by deleted images"
+                             + (" (swept)" if applied else " (to sweep)"))
+        for column in ("cloud", "region", "resource", "reason"):
             orphan_table.add_column(column)
         for orphan in orphans:
             error = failures.get((orphan.region, orphan.resource_id))
@@ -176,8 +177,8 @@ def _print_table(decisions: list[retention.Decision], orphans: list[retention.Or
         console.print(f"[red]error[/red] {error}")
     done = (lambda verb, past: past) if applied else (lambda verb, past: f"would {verb}")
     console.print(f"{summary.images} images: {summary.keep} kept, {summary.deprecate} {done('deprecate', 'deprecated')}, "
-                  f"{summary.delete} {done('delete', 'deleted')}; {summary.orphans} orphaned snapshots "
-                  f"{done('sweep', 'swept')}; {summary.unchecked} kept unchecked; {summary.failed} failed; "
+                  f"{summary.delete} {done('delete', 'deleted')}; {summary.orphans} orphans "
+                  f"{'swept' if applied else 'to sweep'}; {summary.unchecked} kept unchecked; {summary.failed} failed; "
                   f"{foreign} images of others untouched")
 
 
