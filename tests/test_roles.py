@@ -134,9 +134,10 @@ def built(debian_rootfs: Path, release_mirror: ReleaseMirror, tmp_path_factory: 
     seed_build_leftovers(root)
     run = run_playbook(root, cell_vars(release_mirror), tmp)
     line = f"full role run (ansible/node.yml into a Debian 12 chroot): {run.seconds:.1f}s"
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line(f"\n{line}")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if capture is not None:
+        with capture.global_and_fixture_disabled():
+            print(f"\n{line}", file=sys.stderr)
     else:
         print(line, file=sys.stderr)
     assert run.rc == 0, run.output[-6000:]
