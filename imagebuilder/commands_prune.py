@@ -236,7 +236,9 @@ def lock_key(store: ImageStore) -> str:
     if root is not None:
         return f"{store.cloud}:{Path(root).resolve()}"
     settings = getattr(store, "settings", None)
-    return f"{store.cloud}:{getattr(settings, 'cloud', None) or 'default'}"
+    identity = [str(getattr(settings, name)) for name in ("cloud", "project_id", "resource_group", "gallery")
+                if getattr(settings, name, None)]
+    return f"{store.cloud}:{'/'.join(identity) or 'default'}"
 
 
 def main() -> None:

@@ -332,10 +332,15 @@ def test_cli_policy_file_and_bad_policy(retention_aws: str, tmp_path: Path) -> N
 
 
 def test_cli_exit_status_reports_a_failed_check(retention_aws: str, tmp_path: Path) -> None:
+    doomed = publish("us-east-1", "1", 90, deprecated=LONG_AGO)
+    for key, days in (("2", 1), ("3", 2), ("4", 3)):
+        publish("us-east-1", key, days)
     path = matrix(tmp_path, ["us-east-1", "mars-north-1"])
-    result = run_prune(["-m", str(path), "--cloud", "aws"], cli_env(tmp_path, retention_aws))
-    assert result.returncode == 1
-    assert "mars-north-1" in result.stdout + result.stderr and "Traceback" not in result.stderr
+    result = run_prune(["-m", str(path), "--cloud", "aws", "--output", "json"], cli_env(tmp_path, retention_aws))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    report = json.loads(result.stdout)
+    assert len(report["errors"]) == 1 and "unknown region 'mars-north-1'" in report["errors"][0]
+    assert {i["image_id"]: i["action"] for i in report["images"]}[doomed] == "delete"  # the other region went on
 
 
 def test_a_second_prune_of_the_same_account_refuses_or_waits(retention_aws: str, tmp_path: Path) -> None:

@@ -54,12 +54,12 @@ SSM_PREFIX = "resolve:ssm:"
 
 def gather(store: AwsImageStore, min_orphan_age: timedelta = timedelta(0)) -> Inventory:
     inventory = Inventory(cloud="aws", store=store, sweep=lambda orphan: delete_snapshot(store, orphan))
-    try:
-        regions = store.check_regions(store.settings.regions)
-    except CloudError as error:
-        inventory.errors.append(str(error))
-        return inventory
-    for region in regions:
+    for region in dict.fromkeys(store.settings.regions):
+        try:
+            store.check_regions([region])
+        except CloudError as error:  # one mistyped region does not hold the others back
+            inventory.errors.append(str(error))
+            continue
         _gather_region(store, region, inventory, min_orphan_age)
     return inventory
 
