@@ -376,3 +376,31 @@ def test_kubernetes_from_a_pkgs_k8s_io_repository(debian_rootfs: Path, release_m
     again = run_playbook(root, variables, tmp_path, offline=False)
     assert again.rc == 0, again.output[-6000:]
     assert again.recap["changed"] == 0, [l for l in again.output.splitlines() if l.startswith("changed:")]
+
+
+def _check_mode_on_this_host(variables: dict[str, object], tmp: Path) -> subprocess.CompletedProcess[str]:
+    """node.yml in check mode against this machine: the contract checks fail before any task acts."""
+    vars_file = tmp / "vars.json"
+    vars_file.write_text(json.dumps(variables))
+    env = dict(os.environ, ANSIBLE_CONFIG=str(ANSIBLE_DIR / "ansible.cfg"), ANSIBLE_NOCOLOR="1",
+               ANSIBLE_LOCAL_TEMP=str(tmp), ANSIBLE_REMOTE_TEMP=str(tmp / "remote"))
+    return subprocess.run(
+        ["ansible-playbook", "node.yml", "--check", "-i", "localhost,", "-c", "local",
+         "-e", "ansible_become=false", "-e", f"ansible_python_interpreter={sys.executable}", "-e", f"@{vars_file}"],
+        cwd=ANSIBLE_DIR, env=env, capture_output=True, text=True,
+    )
+
+
+def test_missing_cell_variables_fail_clearly(tmp_path: Path) -> None:
+    proc = _check_mode_on_this_host({}, tmp_path)
+    assert proc.returncode != 0
+    assert "The imagebuilder variables are missing" in proc.stdout + proc.stderr
+    assert "imagebuilder vars CELL_ID" in proc.stdout + proc.stderr
+
+
+def test_family_mismatch_fails_clearly(tmp_path: Path, release_mirror: ReleaseMirror) -> None:
+    proc = _check_mode_on_this_host(cell_vars(release_mirror, imagebuilder_os_family="redhat"), tmp_path)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "(cell family redhat)" in out
+    assert "Check the operating system family" in out
