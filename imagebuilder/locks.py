@@ -46,10 +46,12 @@ def exclusive(key: str, wait: bool = False, timeout: float | None = None, poll: 
                 break
             except BlockingIOError:
                 holder = _holder(path)
-                if not wait or (timeout is not None and time.monotonic() - started >= timeout):
-                    waited = f" after {timeout:.0f}s" if wait else ""
-                    raise LockBusy(f"another prune of {key} is running{holder}{waited} "
+                if not wait:
+                    raise LockBusy(f"another prune of {key} is running{holder} "
                                    "| fix: wait for it to finish, or pass --wait") from None
+                if timeout is not None and time.monotonic() - started >= timeout:
+                    raise LockBusy(f"another prune of {key} is still running{holder} after waiting {timeout:g}s "
+                                   "| fix: run again once it has finished") from None
                 time.sleep(poll)
         os.ftruncate(descriptor, 0)
         os.pwrite(descriptor, f"{os.getpid()} {key}\n".encode(), 0)
