@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,8 +66,10 @@ def prune(matrix_path: Path | None, clouds: tuple[str, ...], policy_path: Path |
     stores = _stores(clouds, settings)
     console = Console(stderr=True, highlight=False, soft_wrap=True)
     runs: list[CloudRun] = []
-    for store in stores:
-        with locks.exclusive(lock_key(store), wait=wait):
+    with ExitStack() as held:  # every account's lock first: a refusal comes before any work
+        for key in dict.fromkeys(lock_key(store) for store in stores):
+            held.enter_context(locks.exclusive(key, wait=wait))
+        for store in stores:
             run = plan_store(store, policy)
             if do_apply:
                 apply_run(run, console if output_format == "table" else None)

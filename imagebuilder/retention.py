@@ -260,9 +260,11 @@ def gather(store: ImageStore, min_orphan_age: timedelta = timedelta(0)) -> Inven
     if callable(batched):
         try:
             inventory.in_use.update(batched(inventory.records))
-        except CloudError as error:
+        except Exception as error:  # noqa: BLE001 - CloudError or an SDK's surprise: every image unchecked
+            why = str(error) if isinstance(error, CloudError) else f"{type(error).__name__}: {error}"
             for record in inventory.records:
-                inventory.unknown_reasons[record.image_id] = str(error)
+                inventory.in_use[record.image_id] = None
+                inventory.unknown_reasons[record.image_id] = " ".join(why.split())
             return inventory
     for record in inventory.records:
         if record.image_id in inventory.in_use or record.metadata is None:
@@ -272,6 +274,9 @@ def gather(store: ImageStore, min_orphan_age: timedelta = timedelta(0)) -> Inven
         except CloudError as error:
             inventory.in_use[record.image_id] = None
             inventory.unknown_reasons[record.image_id] = str(error)
+        except Exception as error:  # noqa: BLE001 - an SDK's surprise: cannot tell, so keep the image
+            inventory.in_use[record.image_id] = None
+            inventory.unknown_reasons[record.image_id] = f"{type(error).__name__}: {' '.join(str(error).split())}"
         if inventory.in_use[record.image_id] is None and record.image_id not in inventory.unknown_reasons:
             inventory.unknown_reasons[record.image_id] = f"the {store.cloud} store cannot tell"
     return inventory
