@@ -42,6 +42,9 @@ def test_cache_dir() -> Path:
     return path
 
 
+test_cache_dir.__test__ = False  # a helper, not a test, even when imported into a test module
+
+
 @dataclass(frozen=True)
 class ReleaseMirror:
     root: Path
