@@ -204,6 +204,7 @@ def test_debian_base_disk(debian_base: debian.BaseDisk) -> None:
     assert 'VERSION_ID="12"' in os_release and "ID=debian" in os_release
     assert _debugfs_cat(debian_base.disk, offset, "/etc/fstab").startswith(f"UUID={debian_base.root_uuid} / ext4")
     assert _debugfs_cat(debian_base.disk, offset, "/etc/machine-id") == ""
+    assert _debugfs_cat(debian_base.disk, offset, "/etc/resolv.conf") == ""  # nothing of the build host
     fsck = subprocess.run(["e2fsck", "-fn", f"{debian_base.disk}?offset={offset}"], capture_output=True, text=True)
     assert fsck.returncode == 0, fsck.stdout
     assert debian_base.kernel.read_bytes()[0x202:0x206] == b"HdrS"  # a bzImage

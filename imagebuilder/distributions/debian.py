@@ -30,7 +30,7 @@ DEFAULT_MIRROR = "http://deb.debian.org/debian"
 DEFAULT_SECURITY_MIRROR = "http://deb.debian.org/debian-security"
 VARIANT = "minbase"
 # Bump when the build recipe below changes in a way that changes the disk.
-SCRIPT_VERSION = 2
+SCRIPT_VERSION = 3
 
 # The one list of what the base image holds (on top of the minbase variant).
 PACKAGES: tuple[str, ...] = (
@@ -211,6 +211,9 @@ def configure_tree(tree: Path, root_uuid: str) -> None:
     (tree / "etc/default/grub.d").mkdir(parents=True, exist_ok=True)
     (tree / "etc/default/grub.d/10-imagebuilder.cfg").write_text(GRUB_DEFAULTS)
     (tree / "etc/hostname").write_text("localhost\n")
+    # mmdebstrap leaves the build host's resolver here; DHCP writes the instance's at boot.
+    (tree / "etc/resolv.conf").unlink(missing_ok=True)
+    (tree / "etc/resolv.conf").write_text("")
     (tree / "etc/hosts").write_text("127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n")
     (tree / "etc/cloud/cloud.cfg.d/01-imagebuilder.cfg").write_text(CLOUD_CFG)
     # Every instance gets its own identity: systemd makes the machine-id and cloud-init
