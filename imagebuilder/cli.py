@@ -14,6 +14,7 @@ from rich.table import Table
 from imagebuilder import __version__, packer, pipeline, progress, render, versions_update
 from imagebuilder.config import DEFAULT_MATRIX, load_matrix
 from imagebuilder.commands_images import images
+from imagebuilder.commands_prune import prune
 from imagebuilder.commands_sysext import print_comparison, sysext
 from imagebuilder.errors import UserError
 from imagebuilder.planner import Cell, plan
@@ -225,6 +226,7 @@ def versions_update_command(versions_file: Path, minors: tuple[str, ...], mirror
 
 cli.add_command(sysext)
 cli.add_command(images)
+cli.add_command(prune)
 
 
 def main() -> None:

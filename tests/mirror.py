@@ -76,8 +76,24 @@ def _script(body: str) -> bytes:
     return f"#!/bin/sh\n# imagebuilder test fixture, not the real program\n{body}\n".encode()
 
 
-def _version_script(name: str, cases: dict[str, str]) -> bytes:
+# Run with no arguments, as its systemd unit (Type=notify) starts it, a daemon fixture
+# tells systemd it is ready from its main process and then stays up.
+_NOTIFY_DAEMON = (
+    '''  "") exec python3 -c 'import os, socket, time
+address = os.environ.get("NOTIFY_SOCKET", "")
+if address:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.connect("\\0" + address[1:] if address.startswith("@") else address)
+    sock.send(b"READY=1")
+while True:
+    time.sleep(3600)' ;;'''
+)
+
+
+def _version_script(name: str, cases: dict[str, str], daemon: bool = False) -> bytes:
     lines = ['case "$*" in']
+    if daemon:
+        lines.append(_NOTIFY_DAEMON)
     for pattern, output in cases.items():
         text = output.replace("'", "'\\''")
         lines.append(f"  {pattern}) printf '%s\\n' '{text}' ;;")
@@ -127,7 +143,8 @@ def _release_files(versions: dict[str, str], arch: str) -> dict[str, tuple[str, 
         files[name] = (f"v{k8s}/bin/linux/{arch}/{name}", kubernetes_binary(name, k8s))
     ctd_out = f"github.com/containerd/containerd v{ctd} fixture{ctd.replace('.', '')}"
     containerd_members = {
-        "bin/containerd": _version_script("containerd", {'"--version"|"-v"': f"containerd {ctd_out}"}),
+        "bin/containerd": _version_script("containerd", {'"--version"|"-v"': f"containerd {ctd_out}"},
+                                          daemon=True),
         "bin/containerd-shim-runc-v2": _version_script(
             "containerd-shim-runc-v2", {'"-v"|"--version"': f"containerd-shim-runc-v2:\n  Version:  v{ctd}"}
         ),
