@@ -193,3 +193,18 @@ def test_store_for_routes_every_cloud_and_explains_what_is_missing() -> None:
         store_for("gcp")  # GCP needs its project from the matrix
     with pytest.raises(UserError, match="cloud 'vsphere' has no image store | fix: use one of local, aws"):
         store_for("vsphere")
+
+
+def test_build_time_reads_packers_timestamp() -> None:
+    from datetime import datetime, timezone
+
+    from imagebuilder.clouds import ImageRecord, sort_newest_first
+    from imagebuilder.metadata import ImageMetadata
+
+    def record(stamp: str) -> ImageRecord:
+        meta = ImageMetadata("debian-12", "12", "v1.35.1", "1.35", "amd64", stamp, "c", "0", "g", stamp)
+        return ImageRecord("local", "local", stamp, stamp, datetime(2020, 1, 1, tzinfo=timezone.utc), meta)
+
+    older, newer = record("20261124000000"), record("20261125101500")
+    assert newer.build_time == datetime(2026, 11, 25, 10, 15, tzinfo=timezone.utc)
+    assert sort_newest_first([older, newer])[0] is newer

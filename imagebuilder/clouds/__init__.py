@@ -64,9 +64,8 @@ class ImageRecord:
     @property
     def build_time(self) -> datetime:
         """When it was built: the metadata's build timestamp, else the cloud's creation time."""
-        if self.metadata and self.metadata.build_timestamp.isdigit():
-            return datetime.fromtimestamp(int(self.metadata.build_timestamp), timezone.utc)
-        return self.created_at
+        built = self.metadata.built_at() if self.metadata else None
+        return built or self.created_at
 
     def to_json(self) -> dict[str, Any]:
         meta = self.metadata
