@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from conftest import REPO
+from mirror import fixture_lock
 from conftest import test_cache_dir as shared_test_cache
 
 pytestmark = pytest.mark.slow
@@ -28,23 +29,13 @@ pytestmark = pytest.mark.slow
 GUEST_HOST_ALIAS = "10.0.2.2"
 
 
-def fixture_lock(mirror) -> dict:
-    components: dict[str, dict] = {}
-    for name, fixture in mirror.files.items():
-        component = components.setdefault(fixture.component, {"version": mirror.versions[fixture.component],
-                                                               "files": {}})
-        component["files"][name] = {"path": fixture.path, "sha256": {"amd64": fixture.sha256}}
-    minor = ".".join(mirror.versions["kubernetes"].split(".")[:2])
-    return {"schema": 1, "minors": {minor: {"pause": "3.10", "components": components}}}
-
-
 def run_cli(*args: str, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "imagebuilder.cli", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 
 def test_build_qemu_debian_12_end_to_end(tmp_path: Path, release_mirror) -> None:
-    lock = fixture_lock(release_mirror)
+    lock = fixture_lock(release_mirror.files, release_mirror.versions)
     minor = next(iter(lock["minors"]))
     (tmp_path / "versions.lock.yaml").write_text(yaml.safe_dump(lock))
     guest_mirrors = {component: url.replace("127.0.0.1", GUEST_HOST_ALIAS)
