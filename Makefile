@@ -34,6 +34,7 @@ bench:
 	$(PYTHON) bench/render.py
 	$(PYTHON) bench/scheduler.py
 	$(PYTHON) bench/changed.py
+	$(PYTHON) bench/nightly_noop.py
 
 prune:
 	$(IMAGEBUILDER) prune -m $(MATRIX)
