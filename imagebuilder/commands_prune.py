@@ -242,22 +242,3 @@ def lock_key(store: ImageStore) -> str:
     identity = [str(getattr(settings, name)) for name in ("cloud", "project_id", "resource_group", "gallery")
                 if getattr(settings, name, None)]
     return f"{store.cloud}:{'/'.join(identity) or 'default'}"
-
-
-def main() -> None:
-    """`python -m imagebuilder.commands_prune ...`, as `imagebuilder prune ...` runs it."""
-    try:
-        prune.main(standalone_mode=False)
-    except UserError as error:
-        click.echo(f"imagebuilder: {error}", err=True)
-        sys.exit(error.exit_code)
-    except click.ClickException as error:
-        error.show()
-        sys.exit(error.exit_code)
-    except (click.exceptions.Abort, KeyboardInterrupt):
-        click.echo("imagebuilder: interrupted", err=True)
-        sys.exit(130)
-
-
-if __name__ == "__main__":
-    main()

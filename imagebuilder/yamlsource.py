@@ -139,7 +139,7 @@ def read_yaml(path: Path) -> tuple[Any, SourceMap]:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise InputError(name, 1, "", "file not found", f"create it or pass the right path") from None
+        raise InputError(name, 1, "", "file not found", "create it or pass the right path") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(name, 1, "", f"cannot read the file: {exc.__class__.__name__}",
                          "check its permissions and that it is UTF-8 text") from None

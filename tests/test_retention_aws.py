@@ -114,7 +114,7 @@ def matrix(tmp_path: Path, regions: list[str] = REGIONS, retention_yaml: str = "
 
 
 def run_prune(args: list[str], env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "imagebuilder.commands_prune", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "imagebuilder.cli", "prune", *args], capture_output=True,
                           text=True, cwd=ROOT, env=env, timeout=timeout)
 
 

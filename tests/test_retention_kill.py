@@ -70,7 +70,7 @@ def state() -> dict[str, Any]:
 
 
 def prune(env: dict[str, str], path: Path, *extra: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "imagebuilder.commands_prune", "-m", str(path), "--cloud", "aws",
+    return subprocess.Popen([sys.executable, "-m", "imagebuilder.cli", "prune", "-m", str(path), "--cloud", "aws",
                              "--apply", "--output", "json", *extra], cwd=ROOT, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
@@ -85,7 +85,7 @@ def test_prune_survives_sigkill_anywhere_and_converges(retention_moto_url: str, 
 
     reset_moto(retention_moto_url)
     roles = seed()
-    dry = subprocess.run([sys.executable, "-m", "imagebuilder.commands_prune", "-m", str(path), "--cloud", "aws",
+    dry = subprocess.run([sys.executable, "-m", "imagebuilder.cli", "prune", "-m", str(path), "--cloud", "aws",
                           "--output", "json"], cwd=ROOT, env=env, capture_output=True, text=True)
     assert dry.returncode == 0, dry.stderr
     single = prune(env, path)
@@ -123,7 +123,7 @@ def test_prune_survives_sigkill_anywhere_and_converges(retention_moto_url: str, 
         assert rerun.returncode == 0, f"trial {trial}: {err}"
         assert state() == reference, f"trial {trial}"
         third = json.loads(subprocess.run(
-            [sys.executable, "-m", "imagebuilder.commands_prune", "-m", str(path), "--cloud", "aws", "--output",
+            [sys.executable, "-m", "imagebuilder.cli", "prune", "-m", str(path), "--cloud", "aws", "--output",
              "json"], cwd=ROOT, env=env, capture_output=True, text=True).stdout)["summary"] if trial % 10 == 0 else None
         if third is not None:
             assert (third["deprecate"], third["delete"], third["orphans"]) == (0, 0, 0)

@@ -42,7 +42,7 @@ def artifact(tmp_path: Path, key: str, days_ago: float, cloud: str = "qemu") -> 
 
 
 def prune(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "imagebuilder.commands_prune", *args], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "imagebuilder.cli", "prune", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
 
 

@@ -29,11 +29,8 @@ and are sent only over https (or to a loopback test endpoint).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import shutil
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -55,6 +52,7 @@ from azure.mgmt.compute import models as m
 from azure.mgmt.compute._version import VERSION as SDK_VERSION
 
 from imagebuilder.artifact import Artifact
+from imagebuilder.clouds.disks import aligned_raw, one_line, run_tool
 from imagebuilder.clouds import CloudError, ImageFilter, ImageRecord, ImageStore, sort_newest_first, utcnow
 from imagebuilder.config import AzureSettings
 from imagebuilder.planner import azure_image_definition
@@ -166,11 +164,11 @@ class AzureImageStore(ImageStore):
         except HttpResponseError as exc:
             raise azure_error(exc, operation, subject) from None
         except ClientAuthenticationError as exc:
-            raise CloudError(f"azure: {operation} {subject}: authentication failed ({_one_line(exc.message)[:200]}) "
+            raise CloudError(f"azure: {operation} {subject}: authentication failed ({one_line(exc.message)[:200]}) "
                              "| fix: set AZURE_CLIENT_ID/AZURE_TENANT_ID/AZURE_CLIENT_SECRET or run 'az login'"
                              ) from None
         except (ServiceRequestError, AzureError) as exc:
-            raise CloudError(f"azure: {operation} {subject} failed: {_one_line(str(exc))[:300]} "
+            raise CloudError(f"azure: {operation} {subject} failed: {one_line(str(exc))[:300]} "
                              "| fix: check the network and the endpoint") from None
 
     def lro(self, operation: str, subject: str, start: Callable[[], Any]) -> Any:
@@ -379,7 +377,7 @@ class AzureImageStore(ImageStore):
         try:
             self._blob_service().get_container_client(self.container).delete_blob(blob_name)
         except AzureError as exc:
-            log.warning("azure: left %s/%s behind: %s", self.container, blob_name, _one_line(str(exc))[:200])
+            log.warning("azure: left %s/%s behind: %s", self.container, blob_name, one_line(str(exc))[:200])
 
     def complete(self, definition: str, version: m.GalleryImageVersion, metadata: ImageMetadata) -> ImageRecord:
         """Wait for the version, then tags and target regions as configured; only a difference is patched."""
@@ -565,38 +563,18 @@ def _source_id(version: m.GalleryImageVersion) -> str:
 
 def fixed_vhd(source: Path, work: Path) -> Path:
     """source (qcow2/raw) -> a fixed VHD whose virtual size is a whole MiB, as Azure requires."""
-    if shutil.which("qemu-img") is None:
-        raise CloudError("qemu-img not found | fix: apt-get install qemu-utils")
-    raw = work / "disk.raw"
-    _run(["qemu-img", "convert", "-f", _disk_format(source), "-O", "raw", str(source), str(raw)], source)
-    size = raw.stat().st_size
-    aligned = max(MIB, -(-size // MIB) * MIB)
-    if aligned != size:
-        with raw.open("r+b") as handle:
-            handle.truncate(aligned)
+    raw = aligned_raw(source, work, MIB)
     vhd = work / "disk.vhd"
-    _run(["qemu-img", "convert", "-f", "raw", "-O", "vpc", "-o", "subformat=fixed,force_size=on",
-          str(raw), str(vhd)], source)
+    run_tool(["qemu-img", "convert", "-f", "raw", "-O", "vpc", "-o", "subformat=fixed,force_size=on",
+              str(raw), str(vhd)], source)
     raw.unlink()
     return vhd
-
-
-def _disk_format(path: Path) -> str:
-    return str(json.loads(_run(["qemu-img", "info", "--output=json", str(path)], path))["format"])
-
-
-def _run(command: list[str], subject: Path) -> str:
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise CloudError(f"{subject}: {command[0]} {command[1]} failed: {_one_line(result.stderr)[:300]} "
-                         "| fix: check that the file is a whole disk image")
-    return result.stdout
 
 
 def azure_error(exc: HttpResponseError, operation: str, subject: str) -> CloudError:
     code = str(getattr(exc.error, "code", "") or "") if exc.error else ""
     status = exc.status_code
-    message = _one_line(str(getattr(exc.error, "message", "") or exc.message or exc))[:300]
+    message = one_line(str(getattr(exc.error, "message", "") or exc.message or exc))[:300]
     what = f"azure: {operation} {subject}".rstrip()
     if code in QUOTA_CODES and ("quota" in message.lower() or code != "OperationNotAllowed"):
         return CloudError(f"{what}: quota exceeded ({code}: {message}) "
@@ -613,10 +591,6 @@ def azure_error(exc: HttpResponseError, operation: str, subject: str) -> CloudEr
     if status == 404:
         return CloudError(f"{what}: not found ({code}: {message})")
     return CloudError(f"{what} failed ({code or status}: {message})")
-
-
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
 
 
 def _parse_time(value: Any) -> datetime | None:

@@ -32,8 +32,6 @@ import json
 import logging
 import random
 import re
-import shutil
-import subprocess
 import tempfile
 import time
 import uuid
@@ -47,6 +45,7 @@ from google.auth import exceptions as auth_exceptions
 from google.cloud import compute_v1, storage  # type: ignore[attr-defined]
 
 from imagebuilder.artifact import Artifact
+from imagebuilder.clouds.disks import aligned_raw, one_line, run_tool
 from imagebuilder.clouds import CloudError, ImageFilter, ImageRecord, ImageStore, sort_newest_first, utcnow
 from imagebuilder.config import GcpSettings
 from imagebuilder.planner import gcp_image_family
@@ -180,7 +179,7 @@ class GcpImageStore(ImageStore):
                     continue
                 raise gcp_error(exc, self.project, operation, subject) from None
             except (auth_exceptions.GoogleAuthError, OSError) as exc:
-                raise CloudError(f"gcp {self.project}: {operation} {subject} failed: {_one_line(str(exc))} "
+                raise CloudError(f"gcp {self.project}: {operation} {subject} failed: {one_line(str(exc))} "
                                  "| fix: check the network, the endpoint and the credentials") from None
         raise AssertionError("unreachable")
 
@@ -497,33 +496,11 @@ def record_of(image: compute_v1.Image) -> ImageRecord:
 
 def disk_tarball(source: Path, work: Path) -> Path:
     """source (qcow2/raw) -> work/disk.raw (whole GiB, sparse) -> work/disk.tar.gz as GCE imports it."""
-    for tool in ("qemu-img", "tar"):
-        if shutil.which(tool) is None:
-            raise CloudError(f"{tool} not found | fix: apt-get install {'qemu-utils' if tool == 'qemu-img' else tool}")
-    raw = work / "disk.raw"
-    _run(["qemu-img", "convert", "-f", _disk_format(source), "-O", "raw", str(source), str(raw)], source)
-    size = raw.stat().st_size
-    aligned = max(GIB, -(-size // GIB) * GIB)
-    if aligned != size:
-        with raw.open("r+b") as handle:
-            handle.truncate(aligned)  # extends sparsely
+    raw = aligned_raw(source, work, GIB)
     tarball = work / "disk.tar.gz"
-    _run(["tar", "--format=oldgnu", "-Sczf", str(tarball), "-C", str(work), "disk.raw"], source)
+    run_tool(["tar", "--format=oldgnu", "-Sczf", str(tarball), "-C", str(work), "disk.raw"], source)
     raw.unlink()
     return tarball
-
-
-def _disk_format(path: Path) -> str:
-    answer = _run(["qemu-img", "info", "--output=json", str(path)], path)
-    return str(json.loads(answer)["format"])
-
-
-def _run(command: list[str], subject: Path) -> str:
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise CloudError(f"{subject}: {command[0]} {command[1]} failed: {_one_line(result.stderr)[:300]} "
-                         "| fix: check that the file is a whole disk image")
-    return result.stdout
 
 
 def _reasons(exc: gexc.GoogleAPICallError) -> set[str]:
@@ -540,7 +517,7 @@ def _retryable(exc: gexc.GoogleAPICallError) -> bool:
 def gcp_error(exc: gexc.GoogleAPICallError, project: str, operation: str, subject: str) -> CloudError:
     what = f"gcp {project}: {operation}" + (f" {subject}" if subject else "")
     reasons = _reasons(exc)
-    message = _one_line(exc.message or "")[:300]
+    message = one_line(exc.message or "")[:300]
     if reasons & QUOTA_REASONS:
         return CloudError(f"{what}: quota exceeded ({message}) "
                           "| fix: raise the quota or prune old images (imagebuilder retention), then run it again")
@@ -560,17 +537,13 @@ def gcp_error(exc: gexc.GoogleAPICallError, project: str, operation: str, subjec
 def operation_error(project: str, operation: compute_v1.Operation, subject: str, code: str,
                     message: str) -> CloudError:
     what = f"gcp {project}: {operation.operation_type or 'operation'} {subject} failed"
-    message = _one_line(message)[:300]
+    message = one_line(message)[:300]
     if code in QUOTA_REASONS:
         return CloudError(f"{what}: quota exceeded ({message}) "
                           "| fix: raise the quota or prune old images (imagebuilder retention), then run it again")
     if code == "RESOURCE_ALREADY_EXISTS":
         return CloudError(f"{what}: alreadyExists ({message})")
     return CloudError(f"{what} ({code}: {message}) | fix: run publish again; it removes a failed image first")
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
 
 
 def _parse_time(value: str) -> datetime | None:
