@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from conftest import REPO
+from imagebuilder import qemu, render
 from mirror import fixture_lock
 from conftest import test_cache_dir as shared_test_cache
 
@@ -79,6 +80,22 @@ def test_build_qemu_debian_12_end_to_end(tmp_path: Path, release_mirror) -> None
                                      capture_output=True, text=True, check=True).stdout)
     assert info["format"] == "qcow2"
     assert info["actual-size"] < info["virtual-size"]  # sparse and compressed
+
+    # The same image, booted again with a wrong expectation: the boot test must fail it.
+    # And it booted through its own GRUB, with the build user gone.
+    def booted_by_itself(vm: qemu.Vm) -> list[qemu.Check]:
+        cmdline = vm.ssh("cat /proc/cmdline").stdout.strip()
+        build_user = vm.ssh(f"id {render.QEMU_BUILD_USER}")
+        return [qemu.Check("grub booted it", cmdline.startswith("BOOT_IMAGE=") and "root=UUID=" in cmdline, cmdline),
+                qemu.Check("build user removed", build_user.returncode != 0, build_user.stdout.strip())]
+
+    wrong = qemu.boot_test(image_file, {"build_key": "0" * 64}, user="debian", workdir=tmp_path / "wrong-boot",
+                           validate=booted_by_itself)
+    by_name = {check.name: check for check in wrong.checks}
+    assert not wrong.ok
+    assert not by_name["provenance"].ok
+    assert by_name["grub booted it"].ok, by_name["grub booted it"].detail
+    assert by_name["build user removed"].ok
 
     attempts_before = log.read_text().count("=== attempt")
     again = run_cli("build", "-m", str(tmp_path / "matrix.yaml"), "-o", str(build_dir), env=env, timeout=300)
