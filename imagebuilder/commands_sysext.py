@@ -67,6 +67,8 @@ def build_command(matrix_path: Path, minor: str | None, arch: str | None, output
         click.echo(f"{result.image}  {result.size} bytes  sha256 {result.sha256}  ({elapsed:.1f}s)")
         for path in result.files[1:]:
             click.echo(f"  {path}")
+        catalogued = sx.publish_local(result)
+        click.echo(f"  catalogued in {catalogued[-1].parent}")
         if s3_bucket:
             for key in upload_s3(result, output_dir, s3_bucket, s3_prefix):
                 click.echo(f"  s3://{s3_bucket}/{key}")

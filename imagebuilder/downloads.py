@@ -19,13 +19,12 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-import platformdirs
 
 from imagebuilder import __version__
+from imagebuilder.cache import cache_dir as imagebuilder_cache
 from imagebuilder.errors import UserError
 from imagebuilder.versions import Download
 
-CACHE_ENV = "IMAGEBUILDER_CACHE_DIR"  # overrides the platform cache directory
 RETRIES = 3  # attempts per file for transient failures (connection errors, HTTP 5xx, timeouts)
 RETRY_BACKOFF_SECONDS = 1.0  # doubled after each failed attempt
 TIMEOUT_SECONDS = 60.0  # per socket operation, not for the whole transfer
@@ -38,10 +37,8 @@ class _Transient(Exception):
 
 
 def cache_dir() -> Path:
-    """Where verified downloads are kept: $IMAGEBUILDER_CACHE_DIR, else the XDG/platform cache."""
-    configured = os.environ.get(CACHE_ENV)
-    base = Path(configured) if configured else platformdirs.user_cache_path("imagebuilder")
-    return base / "downloads"
+    """Where verified downloads are kept: the one imagebuilder cache ($IMAGEBUILDER_CACHE)."""
+    return imagebuilder_cache("downloads")
 
 
 def sha256_file(path: Path) -> str:

@@ -340,6 +340,20 @@ def publish_into(staged: Path, output_dir: Path) -> tuple[Path, ...]:
     return tuple(output_dir / file_name for file_name in names)
 
 
+def publish_local(result: SysextResult, catalogue_root: Path | None = None) -> list[Path]:
+    """The image and its companions in the local catalogue's sysext/ directory, with SHA256SUMS:
+    a directory a node can be pointed at (--base-url) as it is."""
+    from imagebuilder.clouds.local import default_catalogue_dir, place_file
+
+    target = (catalogue_root or default_catalogue_dir()) / "sysext"
+    placed = []
+    for path in result.files:
+        if path.name != "SHA256SUMS":
+            place_file(path, target / path.name)
+            placed.append(target / path.name)
+    return [*placed, write_sha256sums(target)]
+
+
 def write_sha256sums(output_dir: Path) -> Path:
     """SHA256SUMS over every published file in the directory (every minor, arch and companion)."""
     lines = [

@@ -89,7 +89,8 @@ CLI = ("import sys; from imagebuilder.cli import cli, main; from imagebuilder.co
 def run_cli(*args: str, cwd: Path, cache: Path, extra_env: dict[str, str] | None = None,
             umask: int | None = None) -> subprocess.CompletedProcess[str]:
     env = {key: value for key, value in os.environ.items() if key != "SOURCE_DATE_EPOCH"}
-    env.update({"IMAGEBUILDER_CACHE_DIR": str(cache), "PYTHONPATH": str(REPO), **(extra_env or {})})
+    env.update({"IMAGEBUILDER_CACHE": str(cache), "IMAGEBUILDER_CATALOGUE": str(cwd / "catalogue"),
+                "PYTHONPATH": str(REPO), **(extra_env or {})})
     preexec = (lambda: os.umask(umask)) if umask is not None else None
     return subprocess.run([sys.executable, "-c", CLI, *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=300, preexec_fn=preexec)
@@ -618,3 +619,15 @@ def test_compare_output(tmp_path: Path) -> None:
                       cache=tmp_path / "c")
     assert [s["name"] for s in json.loads(as_json.stdout)["strategies"]] == \
         ["bake everything", "as configured", "sysext everywhere"]
+
+
+def test_published_to_the_local_catalogue(fixture_mirror: Fixture, tmp_path: Path) -> None:
+    catalogue = tmp_path / "catalogue"
+    result = build_cli(tmp_path, fixture_mirror, extra_env={"IMAGEBUILDER_CATALOGUE": str(catalogue)})
+    image = next((tmp_path / "out").glob("kubernetes-v*.raw"))
+    published = catalogue / "sysext" / image.name
+    assert published.read_bytes() == image.read_bytes()
+    assert f"catalogued in {catalogue / 'sysext'}" in result.stdout
+    sums = dict(reversed(line.split("  ")) for line in (catalogue / "sysext" / "SHA256SUMS").read_text().splitlines())
+    assert sums[image.name] == hashlib.sha256(image.read_bytes()).hexdigest()
+    assert (catalogue / "sysext" / f"kubernetes-{MINOR}.conf").exists()

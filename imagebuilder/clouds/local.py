@@ -65,7 +65,7 @@ class LocalCatalogue(ImageStore):
             return {REGION: image_id}
         source = image_file_of(artifact)
         target = self.images_dir / image_id / source.name
-        _place_file(source, target)
+        place_file(source, target)
         record = {
             "schema": RECORD_SCHEMA,
             "image_id": image_id,
@@ -190,7 +190,7 @@ def image_file_of(artifact: Artifact) -> Path:
                      "| fix: rebuild the cell; its qcow2 is missing")
 
 
-def _place_file(source: Path, target: Path) -> None:
+def place_file(source: Path, target: Path) -> None:
     """Hard-link (or copy) source to target, atomically: target is whole or absent."""
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
