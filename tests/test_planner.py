@@ -60,7 +60,7 @@ def test_only_glob() -> None:
 
 
 def _copy_project(dest: Path) -> Path:
-    shutil.copytree(PROJECT_ROOT, dest, ignore=shutil.ignore_patterns(".git", ".cache", "__pycache__", "*.egg-info",
+    shutil.copytree(PROJECT_ROOT, dest, ignore=shutil.ignore_patterns(".git", ".cache", ".venv", "build", "packer_cache", "__pycache__", "*.egg-info",
                                                                         "output", ".pytest_cache", ".hypothesis"))
     return dest
 
