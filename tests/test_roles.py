@@ -89,7 +89,8 @@ def run_playbook(root: Path, variables: dict[str, object], tmp: Path, playbook: 
         "-e", f"@{vars_file}",
     ]
     started = time.monotonic()
-    proc = subprocess.run(cmd, env=env, cwd=ANSIBLE_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.run(cmd, env=env, cwd=ANSIBLE_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          stdin=subprocess.DEVNULL)
     return PlayRun(rc=proc.returncode, output=proc.stdout, seconds=time.monotonic() - started)
 
 
@@ -313,7 +314,7 @@ def test_wrong_checksum_fails_before_installing(debian_rootfs: Path, release_mir
 def test_ansible_lint_passes() -> None:
     if shutil.which("ansible-lint") is None:
         pytest.fail("ansible-lint is not installed (pip install ansible-lint)")
-    proc = subprocess.run(["ansible-lint", "--offline", "node.yml", "validate.yml", "roles"],
+    proc = subprocess.run(["ansible-lint", "--offline", "node.yml", "validate.yml", "roles"], stdin=subprocess.DEVNULL,
                           cwd=ANSIBLE_DIR, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
 
@@ -321,7 +322,7 @@ def test_ansible_lint_passes() -> None:
 def test_playbooks_pass_syntax_check(tmp_path: Path) -> None:
     env = dict(os.environ, ANSIBLE_CONFIG=str(ANSIBLE_DIR / "ansible.cfg"), ANSIBLE_LOCAL_TEMP=str(tmp_path))
     for playbook in ("node.yml", "validate.yml"):
-        proc = subprocess.run(["ansible-playbook", "--syntax-check", "-i", "localhost,", playbook],
+        proc = subprocess.run(["ansible-playbook", "--syntax-check", "-i", "localhost,", playbook], stdin=subprocess.DEVNULL,
                               cwd=ANSIBLE_DIR, env=env, capture_output=True, text=True)
         assert proc.returncode == 0, proc.stdout + proc.stderr
 
@@ -387,7 +388,7 @@ def _check_mode_on_this_host(variables: dict[str, object], tmp: Path) -> subproc
     return subprocess.run(
         ["ansible-playbook", "node.yml", "--check", "-i", "localhost,", "-c", "local",
          "-e", "ansible_become=false", "-e", f"ansible_python_interpreter={sys.executable}", "-e", f"@{vars_file}"],
-        cwd=ANSIBLE_DIR, env=env, capture_output=True, text=True,
+        cwd=ANSIBLE_DIR, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL,
     )
 
 
