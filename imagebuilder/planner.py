@@ -10,6 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from imagebuilder import azure_version
 from imagebuilder.config import ANSIBLE_DIR, CLOUD_SETTINGS, CLOUDS, PACKER_DIR, LoadedMatrix, Matrix
 from imagebuilder.osinfo import OPERATING_SYSTEMS, OsInfo
 from imagebuilder.versions import UPSTREAM_MIRRORS, Download, downloads_for
@@ -71,14 +72,15 @@ def azure_image_definition(os_id: str, minor: str, arch: str) -> str:
 
 
 def image_name(cloud: str, os_id: str, kubernetes_version: str, arch: str = "amd64") -> str:
-    """Cluster API provider naming; `{timestamp}` is filled by Packer at build time."""
+    """Cluster API provider naming; `{timestamp}` is filled by Packer at build time, and an Azure
+    version's patch by imagebuilder.azure_version."""
     if cloud == "aws":
         return f"capa-ami-{os_id}-v{kubernetes_version}-{{timestamp}}"
     if cloud == "gcp":  # GCE names allow no dots
         return f"cluster-api-{os_id}-v{kubernetes_version.replace('.', '-')}-{{timestamp}}"
     if cloud == "azure":  # a gallery image version under the definition of its (os, minor)
-        major, minor, _patch = kubernetes_version.split(".")
-        return f"{azure_image_definition(os_id, f'{major}.{minor}', arch)}/{major}.{minor}.{{timestamp}}"
+        minor = ".".join(kubernetes_version.split(".")[:2])
+        return f"{azure_image_definition(os_id, minor, arch)}/{azure_version.version_pattern(minor)}"
     return f"{os_id}-kube-v{kubernetes_version}-{{timestamp}}"
 
 

@@ -12,10 +12,10 @@ from typing import Any, Callable
 
 import jinja2
 
-from imagebuilder import __version__, hcl
+from imagebuilder import __version__, azure_version, hcl
 from imagebuilder.config import ANSIBLE_DIR, PACKER_DIR, PROJECT_ROOT
 from imagebuilder.metadata import ImageMetadata, metadata_for
-from imagebuilder.planner import Cell, gcp_image_family
+from imagebuilder.planner import Cell, azure_image_definition, gcp_image_family
 
 # Packer 1.7 moved builders into plugins; from 1.10 `required_plugins` + `packer init` are needed.
 MODERN_PACKER = (1, 7, 0)
@@ -154,7 +154,7 @@ def _openstack_variables(cell: Cell) -> dict[str, Any]:
 
 def _azure_variables(cell: Cell) -> dict[str, Any]:
     settings = cell.settings
-    definition, _, version = cell.image_name.partition("/")
+    definition = azure_image_definition(cell.os, cell.kubernetes, cell.arch)
     return {
         "azure_resource_group": settings["resource_group"],
         "azure_gallery": settings["gallery"],
@@ -165,7 +165,7 @@ def _azure_variables(cell: Cell) -> dict[str, Any]:
         "azure_image_offer": cell.base_image["offer"],
         "azure_image_sku": cell.base_image["sku"],
         "azure_image_definition": definition,
-        "azure_version_prefix": version.removesuffix("{timestamp}"),
+        "azure_version_prefix": azure_version.version_prefix(cell.kubernetes),
     }
 
 
@@ -202,7 +202,8 @@ def render_files(cell: Cell, cell_dir: Path, packer_version: tuple[int, int, int
     direct_kernel_boot = cell.cloud == "qemu" and cell.base_image.get("source") == "local"
     pre_provision = [WAIT_FOR_CLOUD_INIT, *(INSTALL_BOOTLOADER if direct_kernel_boot else ())]
     context = {"cell": cell, "variables": variables, "builder": BUILDERS[cell.cloud],
-               "direct_kernel_boot": direct_kernel_boot, "pre_provision": pre_provision}
+               "direct_kernel_boot": direct_kernel_boot, "pre_provision": pre_provision,
+               "azure_build_minute": azure_version.hcl_patch_expression("local.timestamp")}
     files = {
         "variables.pkr.hcl": env.get_template("_common/variables.pkr.hcl.j2").render(context),
         "cell.auto.pkrvars.hcl": env.get_template("_common/cell.auto.pkrvars.hcl.j2").render(context),

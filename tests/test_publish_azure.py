@@ -135,7 +135,7 @@ def test_a_local_disk_becomes_a_replicated_tagged_gallery_version(
     meta = metadata("1764064800")
     ids = store.publish(local_artifact(qcow2, meta))
 
-    version_id = f"{VERSIONS}/1.31.1764064800"
+    version_id = f"{VERSIONS}/1.31.3103800"
     assert ids == {"westeurope": version_id, "northeurope": version_id}
     (gallery_put,) = arm.calls("PUT", f"{GALLERY_PATH}$")
     assert gallery_put.body["location"] == "westeurope"
@@ -153,7 +153,7 @@ def test_a_local_disk_becomes_a_replicated_tagged_gallery_version(
         {"name": "northeurope", "regionalReplicaCount": 2, "storageAccountType": "Standard_LRS"}]
     assert profile["excludeFromLatest"] is False and profile["replicaCount"] == 2
     source = body["properties"]["storageProfile"]["osDiskImage"]["source"]
-    assert source["uri"] == f"{azurite.blob_endpoint}/imagebuilder/{DEFINITION}/1.31.1764064800.vhd"
+    assert source["uri"] == f"{azurite.blob_endpoint}/imagebuilder/{DEFINITION}/1.31.3103800.vhd"
     assert source["storageAccountId"].endswith("/providers/Microsoft.Storage/storageAccounts/devstoreaccount1")
     # every request carried api-version and the bearer token; the SDK polled the async operations
     assert all(r.query.get("api-version") for r in arm.requests)
@@ -184,15 +184,15 @@ def test_a_packer_managed_image_is_published_as_a_version(store: AzureImageStore
     store.publish(packer_artifact(meta))
     (put,) = arm.calls("PUT", f"{VERSIONS}/")
     assert put.body["properties"]["storageProfile"] == {"source": {"id": MANAGED_IMAGE}}
-    assert put.path.endswith("/1.31.1764064800")
+    assert put.path.endswith("/1.31.3103800")
 
 
 def test_a_version_packer_made_is_found_and_completed(store: AzureImageStore, arm: AzureComputeStandin) -> None:
     store.ensure_gallery()
     store.ensure_definition(metadata("1764064800"))
-    packer_version = f"{VERSIONS}/1.31.26112510"
+    packer_version = f"{VERSIONS}/1.31.3103799"
     arm.resources[packer_version.lower()] = {
-        "id": packer_version, "name": "1.31.26112510", "type": "Microsoft.Compute/galleries/images/versions",
+        "id": packer_version, "name": "1.31.3103799", "type": "Microsoft.Compute/galleries/images/versions",
         "location": "westeurope", "tags": {"made-by": "packer"},
         "properties": {"provisioningState": "Succeeded", "storageProfile": {"source": {"id": MANAGED_IMAGE}},
                        "publishingProfile": {"targetRegions": [{"name": "westeurope", "regionalReplicaCount": 1}],
@@ -220,7 +220,7 @@ def test_a_failed_operation_is_a_clear_error_and_a_rerun_replaces_the_failed_ver
     assert failed["properties"]["provisioningState"] == "Failed"
     assert store.find_by_build_key(artifact.build_key) == []  # nothing launchable: the cell still needs a build
     store.publish(artifact)
-    assert arm.calls("DELETE", f"{VERSIONS}/1.31.1764064800")
+    assert arm.calls("DELETE", f"{VERSIONS}/1.31.3103800")
     (version,) = arm.versions()
     assert version["properties"]["provisioningState"] == "Succeeded"
 
@@ -265,7 +265,7 @@ def test_deprecate_sets_end_of_life_and_excludes_from_latest(store: AzureImageSt
     store.publish(local_artifact(qcow2, metadata("1700000000", "a")))
     store.publish(local_artifact(qcow2, metadata("1764064800", "b")))
     old = store.list_images()[-1]
-    assert old.extra["version"] == "1.31.1700000000" and not old.deprecated()
+    assert old.extra["version"] == "1.31.2036053" and not old.deprecated()
     when = datetime(2026, 1, 1, tzinfo=timezone.utc)
     store.deprecate(old, when)
     patch = arm.calls("PATCH", old.image_id)[-1]
@@ -312,10 +312,10 @@ def test_listing_follows_pages_across_definitions(arm: AzureComputeStandin, azur
     store.publish(local_artifact(qcow2, metadata("1700000000", "a")))
     store.publish(local_artifact(qcow2, metadata("1710000000", "b")))
     store.publish(local_artifact(qcow2, metadata("1720000000", "c", arch="arm64")))
-    assert [r.extra["version"] for r in store.list_images()] == ["1.31.1720000000", "1.31.1710000000",
-                                                                 "1.31.1700000000"]
+    assert [r.extra["version"] for r in store.list_images()] == ["1.31.2369386", "1.31.2202720",
+                                                                 "1.31.2036053"]
     assert [r.name for r in store.list_images(ImageFilter(arch="arm64"))] == [
-        "capi-debian-12-k8s-1.31-arm64/1.31.1720000000"]
+        "capi-debian-12-k8s-1.31-arm64/1.31.2369386"]
     assert any("$skiptoken" in r.query for r in arm.calls("GET", f"{VERSIONS}$"))
 
 
@@ -338,8 +338,11 @@ def test_no_subscription_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> No
 def test_names_follow_the_planner() -> None:
     assert definition_name(metadata("1")) == DEFINITION
     assert definition_name(metadata("1", arch="arm64")) == DEFINITION + "-arm64"
-    assert version_name(metadata("1764064800")) == "1.31.1764064800"
-    assert version_name(metadata("")) == f"1.31.{int('a' * 7, 16)}"
+    assert version_name(metadata("1764064800")) == "1.31.3103800"  # 2025-11-25 10:00 UTC as unix seconds
+    assert version_name(metadata("20251125100000")) == "1.31.3103800"  # ... as Packer's timestamp
+    before = int(time.time() - 1577836800) // 60
+    unrecorded = int(version_name(metadata("")).split(".")[2])  # no build time: the minute it is published
+    assert before <= unrecorded <= int(time.time() - 1577836800) // 60
 
 
 def test_in_use_finds_machines_and_scale_sets(store: AzureImageStore, arm: AzureComputeStandin, qcow2: Path) -> None:
@@ -351,7 +354,7 @@ def test_in_use_finds_machines_and_scale_sets(store: AzureImageStore, arm: Azure
         {"id": "/vm/a", "name": "pinned", "location": "westeurope",
          "properties": {"storageProfile": {"imageReference": {"id": old.image_id.upper()}}}},
         {"id": "/vm/b", "name": "from-latest", "location": "westeurope", "properties": {
-            "storageProfile": {"imageReference": {"id": definition_id, "exactVersion": "1.31.1764064800"}}}},
+            "storageProfile": {"imageReference": {"id": definition_id, "exactVersion": "1.31.3103800"}}}},
         {"id": "/vm/c", "name": "marketplace", "location": "westeurope",
          "properties": {"storageProfile": {"imageReference": {"publisher": "Debian", "offer": "debian-12"}}}},
     ]
@@ -366,7 +369,7 @@ def test_in_use_finds_machines_and_scale_sets(store: AzureImageStore, arm: Azure
 def test_a_version_name_held_by_another_build_is_refused(store: AzureImageStore, arm: AzureComputeStandin,
                                                          qcow2: Path) -> None:
     store.publish(local_artifact(qcow2, metadata("1764064800", "a")))
-    with pytest.raises(CloudError, match="version capi-debian-12-k8s-1.31/1.31.1764064800 exists and is not build "
+    with pytest.raises(CloudError, match="version capi-debian-12-k8s-1.31/1.31.3103800 exists and is not build "
                                          "bbbbbbbbbbbb"):
         store.publish(local_artifact(qcow2, metadata("1764064800", "b")))
     (version,) = arm.versions()
@@ -393,10 +396,10 @@ def test_retention_prunes_through_this_store(store: AzureImageStore, arm: AzureC
         assert all(o.error is None for o in apply(decisions, store, now=later))
         return {d.record.extra["version"]: d.action for d in decisions}
 
-    assert run() == {"1.31.1720000000": Action.KEEP, "1.31.1710000000": Action.KEEP,
-                     "1.31.1700000000": Action.DEPRECATE}
+    assert run() == {"1.31.2369386": Action.KEEP, "1.31.2202720": Action.KEEP,
+                     "1.31.2036053": Action.DEPRECATE}
     profile = arm.resource(old.image_id)["properties"]["publishingProfile"]
     assert profile["excludeFromLatest"] is True and profile["endOfLifeDate"]
     time.sleep(1.1)
-    assert run()["1.31.1700000000"] == Action.DELETE
+    assert run()["1.31.2036053"] == Action.DELETE
     assert arm.resource(old.image_id) is None and len(arm.versions()) == 2

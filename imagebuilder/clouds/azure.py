@@ -2,7 +2,7 @@
 
 One image definition per (os, minor) — ``capi-<os>-k8s-<minor>`` as the planner names it,
 ``-arm64`` appended for arm64 since a definition has one architecture — and one image version
-per build, ``<major>.<minor>.<build timestamp>`` (CAPZ style), tagged with the metadata (Azure
+per build, ``<major>.<minor>.<build minute>`` (imagebuilder.azure_version), tagged with the metadata (Azure
 tags hold the values whole), replicated to the configured target regions with the configured
 replica count. Retention uses the gallery's own levers: ``excludeFromLatest`` and
 ``endOfLifeDate`` (``deprecate``) and a plain delete.
@@ -52,6 +52,7 @@ from azure.mgmt.compute import models as m
 from azure.mgmt.compute._version import VERSION as SDK_VERSION
 
 from imagebuilder.artifact import Artifact
+from imagebuilder.azure_version import gallery_version
 from imagebuilder.clouds.disks import aligned_raw, one_line, run_tool
 from imagebuilder.clouds import CloudError, ImageFilter, ImageRecord, ImageStore, sort_newest_first, utcnow
 from imagebuilder.config import AzureSettings
@@ -86,10 +87,9 @@ def definition_name(metadata: ImageMetadata) -> str:
 
 
 def version_name(metadata: ImageMetadata) -> str:
-    """<major>.<minor>.<build timestamp>: fixed by the build, and newer builds sort higher."""
-    major, minor = metadata.kubernetes_minor.split(".")[:2]
-    patch = metadata.build_timestamp if metadata.build_timestamp.isdigit() else str(int(metadata.build_key[:7], 16))
-    return f"{major}.{minor}.{patch}"
+    """The build's gallery version (imagebuilder.azure_version); an image without a recorded
+    build time (made before the metadata had one) takes the time it is published."""
+    return gallery_version(metadata.kubernetes_minor, metadata.built_at() or utcnow())
 
 
 class LoopbackBearerPolicy(BearerTokenCredentialPolicy):
@@ -304,7 +304,7 @@ class AzureImageStore(ImageStore):
         existing = self.get_version(definition, name)
         if existing is not None and (existing.tags or {}).get(BUILD_KEY_TAG) != metadata.build_key:
             raise CloudError(f"azure: version {definition}/{name} exists and is not build {metadata.build_key[:12]} "
-                             "| fix: delete it, or rebuild so the build timestamp differs")
+                             "| fix: delete it, or build again a minute later (the version is the build minute)")
         version = m.GalleryImageVersion(
             location=self.settings.location, tags=metadata.to_tags(),
             properties=m.GalleryImageVersionProperties(

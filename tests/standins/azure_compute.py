@@ -33,6 +33,7 @@ GALLERY = RG + r"/galleries/(?P<gallery>[^/]+)"
 DEFINITION = GALLERY + r"/images/(?P<definition>[^/]+)"
 VERSION = DEFINITION + r"/versions/(?P<version>[^/]+)"
 VERSION_NAME = re.compile(r"^\d{1,10}\.\d{1,10}\.\d{1,10}$")
+INT32_MAX = 2147483647  # ARM reads each part of a gallery image version as a 32-bit signed integer
 
 
 def arm_error(status: int, code: str, message: str) -> Response:
@@ -204,9 +205,10 @@ class AzureComputeStandin(StandinServer):
     def put_version(self, request: Request, match: re.Match[str]) -> Response:
         if self._parent(request, 2) is None:
             return arm_error(404, "ParentResourceNotFound", f"Gallery image {match['definition']} not found")
-        if not VERSION_NAME.match(match["version"]):
-            return arm_error(400, "InvalidParameter", f"The version name '{match['version']}' is not "
-                             "Major(int).Minor(int).Patch(int)")
+        name = match["version"]
+        if not VERSION_NAME.match(name) or any(int(part) > INT32_MAX for part in name.split(".")):
+            return arm_error(400, "InvalidParameter", f"The gallery image version name '{name}' is invalid: it "
+                             "must be Major.Minor.Patch with each part a 32-bit integer (at most 2147483647)")
         body = request.body or {}
         props = body.get("properties") or {}
         storage = props.get("storageProfile") or {}
