@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -11,14 +12,14 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from imagebuilder import __version__, packer, pipeline, progress, render, versions_update
+from imagebuilder import __version__, packer, pipeline, progress, rebuilds, render, versions_update
 from imagebuilder.config import DEFAULT_MATRIX, load_matrix
 from imagebuilder.commands_images import images
 from imagebuilder.commands_prune import prune
 from imagebuilder.commands_sysext import print_comparison, sysext
 from imagebuilder.errors import UserError
 from imagebuilder.planner import Cell, plan
-from imagebuilder.versions import DEFAULT_VERSIONS_FILE
+from imagebuilder.versions import DEFAULT_VERSIONS_FILE, load_versions
 
 stdout = Console(highlight=False, soft_wrap=True)
 
@@ -55,10 +56,20 @@ def cli() -> None:
               help="Only cells whose build key is not yet an image in their catalogue (the cloud itself).")
 @click.option("--compare", is_flag=True,
               help="Compare how many images baking and sysext build and store for the whole matrix.")
+@click.option("--diff-against", "old_lock", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              metavar="OLD_LOCK", help="Only cells whose build key differs from the one this older "
+              "versions file gives them (offline), with what moved.")
 def plan_command(matrix_path: Path, only: tuple[str, ...], output_format: str | None, changed: bool,
-                 compare: bool) -> None:
+                 compare: bool, old_lock: Path | None) -> None:
     """Expand the matrix into build cells with their ids and build keys."""
-    cells = planned_cells(matrix_path, only)
+    reasons: dict[str, tuple[str, ...]] = {}
+    if old_lock is not None:
+        if not old_lock.is_file():
+            raise UserError(f"--diff-against {old_lock}: no such file; name a versions.lock.yaml to compare with")
+        moved = rebuilds.rebuilds_for_lock(load_matrix(matrix_path), load_versions(old_lock), list(only) or None)
+        cells, reasons = [r.cell for r in moved], {r.cell.id: r.reasons for r in moved}
+    else:
+        cells = planned_cells(matrix_path, only)
     if compare:
         print_comparison(cells, "json" if output_format == "json" else "table")
         return
@@ -66,7 +77,8 @@ def plan_command(matrix_path: Path, only: tuple[str, ...], output_format: str | 
         cells = pipeline.changed_cells(cells, pipeline.catalogue_lookup)
     output_format = output_format or ("table" if sys.stdout.isatty() else "json")
     if output_format == "json":
-        print_json([cell.summary() for cell in cells])
+        print_json([{**cell.summary(), **({"reasons": list(reasons[cell.id])} if old_lock else {})}
+                    for cell in cells])
     elif output_format == "github-matrix":
         click.echo(json.dumps({"include": [_github_entry(cell) for cell in cells]}, separators=(",", ":")))
     elif output_format == "make":
@@ -209,19 +221,61 @@ def versions_group() -> None:
               show_default=True)
 @click.option("--minor", "minors", multiple=True, metavar="1.35",
               help="Only these minors (repeatable); a minor not in the file is added.")
-@click.option("--mirror", "mirrors", multiple=True, metavar="COMPONENT=URL",
-              help="Read from a mirror instead of the upstream release site (repeatable).")
+@click.option("--mirror", "mirrors", multiple=True, metavar="COMPONENT=URL", envvar="IMAGEBUILDER_VERSIONS_MIRRORS",
+              help="Read from a mirror instead of the upstream release site (repeatable; or "
+              "$IMAGEBUILDER_VERSIONS_MIRRORS, space-separated).")
 @click.option("--pin", "pins", multiple=True, metavar="COMPONENT=VERSION",
               help="Move a component (containerd, runc, crictl, cni_plugins, pause) to this version.")
+@click.option("--add-newest-minor", is_flag=True,
+              help="Also add the newest upstream minor (stable.txt) when the file lacks it; it is built once "
+              "the matrix names it.")
 @click.option("--dry-run", is_flag=True, help="Show the changes; write nothing.")
+@matrix_option
+@click.option("--report", "report_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Write a Markdown report: what moved and the cells of the matrix it rebuilds.")
+@click.option("--github-output", is_flag=True,
+              help="Append changed, auto_merge, cells and title to the file $GITHUB_OUTPUT names.")
 def versions_update_command(versions_file: Path, minors: tuple[str, ...], mirrors: tuple[str, ...],
-                            pins: tuple[str, ...], dry_run: bool) -> None:
+                            pins: tuple[str, ...], add_newest_minor: bool, dry_run: bool, matrix_path: Path,
+                            report_path: Path | None, github_output: bool) -> None:
     """Refresh patch versions and sha256 sums from the release sites; review the diff, then commit."""
+    loaded = None
+    if report_path is not None or github_output:
+        loaded = _matrix_of(matrix_path, versions_file)
     report = versions_update.update_versions(
         versions_file, list(minors) or None, versions_update.parse_assignments(mirrors, "--mirror"),
-        write=not dry_run, pins=versions_update.parse_assignments(pins, "--pin"))
+        write=not dry_run, pins=versions_update.parse_assignments(pins, "--pin"), add_newest=add_newest_minor)
     for line in report.lines():
         click.echo(line)
+    if loaded is None:
+        return
+    moved: list[rebuilds.Rebuild] = []
+    if report.changed and report.before is not None and report.after is not None:
+        moved = rebuilds.rebuilds_for_lock(loaded.model_copy(update={"versions": report.after}), report.before)
+    auto_merge = loaded.matrix.auto_merge_patches and report.changed and not report.suspicious
+    if report_path is not None:
+        report_path.write_text(versions_update.markdown_report(report, moved, matrix_path.name, auto_merge))
+    if github_output:
+        _github_output({"changed": str(report.changed).lower(), "auto_merge": str(auto_merge).lower(),
+                        "cells": str(len(moved)), "title": versions_update.title(report)})
+
+
+def _matrix_of(matrix_path: Path, versions_file: Path) -> Any:
+    """The matrix whose cells a versions update rebuilds; it must read the file being updated."""
+    loaded = load_matrix(matrix_path)
+    if loaded.versions_path != versions_file.resolve():
+        raise UserError(f"{matrix_path}: versions_file is {loaded.versions_path}, not the {versions_file} being "
+                        f"updated; pass --versions-file {loaded.versions_path}")
+    return loaded
+
+
+def _github_output(values: dict[str, str]) -> None:
+    target = os.environ.get("GITHUB_OUTPUT")
+    if not target:
+        raise UserError("--github-output: $GITHUB_OUTPUT is not set; it is set inside a GitHub Actions step")
+    with open(target, "a", encoding="utf-8") as stream:
+        for name, value in values.items():
+            stream.write(f"{name}={value.replace(chr(10), ' ')}\n")
 
 
 cli.add_command(sysext)

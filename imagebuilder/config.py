@@ -165,6 +165,9 @@ class Matrix(_Strict):
     overrides: list[Override] = Field(default_factory=list)
     mirrors: dict[str, str] = Field(default_factory=dict)
     retention: RetentionPolicy = Field(default_factory=RetentionPolicy)
+    # The scheduled versions update commits patch releases to the default branch instead of
+    # opening a pull request (.github/workflows/versions-update.yml).
+    auto_merge_patches: bool = False
 
 
 class LoadedMatrix(BaseModel):

@@ -10,6 +10,11 @@ For every selected minor (all minors in the file when none are named):
 - the sha256 of every pinned file, for every arch, is read again from the sum file the
   release site publishes beside it (see ``checksum_url``).
 
+With ``add_newest`` (``--add-newest-minor``), ``{kubernetes mirror}/stable.txt`` is read too: when
+it names a minor newer than every minor in the file, that minor is added as below. Its files
+may not all be published on the day it appears (crictl often follows later); then it is left
+out, the report says why, and the other minors are still updated.
+
 A minor not yet in the file is added: kubernetes from stable-<minor>.txt, crictl
 ``<minor>.0``, containerd, runc, the CNI plugins and the pause image as pinned for the
 newest minor already in the file; ``pins`` override any of them (``pause`` included).
@@ -124,6 +129,9 @@ class UpdateReport:
     fetched: int = 0
     created: bool = False
     written: bool = False
+    deferred: str = ""  # the newest upstream minor that could not be added yet, and why
+    before: VersionsLock | None = None  # the file as it was (None: it did not exist)
+    after: VersionsLock | None = None  # the file as it is now, or would be after a dry run
 
     @property
     def changed(self) -> bool:
@@ -137,6 +145,8 @@ class UpdateReport:
         """The report as the CLI prints it, one change a line, the outcome last."""
         out = [f"{minor}: added" for minor in self.added]
         out += [change.line() for change in self.changes]
+        if self.deferred:
+            out.append(self.deferred)
         checked = f"{len(self.minors)} minor(s) checked, {self.fetched} file(s) fetched"
         if not self.changed:
             out.append(f"{self.path} is up to date ({checked})")
@@ -273,6 +283,19 @@ def fetch_all(urls: Iterable[str], *, timeout: float, attempts: int, workers: in
 
 def stable_url(kubernetes_base: str, minor: str) -> str:
     return f"{kubernetes_base}/stable-{minor}.txt"
+
+
+def newest_url(kubernetes_base: str) -> str:
+    return f"{kubernetes_base}/stable.txt"
+
+
+def parse_newest(text: str, url: str) -> str:
+    """The minor of the newest stable release, `1.36` from stable.txt's `v1.36.0`."""
+    answer = text.strip()
+    match = _STABLE.fullmatch(answer)
+    if not match:
+        raise VersionsUpdateError(f"{url}: expected a version like v1.35.0, got {answer[:40]!r}")
+    return match.group(1)
 
 
 def parse_stable(text: str, url: str, minor: str) -> str:
@@ -456,6 +479,18 @@ def _apply(plan: _MinorPlan, lock: VersionsLock | None, jobs: dict[_Job, tuple[s
     return {"pause": plan.pause, "components": components}
 
 
+def _update_minors(chosen: list[str], lock: VersionsLock | None, path: Path, bases: dict[str, str],
+                   pin: dict[str, str], report: UpdateReport, fetch: dict[str, Any]) -> dict[str, Any]:
+    """The new entries of the `chosen` minors; their differences and fetch count go into `report`."""
+    if not chosen:
+        return {}
+    plans, fetched = _plan(chosen, lock, path, bases, pin, **fetch)
+    jobs = _sum_jobs(plans, bases)
+    sum_texts = fetch_all((url for url, _ in jobs.values()), **fetch)
+    report.fetched += fetched + len(sum_texts)
+    return {plan.minor: _apply(plan, lock, jobs, sum_texts, report) for plan in plans}
+
+
 # ---------------------------------------------------------------- writing
 
 
@@ -526,6 +561,7 @@ def update_versions(
     timeout: float = DEFAULT_TIMEOUT,
     attempts: int = DEFAULT_ATTEMPTS,
     workers: int = DEFAULT_WORKERS,
+    add_newest: bool = False,
 ) -> UpdateReport:
     """Refresh `lock_path` (see the module docstring). Raises VersionsUpdateError, and then
     leaves the file as it was. `write=False` reports what would change without writing."""
@@ -542,21 +578,36 @@ def update_versions(
     chosen = _check_minors(minors, lock, lock_path)
     report = UpdateReport(path=lock_path, minors=chosen, created=original is None)
 
-    plans, fetched = _plan(chosen, lock, lock_path, bases, pin, timeout=timeout, attempts=attempts,
-                           workers=workers)
-    jobs = _sum_jobs(plans, bases)
-    sum_texts = fetch_all((url for url, _ in jobs.values()), timeout=timeout, attempts=attempts, workers=workers)
-    report.fetched = fetched + len(sum_texts)
+    newest = ""
+    if add_newest:
+        url = newest_url(bases["kubernetes"])
+        newest = parse_newest(fetch_text(url, timeout=timeout, attempts=attempts), url)
+        report.fetched += 1
+        known = [*chosen, *(lock.minors if lock is not None else ())]
+        if newest in known or any(_version_key(newest) < _version_key(minor) for minor in known):
+            newest = ""
 
+    fetch = {"timeout": timeout, "attempts": attempts, "workers": workers}
     data: dict[str, Any] = {"schema": lock.schema_ if lock else 1, "minors": {}}
     if lock is not None:
         data["minors"] = lock.model_dump(by_alias=True, mode="json")["minors"]
-    for plan in plans:
-        data["minors"][plan.minor] = _apply(plan, lock, jobs, sum_texts, report)
+    data["minors"].update(_update_minors(chosen, lock, lock_path, bases, pin, report, fetch))
+    if newest:
+        trial = UpdateReport(path=lock_path, minors=[newest])
+        try:
+            data["minors"].update(_update_minors([newest], lock, lock_path, bases, pin, trial, fetch))
+        except VersionsUpdateError as error:
+            report.deferred = (f"{newest}: the newest upstream minor is not added yet ({error}); "
+                               "the next update tries again")
+        else:
+            report.added += trial.added
+            report.minors.append(newest)
+        report.fetched += trial.fetched
     existing = list(lock.minors) if lock is not None else []
     data["minors"] = {m: data["minors"][m] for m in _order(existing, report.added)}
 
     new_lock = VersionsLock.model_validate(data)
+    report.before, report.after = lock, new_lock
     text = render_lock(new_lock, header)
     if VersionsLock.model_validate(yaml.safe_load(text)) != new_lock:  # what we write must read back the same
         raise VersionsUpdateError(f"{lock_path}: the rendered file does not read back as written; not writing it")
@@ -566,3 +617,49 @@ def update_versions(
         write_atomically(lock_path, text)
         report.written = True
     return report
+
+
+# ---------------------------------------------------------------- the scheduled workflow's report
+
+
+def title(report: UpdateReport) -> str:
+    """One line for a commit or pull request: what moved, minor by minor."""
+    moved = [f"Kubernetes {change.new}" for change in report.changes
+             if change.kind == "version" and change.item == "kubernetes"]
+    moved += [f"{change.item} {change.new} ({change.minor})" for change in report.changes
+              if change.kind == "version" and change.item != "kubernetes"]
+    moved += [f"{minor} added" for minor in report.added]
+    if report.suspicious:
+        moved.append("sums changed at the same version")
+    summary = ", ".join(moved) or "sums refreshed"
+    return f"versions.lock.yaml: {summary}"[:120]
+
+
+def markdown_report(report: UpdateReport, rebuilds: list[Any], matrix_name: str, auto_merge: bool) -> str:
+    """The pull request body (or commit message body): the lock's changes and the cells they rebuild.
+
+    `rebuilds` are imagebuilder.rebuilds.Rebuild (not imported here: the planner needs no fetching)."""
+    lines = ["## versions.lock.yaml", ""]
+    if not report.changed:
+        lines.append("Up to date: no upstream release since the last update.")
+    lines += [f"- {minor}: added; built once {matrix_name} names it under `kubernetes:`" for minor in report.added]
+    lines += [f"- {change.line()}" for change in report.changes if change.kind == "version" or change.suspicious]
+    sums = sum(1 for change in report.changes if change.kind == "sha256" and not change.suspicious)
+    if sums:
+        lines.append(f"- {sums} sha256 sum(s) read from the release sites for the files above")
+    if report.deferred:
+        lines.append(f"- {report.deferred}")
+    if report.suspicious:
+        lines += ["", "**A sum changed while its version did not: upstream never republishes a release under the "
+                      "same name. Find out why before merging.**"]
+    lines += ["", f"## Cells rebuilt ({len(rebuilds)})", ""]
+    if rebuilds:
+        lines += ["| cell | Kubernetes | why |", "|---|---|---|"]
+        lines += [f"| `{r.cell.id}` | {r.cell.kubernetes_version} | {'; '.join(r.reasons)} |" for r in rebuilds]
+    else:
+        lines.append(f"None: no cell of {matrix_name} uses what moved.")
+    if report.changed:
+        lines += ["", "Committed to the default branch (`auto_merge_patches: true`); the nightly builds and "
+                      "publishes these cells." if auto_merge else
+                      "Merging lets the nightly build and publish these cells."]
+    return "\n".join(lines) + "\n"

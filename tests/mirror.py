@@ -10,6 +10,10 @@ API (kept small; the roles, qemu, sysext and versions-update tests share it):
   versions as the real ones do (``kubeadm version -o short`` prints ``v1.31.4``; a CNI
   plugin run without CNI_COMMAND prints ``CNI bridge plugin v1.6.1`` on stderr).
   Archives are byte-for-byte reproducible, so their sums are stable between runs.
+- ``publish_release(root, versions, newest=False)``: ``build_fixture_release`` for every arch
+  imagebuilder pins (one upstream release); with ``newest`` it is also what
+  ``kubernetes/stable.txt`` names. Calling it again for a later patch of a minor publishes
+  that patch beside the older one, as upstream does.
 - ``serve_directory(root)``: context manager serving ``root`` over HTTP on 127.0.0.1 on a
   free port, in a thread; yields the base URL (no trailing slash).
 - ``mirrors_for(base_url)``: the ``mirrors:`` mapping (component -> base URL) for that server.
@@ -38,6 +42,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+
+from imagebuilder.versions import ARCHES
 
 DEFAULT_FIXTURE_VERSIONS: dict[str, str] = {
     "kubernetes": "1.31.4",
@@ -186,7 +192,6 @@ def build_fixture_release(root: Path, versions: dict[str, str], arch: str = "amd
     crictl and CNI ``.sha256``) and ``kubernetes/stable-<minor>.txt``.
     """
     result: dict[str, FixtureFile] = {}
-    runc_sums: list[str] = []
     for name, (rel, data) in _release_files(versions, arch).items():
         component = COMPONENT_OF[name]
         digest = hashlib.sha256(data).hexdigest()
@@ -198,13 +203,23 @@ def build_fixture_release(root: Path, versions: dict[str, str], arch: str = "amd
             _write(target.with_name(target.name + ".sha256sum"), f"{digest}  {target.name}\n".encode())
         elif name == "cni_plugins":
             _write(target.with_name(target.name + ".sha256"), f"{digest}  {target.name}\n".encode())
-        elif name == "runc":
-            runc_sums.append(f"{digest}  {target.name}\n")
-            _write(target.with_name("runc.sha256sum"), "".join(runc_sums).encode())
+        elif name == "runc":  # one sum file per release, a line per arch: keep the other arches' lines
+            sums = target.with_name("runc.sha256sum")
+            kept = [line for line in (sums.read_text().splitlines(keepends=True) if sums.exists() else [])
+                    if line.split()[-1] != target.name]
+            _write(sums, "".join([*kept, f"{digest}  {target.name}\n"]).encode())
         result[name] = FixtureFile(component=component, path=rel, sha256=digest)
     minor = ".".join(versions["kubernetes"].split(".")[:2])
     _write(root / "kubernetes" / f"stable-{minor}.txt", f"v{versions['kubernetes']}\n".encode())
     return result
+
+
+def publish_release(root: Path, versions: dict[str, str], newest: bool = False) -> dict[str, dict[str, FixtureFile]]:
+    """One release for every arch imagebuilder pins: arch -> download name -> FixtureFile."""
+    files = {arch: build_fixture_release(root, versions, arch) for arch in ARCHES}
+    if newest:
+        _write(root / "kubernetes" / "stable.txt", f"v{versions['kubernetes']}\n".encode())
+    return files
 
 
 KUBELET_UNIT = """[Unit]
