@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from imagebuilder import __version__, packer, pipeline, progress, rebuilds, render, versions_update
-from imagebuilder.config import DEFAULT_MATRIX, load_matrix
+from imagebuilder.config import DEFAULT_MATRIX, LoadedMatrix, load_matrix
 from imagebuilder.commands_images import images
 from imagebuilder.commands_prune import prune
 from imagebuilder.commands_sysext import print_comparison, sysext
@@ -64,7 +64,7 @@ def plan_command(matrix_path: Path, only: tuple[str, ...], output_format: str | 
     """Expand the matrix into build cells with their ids and build keys."""
     reasons: dict[str, tuple[str, ...]] = {}
     if old_lock is not None:
-        if not old_lock.is_file():
+        if not old_lock.exists() or old_lock.is_dir():
             raise UserError(f"--diff-against {old_lock}: no such file; name a versions.lock.yaml to compare with")
         moved = rebuilds.rebuilds_for_lock(load_matrix(matrix_path), load_versions(old_lock), list(only) or None)
         cells, reasons = [r.cell for r in moved], {r.cell.id: r.reasons for r in moved}
@@ -85,7 +85,7 @@ def plan_command(matrix_path: Path, only: tuple[str, ...], output_format: str | 
         for target in dict.fromkeys(f"build-{cell.cloud}-{cell.os}" for cell in cells):
             click.echo(target)
     else:
-        stdout.print(_plan_table(cells))
+        stdout.print(_plan_table(cells, reasons if old_lock is not None else None))
 
 
 def _github_entry(cell: Cell) -> dict[str, str]:
@@ -93,13 +93,14 @@ def _github_entry(cell: Cell) -> dict[str, str]:
             "build_key": cell.build_key}
 
 
-def _plan_table(cells: list[Cell]) -> Table:
+def _plan_table(cells: list[Cell], reasons: dict[str, tuple[str, ...]] | None = None) -> Table:
     table = Table(title=f"{len(cells)} cells")
-    for column in ("id", "kubernetes", "arch", "strategy", "image name", "build key"):
+    for column in ("id", "kubernetes", "arch", "strategy", "image name", "build key", *(("why",) if reasons else ())):
         table.add_column(column)
     for cell in cells:
+        why = ("; ".join(reasons.get(cell.id, ())),) if reasons else ()
         table.add_row(cell.id, cell.kubernetes_version, cell.arch, cell.strategy, cell.image_name,
-                      cell.build_key[:12])
+                      cell.build_key[:12], *why)
     return table
 
 
@@ -240,6 +241,10 @@ def versions_update_command(versions_file: Path, minors: tuple[str, ...], mirror
                             report_path: Path | None, github_output: bool) -> None:
     """Refresh patch versions and sha256 sums from the release sites; review the diff, then commit."""
     loaded = None
+    if github_output and not os.environ.get("GITHUB_OUTPUT"):
+        raise UserError("--github-output: $GITHUB_OUTPUT is not set; it is set inside a GitHub Actions step")
+    if report_path is not None and not report_path.parent.is_dir():
+        raise UserError(f"--report {report_path}: the directory {report_path.parent} does not exist")
     if report_path is not None or github_output:
         loaded = _matrix_of(matrix_path, versions_file)
     report = versions_update.update_versions(
@@ -260,7 +265,7 @@ def versions_update_command(versions_file: Path, minors: tuple[str, ...], mirror
                         "cells": str(len(moved)), "title": versions_update.title(report)})
 
 
-def _matrix_of(matrix_path: Path, versions_file: Path) -> Any:
+def _matrix_of(matrix_path: Path, versions_file: Path) -> LoadedMatrix:
     """The matrix whose cells a versions update rebuilds; it must read the file being updated."""
     loaded = load_matrix(matrix_path)
     if loaded.versions_path != versions_file.resolve():
@@ -270,10 +275,7 @@ def _matrix_of(matrix_path: Path, versions_file: Path) -> Any:
 
 
 def _github_output(values: dict[str, str]) -> None:
-    target = os.environ.get("GITHUB_OUTPUT")
-    if not target:
-        raise UserError("--github-output: $GITHUB_OUTPUT is not set; it is set inside a GitHub Actions step")
-    with open(target, "a", encoding="utf-8") as stream:
+    with open(os.environ["GITHUB_OUTPUT"], "a", encoding="utf-8") as stream:
         for name, value in values.items():
             stream.write(f"{name}={value.replace(chr(10), ' ')}\n")
 

@@ -631,7 +631,7 @@ def title(report: UpdateReport) -> str:
     moved += [f"{minor} added" for minor in report.added]
     if report.suspicious:
         moved.append("sums changed at the same version")
-    summary = ", ".join(moved) or "sums refreshed"
+    summary = ", ".join(moved) or ("sums refreshed" if report.changed else "up to date")
     return f"versions.lock.yaml: {summary}"[:120]
 
 

@@ -302,3 +302,19 @@ def test_the_workflow_pins_the_third_party_action_and_asks_for_write_access() ->
     uses = [step["uses"] for job in workflow["jobs"].values() for step in job["steps"] if "uses" in step]
     third_party = [u for u in uses if not u.startswith("actions/")]
     assert third_party and all(re.fullmatch(r"[\w.-]+/[\w.-]+@[0-9a-f]{40}", u) for u in third_party)
+
+
+def test_a_sum_that_changed_at_the_same_version_goes_to_a_pull_request(tmp_path: Path,
+                                                                        mirror: tuple[Path, str]) -> None:
+    root, url = mirror
+    setup = make_setup(tmp_path, url, root, auto_merge=True)
+    (root / "kubernetes" / "v1.31.4" / "bin" / "linux" / "amd64" / "kubeadm.sha256").write_text("f" * 64 + "\n")
+    run = setup.run()
+    outputs = run.outputs["update"]
+    assert outputs["changed"] == "true" and outputs["auto_merge"] == "false"
+    assert any(action.startswith("peter-evans/") for action in run.skipped_uses)
+    assert setup.origin_log() == ["matrix and lock"]
+    report = Path(outputs["report"]).read_text()
+    assert "Find out why before merging" in report
+    assert reported_cells(report) == cell_ids(setup.work, "1.31")
+    assert "kubeadm sha256 or path changed at the same version" in report
