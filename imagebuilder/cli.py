@@ -16,6 +16,7 @@ from imagebuilder import __version__, packer, pipeline, progress, rebuilds, rend
 from imagebuilder.config import DEFAULT_MATRIX, LoadedMatrix, load_matrix
 from imagebuilder.commands_images import images
 from imagebuilder.commands_prune import prune
+from imagebuilder.commands_publish import publish
 from imagebuilder.commands_sysext import print_comparison, sysext
 from imagebuilder.errors import UserError
 from imagebuilder.planner import Cell, plan
@@ -283,6 +284,7 @@ def _github_output(values: dict[str, str]) -> None:
 cli.add_command(sysext)
 cli.add_command(images)
 cli.add_command(prune)
+cli.add_command(publish)
 
 
 def main() -> None:

@@ -115,7 +115,7 @@ def list_command(matrix_path: Path | None, cloud: str | None, os_id: str | None,
 @click.option("--arch", default=None, type=click.Choice(["amd64", "arm64"]), help="Needed when both exist.")
 def resolve_command(matrix_path: Path | None, cloud: str, os_id: str, minor: str, region: str | None,
                     arch: str | None) -> None:
-    """Print the id of the newest image (not deprecated) for an OS and Kubernetes minor."""
+    """Print the id of the newest fully published image (not deprecated) for an OS and Kubernetes minor."""
     filters = ImageFilter(os=os_id, kubernetes_minor=_check_minor(minor), arch=arch, region=region)
     (store,) = stores_for(cloud, matrix_path)
     records = store.list_images(filters)
@@ -125,11 +125,14 @@ def resolve_command(matrix_path: Path | None, cloud: str, os_id: str, minor: str
         if len(values) > 1:
             raise UserError(f"{what}: images in several {dimension}s ({', '.join(sorted(values))}) "
                             f"| fix: add --{dimension} with one of them")
-    found = newest(records)
+    found = newest([r for r in records if r.published])  # a half-published image is no one's to launch
     if found is None:
-        detail = f"{len(records)} deprecated or unavailable" if records else "none published"
-        raise UserError(f"{what}{f' --region {region}' if region else ''}: no usable image ({detail}) "
-                        "| fix: build and publish it, or check 'imagebuilder images list'")
+        unpublished = sum(not r.published for r in records)
+        detail = (f"{unpublished} built but not fully published" if unpublished else
+                  f"{len(records)} deprecated or unavailable" if records else "none published")
+        fix = ("run 'imagebuilder publish' to finish publishing" if unpublished else
+               "build and publish it, or check 'imagebuilder images list'")
+        raise UserError(f"{what}{f' --region {region}' if region else ''}: no usable image ({detail}) | fix: {fix}")
     click.echo(found.image_id)
 
 
@@ -142,6 +145,8 @@ def _table(records: list[ImageRecord]) -> Table:
         state = "deprecated" if record.deprecated() else record.state
         if record.public:
             state += ", public"
+        if meta and not record.published:
+            state += ", unpublished"
         table.add_row(record.cloud, record.region, record.image_id, meta.os if meta else "-",
                       meta.kubernetes_version if meta else "-", meta.arch if meta else "-",
                       record.build_time.strftime("%Y-%m-%d %H:%M"), state,

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from imagebuilder.osinfo import OPERATING_SYSTEMS, Strategy
 from imagebuilder.versions import COMPONENTS, VersionsLock
@@ -87,9 +87,17 @@ class OpenstackSettings(_Strict):
     networks: list[str] = Field(default_factory=list)
     floating_ip_network: str | None = None
     visibility: Literal["private", "shared", "community", "public"] = "private"
+    members: list[str] = Field(default_factory=list)  # project ids the image is shared with (visibility: shared)
     volume_size_gb: int | None = None
 
-    OUTSIDE_BUILD_KEY = frozenset({"max_parallel", "visibility"})
+    OUTSIDE_BUILD_KEY = frozenset({"max_parallel", "visibility", "members"})
+
+    @model_validator(mode="after")
+    def _members_need_shared(self) -> OpenstackSettings:
+        if self.members and self.visibility != "shared":
+            raise ValueError(f"members are only honoured by Glance on shared images (visibility is "
+                             f"'{self.visibility}') | fix: set visibility: shared, or remove members")
+        return self
 
 
 class AzureSettings(_Strict):

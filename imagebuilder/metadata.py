@@ -9,6 +9,11 @@ from typing import Any
 
 PREFIX = "imagebuilder-"
 GCP_LABEL_VALUE = re.compile(r"[^a-z0-9_-]")
+# Set last, on every copy of an image, once every publish step (copies, sharing, tags, SSM,
+# replication) has succeeded. It is state, not build identity: it stays out of ImageMetadata
+# (and out of the build key), so a record read back still equals the artifact's metadata.
+PUBLISHED_TAG = PREFIX + "published"
+PUBLISHED_VALUE = "true"
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,11 @@ class ImageMetadata:
     def to_gcp_labels(self) -> dict[str, str]:
         """GCE labels allow [a-z0-9_-] up to 63 characters; dots become dashes."""
         return {key: gcp_label_value(value) for key, value in self.to_tags().items()}
+
+
+def is_published(tags: dict[str, str]) -> bool:
+    """Whether an image's tags (labels, properties) say every publish step has completed."""
+    return tags.get(PUBLISHED_TAG) == PUBLISHED_VALUE
 
 
 def tag_key(name: str) -> str:

@@ -24,6 +24,7 @@ from imagebuilder.clouds.aws import AwsImageStore, parameter_name
 from imagebuilder.commands_images import images, publish_artifact
 from imagebuilder.config import AwsSettings
 from imagebuilder.errors import UserError
+from imagebuilder.metadata import PUBLISHED_TAG
 
 DATA = Path(__file__).parent / "data"
 TWO_REGIONS = ["us-east-1", "eu-west-1"]
@@ -82,7 +83,7 @@ def test_publish_copies_tags_image_and_snapshots_and_stays_private(aws_env: str)
     assert set(ids) == set(TWO_REGIONS)
     assert ids["us-east-1"] == artifact.ids["us-east-1"]
     assert ids["eu-west-1"].startswith("ami-") and ids["eu-west-1"] != ids["us-east-1"]
-    expected = {**artifact.metadata.to_tags(), "Name": artifact.image_name}
+    expected = {**artifact.metadata.to_tags(), "Name": artifact.image_name, PUBLISHED_TAG: "true"}
     for region, image_id in ids.items():
         image = describe(region, image_id)
         assert tags_of(image) == expected

@@ -200,7 +200,9 @@ def test_a_version_packer_made_is_found_and_completed(store: AzureImageStore, ar
     ids = store.publish(packer_artifact(metadata("1764064800")))
     assert set(ids.values()) == {packer_version}
     assert not arm.calls("PUT", f"{VERSIONS}/")
-    (patch,) = arm.calls("PATCH", packer_version)
+    patch, published = arm.calls("PATCH", packer_version)  # the published tag last, on its own
+    assert published.body["tags"]["imagebuilder-published"] == "true"
+    assert "imagebuilder-published" not in patch.body["tags"]
     assert patch.body["tags"]["made-by"] == "packer"
     assert patch.body["tags"]["imagebuilder-build-key"] == "a" * 64
     assert [r["name"] for r in patch.body["properties"]["publishingProfile"]["targetRegions"]] == [

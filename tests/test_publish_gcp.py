@@ -218,7 +218,9 @@ def test_a_packer_built_image_is_labelled_described_and_put_in_its_family(
                         metadata=meta, ids={"default": name})
     assert store.publish(artifact) == {"global": name}
 
-    (set_labels,) = compute.calls("POST", f"{IMAGES}/{name}/setLabels")
+    set_labels, published = compute.calls("POST", f"{IMAGES}/{name}/setLabels")  # the published label last
+    assert published.body["labels"]["imagebuilder-published"] == "true"
+    assert "imagebuilder-published" not in set_labels.body["labels"]
     assert set_labels.body["labelFingerprint"] == "fp0"
     assert set_labels.body["labels"]["packer"] == "yes"  # labels Packer set stay
     assert set_labels.body["labels"]["imagebuilder-os"] == "debian-12"
@@ -227,7 +229,7 @@ def test_a_packer_built_image_is_labelled_described_and_put_in_its_family(
     assert metadata_of(compute.images[(PROJECT, name)]["labels"], patch.body["description"]) == meta
     assert compute.images[(PROJECT, name)]["description"] == describe(meta)
     store.publish(artifact)  # nothing left to change
-    assert len(compute.calls("POST", "/setLabels")) == 1 and len(compute.calls("PATCH")) == 1
+    assert len(compute.calls("POST", "/setLabels")) == 2 and len(compute.calls("PATCH")) == 1
 
 
 def test_a_missing_packer_image_is_a_clear_error(store: GcpImageStore) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 
 from imagebuilder.artifact import Artifact
 from imagebuilder.errors import UserError
-from imagebuilder.metadata import ImageMetadata
+from imagebuilder.metadata import PUBLISHED_TAG, PUBLISHED_VALUE, ImageMetadata, is_published
 
 # Each cloud's store: module and class, imported only when used (their SDKs are optional
 # extras). A store class takes the cloud's settings model first; the local catalogue takes none.
@@ -58,6 +58,11 @@ class ImageRecord:
     tags: dict[str, str] = field(default_factory=dict)  # every tag/property, ours included
     extra: dict[str, Any] = field(default_factory=dict)  # cloud-specific: snapshots, file path, owner...
 
+    @property
+    def published(self) -> bool:
+        """Every publish step completed: the published tag, set last, is on this copy."""
+        return is_published(self.tags)
+
     def deprecated(self, now: datetime | None = None) -> bool:
         return self.deprecated_at is not None and self.deprecated_at <= (now or utcnow())
 
@@ -83,6 +88,7 @@ class ImageRecord:
             "kubernetes_minor": meta.kubernetes_minor if meta else None,
             "arch": meta.arch if meta else None,
             "build_key": meta.build_key if meta else None,
+            "published": self.published,
             "metadata": meta.to_tags() if meta else {},
         }
 
@@ -110,9 +116,50 @@ class ImageFilter:
 
 
 class ImageStore(abc.ABC):
-    """Where images of one cloud live. Constructed with that cloud's settings from the matrix."""
+    """Where images of one cloud live. Constructed with that cloud's settings from the matrix.
+
+    Publishing and reconciling note each change they make as one line (``changes``); on a
+    dry run (``dry_run``) they note it and do not make it.
+    """
 
     cloud: str
+    dry_run: bool = False
+
+    @property
+    def changes(self) -> list[str]:
+        return self.__dict__.setdefault("_changes", [])  # type: ignore[no-any-return]
+
+    def change(self, region: str, subject: str, what: str) -> bool:
+        """Note '<cloud> <region> <subject>: <what>'; False on a dry run (the caller then skips the write)."""
+        self.changes.append(f"{self.cloud} {region} {subject}: {what}")
+        return not self.dry_run
+
+    def reconcile(self, records: Sequence[ImageRecord], dry_run: bool = False) -> list[str]:
+        """Bring the existing images of one build (its records, one per region) to what the settings
+        declare now, without building anything; returns the changes, one line each ([] when all is
+        in place). Every step is idempotent, the published tag is set last."""
+        self.dry_run = dry_run
+        start = len(self.changes)
+        try:
+            if records:
+                self._reconcile(list(records))
+        finally:
+            self.dry_run = False
+        return self.changes[start:]
+
+    @abc.abstractmethod
+    def _reconcile(self, records: list[ImageRecord]) -> None:
+        """reconcile's steps for this cloud; records is never empty and shares one build key."""
+
+    def subject(self, record: ImageRecord) -> str:
+        """How change lines name an image."""
+        return record.image_id
+
+    def mark_published(self, records: Sequence[ImageRecord]) -> None:
+        """The last step: the published tag on every copy that lacks it."""
+        for record in records:
+            if not record.published and self.change(record.region, self.subject(record), f"tagged {PUBLISHED_TAG}"):
+                self.tag(record, {PUBLISHED_TAG: PUBLISHED_VALUE})
 
     @abc.abstractmethod
     def publish(self, artifact: Artifact) -> dict[str, str]:

@@ -12,6 +12,11 @@ After Packer's amazon-ebs build the AMI exists in the build region. `publish`:
 5. sets launch permissions exactly as configured: private unless `ami_users` or
    `ami_groups: [all]` say otherwise (image-builder defaults to public; we do not);
 6. optionally points an SSM parameter `<prefix>/<os>/<minor>/<arch>` at the newest AMI.
+7. last, once every step above succeeded, tags every copy `imagebuilder-published=true`.
+
+`reconcile` runs the same steps from the copies that exist (no artifact needed): a region
+or an account added to the matrix reaches the image, a publish cut short is completed. Each
+step looks before it writes, so a second run changes nothing; each change is noted.
 
 Credentials come from boto3's own chain (environment, profiles, instance roles), and the
 endpoint from AWS_ENDPOINT_URL when set. Throttling and 5xx answers are retried with
@@ -34,7 +39,7 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, 
 from imagebuilder.artifact import Artifact
 from imagebuilder.clouds import CloudError, ImageFilter, ImageRecord, ImageStore, sort_newest_first, utcnow
 from imagebuilder.config import AwsSettings
-from imagebuilder.metadata import ImageMetadata, tag_key
+from imagebuilder.metadata import PUBLISHED_TAG, ImageMetadata, tag_key
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -134,25 +139,60 @@ class AwsImageStore(ImageStore):
             if region not in ids:
                 ids[region] = image_id
                 records[region] = self.wait_available(region, image_id)
+        for record in records.values():  # tagged first: should a copy fail, the next run finds the build by key
+            self._ensure_tags(record, tags)
         for region in regions:
             if region not in ids:
-                ids[region] = self._copy_once(source, region, artifact)
+                copied = self._copy_once(source, region, artifact)
+                if copied:
+                    ids[region] = copied
+        done: list[ImageRecord] = []
         for region, image_id in ids.items():
             record = records.get(region) or self.wait_available(region, image_id)
-            self.tag(record, tags)
+            if region not in records:
+                self._ensure_tags(record, tags)
             self.share(record, self.settings.ami_users, PUBLIC_GROUP in self.settings.ami_groups,
                        groups=[g for g in self.settings.ami_groups if g != PUBLIC_GROUP])
+            done.append(record)
         if self.settings.ssm_parameter_prefix:
             for region, image_id in ids.items():
                 self.update_parameter(region, image_id, artifact.metadata)
+        self.mark_published(done)
         return ids
 
-    def _copy_once(self, source: ImageRecord, region: str, artifact: Artifact) -> str:
-        """The id of this build's copy in the region: an existing one, or a new copy."""
+    def _reconcile(self, records: list[ImageRecord]) -> None:
+        """publish again from the copies that exist: the copy in the first configured region is the source."""
+        order = {region: index for index, region in enumerate(self.settings.regions)}
+        ranked = sorted(records, key=lambda r: (r.state != "available", order.get(r.region, len(order)), r.region))
+        source = ranked[0]
+        assert source.metadata is not None
+        ids = {source.region: source.image_id, **{r.region: r.image_id for r in ranked[1:]}}
+        self.publish(Artifact(cell_id=source.metadata.cell, cloud="aws", build_key=source.metadata.build_key,
+                              image_name=source.tags.get("Name") or source.name, metadata=source.metadata, ids=ids))
+
+    def _ensure_tags(self, record: ImageRecord, tags: dict[str, str]) -> None:
+        """Our tags on the AMI and on each of its snapshots; only a resource missing one is tagged."""
+        resources = {record.image_id: record.tags}
+        snapshots = record.extra.get("snapshots", [])
+        if snapshots:
+            answer = self.call("ec2", record.region, "describe_snapshots", record.image_id, SnapshotIds=snapshots)
+            resources.update({s["SnapshotId"]: {t["Key"]: t.get("Value", "") for t in s.get("Tags") or []}
+                              for s in answer.get("Snapshots", [])})
+        for resource, have in resources.items():
+            missing = {key: value for key, value in tags.items() if have.get(key) != value}
+            if missing and self.change(record.region, resource, "tagged " + ", ".join(sorted(missing))):
+                self.call("ec2", record.region, "create_tags", resource, Resources=[resource],
+                          Tags=[{"Key": key, "Value": value} for key, value in missing.items()])
+
+    def _copy_once(self, source: ImageRecord, region: str, artifact: Artifact) -> str | None:
+        """The id of this build's copy in the region: an existing one, or a new copy (None on a dry run)."""
         existing = self.existing_copy(region, artifact.build_key, source.name)
         if existing:
             log.info("aws %s: %s already has a copy of %s", region, existing, source.image_id)
             return existing
+        if self.dry_run:
+            self.change(region, source.name, f"copy from {source.region} {source.image_id}")
+            return None
         log.info("aws %s: copying %s from %s", region, source.image_id, source.region)
         try:
             answer = self.call("ec2", region, "copy_image", source.image_id, SourceRegion=source.region,
@@ -165,6 +205,7 @@ class AwsImageStore(ImageStore):
             if not found:
                 raise
             return found
+        self.change(region, str(answer["ImageId"]), f"copied from {source.region} {source.image_id}")
         return str(answer["ImageId"])
 
     def existing_copy(self, region: str, build_key: str, name: str) -> str | None:
@@ -265,9 +306,10 @@ class AwsImageStore(ImageStore):
         ids: dict[str, str] = {}
         for region in self.check_regions(regions):
             ids[region] = image.image_id if region == image.region else self._copy_once(image, region, artifact)
+        tags = {key: value for key, value in image.tags.items() if key != PUBLISHED_TAG}
         for region, image_id in ids.items():
             if region != image.region:
-                self.tag(self.wait_available(region, image_id), image.tags)
+                self.tag(self.wait_available(region, image_id), tags)
         return ids
 
     def share(self, image: ImageRecord, principals: Sequence[str] = (), public: bool = False,
@@ -281,7 +323,8 @@ class AwsImageStore(ImageStore):
         have = [{k: v for k, v in p.items() if k in ("UserId", "Group")} for p in current]
         add = [p for p in want if p not in have]
         remove = [p for p in have if p not in want]
-        if add or remove:
+        if (add or remove) and self.change(image.region, image.image_id, "launch permissions " + _permission_diff(
+                add, remove)):
             self.call("ec2", image.region, "modify_image_attribute", image.image_id, ImageId=image.image_id,
                       LaunchPermission={key: value for key, value in (("Add", add), ("Remove", remove)) if value})
         for snapshot in image.extra.get("snapshots", []):
@@ -292,7 +335,7 @@ class AwsImageStore(ImageStore):
                             Attribute="createVolumePermission").get("CreateVolumePermissions", [])
         have = {p["UserId"] for p in current if "UserId" in p}
         for operation, ids in (("add", sorted(set(users) - have)), ("remove", sorted(have - set(users)))):
-            if ids:
+            if ids and self.change(region, snapshot, f"create volume permission {operation} {', '.join(ids)}"):
                 self.call("ec2", region, "modify_snapshot_attribute", snapshot, SnapshotId=snapshot,
                           Attribute="createVolumePermission", OperationType=operation, UserIds=ids)
 
@@ -369,6 +412,8 @@ class AwsImageStore(ImageStore):
         if current and self._newer(region, current, image_id):
             log.info("aws %s: %s keeps %s, newer than %s", region, name, current, image_id)
             return name
+        if not self.change(region, f"ssm {name}", image_id + (f" (was {current})" if current else "")):
+            return name
         self.call("ssm", region, "put_parameter", name, Name=name, Value=image_id, Type="String",
                   DataType="aws:ec2:image", Overwrite=True,
                   Description=f"newest imagebuilder image for {metadata.os} Kubernetes {metadata.kubernetes_minor}")
@@ -380,6 +425,14 @@ class AwsImageStore(ImageStore):
         except CloudError:
             return False  # the parameter names a vanished image: replace it
         return have.build_time > self.describe(region, candidate).build_time
+
+
+def _permission_diff(add: list[dict[str, str]], remove: list[dict[str, str]]) -> str:
+    """'+user 111122223333, -group all' for the log of changes."""
+    def name(permission: dict[str, str]) -> str:
+        return f"user {permission['UserId']}" if "UserId" in permission else f"group {permission['Group']}"
+
+    return ", ".join([f"+{name(p)}" for p in add] + [f"-{name(p)}" for p in remove])
 
 
 def parameter_name(prefix: str, metadata: ImageMetadata) -> str:

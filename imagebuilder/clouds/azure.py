@@ -285,7 +285,19 @@ class AzureImageStore(ImageStore):
             else:
                 version = self.create_from_disk(definition, artifact)
         record = self.complete(definition, version, metadata)
+        self.mark_published([record])
         return {region: record.image_id for region in record.extra["target_regions"]}
+
+    def subject(self, record: ImageRecord) -> str:
+        return record.name  # <definition>/<version>, not the long ARM id
+
+    def _reconcile(self, records: list[ImageRecord]) -> None:
+        for found in records:
+            definition = found.extra["definition"]
+            version = self.get_version(definition, found.extra["version"])
+            if version is None or found.metadata is None:
+                raise CloudError(f"azure: version {found.name} vanished | fix: run build again")
+            self.mark_published([self.complete(definition, version, found.metadata)])
 
     def find_version(self, definition: str, build_key: str, managed_image: str = "") -> m.GalleryImageVersion | None:
         """This build's version: by build key tag, else (a Packer-made version) by its managed image source."""
@@ -388,7 +400,13 @@ class AzureImageStore(ImageStore):
         have = record.extra["target_regions"]
         counts = set(record.extra["replica_counts"].values())
         regions = list(dict.fromkeys([*have, *wanted]))
-        if tags != (version.tags or {}) or regions != have or counts - {self.settings.replica_count}:
+        moved = [what for what, differs in (
+            ("tags " + ", ".join(sorted(k for k in tags if (version.tags or {}).get(k) != tags[k])),
+             tags != (version.tags or {})),
+            ("target regions " + ", ".join(regions), regions != have),
+            (f"replica count {self.settings.replica_count}", bool(counts - {self.settings.replica_count})))
+            if differs]
+        if moved and self.change(self.settings.location, f"{definition}/{version.name}", "; ".join(moved)):
             update = version_update(self.publishing_profile(regions), tags)
             name = str(version.name)
             version = self.lro("update version", f"{definition}/{name}",

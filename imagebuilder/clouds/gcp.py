@@ -246,7 +246,17 @@ class GcpImageStore(ImageStore):
                              "| fix: publish a googlecompute or a qemu build")
         record = self.complete(image, metadata)
         self.settle_family(record)
+        self.mark_published([record])
         return {REGION: record.image_id}
+
+    def _reconcile(self, records: list[ImageRecord]) -> None:
+        for found in records:
+            if found.state != "available" or found.metadata is None:
+                raise CloudError(f"gcp {self.project}: image {found.image_id} is {found.state} "
+                                 "| fix: run build again; a failed image is replaced")
+            record = self.complete(self.wait_ready(found.image_id), found.metadata)
+            self.settle_family(record)
+            self.mark_published([record])
 
     def wait_ready(self, name: str) -> compute_v1.Image:
         """The image once READY; a clear error when it failed or never appears."""
@@ -331,13 +341,16 @@ class GcpImageStore(ImageStore):
         """Labels, description and family as the metadata says; only what differs is changed."""
         name = image.name
         labels = {**dict(image.labels), **metadata.to_gcp_labels()}
-        if labels != dict(image.labels):
+        if labels != dict(image.labels) and self.change(REGION, name, "labels " + ", ".join(
+                sorted(key for key in labels if image.labels.get(key) != labels[key]))):
             request = compute_v1.GlobalSetLabelsRequest(labels=labels, label_fingerprint=image.label_fingerprint)
             self.wait(self.call("setLabels", name, lambda: self.images.set_labels_unary(
                 project=self.project, resource=name, global_set_labels_request_resource=request)), name)
         family = image_family(metadata.os, metadata.kubernetes_minor)
         description = describe(metadata)
-        if (image.family, image.description) != (family, description):
+        moved = [what for what, have, want in (("family " + family, image.family, family),
+                                              ("description", image.description, description)) if have != want]
+        if moved and self.change(REGION, name, ", ".join(moved)):
             patch = compute_v1.Image(family=family, description=description)
             self.wait(self.call("patch", name, lambda: self.images.patch_unary(
                 project=self.project, image=name, image_resource=patch)), name)
@@ -358,7 +371,8 @@ class GcpImageStore(ImageStore):
         older = [r for r in active if r.image_id != newest.image_id]
         for record in older:
             log.info("gcp %s: %s deprecated, replaced by %s", self.project, record.image_id, newest.image_id)
-            self.deprecate(record, utcnow(), replacement=newest.extra["self_link"])
+            if self.change(REGION, record.image_id, f"deprecated, replaced by {newest.image_id}"):
+                self.deprecate(record, utcnow(), replacement=newest.extra["self_link"])
         return [r.image_id for r in older]
 
     # -- the rest of the interface ---------------------------------------------------------------

@@ -61,9 +61,17 @@ class LocalCatalogue(ImageStore):
     def publish(self, artifact: Artifact) -> dict[str, str]:
         image_id = local_image_id(artifact.build_key)
         existing = self._load(image_id)
-        if existing is not None and Path(existing.extra["path"]).is_file():
-            return {REGION: image_id}
+        if existing is None or not Path(existing.extra["path"]).is_file():
+            existing = self._catalogue(image_id, artifact)
+        if existing is not None:
+            self._complete(existing, artifact.metadata)
+        return {REGION: image_id}
+
+    def _catalogue(self, image_id: str, artifact: Artifact) -> ImageRecord | None:
+        """The image file in place and its record written (without the published tag); None on a dry run."""
         source = image_file_of(artifact)
+        if not self.change(REGION, image_id, f"catalogued from {source}"):
+            return None
         target = self.images_dir / image_id / source.name
         place_file(source, target)
         record = {
@@ -80,7 +88,21 @@ class LocalCatalogue(ImageStore):
             "versions": artifact.versions,
         }
         self._write(image_id, record)
-        return {REGION: image_id}
+        return self._load(image_id)
+
+    def _complete(self, record: ImageRecord, metadata: ImageMetadata) -> None:
+        """The record's metadata as the build's, then the published tag."""
+        missing = {key: value for key, value in metadata.to_tags().items() if record.tags.get(key) != value}
+        if missing and self.change(REGION, record.image_id, "tagged " + ", ".join(sorted(missing))):
+            self.tag(record, missing)
+        self.mark_published([record])
+
+    def _reconcile(self, records: list[ImageRecord]) -> None:
+        for record in records:
+            if record.state != "available" or record.metadata is None:
+                raise CloudError(f"local catalogue {self.root}: {record.image_id} has lost its file "
+                                 f"{record.extra.get('path')} | fix: build the cell again with --force")
+            self._complete(record, record.metadata)
 
     def list_images(self, filters: ImageFilter | None = None) -> list[ImageRecord]:
         filters = filters or ImageFilter()

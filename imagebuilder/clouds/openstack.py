@@ -159,15 +159,43 @@ class OpenstackImageStore(ImageStore):
         return keep
 
     def _complete(self, record: ImageRecord, properties: dict[str, str]) -> None:
-        """Properties, tag and visibility as configured, changing only what differs."""
+        """Properties, tag, visibility and members as configured, changing only what differs; published last."""
         current = {**record.tags, **record.extra.get("core", {})}
-        changes = {key: value for key, value in properties.items() if current.get(key) != value}
-        if record.extra.get("visibility") != self.settings.visibility:
-            changes["visibility"] = self.settings.visibility
-        if changes:
+        changes: dict[str, Any] = {key: value for key, value in properties.items() if current.get(key) != value}
+        if changes and self.change(self.region, record.image_id, "properties " + ", ".join(sorted(changes))):
             self._update(record.image_id, changes)
-        if OUR_TAG not in record.extra.get("tags", []):
+        if OUR_TAG not in record.extra.get("tags", []) and self.change(self.region, record.image_id,
+                                                                      f"tagged {OUR_TAG}"):
             self._call(f"tagging {record.image_id}", lambda: self.conn.image.add_tag(record.image_id, OUR_TAG))
+        visibility = self.settings.visibility
+        if record.extra.get("visibility") != visibility and self.change(
+                self.region, record.image_id, f"visibility {visibility} (was {record.extra.get('visibility')})"):
+            self._update(record.image_id, {"visibility": visibility})
+        if visibility == "shared":
+            self._set_members(record, self.settings.members)
+        self.mark_published([record])
+
+    def _reconcile(self, records: list[ImageRecord]) -> None:
+        active = [r for r in records if r.state == "active" and r.metadata is not None]
+        if not active:
+            raise CloudError(f"openstack {self.region}: no active image of build {records[0].image_id} "
+                             f"(state {records[0].state}) | fix: build the cell again")
+        oldest = min(active, key=lambda r: (r.created_at, r.image_id))  # the one publish keeps
+        assert oldest.metadata is not None
+        self._complete(oldest, image_properties(oldest.metadata))
+
+    def _set_members(self, image: ImageRecord, projects: Sequence[str]) -> None:
+        """Glance members exactly these projects (a member's own accept/reject status is left to it)."""
+        members = {m.member_id for m in self._call(f"members of {image.image_id}",
+                                                     lambda: list(self.conn.image.members(image.image_id)))}
+        for project in sorted(set(projects) - members):
+            if self.change(self.region, image.image_id, f"member {project} added"):
+                self._call(f"sharing {image.image_id} with {project}",
+                           lambda p=project: self.conn.image.add_member(image.image_id, member_id=p))
+        for project in sorted(members - set(projects)):
+            if self.change(self.region, image.image_id, f"member {project} removed"):
+                self._call(f"unsharing {image.image_id} from {project}",
+                           lambda p=project: self.conn.image.remove_member(p, image.image_id))
 
     def _update(self, image_id: str, changes: dict[str, Any]) -> None:
         """One JSON patch (Glance's own format): replace what the image has, add what it lacks.
@@ -221,18 +249,11 @@ class OpenstackImageStore(ImageStore):
     def share(self, image: ImageRecord, principals: Sequence[str] = (), public: bool = False) -> None:
         """Public, or shared with exactly these projects (as Glance members), or private."""
         visibility = "public" if public else "shared" if principals else "private"
-        if image.extra.get("visibility") != visibility:
+        if image.extra.get("visibility") != visibility and self.change(self.region, image.image_id,
+                                                                      f"visibility {visibility}"):
             self._update(image.image_id, {"visibility": visibility})
-        if public:
-            return
-        members = {m.member_id for m in self._call(f"members of {image.image_id}",
-                                                     lambda: list(self.conn.image.members(image.image_id)))}
-        for project in sorted(set(principals) - members):
-            self._call(f"sharing {image.image_id} with {project}",
-                       lambda p=project: self.conn.image.add_member(image.image_id, member_id=p))
-        for project in sorted(members - set(principals)):
-            self._call(f"unsharing {image.image_id} from {project}",
-                       lambda p=project: self.conn.image.remove_member(p, image.image_id))
+        if not public:
+            self._set_members(image, principals)
 
     def deprecate(self, image: ImageRecord, when: datetime) -> None:
         """Record the time; once it has come, hide the image (os_hidden) from default listings."""
