@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import json
 import os
 import re
 import signal
@@ -254,12 +255,37 @@ def manifest_artifact(job: Job) -> Artifact:
                                 started_at=finished - job.elapsed, finished_at=finished)
 
 
+# Our own failure messages (the roles' `fail` tasks, our scripts) start with this marker: the
+# first one in Packer's output is the cell's error, whatever Packer says after it.
+ERROR_MARKER = "imagebuilder: "
+# Packer's prefixes before a provisioner's output line: "-timestamp-ui" time, then "source.name: ".
+PACKER_PREFIX = re.compile(r"^(?:\d{4}-\d\d-\d\dT[\d:.]+Z: )?\s*(?:[\w-]+\.[\w-]+: )?")
+ANSIBLE_MSG = '"msg": "' + ERROR_MARKER
+
+
 def _last_error(tail: str) -> str:
     lines = [line.strip() for line in tail.splitlines() if line.strip()]
+    for line in lines:
+        marked = _marked_error(line)
+        if marked:
+            return marked[:500]
     for line in reversed(lines):
         if "error" in line.lower() or "failed" in line.lower():
             return line[-300:]
     return lines[-1][-300:] if lines else "packer failed with no output"
+
+
+def _marked_error(line: str) -> str | None:
+    """The message of a line carrying the marker: an Ansible task result's "msg" or a plain line."""
+    start = line.find(ANSIBLE_MSG)
+    if start >= 0:
+        try:
+            message, _ = json.JSONDecoder().raw_decode(line, start + len('"msg": '))
+        except ValueError:
+            message = line[start + len('"msg": "'):]
+        return " ".join(str(message).split())[len(ERROR_MARKER):]
+    bare = PACKER_PREFIX.sub("", line, count=1)
+    return bare[len(ERROR_MARKER):].strip() if bare.startswith(ERROR_MARKER) else None
 
 
 Lookup = Callable[[Cell], "str | None"]

@@ -12,7 +12,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from imagebuilder import __version__, packer, pipeline, progress, rebuilds, render, versions_update
+from imagebuilder import __version__, packer, pipeline, preflight, progress, rebuilds, render, versions_update
 from imagebuilder.config import DEFAULT_MATRIX, LoadedMatrix, load_matrix
 from imagebuilder.commands_images import images
 from imagebuilder.commands_prune import prune
@@ -160,10 +160,13 @@ def validate_command(matrix_path: Path, only: tuple[str, ...], output_dir: Path,
 @click.option("--force", is_flag=True, help="Build cells whose build key already exists as an image.")
 @click.option("--dry-run", is_flag=True, help="Show what would be built and skipped; run nothing.")
 @click.option("--no-publish", is_flag=True, help="Build (and boot-test) only; publish nothing.")
+@click.option("--skip-preflight", is_flag=True,
+              help="Do not check the download mirrors and cloud credentials before building.")
 def build_command(matrix_path: Path, only: tuple[str, ...], output_dir: Path, jobs: int, force: bool,
-                  dry_run: bool, no_publish: bool) -> None:
+                  dry_run: bool, no_publish: bool, skip_preflight: bool) -> None:
     """Render the selected cells and run Packer on the ones whose image does not exist yet."""
     cells = _require_cells(planned_cells(matrix_path, only), only)
+    preflight_ok = skip_preflight or _preflight(cells, matrix_path, dry_run)
     options = pipeline.BuildOptions(output_dir=output_dir, jobs=jobs, force=force, dry_run=dry_run,
                                     publish=not no_publish)
     job_list = pipeline.prepare_jobs(cells, options, pipeline.catalogue_lookup)
@@ -171,6 +174,8 @@ def build_command(matrix_path: Path, only: tuple[str, ...], output_dir: Path, jo
         for job in job_list:
             action = f"skip (exists: {job.existing})" if job.existing else "build"
             click.echo(f"{action:<40} {job.cell.id}")
+        if not preflight_ok:
+            sys.exit(PREFLIGHT_EXIT)
         return
     try:
         pipeline.run_jobs(job_list, options, progress.make_reporter())
@@ -184,6 +189,26 @@ def build_command(matrix_path: Path, only: tuple[str, ...], output_dir: Path, jo
         click.echo(f"imagebuilder: {len(failed)} of {len(job_list)} cells failed; logs in "
                    f"{output_dir}/<cell>/build.log", err=True)
         sys.exit(1)
+
+
+PREFLIGHT_EXIT = 2  # as a UserError: nothing ran
+
+
+def _preflight(cells: list[Cell], matrix_path: Path, dry_run: bool) -> bool:
+    """Check the selected cells' downloads and clouds; one line per problem on stderr.
+
+    A failed check ends `build` here; `build --dry-run` lists its plan anyway, then exits non-zero.
+    """
+    report = preflight.run(cells, str(matrix_path))
+    for line in report.lines():
+        click.echo(f"imagebuilder: {line}", err=True)
+    if dry_run:
+        click.echo(report.summary())
+    if not report.ok and not dry_run:
+        click.echo(f"imagebuilder: preflight found {len(report.problems)} problems; nothing was built "
+                   "(--skip-preflight builds anyway)", err=True)
+        sys.exit(PREFLIGHT_EXIT)
+    return report.ok
 
 
 @cli.command("vars")

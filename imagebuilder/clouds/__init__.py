@@ -204,6 +204,14 @@ class ImageStore(abc.ABC):
         """What refers to the image (instances, templates, servers); None when it cannot be checked."""
         return None
 
+    def check_access(self) -> None:
+        """Raise a CloudError (one line, naming the cloud and the fix) unless the credentials work.
+
+        Cheap and quick: `build` calls it for every selected cloud before anything boots.
+        The default lists the images of a build key nobody has; stores override it.
+        """
+        self.find_by_build_key("0" * 64)
+
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)

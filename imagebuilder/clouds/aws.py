@@ -123,6 +123,14 @@ class AwsImageStore(ImageStore):
                                  "| fix: check the network, AWS_ENDPOINT_URL and the credentials") from None
         raise AssertionError("unreachable")
 
+    def check_access(self) -> None:
+        """sts GetCallerIdentity in the build region, at the configured endpoint, with short timeouts."""
+        region = self.settings.regions[0]
+        config = Config(connect_timeout=5, read_timeout=10, retries={"mode": "standard", "total_max_attempts": 2},
+                        user_agent_extra="imagebuilder")
+        sts = self.session.client("sts", region_name=region, config=config)
+        self._retrying(sts.get_caller_identity, region, "get_caller_identity", "")
+
     # -- publish ---------------------------------------------------------------------------
 
     def publish(self, artifact: Artifact) -> dict[str, str]:

@@ -193,6 +193,13 @@ class AzureImageStore(ImageStore):
 
     # -- gallery and definitions -----------------------------------------------------------
 
+    def check_access(self) -> None:
+        """Read the gallery: a missing one is fine (publish creates it), a refused token is not."""
+        try:
+            self.call("get gallery", self.gallery, lambda: self.client.galleries.get(self.rg, self.gallery))
+        except Missing:
+            return
+
     def ensure_gallery(self) -> None:
         try:
             self.call("get gallery", self.gallery, lambda: self.client.galleries.get(self.rg, self.gallery))

@@ -229,6 +229,11 @@ class GcpImageStore(ImageStore):
         """This build's images, a failed one left out: it holds nothing to launch, publish replaces it."""
         return [r for r in self.list_images(ImageFilter(build_key=build_key, region=region)) if r.state != "failed"]
 
+    def check_access(self) -> None:
+        """Read one image of the project: the credentials, the project and compute.images.list."""
+        request = compute_v1.ListImagesRequest(project=self.project, max_results=1)
+        self.call("list", self.project, lambda: next(iter(self.images.list(request=request)), None))
+
     def family_images(self, family: str) -> list[ImageRecord]:
         return [record_of(image) for image in self._list(f'(family = "{family}")')]
 

@@ -160,6 +160,16 @@ class LocalCatalogue(ImageStore):
     def in_use(self, image: ImageRecord) -> list[str] | None:
         return []  # nothing launches from the catalogue itself; VMs run from copies
 
+    def check_access(self) -> None:
+        """The catalogue directory exists (or can be made) and takes new files."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=self.root, prefix=".preflight-"):
+                pass
+        except OSError as exc:
+            raise CloudError(f"local catalogue {self.root} is not writable ({exc.strerror or exc}) "
+                             f"| fix: make it writable or set {CATALOGUE_ENV} to a writable directory") from None
+
     # -- records -------------------------------------------------------------------------
 
     def _raw(self, image_id: str) -> dict[str, Any]:

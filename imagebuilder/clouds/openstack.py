@@ -101,6 +101,10 @@ class OpenstackImageStore(ImageStore):
             raise CloudError(f"openstack {self.region}: {what} failed: {_one_line(exc)} "
                              "| fix: check that the image endpoint is up and reachable, then run it again") from None
 
+    def check_access(self) -> None:
+        """Authenticate and read one image: the token and the image endpoint publishing needs."""
+        self._call("list images", lambda: next(iter(self.conn.image.images(limit=1)), None))
+
     # -- publish -----------------------------------------------------------------------------
 
     def publish(self, artifact: Artifact) -> dict[str, str]:
