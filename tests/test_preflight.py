@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -28,7 +29,7 @@ from imagebuilder.build import Limits, NoHooks, PackerExecutor, Scheduler, State
 from imagebuilder.progress import PlainReporter
 from mirror import fixture_lock, mirrors_for, serve_directory
 from nullcells import null_jobs
-from services import aws_env, moto_url  # noqa: F401 - pytest fixtures
+from services import aws_env, glance_url, moto_url, openstack_env  # noqa: F401 - pytest fixtures
 
 # The tools a qemu build would start first: none may run when preflight fails.
 WATCHED_TOOLS = ("packer", "mmdebstrap", "qemu-img", "qemu-system-x86_64", "qemu-system-aarch64")
@@ -274,3 +275,71 @@ def test_a_download_failing_inside_packer_is_the_cells_error(workspace: Workspac
     url = f"{refusing_url}/crictl/v{workspace.mirror.versions['crictl']}/crictl-v{workspace.mirror.versions['crictl']}-linux-amd64.tar.gz"
     assert job.error == (f"crictl: {url}: download failed (Request failed: <urlopen error [Errno 111] "
                          "Connection refused>) | fix: check mirrors.crictl in matrix.yaml (the mirror must serve this path)")
+
+
+# -- check_access of the other stores, against their local services ------------------------------
+
+def test_openstack_access_against_glance_and_a_refusing_endpoint(openstack_env: str, refusing_url: str,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from imagebuilder.clouds import CloudError, store_for
+
+    store_for("openstack", {}).check_access()
+    monkeypatch.setenv("OS_IMAGE_ENDPOINT_OVERRIDE", refusing_url + "/")
+    with pytest.raises(CloudError, match=r"^openstack .*list images failed: .*\| fix: check that the image "
+                                         r"endpoint is up"):
+        store_for("openstack", {}, connect_retries=0).check_access()
+
+
+def test_gcp_access_reads_one_image_of_the_project(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    pytest.importorskip("google.cloud.compute_v1")
+    from google.auth.credentials import AnonymousCredentials
+
+    from imagebuilder.clouds import CloudError
+    from imagebuilder.clouds.gcp import GcpImageStore
+    from imagebuilder.config import GcpSettings
+    from standins.gcp_compute import GcpComputeStandin
+
+    compute = GcpComputeStandin()
+    compute.start()
+    try:
+        GcpImageStore(GcpSettings(project_id="capi-images"), credentials=AnonymousCredentials(),
+                      api_endpoint=compute.base_url).check_access()
+        [request] = compute.calls("GET", "/compute/v1/projects/capi-images/global/images$")
+        assert request.query.get("maxResults") == "1"
+    finally:
+        compute.stop()
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "no-such-key.json"))
+    with pytest.raises(CloudError, match=r"^gcp: no Google credentials found \| fix: set GOOGLE_APPLICATION"):
+        GcpImageStore(GcpSettings(project_id="capi-images")).check_access()
+
+
+def test_azure_access_needs_a_token_and_tolerates_a_missing_gallery(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("azure.mgmt.compute")
+    from azure.core.credentials import AccessToken
+    from azure.identity import EnvironmentCredential
+
+    from imagebuilder.clouds import CloudError
+    from imagebuilder.clouds.azure import AzureImageStore
+    from imagebuilder.config import AzureSettings
+    from standins.azure_compute import AzureComputeStandin
+
+    class FixedToken:  # a TokenCredential, as DefaultAzureCredential is once signed in
+        def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
+            return AccessToken("fake-arm-token-not-a-secret", int(time.time()) + 3600)
+
+    subscription = "00000000-1111-2222-3333-444444444444"
+    settings = AzureSettings(resource_group="capi-images")
+    arm = AzureComputeStandin()
+    arm.start()
+    try:
+        AzureImageStore(settings, subscription_id=subscription, credential=FixedToken(), base_url=arm.base_url,
+                        retry_total=0).check_access()
+        assert arm.calls("GET", "/galleries/capi_images$"), "the gallery was not read"
+    finally:
+        arm.stop()
+    for name in ("AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_CLIENT_SECRET", "AZURE_CLIENT_CERTIFICATE_PATH",
+                 "AZURE_USERNAME"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(CloudError, match=r"^azure: no working credentials \(.*\) \| fix: set AZURE_CLIENT_ID"):
+        AzureImageStore(settings, subscription_id=subscription, credential=EnvironmentCredential(),
+                        base_url="https://management.azure.com").check_access()

@@ -60,6 +60,8 @@ from imagebuilder.planner import azure_image_definition
 from imagebuilder.metadata import ImageMetadata, tag_key
 
 log = logging.getLogger(__name__)
+# azure.identity logs each failed credential chain as a multi-line warning; our CloudError says it in one line.
+logging.getLogger("azure.identity").addHandler(logging.NullHandler())
 T = TypeVar("T")
 
 MIN_SDK_MAJOR = 39  # models with nested `properties` and mapping constructors
@@ -194,9 +196,16 @@ class AzureImageStore(ImageStore):
     # -- gallery and definitions -----------------------------------------------------------
 
     def check_access(self) -> None:
-        """Read the gallery: a missing one is fine (publish creates it), a refused token is not."""
+        """A token, then the gallery: a missing gallery is fine (publish creates it), a refused token is not."""
+        client = self.client  # no subscription: its own error first
         try:
-            self.call("get gallery", self.gallery, lambda: self.client.galleries.get(self.rg, self.gallery))
+            self.credential.get_token(ARM_SCOPE)
+        except ClientAuthenticationError as exc:
+            reason = one_line(str(exc.message).splitlines()[0])[:200]
+            raise CloudError(f"azure: no working credentials ({reason}) | fix: set AZURE_CLIENT_ID/AZURE_TENANT_ID/"
+                             "AZURE_CLIENT_SECRET (or use a managed identity) or run 'az login'") from None
+        try:
+            self.call("get gallery", self.gallery, lambda: client.galleries.get(self.rg, self.gallery))
         except Missing:
             return
 
