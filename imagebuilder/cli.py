@@ -166,7 +166,8 @@ def build_command(matrix_path: Path, only: tuple[str, ...], output_dir: Path, jo
                   dry_run: bool, no_publish: bool, skip_preflight: bool) -> None:
     """Render the selected cells and run Packer on the ones whose image does not exist yet."""
     cells = _require_cells(planned_cells(matrix_path, only), only)
-    preflight_ok = skip_preflight or _preflight(cells, matrix_path, dry_run)
+    if not skip_preflight:
+        _preflight(cells, matrix_path, dry_run)
     options = pipeline.BuildOptions(output_dir=output_dir, jobs=jobs, force=force, dry_run=dry_run,
                                     publish=not no_publish)
     job_list = pipeline.prepare_jobs(cells, options, pipeline.catalogue_lookup)
@@ -174,8 +175,6 @@ def build_command(matrix_path: Path, only: tuple[str, ...], output_dir: Path, jo
         for job in job_list:
             action = f"skip (exists: {job.existing})" if job.existing else "build"
             click.echo(f"{action:<40} {job.cell.id}")
-        if not preflight_ok:
-            sys.exit(PREFLIGHT_EXIT)
         return
     try:
         pipeline.run_jobs(job_list, options, progress.make_reporter())
@@ -194,21 +193,20 @@ def build_command(matrix_path: Path, only: tuple[str, ...], output_dir: Path, jo
 PREFLIGHT_EXIT = 2  # as a UserError: nothing ran
 
 
-def _preflight(cells: list[Cell], matrix_path: Path, dry_run: bool) -> bool:
+def _preflight(cells: list[Cell], matrix_path: Path, dry_run: bool) -> None:
     """Check the selected cells' downloads and clouds; one line per problem on stderr.
 
-    A failed check ends `build` here; `build --dry-run` lists its plan anyway, then exits non-zero.
+    A failed check ends `build` here; `build --dry-run` only reports it, with its plan.
     """
     report = preflight.run(cells, str(matrix_path))
     for line in report.lines():
         click.echo(f"imagebuilder: {line}", err=True)
     if dry_run:
         click.echo(report.summary())
-    if not report.ok and not dry_run:
+    elif not report.ok:
         click.echo(f"imagebuilder: preflight found {len(report.problems)} problems; nothing was built "
                    "(--skip-preflight builds anyway)", err=True)
         sys.exit(PREFLIGHT_EXIT)
-    return report.ok
 
 
 @cli.command("vars")

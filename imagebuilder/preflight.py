@@ -16,12 +16,14 @@ import http.client
 import json
 import socket
 import ssl
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from imagebuilder import __version__
 from imagebuilder.errors import UserError
@@ -35,6 +37,7 @@ CELLS_NAMED = 3  # cells named on one line before "and N more"
 # URLs signed for GET only) that refuse HEAD.
 HEAD_REFUSED = frozenset({400, 403, 405, 501})
 MISSING = frozenset({404, 410})
+UNREACHABLE = "unreachable"
 # The role default install methods fetch every file (ansible/roles/imagebuilder/tasks/fetch.yml);
 # a cell that installs these from distribution packages instead needs none of their files.
 PACKAGE_INSTALLED: dict[str, tuple[str, ...]] = {
@@ -70,7 +73,7 @@ class Report:
         return [problem.line() for problem in self.problems]
 
     def summary(self) -> str:
-        state = "ok" if self.ok else f"{len(self.problems)} problems"
+        state = "ok" if self.ok else f"{len(self.problems)} problems, a build would stop here"
         return (f"preflight: {state} ({self.urls} download URLs, "
                 f"clouds: {', '.join(self.clouds) or 'none'})")
 
@@ -127,6 +130,29 @@ def probe(url: str, timeout: float = TIMEOUT_SECONDS) -> str | None:
     return f"the mirror answered HTTP {status}"
 
 
+class Prober:
+    """probe() for many URLs: once a host cannot be reached, its other URLs fail at once with the
+    same reason, so a dead mirror costs one timeout, not one per file."""
+
+    def __init__(self, timeout: float = TIMEOUT_SECONDS) -> None:
+        self.timeout = timeout
+        self._unreachable: dict[str, str] = {}  # scheme://host:port -> the failure
+        self._lock = threading.Lock()
+
+    def __call__(self, url: str) -> str | None:
+        parts = urlsplit(url)
+        host = f"{parts.scheme}://{parts.netloc}"
+        with self._lock:
+            known = self._unreachable.get(host)
+        if known is not None:
+            return known
+        failure = probe(url, self.timeout)
+        if failure is not None and failure.startswith(UNREACHABLE):
+            with self._lock:
+                self._unreachable.setdefault(host, failure)
+        return failure
+
+
 def _request(url: str, method: str, timeout: float) -> int | str:
     """The HTTP status of the answer, or a few words on why there was none."""
     headers = {"User-Agent": f"imagebuilder/{__version__} preflight"}
@@ -140,11 +166,11 @@ def _request(url: str, method: str, timeout: float) -> int | str:
         error.close()
         return int(error.code)
     except urllib.error.URLError as error:
-        return f"unreachable ({_reason(error.reason, timeout)})"
+        return f"{UNREACHABLE} ({_reason(error.reason, timeout)})"
     except (TimeoutError, socket.timeout):
-        return f"unreachable (no answer within {timeout:g}s)"
+        return f"{UNREACHABLE} (no answer within {timeout:g}s)"
     except (OSError, http.client.HTTPException, ValueError) as error:
-        return f"unreachable ({_reason(error, timeout)})"
+        return f"{UNREACHABLE} ({_reason(error, timeout)})"
 
 
 def _reason(reason: Any, timeout: float) -> str:
@@ -219,7 +245,8 @@ def run(cells: list[Cell], matrix_name: str, *, timeout: float = TIMEOUT_SECONDS
     clouds = cloud_checks(cells)
     with ThreadPoolExecutor(max_workers=PARALLEL, thread_name_prefix="preflight") as pool:
         cloud_futures = [pool.submit(_cloud_problem, cloud, settings, access) for cloud, settings in clouds]
-        url_futures = [(check, pool.submit(probe, check.url, timeout)) for check in urls]
+        prober = Prober(timeout)
+        url_futures = [(check, pool.submit(prober, check.url)) for check in urls]
         cloud_problems = [future.result() for future in cloud_futures]
         url_problems = [url_problem(check, failure, matrix_name)
                         for check, future in url_futures if (failure := future.result()) is not None]

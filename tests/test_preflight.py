@@ -16,8 +16,10 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -171,12 +173,13 @@ def test_a_good_mirror_passes_and_dry_run_prints_the_preflight(workspace: Worksp
     assert workspace.tools_called() == ["packer version"]  # render asks for the version; nothing builds
 
 
-def test_dry_run_lists_the_plan_and_fails_on_problems(workspace: Workspace, refusing_url: str) -> None:
+def test_dry_run_reports_problems_with_its_plan(workspace: Workspace, refusing_url: str) -> None:
     matrix = workspace.matrix({**workspace.mirror.mirrors, "runc": refusing_url})
     result, _ = workspace.build(matrix, "--dry-run")
 
-    assert result.returncode == 2
-    assert "preflight: 1 problems" in result.stdout and workspace.cell_id in result.stdout
+    assert result.returncode == 0, result.stderr  # a dry run reports; it runs nothing to stop
+    assert "preflight: 1 problems, a build would stop here" in result.stdout
+    assert f"{'build':<40} {workspace.cell_id}" in result.stdout
     [line] = problem_lines(result.stderr)
     assert f": runc: {refusing_url}/v" in line and "mirrors.runc" in line
     assert "packer build" not in workspace.tools_called()
@@ -343,3 +346,37 @@ def test_azure_access_needs_a_token_and_tolerates_a_missing_gallery(monkeypatch:
     with pytest.raises(CloudError, match=r"^azure: no working credentials \(.*\) \| fix: set AZURE_CLIENT_ID"):
         AzureImageStore(settings, subscription_id=subscription, credential=EnvironmentCredential(),
                         base_url="https://management.azure.com").check_access()
+
+
+def test_a_dead_mirror_costs_one_timeout_not_one_per_file() -> None:
+    """40 URLs on a host that accepts and never answers: at most one batch of connections is
+    made (each then times out); the other URLs take that host's failure at once."""
+    from imagebuilder.preflight import PARALLEL, Prober
+
+    held: list[socket.socket] = []
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(128)
+        listener.settimeout(0.2)
+        base = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        stop = False
+
+        def hold() -> None:
+            while not stop:
+                try:
+                    held.append(listener.accept()[0])
+                except OSError:
+                    continue
+
+        holder = threading.Thread(target=hold, daemon=True)
+        holder.start()
+        prober = Prober(timeout=1.0)
+        urls = [f"{base}/kubernetes/v1.35.{n}/bin/linux/amd64/kubeadm" for n in range(40)]
+        with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
+            failures = list(pool.map(prober, urls))
+        stop = True
+        holder.join()
+    for connection in held:
+        connection.close()
+    assert failures == ["unreachable (no answer within 1s)"] * 40
+    assert 1 <= len(held) <= PARALLEL
