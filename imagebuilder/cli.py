@@ -204,7 +204,7 @@ def _preflight(cells: list[Cell], matrix_path: Path, dry_run: bool) -> None:
     if dry_run:
         click.echo(report.summary())
     elif not report.ok:
-        click.echo(f"imagebuilder: preflight found {len(report.problems)} problems; nothing was built "
+        click.echo(f"imagebuilder: preflight found {preflight.problems(len(report.problems))}; nothing was built "
                    "(--skip-preflight builds anyway)", err=True)
         sys.exit(PREFLIGHT_EXIT)
 

@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 from imagebuilder import __version__
 from imagebuilder.errors import UserError
 from imagebuilder.planner import Cell
-from imagebuilder.versions import UPSTREAM_FILES, UPSTREAM_MIRRORS
+from imagebuilder.versions import UPSTREAM_FILES, UPSTREAM_MIRRORS, Download
 
 TIMEOUT_SECONDS = 5.0  # per socket operation (connect, each read) of one check
 PARALLEL = 16  # checks in flight at once
@@ -73,9 +73,13 @@ class Report:
         return [problem.line() for problem in self.problems]
 
     def summary(self) -> str:
-        state = "ok" if self.ok else f"{len(self.problems)} problems, a build would stop here"
+        state = "ok" if self.ok else f"{problems(len(self.problems))}, a build would stop here"
         return (f"preflight: {state} ({self.urls} download URLs, "
                 f"clouds: {', '.join(self.clouds) or 'none'})")
+
+
+def problems(count: int) -> str:
+    return f"{count} problem" + ("" if count == 1 else "s")
 
 
 @dataclass(frozen=True)
@@ -94,7 +98,7 @@ def url_checks(cells: Iterable[Cell]) -> list[UrlCheck]:
     return [UrlCheck(url=url, name=name, cells=tuple(ids)) for (url, name), ids in users.items()]
 
 
-def needed_downloads(cell: Cell) -> dict[str, Any]:
+def needed_downloads(cell: Cell) -> dict[str, Download]:
     skipped = {name for variable, names in PACKAGE_INSTALLED.items()
                if cell.ansible_vars.get(variable) == "package" for name in names}
     return {name: download for name, download in cell.downloads.items() if name not in skipped}

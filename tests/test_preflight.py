@@ -178,7 +178,7 @@ def test_dry_run_reports_problems_with_its_plan(workspace: Workspace, refusing_u
     result, _ = workspace.build(matrix, "--dry-run")
 
     assert result.returncode == 0, result.stderr  # a dry run reports; it runs nothing to stop
-    assert "preflight: 1 problems, a build would stop here" in result.stdout
+    assert "preflight: 1 problem, a build would stop here" in result.stdout
     assert f"{'build':<40} {workspace.cell_id}" in result.stdout
     [line] = problem_lines(result.stderr)
     assert f": runc: {refusing_url}/v" in line and "mirrors.runc" in line
