@@ -42,6 +42,7 @@ class State(str, enum.Enum):
     DONE = "done"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    UNREACHABLE = "unreachable"  # its cloud could not be asked whether the image exists: not built
 
 
 @dataclass
@@ -298,11 +299,21 @@ def make_jobs(cells: list[Cell], directories: list[Path]) -> list[Job]:
 
 
 def mark_existing(jobs: list[Job], lookup: Lookup, force: bool, parallel: int = 8) -> None:
-    """Skip cells whose build key already names an image in their catalogue (the cloud itself)."""
+    """Skip cells whose build key already names an image in their catalogue (the cloud itself),
+    and cells whose cloud could not be asked (the lookup's ``unreachable``)."""
+    prefetch = getattr(lookup, "prefetch", None)
+    if callable(prefetch):  # one listing per store instead of one search per cell
+        prefetch([job.cell for job in jobs])
+    unreachable = getattr(lookup, "unreachable", None)
+    if callable(unreachable):
+        for job in jobs:
+            if reason := unreachable(job.cell):
+                job.state, job.error = State.UNREACHABLE, reason
     if force:
         return
+    queued = [job for job in jobs if job.state is State.QUEUED]
     with ThreadPoolExecutor(max_workers=parallel) as pool:
-        found = list(pool.map(lambda job: lookup(job.cell), jobs))
-    for job, existing in zip(jobs, found):
+        found = list(pool.map(lambda job: lookup(job.cell), queued))
+    for job, existing in zip(queued, found):
         if existing:
             job.state, job.existing = State.SKIPPED, existing

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from imagebuilder import __version__, packer, pipeline, preflight, progress, rebuilds, render, versions_update
+from imagebuilder.cloudscope import CloudScope, strict_option
 from imagebuilder.config import DEFAULT_MATRIX, LoadedMatrix, load_matrix
 from imagebuilder.commands_images import images
 from imagebuilder.commands_prune import prune
@@ -55,13 +56,14 @@ def cli() -> None:
               default=None, help="Output format; a table in a terminal, JSON otherwise.")
 @click.option("--changed", is_flag=True,
               help="Only cells whose build key is not yet an image in their catalogue (the cloud itself).")
+@strict_option
 @click.option("--compare", is_flag=True,
               help="Compare how many images baking and sysext build and store for the whole matrix.")
 @click.option("--diff-against", "old_lock", type=click.Path(path_type=Path, dir_okay=False), default=None,
               metavar="OLD_LOCK", help="Only cells whose build key differs from the one this older "
               "versions file gives them (offline), with what moved.")
 def plan_command(matrix_path: Path, only: tuple[str, ...], output_format: str | None, changed: bool,
-                 compare: bool, old_lock: Path | None) -> None:
+                 strict: bool, compare: bool, old_lock: Path | None) -> None:
     """Expand the matrix into build cells with their ids and build keys."""
     reasons: dict[str, tuple[str, ...]] = {}
     if old_lock is not None:
@@ -74,8 +76,9 @@ def plan_command(matrix_path: Path, only: tuple[str, ...], output_format: str | 
     if compare:
         print_comparison(cells, "json" if output_format == "json" else "table")
         return
+    scope = CloudScope(strict=strict, explicit=explicit_cloud_of(cells, only))
     if changed:
-        cells = pipeline.changed_cells(cells, pipeline.catalogue_lookup)
+        cells = pipeline.changed_cells(cells, pipeline.CatalogueLookup(scope))
     output_format = output_format or ("table" if sys.stdout.isatty() else "json")
     if output_format == "json":
         print_json([{**cell.summary(), **({"reasons": list(reasons[cell.id])} if old_lock else {})}
@@ -87,6 +90,7 @@ def plan_command(matrix_path: Path, only: tuple[str, ...], output_format: str | 
             click.echo(target)
     else:
         stdout.print(_plan_table(cells, reasons if old_lock is not None else None))
+    scope.exit()
 
 
 def _github_entry(cell: Cell) -> dict[str, str]:
@@ -162,19 +166,26 @@ def validate_command(matrix_path: Path, only: tuple[str, ...], output_dir: Path,
 @click.option("--no-publish", is_flag=True, help="Build (and boot-test) only; publish nothing.")
 @click.option("--skip-preflight", is_flag=True,
               help="Do not check the download mirrors and cloud credentials before building.")
+@strict_option
 def build_command(matrix_path: Path, only: tuple[str, ...], output_dir: Path, jobs: int, force: bool,
-                  dry_run: bool, no_publish: bool, skip_preflight: bool) -> None:
-    """Render the selected cells and run Packer on the ones whose image does not exist yet."""
+                  dry_run: bool, no_publish: bool, skip_preflight: bool, strict: bool) -> None:
+    """Render the selected cells and run Packer on the ones whose image does not exist yet.
+
+    A cloud that cannot be reached is one warning line and its cells are not built; the others
+    build and the exit status is 3 (--strict, or --only cells of that cloud alone, makes it an error)."""
     cells = _require_cells(planned_cells(matrix_path, only), only)
+    scope = CloudScope(strict=strict, explicit=explicit_cloud_of(cells, only))
     if not skip_preflight:
-        _preflight(cells, matrix_path, dry_run)
+        cells = _preflight(cells, matrix_path, dry_run, scope)
     options = pipeline.BuildOptions(output_dir=output_dir, jobs=jobs, force=force, dry_run=dry_run,
                                     publish=not no_publish)
-    job_list = pipeline.prepare_jobs(cells, options, pipeline.catalogue_lookup)
+    job_list = pipeline.prepare_jobs(cells, options, pipeline.CatalogueLookup(scope))
     if dry_run:
         for job in job_list:
-            action = f"skip (exists: {job.existing})" if job.existing else "build"
+            action = (f"skip (exists: {job.existing})" if job.existing else
+                      "skip (cloud unreachable)" if job.state.value == "unreachable" else "build")
             click.echo(f"{action:<40} {job.cell.id}")
+        scope.exit()
         return
     try:
         pipeline.run_jobs(job_list, options, progress.make_reporter())
@@ -187,18 +198,29 @@ def build_command(matrix_path: Path, only: tuple[str, ...], output_dir: Path, jo
     if failed:
         click.echo(f"imagebuilder: {len(failed)} of {len(job_list)} cells failed; logs in "
                    f"{output_dir}/<cell>/build.log", err=True)
-        sys.exit(1)
+    scope.exit(failed=bool(failed))
 
 
 PREFLIGHT_EXIT = 2  # as a UserError: nothing ran
 
 
-def _preflight(cells: list[Cell], matrix_path: Path, dry_run: bool) -> None:
+def explicit_cloud_of(cells: list[Cell], only: tuple[str, ...]) -> frozenset[str]:
+    """The cloud the user asked for: the selected cells (the matrix, or --only) are all of one cloud."""
+    named = {cell.cloud for cell in cells}
+    return frozenset(named) if len(named) == 1 else frozenset()
+
+
+def _preflight(cells: list[Cell], matrix_path: Path, dry_run: bool,
+               scope: CloudScope) -> list[Cell]:
     """Check the selected cells' downloads and clouds; one line per problem on stderr.
 
     A failed check ends `build` here; `build --dry-run` only reports it, with its plan.
     """
     report = preflight.run(cells, str(matrix_path))
+    for problem in [p for p in report.problems if p.subject in report.clouds]:
+        scope.skip(problem.subject, problem.line())  # an unreachable cloud: its cells wait, the others go on
+        report.problems.remove(problem)
+    cells = [cell for cell in cells if cell.cloud not in scope.skipped]
     for line in report.lines():
         click.echo(f"imagebuilder: {line}", err=True)
     if dry_run:
@@ -207,6 +229,7 @@ def _preflight(cells: list[Cell], matrix_path: Path, dry_run: bool) -> None:
         click.echo(f"imagebuilder: preflight found {preflight.problems(len(report.problems))}; nothing was built "
                    "(--skip-preflight builds anyway)", err=True)
         sys.exit(PREFLIGHT_EXIT)
+    return cells
 
 
 @cli.command("vars")

@@ -31,6 +31,7 @@ from imagebuilder.clouds import (
     sort_newest_first,
     store_for,
 )
+from imagebuilder.cloudscope import CloudScope, explicit_clouds, strict_option
 from imagebuilder.config import DEFAULT_MATRIX, load_matrix
 from imagebuilder.errors import UserError
 
@@ -48,11 +49,16 @@ def publish_artifact(artifact: Artifact, cell_settings: Any = None) -> dict[str,
 
 def stores_for(cloud: str | None, matrix_path: Path | None) -> list[ImageStore]:
     """The stores to ask: one cloud, or the local catalogue plus every store cloud the matrix declares."""
+    return [store_for(name, settings) for name, settings in store_settings(cloud, matrix_path)]
+
+
+def store_settings(cloud: str | None, matrix_path: Path | None) -> list[tuple[str, Any]]:
+    """(store cloud, its matrix settings) to ask: one cloud, or local plus every cloud the matrix declares."""
     settings = _matrix_settings(matrix_path, required=matrix_path is not None)
     if cloud is not None:
         name = canonical_cloud(cloud)
-        return [store_for(name, settings.get(name))]
-    return [store_for(name, settings.get(name)) for name in STORE_CLOUDS if name == "local" or name in settings]
+        return [(name, settings.get(name))]
+    return [(name, settings.get(name)) for name in STORE_CLOUDS if name == "local" or name in settings]
 
 
 def _matrix_settings(matrix_path: Path | None, required: bool) -> dict[str, Any]:
@@ -92,18 +98,24 @@ def images() -> None:
 @click.option("--region", default=None, help="Only this region.")
 @click.option("--output", "output_format", type=click.Choice(["table", "json"]), default=None,
               help="A table in a terminal, JSON otherwise.")
+@strict_option
 def list_command(matrix_path: Path | None, cloud: str | None, os_id: str | None, minor: str | None,
-                 region: str | None, output_format: str | None) -> None:
-    """Every image with its metadata, newest first."""
+                 region: str | None, output_format: str | None, strict: bool) -> None:
+    """Every image with its metadata, newest first.
+
+    A cloud that cannot be reached is one warning line; the others are listed and the exit
+    status is 3 (with --strict, or --cloud naming it, it is an error)."""
     filters = ImageFilter(os=os_id, kubernetes_minor=_check_minor(minor), region=region)
+    scope = CloudScope(strict=strict, explicit=explicit_clouds([canonical_cloud(cloud) if cloud else None]))
     records: list[ImageRecord] = []
-    for store in stores_for(cloud, matrix_path):
-        records.extend(store.list_images(filters))
+    for name, settings in store_settings(cloud, matrix_path):
+        records.extend(scope.run(name, lambda: store_for(name, settings).list_images(filters), []))
     records = sort_newest_first(records)
     if (output_format or ("table" if sys.stdout.isatty() else "json")) == "json":
         click.echo(json.dumps([record.to_json() for record in records], indent=2))
     else:
         Console(highlight=False, soft_wrap=True).print(_table(records))
+    scope.exit()
 
 
 @images.command("resolve")

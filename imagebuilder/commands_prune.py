@@ -32,6 +32,7 @@ from imagebuilder.clouds import (
     store_for,
 )
 from imagebuilder.config import DEFAULT_MATRIX, RetentionPolicy, load_matrix
+from imagebuilder.cloudscope import CloudScope, explicit_clouds, strict_option
 from imagebuilder.errors import UserError
 from imagebuilder.yamlsource import InputError, read_yaml, validate
 
@@ -57,26 +58,41 @@ class CloudRun:
 @click.option("--apply", "do_apply", is_flag=True, help="Deprecate, delete and sweep for real (default: dry run).")
 @click.option("--output", "output_format", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.option("--wait", is_flag=True, help="Wait for another prune of the same cloud account to finish.")
+@strict_option
 def prune(matrix_path: Path | None, clouds: tuple[str, ...], policy_path: Path | None, do_apply: bool,
-          output_format: str, wait: bool) -> None:
-    """List every image with its retention decision; with --apply, carry the decisions out."""
+          output_format: str, wait: bool, strict: bool) -> None:
+    """List every image with its retention decision; with --apply, carry the decisions out.
+
+    A cloud that cannot be reached is one warning line and is left alone; the others are
+    pruned and the exit status is 3 (--strict, or --cloud naming it, makes it an error)."""
     settings, policy = _matrix_settings_and_policy(matrix_path)
     if policy_path is not None:
         policy = load_policy(policy_path)
-    stores = _stores(clouds, settings)
+    scope = CloudScope(strict=strict, explicit=explicit_clouds(canonical_cloud(c) for c in clouds))
+    stores = [store for name in _store_names(clouds, settings)
+              if (store := scope.run(name, lambda: store_for(name, settings.get(name)), None)) is not None]
+    keys = {store.cloud: scope.run(store.cloud, lambda: lock_key(store), "") for store in stores}
+    stores = [store for store in stores if store.cloud not in scope.skipped]
     console = Console(stderr=True, highlight=False, soft_wrap=True)
     runs: list[CloudRun] = []
     with ExitStack() as held:  # every account's lock first: a refusal comes before any work
-        for key in dict.fromkeys(lock_key(store) for store in stores):
+        for key in dict.fromkeys(keys[store.cloud] for store in stores):
             held.enter_context(locks.exclusive(key, wait=wait))
         for store in stores:
             run = plan_store(store, policy)
+            if _unreachable(run):
+                scope.skip(store.cloud, run.inventory.errors[0])
+                continue
             if do_apply:
                 apply_run(run, console if output_format == "table" else None)
             runs.append(run)
     failed = report(runs, policy, do_apply, output_format)
-    if failed:
-        sys.exit(1)
+    scope.exit(failed)
+
+
+def _unreachable(run: CloudRun) -> bool:
+    """Nothing listed anywhere and the listing failed: the cloud itself cannot be used."""
+    return bool(run.inventory.errors) and not run.inventory.records and not run.inventory.orphans
 
 
 def plan_store(store: ImageStore, policy: RetentionPolicy) -> CloudRun:
@@ -217,10 +233,10 @@ def _matrix_settings_and_policy(matrix_path: Path | None) -> tuple[dict[str, Any
     return settings, matrix.retention
 
 
-def _stores(clouds: tuple[str, ...], settings: dict[str, Any]) -> list[ImageStore]:
-    names = list(dict.fromkeys(canonical_cloud(c) for c in clouds)) if clouds else \
-        [name for name in STORE_CLOUDS if name == "local" or name in settings]
-    return [store_for(name, settings.get(name)) for name in names]
+def _store_names(clouds: tuple[str, ...], settings: dict[str, Any]) -> list[str]:
+    if clouds:
+        return list(dict.fromkeys(canonical_cloud(c) for c in clouds))
+    return [name for name in STORE_CLOUDS if name == "local" or name in settings]
 
 
 def lock_key(store: ImageStore) -> str:

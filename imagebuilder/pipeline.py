@@ -3,30 +3,92 @@ own steps (the qemu target boot-tests), then publish with the one metadata schem
 
 from __future__ import annotations
 
+import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from imagebuilder import packer, render
 from imagebuilder.artifact import Artifact
-from imagebuilder.build import Job, Limits, Lookup, PackerExecutor, Scheduler, make_jobs, mark_existing
+from imagebuilder.build import Job, Limits, Lookup, PackerExecutor, Scheduler, State, make_jobs, mark_existing
+from imagebuilder.cloudscope import CloudScope
+from imagebuilder.clouds import ImageFilter, ImageRecord, canonical_cloud
 from imagebuilder.planner import Cell
 
 
-def catalogue_lookup(cell: Cell) -> str | None:
-    """The id of an image that already has this cell's build key, in the cell's own catalogue:
-    the cloud's images for a cloud cell, the local catalogue for a qemu cell."""
-    from imagebuilder.clouds import store_for
+# The settings that say where a cloud's images are listed; cells agreeing on them share one listing.
+LISTING_SETTINGS = ("regions", "project_id", "cloud", "resource_group", "gallery", "location")
 
-    records = store_for(cell.cloud, cell.settings).find_by_build_key(cell.build_key)
-    return ", ".join(sorted(f"{r.region}:{r.image_id}" for r in records)) or None
+
+class CatalogueLookup:
+    """Which cells already have an image: one listing per store (cloud and where it looks), matched
+    against every cell's build key locally, instead of one search per cell and region.
+
+    A cloud that cannot be listed is skipped through the scope (one warning); its cells are
+    reported by ``unreachable`` and are neither built nor called changed.
+    """
+
+    def __init__(self, scope: CloudScope | None = None) -> None:
+        self.scope = scope or CloudScope(strict=True)
+        self.listings: dict[tuple[str, str], dict[str, list[ImageRecord]] | None] = {}
+
+    @staticmethod
+    def listing_key(cell: Cell) -> tuple[str, str]:
+        where = {name: cell.settings.get(name) for name in LISTING_SETTINGS if name in cell.settings}
+        return canonical_cloud(cell.cloud), json.dumps(where, sort_keys=True)
+
+    def prefetch(self, cells: list[Cell]) -> None:
+        """List each store the cells need once (the stores in parallel)."""
+        todo = {self.listing_key(cell): cell for cell in cells if self.listing_key(cell) not in self.listings}
+        with ThreadPoolExecutor(max_workers=max(1, min(8, len(todo)))) as pool:
+            listed = list(pool.map(self._list, todo.values()))
+        for key, by_key in zip(todo, listed):
+            self.listings[key] = by_key
+
+    def _list(self, cell: Cell) -> dict[str, list[ImageRecord]] | None:
+        from imagebuilder.clouds import store_for
+
+        def listing() -> dict[str, list[ImageRecord]]:
+            by_key: dict[str, list[ImageRecord]] = {}
+            for record in store_for(cell.cloud, cell.settings).list_images(ImageFilter()):
+                if record.metadata is not None:
+                    by_key.setdefault(record.metadata.build_key, []).append(record)
+            return by_key
+
+        return self.scope.run(cell.cloud, listing, None)
+
+    def records(self, cell: Cell) -> list[ImageRecord]:
+        """The images (one per region) with this cell's build key."""
+        key = self.listing_key(cell)
+        if key not in self.listings:
+            self.prefetch([cell])
+        return list((self.listings[key] or {}).get(cell.build_key, []))
+
+    def unreachable(self, cell: Cell) -> str | None:
+        """Why this cell's cloud could not be asked, or None."""
+        key = self.listing_key(cell)
+        if key not in self.listings:
+            self.prefetch([cell])
+        return self.scope.skipped.get(cell.cloud, "not listed") if self.listings[key] is None else None
+
+    def __call__(self, cell: Cell) -> str | None:
+        records = self.records(cell)
+        return ", ".join(sorted(f"{r.region}:{r.image_id}" for r in records)) or None
+
+
+def catalogue_lookup(cell: Cell) -> str | None:
+    """The images that already have this cell's build key, in the cell's own catalogue (the
+    cloud's images for a cloud cell, the local catalogue for a qemu cell); None when there are none."""
+    return CatalogueLookup()(cell)
 
 
 def changed_cells(cells: list[Cell], lookup: Lookup) -> list[Cell]:
-    """The cells that need a build: their build key names no image yet."""
+    """The cells that need a build: their build key names no image yet (cells of an unreachable
+    cloud are left out: nothing can be said of them)."""
     jobs = make_jobs(cells, [Path(".")] * len(cells))
     mark_existing(jobs, lookup, force=False)
-    return [job.cell for job in jobs if not job.existing]
+    return [job.cell for job in jobs if job.state is State.QUEUED]
 
 
 class TargetHooks:
@@ -71,7 +133,7 @@ def prepare_jobs(cells: list[Cell], options: BuildOptions, lookup: Lookup | None
     jobs = make_jobs(cells, [options.output_dir / cell.id for cell in cells])
     if lookup is not None:
         mark_existing(jobs, lookup, options.force)
-    to_build = [job.cell for job in jobs if not job.existing]
+    to_build = [job.cell for job in jobs if job.state is State.QUEUED]
     if to_build:
         render.render_cells(to_build, options.output_dir, packer.installed_version())
     return jobs
