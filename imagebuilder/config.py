@@ -7,12 +7,21 @@ import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from imagebuilder.osinfo import OPERATING_SYSTEMS, Strategy
 from imagebuilder.versions import COMPONENTS, VersionsLock
-from imagebuilder.yamlsource import InputError, SourceMap, did_you_mean, load_model, read_yaml, validate
+from imagebuilder.yamlsource import (
+    InputError,
+    SourceMap,
+    did_you_mean,
+    load_model,
+    pydantic_problem,
+    read_yaml,
+    validate,
+)
 
 # Where templates and roles live: the checkout the package was installed from,
 # unless IMAGEBUILDER_HOME points elsewhere.
@@ -129,6 +138,14 @@ class Clouds(_Strict):
     openstack: OpenstackSettings | None = None
     azure: AzureSettings | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_means_defaults(cls, data: Any) -> Any:
+        # `qemu:` with nothing after it declares the cloud with its defaults, as `qemu: {}` does.
+        if isinstance(data, dict):
+            return {name: {} if value is None and name in CLOUDS else value for name, value in data.items()}
+        return data
+
     def declared(self) -> list[str]:
         return [name for name in CLOUDS if getattr(self, name) is not None]
 
@@ -139,6 +156,11 @@ class CellSelector(_Strict):
     os: str | None = None
     kubernetes: Minor | None = None
     cloud: str | None = None
+
+    def describe(self) -> str:
+        given = [f"{name}={value}" for name, value in (("os", self.os), ("kubernetes", self.kubernetes),
+                                                       ("cloud", self.cloud)) if value is not None]
+        return ", ".join(given) or "any cell"
 
     def matches(self, os_id: str, minor: str, cloud: str) -> bool:
         return all(
@@ -213,18 +235,75 @@ def _check_names(matrix: Matrix, source: SourceMap, versions: VersionsLock) -> N
             raise source.error(("os", index), f"unknown OS '{os_id}'", did_you_mean(os_id, known_os))
     for index, minor in enumerate(matrix.kubernetes):
         _check_pinned(minor, ("kubernetes", index), source, known_minors)
+    _check_unique(matrix.os, "os", source)
+    _check_unique(matrix.kubernetes, "kubernetes", source)
     for rule_kind in ("include", "exclude"):
         for index, rule in enumerate(getattr(matrix, rule_kind)):
             _check_selector(rule, (rule_kind, index), source, known_os, known_minors, matrix.clouds.declared())
     for index, override in enumerate(matrix.overrides):
         _check_selector(override.match, ("overrides", index, "match"), source, known_os, known_minors,
                         matrix.clouds.declared())
-    for component in matrix.mirrors:
+        _check_override_settings(matrix, override, ("overrides", index, "settings"), source)
+    for component, url in matrix.mirrors.items():
         if component not in COMPONENTS:
             raise source.error(("mirrors", component), f"unknown component '{component}'",
                                did_you_mean(component, COMPONENTS))
+        if component in COMPONENTS and not _is_http_url(url):
+            raise source.error(("mirrors", component), f"'{url}' is not an http(s) URL",
+                               "write the mirror's base URL, e.g. https://mirror.example/kubernetes")
     if not matrix.clouds.declared():
         raise source.error(("clouds",), "no cloud declared", "add at least one of: " + ", ".join(CLOUDS))
+
+
+def _check_unique(values: list[str], name: str, source: SourceMap) -> None:
+    for index, value in enumerate(values):
+        if value in values[:index]:
+            raise source.error((name, index), f"'{value}' is listed twice, also as {name}[{values.index(value)}]",
+                               "remove one; each cell would be planned and built twice")
+
+
+def _is_http_url(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+def settings_problem(cloud: str, settings: dict[str, Any], changes: dict[str, Any], loc: tuple[Any, ...],
+                     source: SourceMap) -> InputError | None:
+    """What is wrong with `changes` (an override's settings at loc) on top of a cloud's settings, if anything."""
+    model = CLOUD_SETTINGS[cloud]
+    for name in changes:
+        if name not in model.model_fields:
+            return source.error(loc + (name,), f"unknown {cloud} setting '{name}'",
+                                did_you_mean(name, tuple(model.model_fields)))
+    try:
+        model.model_validate({**settings, **changes})
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = loc if error["loc"] and error["loc"][0] in changes else ("clouds", cloud)
+        return pydantic_problem(error, source, model, at=where)
+    return None
+
+
+def _check_override_settings(matrix: Matrix, override: Override, loc: tuple[Any, ...], source: SourceMap) -> None:
+    """Settings are checked against every declared cloud the match can reach, whether or not it matches a cell."""
+    if not override.settings:
+        return
+    for cloud in matrix.clouds.declared():
+        if override.match.cloud is not None and not fnmatch.fnmatchcase(cloud, override.match.cloud):
+            continue
+        problem = settings_problem(cloud, getattr(matrix.clouds, cloud).model_dump(), override.settings, loc, source)
+        if problem is None:
+            continue
+        unknown = next((name for name in override.settings if name not in CLOUD_SETTINGS[cloud].model_fields), None)
+        owner = next((other for other in matrix.clouds.declared()
+                      if unknown and unknown in CLOUD_SETTINGS[other].model_fields), None)
+        if owner and override.match.cloud is None:
+            raise source.error(loc + (unknown,), f"unknown {cloud} setting '{unknown}'",
+                               f"'{unknown}' belongs to {owner}: add 'cloud: {owner}' to the match")
+        raise problem
 
 
 def _check_pinned(minor: str, loc: tuple[Any, ...], source: SourceMap, known_minors: tuple[str, ...]) -> None:

@@ -11,10 +11,19 @@ from pathlib import Path
 from typing import Any
 
 from imagebuilder import azure_version
-from imagebuilder.config import ANSIBLE_DIR, CLOUD_SETTINGS, CLOUDS, PACKER_DIR, LoadedMatrix, Matrix
+from imagebuilder.config import (
+    ANSIBLE_DIR,
+    CLOUD_SETTINGS,
+    CLOUDS,
+    PACKER_DIR,
+    CellSelector,
+    LoadedMatrix,
+    Matrix,
+    settings_problem,
+)
 from imagebuilder.osinfo import OPERATING_SYSTEMS, OsInfo
 from imagebuilder.versions import UPSTREAM_MIRRORS, Download, downloads_for
-from imagebuilder.yamlsource import did_you_mean, validate
+from imagebuilder.yamlsource import InputError, SourceMap
 
 BUILD_KEY_SCHEMA = 1
 
@@ -97,32 +106,56 @@ def base_image_for(info: OsInfo, cloud: str, arch: str) -> dict[str, Any]:
     return {"source": info.qemu_base.replace("{arch}", arch)}
 
 
-def _selected_combinations(matrix: Matrix) -> list[tuple[str, str, str]]:
+def _selected_combinations(matrix: Matrix, source: SourceMap) -> list[tuple[str, str, str]]:
+    """The (cloud, os, minor) cells; an exclude, include or override that selects nothing is an error."""
     clouds = matrix.clouds.declared()
+    every = [(cloud, os_id, minor) for cloud in clouds for os_id in matrix.os for minor in matrix.kubernetes]
+    for index, rule in enumerate(matrix.exclude):
+        if not any(rule.matches(os_id, minor, cloud) for cloud, os_id, minor in every):
+            raise _unmatched(source, ("exclude", index), rule)
     combos = [
         (cloud, os_id, minor)
-        for cloud in clouds
-        for os_id in matrix.os
-        for minor in matrix.kubernetes
+        for cloud, os_id, minor in every
         if not any(rule.matches(os_id, minor, cloud) for rule in matrix.exclude)
     ]
     seen = set(combos)
     # As in a GitHub Actions matrix: include adds after exclude, expanding missing dimensions.
-    for rule in matrix.include:
+    for index, rule in enumerate(matrix.include):
+        matched = added = False
         for cloud in [rule.cloud] if rule.cloud and rule.cloud in clouds else clouds:
             for os_id in [rule.os] if rule.os and rule.os in OPERATING_SYSTEMS else matrix.os:
                 for minor in [rule.kubernetes] if rule.kubernetes and "*" not in rule.kubernetes else matrix.kubernetes:
                     combo = (cloud, os_id, minor)
-                    if rule.matches(os_id, minor, cloud) and combo not in seen:
-                        seen.add(combo)
-                        combos.append(combo)
+                    if rule.matches(os_id, minor, cloud):
+                        matched = True
+                        if combo not in seen:
+                            added = True
+                            seen.add(combo)
+                            combos.append(combo)
+        if not matched:
+            raise _unmatched(source, ("include", index), rule)
+        if not added:
+            raise source.error(("include", index), f"{rule.describe()} adds no cell: every cell it matches is "
+                               "already planned", "remove it, or exclude those cells first")
+    for index, override in enumerate(matrix.overrides):
+        if not any(override.match.matches(os_id, minor, cloud) for cloud, os_id, minor in combos):
+            excluded = any(override.match.matches(os_id, minor, cloud) for cloud, os_id, minor in every)
+            if excluded:
+                raise source.error(("overrides", index, "match"), f"{override.match.describe()} matches only "
+                                   "cells the excludes remove", "remove the override or narrow the excludes")
+            raise _unmatched(source, ("overrides", index, "match"), override.match)
     return combos
+
+
+def _unmatched(source: SourceMap, loc: tuple[str | int, ...], rule: CellSelector) -> InputError:
+    return source.error(loc, f"{rule.describe()} matches no cell of the matrix",
+                        "check it against os:, kubernetes: and clouds:, or remove it")
 
 
 def plan(loaded: LoadedMatrix, only: list[str] | None = None) -> list[Cell]:
     """Every cell of the matrix (optionally only ids matching a glob), in a stable order."""
     matrix = loaded.matrix
-    combos = _selected_combinations(matrix)
+    combos = _selected_combinations(matrix, loaded.source)
     if not combos:
         loc = ("exclude",) if matrix.exclude else ("os",)
         raise loaded.source.error(loc, "the matrix selects no cell: the excludes remove every combination",
@@ -175,13 +208,10 @@ def _make_cell(loaded: LoadedMatrix, cloud: str, os_id: str, minor: str, mirrors
 
 def _merged_settings(loaded: LoadedMatrix, cloud: str, settings: dict[str, Any], changes: dict[str, Any],
                      index: int) -> dict[str, Any]:
-    model = CLOUD_SETTINGS[cloud]
-    for name in changes:
-        if name not in model.model_fields:
-            raise loaded.source.error(("overrides", index, "settings", name), f"unknown {cloud} setting '{name}'",
-                                      did_you_mean(name, tuple(model.model_fields)))
-    merged = validate({**settings, **changes}, loaded.source, model)
-    return merged.model_dump()
+    problem = settings_problem(cloud, settings, changes, ("overrides", index, "settings"), loaded.source)
+    if problem is not None:
+        raise problem
+    return CLOUD_SETTINGS[cloud].model_validate({**settings, **changes}).model_dump()
 
 
 @lru_cache(maxsize=None)

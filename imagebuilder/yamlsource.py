@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
+from yaml.reader import ReaderError
 from pydantic import BaseModel, ValidationError
 
 from imagebuilder.errors import UserError
@@ -21,7 +22,9 @@ ModelT = TypeVar("ModelT", bound=BaseModel)
 # libyaml's parser when PyYAML was built with it: the same nodes and marks, much faster.
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
-# A document that expands to more nodes than this is an alias bomb, not a matrix.
+# Input files are small (a matrix is a few kilobytes); these bound what a bad file can cost.
+MAX_FILE_BYTES = 4 * 1024 * 1024
+# A document with more nodes than this, written out or through aliases (an alias bomb), is not a matrix.
 MAX_EXPANDED_NODES = 100_000
 
 Loc = tuple[str | int, ...]
@@ -80,8 +83,9 @@ def did_you_mean(word: str, choices: list[str] | tuple[str, ...]) -> str:
     return "choose one of: " + ", ".join(str(c) for c in choices)
 
 
-def _expanded_size(root: yaml.Node) -> int:
-    """Nodes the document expands to, counting each alias use, without expanding it."""
+def _node_counts(root: yaml.Node) -> tuple[int, int]:
+    """Nodes the document holds as written, and the nodes it expands to counting each alias use
+    (capped just above the limit), without expanding it."""
     memo: dict[int, int] = {}
     order: list[yaml.Node] = []
     stack: list[tuple[yaml.Node, bool]] = [(root, False)]
@@ -101,7 +105,7 @@ def _expanded_size(root: yaml.Node) -> int:
     for node in order:
         total = 1 + sum(sizes.get(id(child), 1) for child in _children(node))
         sizes[id(node)] = min(total, MAX_EXPANDED_NODES + 1)
-    return sizes.get(id(root), 1)
+    return len(order), sizes.get(id(root), 1)
 
 
 def _children(node: yaml.Node) -> list[yaml.Node]:
@@ -136,13 +140,7 @@ def _map_node(node: yaml.Node, loc: Loc, source: SourceMap, depth: int = 0) -> N
 def read_yaml(path: Path) -> tuple[Any, SourceMap]:
     """Parse a YAML file safely; return the data and where each value stands."""
     name = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(name, 1, "", "file not found", "create it or pass the right path") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(name, 1, "", f"cannot read the file: {exc.__class__.__name__}",
-                         "check its permissions and that it is UTF-8 text") from None
+    text = _read_text(path, name)
     if not text.strip():
         raise InputError(name, 1, "", "the file is empty", "see README.md for the format")
     source = SourceMap(name)
@@ -152,24 +150,77 @@ def read_yaml(path: Path) -> tuple[Any, SourceMap]:
             node = loader.get_single_node()
             if node is None:
                 raise InputError(name, 1, "", "the file holds no YAML document", "see README.md for the format")
-            if _expanded_size(node) > MAX_EXPANDED_NODES:
-                raise InputError(name, node.start_mark.line + 1, "",
-                                 f"the document expands to more than {MAX_EXPANDED_NODES} values through aliases",
-                                 "write the values out instead of nesting aliases")
+            _check_size(node, name)
             _map_node(node, (), source)
             data = loader.construct_document(node)
         finally:
             loader.dispose()
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else 1
-        problem = (exc.problem or exc.context or "invalid YAML").strip()
-        raise InputError(name, line, "", f"YAML syntax error: {problem}", "fix the YAML syntax at that line") from None
+        raise _syntax_error(exc, text, name) from None
+    except ReaderError as exc:
+        line = text[:exc.position].count("\n") + 1
+        raise InputError(name, line, "", f"character U+{exc.character:04X} is not allowed in YAML",
+                         "remove it or write it as an escape in a double-quoted string") from None
     except yaml.YAMLError as exc:
-        raise InputError(name, 1, "", f"YAML error: {exc}", "fix the YAML syntax") from None
+        problem = " ".join(str(exc).split())
+        raise InputError(name, 1, "", f"YAML error: {problem}", "fix the YAML syntax") from None
     except RecursionError:
         raise InputError(name, 1, "", "the document is nested too deeply", "flatten the structure") from None
     return data, source
+
+
+def _read_text(path: Path, name: str) -> str:
+    try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise InputError(name, 1, "", f"the file is {size} bytes, more than the {MAX_FILE_BYTES} an input may have",
+                             "trim it; input files are a few kilobytes")
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise InputError(name, 1, "", "file not found", "create it or pass the right path") from None
+    except OSError as exc:
+        raise InputError(name, 1, "", f"cannot read the file: {exc.strerror or exc.__class__.__name__}",
+                         "check its permissions") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise InputError(name, line, "", f"byte 0x{data[exc.start]:02x} is not UTF-8",
+                         "save the file as UTF-8") from None
+
+
+def _check_size(root: yaml.Node, name: str) -> None:
+    written, expanded = _node_counts(root)
+    if written > MAX_EXPANDED_NODES:
+        raise InputError(name, root.start_mark.line + 1, "",
+                         f"the document is too big: it holds more than {MAX_EXPANDED_NODES} values",
+                         "trim it; a matrix lists a few OSes, minors and clouds")
+    if expanded > MAX_EXPANDED_NODES:
+        raise InputError(name, root.start_mark.line + 1, "",
+                         f"the document expands to more than {MAX_EXPANDED_NODES} values through aliases",
+                         "write the values out instead of nesting aliases")
+
+
+def _syntax_error(exc: yaml.MarkedYAMLError, text: str, name: str) -> InputError:
+    mark = exc.problem_mark or exc.context_mark
+    line = mark.line + 1 if mark else 1
+    tab_line = _tab_indented_line(text, line)
+    if tab_line:
+        return InputError(name, tab_line, "", "a tab in the indentation",
+                          "indent with spaces; YAML does not allow tabs there")
+    problem = (exc.problem or exc.context or "invalid YAML").strip()
+    return InputError(name, line, "", f"YAML syntax error: {problem}", "fix the YAML syntax at that line")
+
+
+def _tab_indented_line(text: str, error_line: int) -> int | None:
+    """The line, at or before a syntax error, whose indentation holds a tab (the likely cause)."""
+    lines = text.splitlines()
+    for number in range(min(error_line, len(lines)), 0, -1):
+        content = lines[number - 1]
+        indent = content[:len(content) - len(content.lstrip(" \t"))]
+        if "\t" in indent and content.strip():
+            return number
+    return None
 
 
 _TYPE_FIXES = {
@@ -190,11 +241,12 @@ _VALUE_FIXES = {
 }
 
 
-def _pydantic_problem(error: dict[str, Any], source: SourceMap, model: type[BaseModel]) -> InputError:
-    loc: Loc = tuple(error["loc"])
+def pydantic_problem(error: dict[str, Any], source: SourceMap, model: type[BaseModel], at: Loc = ()) -> InputError:
+    """One pydantic error as an InputError; `at` is where the validated value stands in the file."""
+    loc: Loc = at + tuple(error["loc"])
     kind = error["type"]
     if kind == "extra_forbidden":
-        allowed = _allowed_keys(model, loc[:-1])
+        allowed = _allowed_keys(model, tuple(error["loc"])[:-1])
         return source.error(loc, f"unknown key '{loc[-1]}'", did_you_mean(str(loc[-1]), allowed) if allowed else "remove it")
     if kind == "missing":
         return source.error(loc, "required field is missing", f"add '{loc[-1]}'")
@@ -243,7 +295,7 @@ def validate(data: Any, source: SourceMap, model: type[ModelT], context: dict[st
     try:
         return model.model_validate(data, context={"source": source, **(context or {})})
     except ValidationError as exc:
-        raise _pydantic_problem(exc.errors()[0], source, model) from None
+        raise pydantic_problem(exc.errors()[0], source, model) from None
 
 
 def load_model(path: Path, model: type[ModelT], context: dict[str, Any] | None = None) -> ModelT:

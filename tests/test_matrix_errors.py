@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -27,8 +28,11 @@ def workdir(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def run_plan(workdir: Path, text: str) -> subprocess.CompletedProcess[str]:
-    (workdir / "m.yaml").write_text(text)
+def run_plan(workdir: Path, text: str | bytes) -> subprocess.CompletedProcess[str]:
+    if isinstance(text, bytes):
+        (workdir / "m.yaml").write_bytes(text)
+    else:
+        (workdir / "m.yaml").write_text(text)
     return subprocess.run(
         [sys.executable, "-m", "imagebuilder.cli", "plan", "-m", "m.yaml", "--format", "json"],
         cwd=workdir, capture_output=True, text=True, timeout=60,
@@ -36,6 +40,8 @@ def run_plan(workdir: Path, text: str) -> subprocess.CompletedProcess[str]:
 
 
 GOOD = 'os: [debian-12]\nkubernetes: ["1.31"]\nclouds: {qemu: {}}\n'
+HEAD = 'os: [debian-12]\nkubernetes: ["1.31"]\n'  # lines 1-2
+QEMU = 'clouds:\n  qemu: {}\n'  # lines 3-4
 
 CASES = {
     "float minor": ('os: [debian-12]\nkubernetes: [1.30]\nclouds: {qemu: {}}\n', 2, "kubernetes[0]", 'quotes'),
@@ -67,6 +73,45 @@ CASES = {
     "alias bomb": ("".join(f"l{i}: &l{i} [" + ",".join([f"*l{i-1}"] * 10 if i else ["1"] * 10) + "]\n"
                            for i in range(7)), 1, "", "aliases"),
     "minor not a minor": ('os: [debian-12]\nkubernetes: ["latest"]\nclouds: {qemu: {}}\n', 2, "kubernetes[0]", "1.31"),
+    # issue 17 item 7: a stricter matrix
+    "duplicate os": ('os: [debian-12, ubuntu-2204, debian-12]\nkubernetes: ["1.31"]\n' + QEMU, 1, "os[2]", "twice"),
+    "duplicate os in a block list": ('os:\n  - debian-12\n  - debian-12\nkubernetes: ["1.31"]\n' + QEMU, 3, "os[1]",
+                                     "twice"),
+    "duplicate minor": ('os: [debian-12]\nkubernetes:\n  - "1.30"\n  - "1.31"\n  - "1.30"\n' + QEMU, 5,
+                        "kubernetes[2]", "twice"),
+    "empty cloud still gets its required settings": (HEAD + 'clouds:\n  qemu:\n  gcp:\n', 5, "clouds.gcp.project_id",
+                                                     "add 'project_id'"),
+    "exclude matches no cell": (HEAD + QEMU + 'exclude:\n  - {os: ubuntu-2204}\n', 6, "exclude[0]",
+                                "os=ubuntu-2204 matches no cell"),
+    "exclude glob matches no cell": (HEAD + QEMU + 'exclude:\n  - {os: "rocky*", cloud: qemu}\n', 6, "exclude[0]",
+                                     "matches no cell"),
+    "include matches no cell": (HEAD + QEMU + 'include:\n  - {os: "rocky*"}\n', 6, "include[0]", "matches no cell"),
+    "include adds no cell": (HEAD + QEMU + 'include:\n  - {os: debian-12, cloud: qemu}\n', 6, "include[0]",
+                             "already planned"),
+    "override matches no cell": (HEAD + QEMU + 'overrides:\n  - match: {os: ubuntu-2204}\n    ansible_vars: {a: 1}\n', 6,
+                                 "overrides[0].match", "matches no cell"),
+    "override matches only excluded cells": ('os: [debian-12]\nkubernetes: ["1.30", "1.31"]\n' + QEMU +
+                                             'exclude:\n  - {kubernetes: "1.30"}\n'
+                                             'overrides:\n  - match: {kubernetes: "1.30"}\n    arch: arm64\n', 8,
+                                             "overrides[0].match", "excludes remove"),
+    "unmatched override's settings are checked": (HEAD + QEMU + 'overrides:\n  - match: {os: ubuntu-2204}\n'
+                                                  '    settings: {cpu: 4}\n', 7, "overrides[0].settings.cpu",
+                                                  "did you mean 'cpus'"),
+    "override setting out of range": (HEAD + QEMU + 'overrides:\n  - match: {cloud: qemu}\n    settings: {cpus: 0}\n',
+                                      7, "overrides[0].settings.cpus", "raise the value"),
+    "override setting of another cloud": (HEAD + 'clouds:\n  qemu: {}\n  aws: {}\noverrides:\n'
+                                          '  - match: {os: debian-12}\n    settings: {instance_type: m6i.large}\n', 8,
+                                          "overrides[0].settings.instance_type", "add 'cloud: aws' to the match"),
+    "mirror without a scheme": (HEAD + QEMU + 'mirrors:\n  kubernetes: mirror.internal/k8s\n', 6, "mirrors.kubernetes",
+                                "not an http(s) URL"),
+    "mirror on ftp": (HEAD + QEMU + 'mirrors:\n  containerd: ftp://mirror.internal/c\n', 6, "mirrors.containerd",
+                      "not an http(s) URL"),
+    "tab in indentation": (HEAD + 'clouds:\n\tqemu: {}\n', 4, "", "a tab in the indentation"),
+    "tab after spaces in indentation": (HEAD + 'clouds:\n  qemu:\n  \t cpus: 2\n', 5, "", "a tab in the indentation"),
+    "non-UTF-8 byte": (HEAD.encode() + b'# caf\xe9\n' + QEMU.encode(), 3, "", "byte 0xe9 is not UTF-8"),
+    "control character": (HEAD + '# \x07\n' + QEMU, 3, "", "U+0007"),
+    "too many values": ("os: [" + ",".join(["debian-12"] * 100_001) + "]\n", 1, "", "too big"),
+    "file too big": ("# " + "x" * (4 * 1024 * 1024) + "\n", 1, "", "bytes"),
 }
 
 
@@ -84,6 +129,22 @@ def test_bad_input_gives_one_line(workdir: Path, name: str) -> None:
     if field:
         assert f": {field}:" in lines[0]
     assert hint in lines[0]
+
+
+def test_size_guard_names_aliases_only_for_alias_bombs(workdir: Path) -> None:
+    bomb = run_plan(workdir, CASES["alias bomb"][0]).stderr
+    big = run_plan(workdir, CASES["too many values"][0]).stderr
+    assert "aliases" in bomb and "too big" not in bomb
+    assert "too big" in big and "alias" not in big
+
+
+def test_empty_cloud_is_declared_with_defaults(workdir: Path) -> None:
+    empty = run_plan(workdir, HEAD + "clouds:\n  qemu:\n")
+    braces = run_plan(workdir, HEAD + QEMU)
+    assert empty.returncode == 0, empty.stderr
+    (cell,) = json.loads(empty.stdout)
+    assert cell["id"] == "qemu-debian-12-k8s-1.31"
+    assert json.loads(braces.stdout) == [cell]  # same settings, so the same build key
 
 
 def test_missing_file(workdir: Path) -> None:
