@@ -175,11 +175,17 @@ def build_command(matrix_path: Path, only: tuple[str, ...], output_dir: Path, jo
     build and the exit status is 3 (--strict, or --only cells of that cloud alone, makes it an error)."""
     cells = _require_cells(planned_cells(matrix_path, only), only)
     scope = CloudScope(strict=strict, explicit=explicit_cloud_of(cells, only))
-    if not skip_preflight:
-        cells = _preflight(cells, matrix_path, dry_run, scope)
     options = pipeline.BuildOptions(output_dir=output_dir, jobs=jobs, force=force, dry_run=dry_run,
                                     publish=not no_publish)
-    job_list = pipeline.prepare_jobs(cells, options, pipeline.CatalogueLookup(scope))
+    # What exists first: a nightly no-op checks no download of the cells it skips.
+    job_list = pipeline.look_up_jobs(cells, options, pipeline.CatalogueLookup(scope))
+    if not skip_preflight:
+        to_build = [job.cell for job in job_list if job.state.value == "queued"]
+        kept = {cell.id for cell in _preflight(to_build, matrix_path, dry_run, scope)} if to_build else set()
+        for job in job_list:
+            if job.state.value == "queued" and job.cell.id not in kept:
+                job.state, job.error = job.state.UNREACHABLE, scope.skipped.get(job.cell.cloud, "")
+    pipeline.render_jobs(job_list, options)
     if dry_run:
         for job in job_list:
             action = (f"skip (exists: {job.existing})" if job.existing else

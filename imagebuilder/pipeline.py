@@ -130,13 +130,24 @@ def per_cloud_limits(cells: list[Cell]) -> dict[str, int]:
 
 def prepare_jobs(cells: list[Cell], options: BuildOptions, lookup: Lookup | None) -> list[Job]:
     """Jobs for the cells; only the cells that will build are rendered (skips cost nothing)."""
+    jobs = look_up_jobs(cells, options, lookup)
+    render_jobs(jobs, options)
+    return jobs
+
+
+def look_up_jobs(cells: list[Cell], options: BuildOptions, lookup: Lookup | None) -> list[Job]:
+    """Jobs for the cells, the ones whose image exists (or whose cloud cannot be asked) marked."""
     jobs = make_jobs(cells, [options.output_dir / cell.id for cell in cells])
     if lookup is not None:
         mark_existing(jobs, lookup, options.force)
+    return jobs
+
+
+def render_jobs(jobs: list[Job], options: BuildOptions) -> None:
+    """Render the cells that will build."""
     to_build = [job.cell for job in jobs if job.state is State.QUEUED]
     if to_build:
         render.render_cells(to_build, options.output_dir, packer.installed_version())
-    return jobs
 
 
 def run_jobs(jobs: list[Job], options: BuildOptions, reporter: Any, hooks: Any | None = None) -> list[Job]:

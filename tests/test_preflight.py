@@ -223,9 +223,11 @@ def test_no_aws_credentials_fail_naming_the_cloud_and_the_fix(workspace: Workspa
     result, elapsed = workspace.build(matrix)
 
     assert result.returncode == 2
-    assert problem_lines(result.stderr) == [
-        "imagebuilder: aws eu-west-1: get_caller_identity: no AWS credentials found | fix: export AWS_PROFILE "
-        "(or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY), or run where an instance role applies"]
+    # the existence lookup asks AWS first (describe_images), before the preflight would
+    [line] = problem_lines(result.stderr)
+    assert line.startswith("imagebuilder: aws eu-west-1: ")
+    assert line.endswith("no AWS credentials found | fix: export AWS_PROFILE "
+                         "(or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY), or run where an instance role applies")
     assert workspace.tools_called() == []
     assert elapsed < 30
 
