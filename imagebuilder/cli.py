@@ -39,6 +39,10 @@ def planned_cells(matrix_path: Path, only: tuple[str, ...]) -> list[Cell]:
     return plan(load_matrix(matrix_path), list(only) or None)
 
 
+def _lookup(matrix_path: Path, scope: CloudScope) -> pipeline.CatalogueLookup:
+    return pipeline.CatalogueLookup(scope, rebuild_after_days=load_matrix(matrix_path).matrix.rebuild_after_days)
+
+
 def print_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=False))
 
@@ -78,7 +82,7 @@ def plan_command(matrix_path: Path, only: tuple[str, ...], output_format: str | 
         return
     scope = CloudScope(strict=strict, explicit=explicit_cloud_of(cells, only))
     if changed:
-        cells = pipeline.changed_cells(cells, pipeline.CatalogueLookup(scope))
+        cells = pipeline.changed_cells(cells, _lookup(matrix_path, scope))
     output_format = output_format or ("table" if sys.stdout.isatty() else "json")
     if output_format == "json":
         print_json([{**cell.summary(), **({"reasons": list(reasons[cell.id])} if old_lock else {})}
@@ -178,7 +182,7 @@ def build_command(matrix_path: Path, only: tuple[str, ...], output_dir: Path, jo
     options = pipeline.BuildOptions(output_dir=output_dir, jobs=jobs, force=force, dry_run=dry_run,
                                     publish=not no_publish)
     # What exists first: a nightly no-op checks no download of the cells it skips.
-    job_list = pipeline.look_up_jobs(cells, options, pipeline.CatalogueLookup(scope))
+    job_list = pipeline.look_up_jobs(cells, options, _lookup(matrix_path, scope))
     if not skip_preflight:
         to_build = [job.cell for job in job_list if job.state.value == "queued"]
         kept = {cell.id for cell in _preflight(to_build, matrix_path, dry_run, scope)} if to_build else set()

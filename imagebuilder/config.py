@@ -198,6 +198,9 @@ class Matrix(_Strict):
     # The scheduled versions update commits patch releases to the default branch instead of
     # opening a pull request (.github/workflows/versions-update.yml).
     auto_merge_patches: bool = False
+    # A cell whose newest image is older than this is built again even though its build key
+    # exists: a floor for freshness where the base image cannot be resolved. None: off.
+    rebuild_after_days: int | None = Field(None, ge=1, le=36500)
 
 
 class LoadedMatrix(BaseModel):

@@ -4,6 +4,7 @@ own steps (the qemu target boot-tests), then publish with the one metadata schem
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -13,7 +14,7 @@ from imagebuilder import packer, render
 from imagebuilder.artifact import Artifact
 from imagebuilder.build import Job, Limits, Lookup, PackerExecutor, Scheduler, State, make_jobs, mark_existing
 from imagebuilder.cloudscope import CloudScope
-from imagebuilder.clouds import ImageFilter, ImageRecord, canonical_cloud
+from imagebuilder.clouds import ImageFilter, ImageRecord, canonical_cloud, utcnow
 from imagebuilder.planner import Cell
 
 
@@ -29,8 +30,9 @@ class CatalogueLookup:
     reported by ``unreachable`` and are neither built nor called changed.
     """
 
-    def __init__(self, scope: CloudScope | None = None) -> None:
+    def __init__(self, scope: CloudScope | None = None, rebuild_after_days: int | None = None) -> None:
         self.scope = scope or CloudScope(strict=True)
+        self.rebuild_after_days = rebuild_after_days
         self.listings: dict[tuple[str, str], dict[str, list[ImageRecord]] | None] = {}
 
     @staticmethod
@@ -74,6 +76,10 @@ class CatalogueLookup:
 
     def __call__(self, cell: Cell) -> str | None:
         records = self.records(cell)
+        if records and self.rebuild_after_days is not None:
+            built = max(record.build_time for record in records)
+            if utcnow() - built > timedelta(days=self.rebuild_after_days):
+                return None  # too old for the matrix's rebuild_after_days: build it again
         return ", ".join(sorted(f"{r.region}:{r.image_id}" for r in records)) or None
 
 

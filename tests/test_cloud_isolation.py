@@ -12,6 +12,8 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -179,3 +181,27 @@ def test_existence_lookups_list_each_region_once(aws_env: str, tmp_path: Path,
 
     assert len(cells) == 12 and changed == cells
     assert calls.count("DescribeImages") == 2, calls  # one listing per region, whatever the cell count
+
+
+def test_rebuild_after_days_makes_an_old_image_changed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from imagebuilder.pipeline import CatalogueLookup, changed_cells
+
+    monkeypatch.setenv("IMAGEBUILDER_CATALOGUE", str(tmp_path / "catalogue"))
+    (tmp_path / "versions.lock.yaml").write_text((REPO / "versions.lock.yaml").read_text())
+    matrix = tmp_path / "matrix.yaml"
+    matrix.write_text(yaml.safe_dump({"os": ["debian-12"], "kubernetes": MINORS, "clouds": {"qemu": {}},
+                                      "rebuild_after_days": 30}))
+    loaded = load_matrix(matrix)
+    assert loaded.matrix.rebuild_after_days == 30
+    old, fresh = plan(loaded)
+    for cell, age_days in ((old, 45), (fresh, 2)):
+        artifact = artifact_for(cell, tmp_path)
+        stamp = (datetime.now(timezone.utc) - timedelta(days=age_days)).strftime("%Y%m%d%H%M%S")
+        artifact = replace(artifact, metadata=replace(artifact.metadata, build_timestamp=stamp))
+        store_for(cell.cloud, cell.settings).publish(artifact)
+
+    assert changed_cells([old, fresh], CatalogueLookup()) == []  # off: both keys exist
+    assert changed_cells([old, fresh], CatalogueLookup(rebuild_after_days=30)) == [old]
+    result = imagebuilder("plan", "-m", str(matrix), "--changed", "--format", "json", root=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert [cell["id"] for cell in json.loads(result.stdout)] == [old.id]
