@@ -2,7 +2,11 @@
 # matrix; K8S=1.31 narrows it. Pattern rules only: the matrix is the list of targets.
 MATRIX ?= matrix.yaml
 K8S ?= *
-PYTHON ?= python3
+# The checkout's virtual environment (.ci/run and the README make it), else the python3 on PATH.
+VENV ?= .venv
+PYTHON ?= $(if $(wildcard $(VENV)/bin/python),$(VENV)/bin/python,python3)
+# Its tools (ansible-playbook, moto_server...) first on PATH, for the commands make runs.
+export PATH := $(if $(wildcard $(VENV)/bin),$(abspath $(VENV))/bin:)$(PATH)
 IMAGEBUILDER ?= $(PYTHON) -m imagebuilder.cli
 cells = --only '$*-k8s-$(K8S)'
 
@@ -27,7 +31,7 @@ validate:
 	$(IMAGEBUILDER) validate -m $(MATRIX)
 
 test:
-	$(PYTHON) -m pytest
+	$(PYTHON) -m pytest $(PYTEST_ARGS)
 
 bench:
 	$(PYTHON) bench/plan.py

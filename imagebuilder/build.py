@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Protocol
 
 from imagebuilder.artifact import Artifact, from_packer_manifest
-from imagebuilder.packer import packer_binary
+from imagebuilder.packer import needs_init, packer_binary, packer_init_command
 from imagebuilder.planner import Cell
 
 # Packer output that means "try again": cloud throttling, capacity and transient network faults.
@@ -126,7 +126,21 @@ class PackerExecutor:
         self.extra_args = extra_args
 
     def __call__(self, job: Job, cancel: threading.Event) -> Outcome:
-        command = [packer_binary(), "build", "-color=false", "-timestamp-ui", *self.extra_args, *job.packer_args, "."]
+        commands = [packer_init_command()] if needs_init(job.directory) else []
+        commands.append([packer_binary(), "build", "-color=false", "-timestamp-ui", *self.extra_args,
+                         *job.packer_args, "."])
+        for command in commands:
+            returncode, interrupted = self._run(job, command, cancel)
+            tail = _tail(job.log_path)
+            if interrupted:
+                return Outcome(ok=False, output_tail=tail, cancelled=True)
+            if returncode != 0:
+                return Outcome(ok=False, output_tail=tail, retryable=bool(RETRYABLE.search(tail)))
+        return Outcome(ok=True, output_tail=tail)
+
+    @staticmethod
+    def _run(job: Job, command: list[str], cancel: threading.Event) -> tuple[int, bool]:
+        """Run one Packer command in the cell directory, logging to build.log: (exit status, interrupted)."""
         with job.log_path.open("ab") as log:
             log.write(f"\n=== attempt {job.attempts}: {' '.join(command)}\n".encode())
             log.flush()
@@ -142,11 +156,7 @@ class PackerExecutor:
                     os.killpg(process.pid, signal.SIGINT)
                     interrupted = True
                 time.sleep(0.05)
-        tail = _tail(job.log_path)
-        if interrupted:
-            return Outcome(ok=False, output_tail=tail, cancelled=True)
-        ok = process.returncode == 0
-        return Outcome(ok=ok, output_tail=tail, retryable=not ok and bool(RETRYABLE.search(tail)))
+        return process.returncode, interrupted
 
 
 def _tail(path: Path, size: int = 8192) -> str:

@@ -12,7 +12,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from imagebuilder import __version__, packer, pipeline, preflight, progress, rebuilds, render, versions_update
+from imagebuilder import __version__, github, packer, pipeline, preflight, progress, rebuilds, render, versions_update
 from imagebuilder.cloudscope import CloudScope, strict_option
 from imagebuilder.config import DEFAULT_MATRIX, LoadedMatrix, load_matrix
 from imagebuilder.commands_images import images
@@ -53,11 +53,18 @@ def cli() -> None:
     """Build, publish and retire Kubernetes node images from one matrix."""
 
 
+PLAN_FORMATS = ("table", "json", "github-matrix", "github-shards", "clouds", "make")
+
+
 @cli.command("plan")
 @matrix_option
 @only_option
-@click.option("--format", "output_format", type=click.Choice(["table", "json", "github-matrix", "make"]),
-              default=None, help="Output format; a table in a terminal, JSON otherwise.")
+@click.option("--format", "output_format", type=click.Choice(PLAN_FORMATS), default=None,
+              help="Output format; a table in a terminal, JSON otherwise. github-matrix: one GitHub Actions "
+                   "matrix (at most 256 cells); github-shards: a matrix of shards, each with its own matrix; "
+                   "clouds: the clouds of the cells, as a JSON list.")
+@click.option("--strategy", type=click.Choice(["bake", "sysext"]), default=None,
+              help="Only cells of this strategy: bake (Packer builds an image) or sysext (stock image).")
 @click.option("--changed", is_flag=True,
               help="Only cells whose build key is not yet an image in their catalogue (the cloud itself).")
 @strict_option
@@ -66,8 +73,8 @@ def cli() -> None:
 @click.option("--diff-against", "old_lock", type=click.Path(path_type=Path, dir_okay=False), default=None,
               metavar="OLD_LOCK", help="Only cells whose build key differs from the one this older "
               "versions file gives them (offline), with what moved.")
-def plan_command(matrix_path: Path, only: tuple[str, ...], output_format: str | None, changed: bool,
-                 strict: bool, compare: bool, old_lock: Path | None) -> None:
+def plan_command(matrix_path: Path, only: tuple[str, ...], output_format: str | None, strategy: str | None,
+                 changed: bool, strict: bool, compare: bool, old_lock: Path | None) -> None:
     """Expand the matrix into build cells with their ids and build keys."""
     reasons: dict[str, tuple[str, ...]] = {}
     if old_lock is not None:
@@ -80,6 +87,8 @@ def plan_command(matrix_path: Path, only: tuple[str, ...], output_format: str | 
     if compare:
         print_comparison(cells, "json" if output_format == "json" else "table")
         return
+    if strategy is not None:
+        cells = [cell for cell in cells if cell.strategy == strategy]
     scope = CloudScope(strict=strict, explicit=explicit_cloud_of(cells, only))
     if changed:
         cells = pipeline.changed_cells(cells, _lookup(matrix_path, scope))
@@ -88,18 +97,17 @@ def plan_command(matrix_path: Path, only: tuple[str, ...], output_format: str | 
         print_json([{**cell.summary(), **({"reasons": list(reasons[cell.id])} if old_lock else {})}
                     for cell in cells])
     elif output_format == "github-matrix":
-        click.echo(json.dumps({"include": [_github_entry(cell) for cell in cells]}, separators=(",", ":")))
+        click.echo(json.dumps(github.job_matrix(cells), separators=(",", ":")))
+    elif output_format == "github-shards":
+        click.echo(json.dumps(github.shards(cells), separators=(",", ":")))
+    elif output_format == "clouds":
+        click.echo(json.dumps(github.clouds_of(cells)))
     elif output_format == "make":
         for target in dict.fromkeys(f"build-{cell.cloud}-{cell.os}" for cell in cells):
             click.echo(target)
     else:
         stdout.print(_plan_table(cells, reasons if old_lock is not None else None))
     scope.exit()
-
-
-def _github_entry(cell: Cell) -> dict[str, str]:
-    return {"id": cell.id, "cloud": cell.cloud, "os": cell.os, "kubernetes": cell.kubernetes,
-            "build_key": cell.build_key}
 
 
 def _plan_table(cells: list[Cell], reasons: dict[str, tuple[str, ...]] | None = None) -> Table:

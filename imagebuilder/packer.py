@@ -26,8 +26,22 @@ def parse_version(text: str) -> Version:
 def packer_binary() -> str:
     found = shutil.which("packer")
     if found is None:
-        raise UserError("packer: not found on PATH (install it: apt-get install packer)")
+        raise UserError("packer: not found on PATH (install it: https://developer.hashicorp.com/packer/install, or apt-get install packer on Debian)")
     return found
+
+
+# render writes this file (with `required_plugins`) for Packer 1.7 and later.
+PLUGINS_FILE = "plugins.pkr.hcl"
+
+
+def needs_init(cell_dir: Path) -> bool:
+    """A cell directory that declares required_plugins must be `packer init`-ed before a build."""
+    return (cell_dir / PLUGINS_FILE).is_file()
+
+
+def packer_init_command() -> list[str]:
+    """Installs the declared plugins (once; later runs find them in Packer's plugin directory)."""
+    return [packer_binary(), "init", "."]
 
 
 @lru_cache(maxsize=1)
@@ -59,6 +73,11 @@ def prepare_for_validate(cell_dir: Path) -> None:
 
 def validate(cell_dir: Path, env: dict[str, str] | None = None) -> ValidateResult:
     prepare_for_validate(cell_dir)
+    if needs_init(cell_dir):
+        init = subprocess.run(packer_init_command(), cwd=cell_dir, capture_output=True, text=True, timeout=600,
+                              env=env)
+        if init.returncode != 0:
+            return ValidateResult(directory=cell_dir, ok=False, output=(init.stdout + init.stderr).strip())
     result = subprocess.run([packer_binary(), "validate", "."], cwd=cell_dir, capture_output=True, text=True,
                             timeout=300, env=env)
     output = (result.stdout + result.stderr).strip()

@@ -41,7 +41,7 @@ def test_cleanup_workflow_applies_only_on_schedule_or_when_asked() -> None:
     prune_step = next(step for step in steps if step.get("name") == "prune")
     assert prune_step["env"]["APPLY"] == "${{ github.event_name == 'schedule' || inputs.apply }}"
     script = prune_step["run"]
-    assert "imagebuilder prune -m matrix.yaml --wait --output json ${flags}" in script
+    assert 'imagebuilder prune -m "${MATRIX}" --wait --output json ${flags}' in script
     assert '--apply' not in script.replace('flags="--apply"', "")  # only through $APPLY
     assert 'exit "${status}"' in script  # partial failures fail the job
     assert not any(isinstance(v, str) and "AKIA" in v for v in prune_step["env"].values())
