@@ -23,7 +23,7 @@ from conftest import DEBIAN_MIRROR, DEBIAN_SUITE, test_cache_dir
 REPO = Path(__file__).resolve().parents[1]
 CRONJOB = REPO / "deploy" / "cronjob.yaml"
 BASE_PACKAGES = ("python3", "python3-venv", "python3-pip", "passwd", "ca-certificates")
-IMAGE = "localhost/imagebuilder:test"
+IMAGE = "localhost/imagebuilder:test"  # + "-" and the digest of the build context
 
 BUILD_COMMAND = "podman build -t REGISTRY/imagebuilder:VERSION -f Containerfile ."
 needs_buildah = pytest.mark.skipif(
@@ -93,25 +93,43 @@ class Buildah:
             self("rm", container)
 
 
+def context_key() -> str:
+    """A digest of what the Containerfile reads: an image built from the same context is reused."""
+    digest = hashlib.sha256()
+    sources = [REPO / "Containerfile", REPO / ".containerignore", REPO / "pyproject.toml", REPO / "README.md"]
+    for directory in ("imagebuilder", "packer", "ansible"):
+        sources += sorted(p for p in (REPO / directory).rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    for path in sources:
+        digest.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
 @pytest.fixture(scope="module")
-def built_image() -> tuple[Buildah, dict]:
+def built_image() -> tuple[Buildah, dict, str]:
     try:
         tarball = base_tarball()
     except subprocess.CalledProcessError as error:
         pytest.fail(f"mmdebstrap failed: {error.stderr.decode()[-2000:]}")
     buildah = Buildah(test_cache_dir() / "buildah")
     base = f"localhost/imagebuilder-test-base:{tarball.stem.rsplit('-', 1)[-1]}"
-    buildah.import_tarball(tarball, base)
-    buildah("bud", "--layers", "--isolation", "chroot", "--build-arg", f"BASE={base}", "-f",
-            str(REPO / "Containerfile"), "-t", IMAGE, str(REPO))
-    config = json.loads(buildah("inspect", "--type", "image", IMAGE))["OCIv1"]["config"]
-    return buildah, config
+    image = f"{IMAGE}-{context_key()}"
+    if not buildah.has_image(image):
+        for stale in buildah("images", "--noheading", "--format", "{{.Name}}:{{.Tag}}").split():
+            if stale.startswith(("localhost/imagebuilder:", "localhost/imagebuilder-test-base:")) and stale != base:
+                buildah("rmi", "--force", stale)  # vfs keeps whole copies: one image of each is plenty
+        buildah.import_tarball(tarball, base)
+        buildah("bud", "--isolation", "chroot", "--build-arg", f"BASE={base}", "-f", str(REPO / "Containerfile"),
+                "-t", image, str(REPO))
+        buildah("rmi", "--prune")
+    config = json.loads(buildah("inspect", "--type", "image", image))["OCIv1"]["config"]
+    return buildah, config, image
 
 
-def run_in_image(buildah: Buildah, config: dict, args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+def run_in_image(built: tuple[Buildah, dict, str], args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
     """The entrypoint with args, as the image's user, on the image's root mounted read-only
     with an empty writable directory at the cache path (the CronJob's emptyDir)."""
-    container = buildah("from", IMAGE)
+    buildah, config, image = built
+    container = buildah("from", image)
     try:
         mounted = buildah("mount", container)
         env = dict(item.split("=", 1) for item in config["Env"])
@@ -134,15 +152,15 @@ def run_in_image(buildah: Buildah, config: dict, args: list[str], tmp_path: Path
 
 @pytest.mark.slow
 @needs_buildah
-def test_the_image_runs_imagebuilder_as_a_non_root_user(built_image: tuple[Buildah, dict], tmp_path: Path) -> None:
-    buildah, config = built_image
+def test_the_image_runs_imagebuilder_as_a_non_root_user(built_image: tuple[Buildah, dict, str], tmp_path: Path) -> None:
+    _, config, _ = built_image
     assert config["Entrypoint"] == ["imagebuilder"]
     user = config["User"]
     assert user.split(":")[0] not in ("", "0", "root")
     cronjob = yaml.safe_load(CRONJOB.read_text())["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     assert str(cronjob["securityContext"]["runAsUser"]) == user.split(":")[0]  # the CronJob runs the same user
 
-    version = run_in_image(buildah, config, ["--version"], tmp_path)
+    version = run_in_image(built_image, ["--version"], tmp_path)
     assert version.returncode == 0, version.stdout + version.stderr
     import imagebuilder
 
@@ -151,11 +169,10 @@ def test_the_image_runs_imagebuilder_as_a_non_root_user(built_image: tuple[Build
 
 @pytest.mark.slow
 @needs_buildah
-def test_a_prune_runs_on_a_read_only_root(built_image: tuple[Buildah, dict], tmp_path: Path) -> None:
+def test_a_prune_runs_on_a_read_only_root(built_image: tuple[Buildah, dict, str], tmp_path: Path) -> None:
     """The CronJob's command over the local catalogue: caches, locks and temporary files all
     go to the one writable directory, nothing to the read-only root."""
-    buildah, config = built_image
-    result = run_in_image(buildah, config, ["prune", "--cloud", "local", "--output", "json"], tmp_path)
+    result = run_in_image(built_image, ["prune", "--cloud", "local", "--output", "json"], tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(result.stdout)
     assert report["applied"] is False and report["summary"]["images"] == 0
