@@ -26,7 +26,8 @@ def parse_version(text: str) -> Version:
 def packer_binary() -> str:
     found = shutil.which("packer")
     if found is None:
-        raise UserError("packer: not found on PATH (install it: https://developer.hashicorp.com/packer/install, or apt-get install packer on Debian)")
+        raise UserError("packer: not found on PATH | fix: install it (https://developer.hashicorp.com/packer/install; "
+                        "on Debian: apt-get install packer)")
     return found
 
 

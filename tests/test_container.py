@@ -152,7 +152,8 @@ def run_in_image(built: tuple[Buildah, dict, str], args: list[str], tmp_path: Pa
 
 @pytest.mark.slow
 @needs_buildah
-def test_the_image_runs_imagebuilder_as_a_non_root_user(built_image: tuple[Buildah, dict, str], tmp_path: Path) -> None:
+def test_the_image_runs_imagebuilder_as_a_non_root_user(built_image: tuple[Buildah, dict, str],
+                                                         tmp_path: Path) -> None:
     _, config, _ = built_image
     assert config["Entrypoint"] == ["imagebuilder"]
     user = config["User"]

@@ -407,7 +407,7 @@ FAKE_PACKER = """#!/bin/sh
 echo "$*" >> "{calls}"
 case "$1" in
   version) echo "Packer v1.11.2" ;;
-  init) [ -e "{fail_init}" ] && {{ echo "Error: Failed getting the plugin: dial tcp: i/o timeout" >&2; exit 1; }}; exit 0 ;;
+  init) if [ -e "{fail_init}" ]; then echo "Error: Failed getting the plugin: dial tcp: i/o timeout" >&2; exit 1; fi ;;
   build) exit 0 ;;
 esac
 """
