@@ -114,13 +114,15 @@ def built_image() -> tuple[Buildah, dict, str]:
     base = f"localhost/imagebuilder-test-base:{tarball.stem.rsplit('-', 1)[-1]}"
     image = f"{IMAGE}-{context_key()}"
     if not buildah.has_image(image):
+        # This storage is the test's own; vfs keeps whole copies, so only the base stays.
+        buildah("rm", "--all")
         for stale in buildah("images", "--noheading", "--format", "{{.Name}}:{{.Tag}}").split():
             if stale.startswith(("localhost/imagebuilder:", "localhost/imagebuilder-test-base:")) and stale != base:
-                buildah("rmi", "--force", stale)  # vfs keeps whole copies: one image of each is plenty
+                buildah("rmi", "--force", stale)
+        buildah("rmi", "--prune")
         buildah.import_tarball(tarball, base)
         buildah("bud", "--isolation", "chroot", "--build-arg", f"BASE={base}", "-f", str(REPO / "Containerfile"),
                 "-t", image, str(REPO))
-        buildah("rmi", "--prune")
     config = json.loads(buildah("inspect", "--type", "image", image))["OCIv1"]["config"]
     return buildah, config, image
 

@@ -26,6 +26,8 @@ import pytest
 import yaml
 from services import aws_env, glance_url, moto_url, openstack_env, qcow2_file  # noqa: F401 (fixtures)
 from test_retention_stores import NovaStandin, nova  # noqa: F401 (fixture: Nova's servers API, for in-use checks)
+from test_sysext import Fixture, fixture_mirror  # noqa: F401 (fixture: release files for a sysext)
+from test_sysext import write_matrix as write_sysext_matrix
 
 from imagebuilder import render
 from imagebuilder.artifact import Artifact
@@ -290,6 +292,30 @@ def test_nightly_plan_job_emits_the_cells_to_bake_in_shards_and_the_sysext_cells
     assert [entry["id"] for entry in sysext] == [cell.id for cell in cells if cell.os == "flatcar"]
     assert int(outputs["sysext_count"]) == 6
     assert "cells to bake: 16 in 1 shards, sysext cells: 6" in job_run.summary.read_text()
+
+
+def test_nightly_sysext_job_builds_and_uploads_the_sysext_cells(tmp_path: Path, services: Services,
+                                                               fixture_mirror: Fixture) -> None:
+    nightly = workflow("nightly.yml")
+    bucket = "sysext-images"
+    job_run = prepared_run(tmp_path, services, {
+        "vars.AWS_ROLE_ARN": "arn:aws:iam::123456789012:role/nightly", "vars.SYSEXT_S3_BUCKET != ''": "true",
+        "vars.SYSEXT_BASE_URL": "https://sysext.example.com/", "vars.SYSEXT_S3_BUCKET": bucket,
+        "vars.SYSEXT_S3_PREFIX": "sysext/"})
+    write_sysext_matrix(job_run.workspace, fixture_mirror)
+    planned = subprocess.run([str(tmp_path / "bin" / "imagebuilder"), "plan", "--strategy", "sysext", "--format",
+                              "github-matrix"], cwd=job_run.workspace, capture_output=True, text=True, check=True)
+    job_run.values["needs.plan.outputs.sysext"] = planned.stdout.strip()
+    boto3.client("s3", region_name="us-east-1").create_bucket(Bucket=bucket)
+
+    job_run.run(nightly, "sysext", skip=("install", "install mksquashfs"))
+
+    built = sorted(path.name for path in (job_run.workspace / "build" / "sysext").iterdir())
+    image = next(name for name in built if name.endswith(".raw"))
+    assert re.fullmatch(r"kubernetes-v[\d.]+-x86-64\.raw", image) and "SHA256SUMS" in built
+    keys = {item["Key"] for item in boto3.client("s3", region_name="us-east-1").list_objects_v2(
+        Bucket=bucket, Prefix="sysext/")["Contents"]}
+    assert {f"sysext/{image}", "sysext/SHA256SUMS"} <= keys
 
 
 def test_nightly_jobs_consume_the_plan() -> None:
