@@ -19,6 +19,7 @@ from typing import Protocol
 
 from imagebuilder.artifact import Artifact, from_packer_manifest
 from imagebuilder.packer import needs_init, packer_binary, packer_init_command
+from imagebuilder.procs import Cancelled
 from imagebuilder.planner import Cell
 
 # Packer output that means "try again": cloud throttling, capacity and transient network faults.
@@ -58,6 +59,9 @@ class Job:
     existing: str = ""  # the image that made this cell skip
     error: str = ""
     packer_args: list[str] = field(default_factory=list)  # set by a target's prepare step
+    builder: str = "packer"  # which executor builds it; a target's prepare step may choose another
+    # Set when the run is interrupted: the target's own long steps (base disk, boot test) stop on it.
+    cancel: threading.Event = field(default_factory=threading.Event, repr=False)
 
     @property
     def log_path(self) -> Path:
@@ -159,6 +163,19 @@ class PackerExecutor:
         return process.returncode, interrupted
 
 
+class BuilderExecutors:
+    """The executor per builder: each job runs on the one its ``builder`` names."""
+
+    def __init__(self, executors: dict[str, Executor]) -> None:
+        self.executors = executors
+
+    def __call__(self, job: Job, cancel: threading.Event) -> Outcome:
+        executor = self.executors.get(job.builder)
+        if executor is None:
+            raise ValueError(f"{job.cell.id}: no executor for builder {job.builder!r}")
+        return executor(job, cancel)
+
+
 def _tail(path: Path, size: int = 8192) -> str:
     with path.open("rb") as handle:
         handle.seek(max(0, path.stat().st_size - size))
@@ -179,6 +196,8 @@ class Scheduler:
         self.retries = retries
         self.retry_delay = retry_delay
         self.cancel = threading.Event()
+        for job in jobs:
+            job.cancel = self.cancel
         self.collect = collect or manifest_artifact
 
     def run(self) -> list[Job]:
@@ -254,6 +273,8 @@ class Scheduler:
             job.artifact = self.hooks.finish(job, artifact) if artifact else None
             job.state = State.DONE
             (job.directory / LAST_DURATION_FILE).write_text(f"{job.elapsed:.1f}\n")
+        except Cancelled:
+            job.state, job.error = State.CANCELLED, "interrupted"
         except Exception as error:  # one cell's failure must not stop the others
             job.state, job.error = State.FAILED, f"{error.__class__.__name__}: {error}"
         finally:

@@ -12,7 +12,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from imagebuilder import __version__, github, packer, pipeline, preflight, progress, rebuilds, render, versions_update
+from imagebuilder import __version__, github, packer, pipeline, preflight, procs, progress, rebuilds, render, versions_update
 from imagebuilder.cloudscope import CloudScope, strict_option
 from imagebuilder.config import DEFAULT_MATRIX, LoadedMatrix, load_matrix
 from imagebuilder.commands_images import images
@@ -209,7 +209,7 @@ def build_command(matrix_path: Path, only: tuple[str, ...], output_dir: Path, jo
         pipeline.run_jobs(job_list, options, progress.make_reporter())
     except KeyboardInterrupt:
         progress.print_summary(job_list)
-        click.echo("imagebuilder: interrupted; Packer cleaned up the running builds", err=True)
+        click.echo("imagebuilder: interrupted; the running builds cleaned up", err=True)
         sys.exit(130)
     progress.print_summary(job_list)
     failed = [job for job in job_list if job.state.value == "failed"]
@@ -352,6 +352,7 @@ cli.add_command(publish)
 
 
 def main() -> None:
+    procs.interrupt_on_signals()
     try:
         cli.main(standalone_mode=False)
     except UserError as error:

@@ -57,10 +57,17 @@ Minor = Annotated[str, BeforeValidator(_check_minor)]
 class QemuSettings(_Strict):
     max_parallel: int = Field(1, ge=1)  # builds of this cloud at once (quotas)
     accelerator: Literal["auto", "kvm", "tcg"] = "auto"
+    # "offline": the roles applied to the base root file system on this host, no build VM
+    # (imagebuilder/offline.py); "packer": the qemu template in a VM; "auto": Packer when KVM
+    # works, else offline. Both make the same image (tests/test_e2e_qemu.py compares them),
+    # so the choice stays out of the build key.
+    builder: Literal["auto", "offline", "packer"] = "auto"
     disk_size_mb: int = Field(8192, ge=2048)
     memory_mb: int = Field(2048, ge=512)
     cpus: int = Field(2, ge=1)
     boot_test: bool = True
+
+    OUTSIDE_BUILD_KEY = frozenset({"max_parallel", "builder"})
 
 
 class AwsSettings(_Strict):

@@ -1,5 +1,7 @@
-"""The local qemu target around `packer build`: the base disk before, the boot test after.
+"""The local qemu target around the build: the base disk and the builder before, the boot test after.
 
+The builder: ``clouds.qemu.builder`` (auto: Packer when KVM works, else the offline build of
+imagebuilder/offline.py, which needs no VM until the boot test).
 Before Packer: the cached base disk (and, for a base without a bootloader, its kernel and
 initrd for a direct kernel boot), a throw-away build key and a NoCloud seed that gives the
 OS's default user that key, all linked into the cell's `base/` directory.
@@ -11,15 +13,16 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 from pathlib import Path
 
-from imagebuilder import qemu, render
+from imagebuilder import offline, qemu, render
 from imagebuilder.artifact import Artifact
 from imagebuilder.build import Job
-from imagebuilder.config import ANSIBLE_DIR
 from imagebuilder.errors import UserError
 
-VALIDATE_PLAYBOOK = "validate.yml"
+# The validate role's settings for an image that has booted (see validate_hook).
+BOOTED_VARS = {"validate_hygiene_checks": False, "validate_inactive_services": []}
 
 
 def _link(source: Path, dest: Path) -> None:
@@ -28,12 +31,12 @@ def _link(source: Path, dest: Path) -> None:
     dest.symlink_to(source.resolve())
 
 
-def base_files(os_id: str) -> dict[str, Path]:
+def base_files(os_id: str, cancel: threading.Event | None = None) -> dict[str, Path]:
     """disk.img (and vmlinuz, initrd.img when the first boot is a direct kernel boot)."""
     if os_id == "debian-12":
         from imagebuilder.distributions import debian
 
-        disk = debian.base_disk()
+        disk = debian.base_disk(cancel=cancel)
         return {"disk.img": disk.disk, "vmlinuz": disk.kernel, "initrd.img": disk.initrd}
     if os_id.startswith("ubuntu-"):
         from imagebuilder.distributions import ubuntu
@@ -50,10 +53,25 @@ def accelerator_for(job: Job, files: dict[str, Path]) -> str:
     return qemu.accelerator(files.get("vmlinuz"), files.get("initrd.img"))
 
 
+def builder_for(job: Job, files: dict[str, Path]) -> str:
+    """The cell's builder, with "auto" resolved: offline unless KVM works (or the OS has no tree)."""
+    wanted = job.cell.settings.get("builder", "auto")
+    if wanted == offline.BUILDER and not offline.supports(job.cell.os):
+        offline.base_for(job.cell.os)  # raises the one-line error naming the setting
+    if wanted != "auto":
+        return wanted
+    if not offline.supports(job.cell.os):
+        return "packer"
+    return "packer" if accelerator_for(job, files) == "kvm" else offline.BUILDER
+
+
 def prepare(job: Job) -> None:
+    files = base_files(job.cell.os, job.cancel)
+    job.builder = builder_for(job, files)
+    if job.builder == offline.BUILDER:
+        return
     base = job.directory / "base"
     base.mkdir(parents=True, exist_ok=True)
-    files = base_files(job.cell.os)
     for name, path in files.items():
         _link(path, base / name)
     for stale in ("id_ed25519", "id_ed25519.pub"):
@@ -77,8 +95,7 @@ def validate_hook(job: Job) -> qemu.ValidateHook:
     """The validate role against the booted VM, with the cell's variables, as the build ran it.
     A booted image has its own machine-id and host keys, and kubelet restarts until kubeadm joins."""
     cell_vars = json.loads((job.directory / "ansible-vars.json").read_text())
-    extra = {**cell_vars, "validate_hygiene_checks": False, "validate_inactive_services": []}
-    return qemu.playbook_check(ANSIBLE_DIR / VALIDATE_PLAYBOOK, extra)
+    return qemu.role_check({**cell_vars, **BOOTED_VARS})
 
 
 def boot_test(job: Job, artifact: Artifact) -> None:
@@ -87,7 +104,7 @@ def boot_test(job: Job, artifact: Artifact) -> None:
     workdir = job.directory / "boot-test"
     shutil.rmtree(workdir, ignore_errors=True)
     result = qemu.boot_test(image, expected, user=job.cell.os_info.ssh_user, workdir=workdir,
-                            validate=validate_hook(job))
+                            validate=validate_hook(job), cancel=job.cancel)
     (job.directory / "boot-test.json").write_text(json.dumps(
         {"ok": result.ok, "seconds": result.seconds,
          "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in result.checks]}, indent=2))

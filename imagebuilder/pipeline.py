@@ -12,7 +12,8 @@ from typing import Any
 
 from imagebuilder import packer, render
 from imagebuilder.artifact import Artifact
-from imagebuilder.build import Job, Limits, Lookup, PackerExecutor, Scheduler, State, make_jobs, mark_existing
+from imagebuilder.build import (BuilderExecutors, Executor, Job, Limits, Lookup, PackerExecutor, Scheduler, State,
+                                make_jobs, mark_existing)
 from imagebuilder.cloudscope import CloudScope
 from imagebuilder.clouds import ImageFilter, ImageRecord, canonical_cloud, utcnow
 from imagebuilder.planner import Cell
@@ -110,7 +111,7 @@ class TargetHooks:
             local_target.prepare(job)
 
     def finish(self, job: Job, artifact: Artifact) -> Artifact:
-        if job.cell.cloud == "qemu":
+        if job.cell.cloud == "qemu" and job.cell.settings.get("boot_test", True):
             from imagebuilder import local_target
 
             local_target.boot_test(job, artifact)
@@ -156,7 +157,16 @@ def render_jobs(jobs: list[Job], options: BuildOptions) -> None:
         render.render_cells(to_build, options.output_dir, packer.installed_version())
 
 
+def executors() -> dict[str, Executor]:
+    """Builder name -> executor. Every cell builds with Packer unless its target's prepare step
+    chose another builder (the qemu target: the offline build, see local_target.builder_for)."""
+    from imagebuilder.offline import BUILDER, OfflineExecutor
+
+    return {"packer": PackerExecutor(), BUILDER: OfflineExecutor()}
+
+
 def run_jobs(jobs: list[Job], options: BuildOptions, reporter: Any, hooks: Any | None = None) -> list[Job]:
     limits = Limits(jobs=options.jobs, per_cloud=per_cloud_limits([job.cell for job in jobs]))
-    scheduler = Scheduler(jobs, limits, PackerExecutor(), hooks or TargetHooks(options.publish), reporter)
+    scheduler = Scheduler(jobs, limits, BuilderExecutors(executors()), hooks or TargetHooks(options.publish),
+                          reporter)
     return scheduler.run()

@@ -8,7 +8,6 @@ NoCloud seed (an ISO labelled ``cidata``), the way a cloud hands one over.
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import shutil
@@ -16,6 +15,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -23,6 +23,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+
+from imagebuilder import guestcheck
+from imagebuilder.guestcheck import GuestSession
+from imagebuilder.procs import Cancelled, stop_group
 
 Accel = Literal["kvm", "tcg"]
 
@@ -33,6 +37,7 @@ DEFAULT_CPUS = 2
 SSH_BOOT_TIMEOUT = 900.0  # TCG on 2 busy cores: a Debian boot takes ~25 s idle, minutes when loaded
 PROBE_TIMEOUT = 20.0
 RELEASE_FILE = "/etc/imagebuilder-release"
+GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 _accel_cache: dict[tuple[str, ...], Accel] = {}
 
@@ -205,13 +210,17 @@ class Vm:
     serial_log: Path
     timings: dict[str, float] = field(default_factory=dict)
 
-    def ssh_command(self, command: str) -> list[str]:
+    def ssh_command_prefix(self) -> list[str]:
+        """ssh to the guest, without the remote command."""
         return [
             "ssh", "-i", str(self.key), "-p", str(self.port),
             "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
             "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=10", "-o", "BatchMode=yes",
-            "-o", "IdentitiesOnly=yes", f"{self.user}@127.0.0.1", command,
+            "-o", "IdentitiesOnly=yes", f"{self.user}@127.0.0.1",
         ]
+
+    def ssh_command(self, command: str) -> list[str]:
+        return [*self.ssh_command_prefix(), command]
 
     def ssh(self, command: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         """Run ``command`` in the guest; the result, whatever its exit status."""
@@ -225,10 +234,12 @@ class Vm:
             return ""
         return "\n".join(text.splitlines()[-lines:])
 
-    def wait_for_ssh(self, timeout: float = SSH_BOOT_TIMEOUT) -> float:
+    def wait_for_ssh(self, timeout: float = SSH_BOOT_TIMEOUT, cancel: threading.Event | None = None) -> float:
         """Seconds until ``ssh true`` succeeds; QemuError if QEMU exits or time runs out."""
         started = time.monotonic()
         while True:
+            if cancel is not None and cancel.is_set():
+                raise Cancelled("boot test stopped: the build was cancelled")
             if self.process.poll() is not None:
                 raise QemuError(f"QEMU exited ({self.process.returncode}) before ssh came up; "
                                 f"serial log {self.serial_log}:\n{self.serial_tail()}")
@@ -240,7 +251,9 @@ class Vm:
             if time.monotonic() - started > timeout:
                 raise QemuError(f"no ssh login within {timeout:.0f}s; serial log {self.serial_log}:\n"
                                 f"{self.serial_tail()}")
-            time.sleep(2)
+            if cancel is not None and cancel.wait(2):
+                continue
+            time.sleep(0 if cancel is not None else 2)
 
     def shutdown(self, timeout: float = 120) -> None:
         """Power off from inside; kill QEMU if the guest does not stop in time."""
@@ -293,7 +306,7 @@ def qemu_command(disk: Path, *, port: int, serial_log: Path, accel: Accel, seed:
 def boot(disk: Path, *, user: str, key: SshKey, workdir: Path, accel: Accel | None = None,
          disk_format: str = "qcow2", snapshot: bool = True, kernel: Path | None = None,
          initrd: Path | None = None, append: str | None = None,
-         ssh_timeout: float = SSH_BOOT_TIMEOUT) -> Iterator[Vm]:
+         ssh_timeout: float = SSH_BOOT_TIMEOUT, cancel: threading.Event | None = None) -> Iterator[Vm]:
     """Boot ``disk`` with a NoCloud seed giving ``user`` the ``key``; yield once ssh works.
 
     The guest is powered off (or killed) on exit. The serial log stays in ``workdir``.
@@ -319,9 +332,13 @@ def boot(disk: Path, *, user: str, key: SshKey, workdir: Path, accel: Accel | No
     try:
         if process.poll() is not None:
             raise QemuError(f"QEMU did not start: {stderr_path.read_text().strip()}\n  {shlex.join(cmd)}")
-        vm.wait_for_ssh(ssh_timeout)
+        vm.wait_for_ssh(ssh_timeout, cancel)
         vm.timings["ssh_up"] = time.monotonic() - started
         yield vm
+    except BaseException:
+        # Interrupted or failed: no graceful poweroff, QEMU goes now.
+        stop_group(vm.process, grace=5)
+        raise
     finally:
         vm.shutdown()
 
@@ -396,36 +413,18 @@ class BootTestResult:
             raise QemuError(self.summary())
 
 
-ValidateHook = Callable[[Vm], list[Check]]
+# Checks run in the booted guest over the boot test's one SSH connection.
+ValidateHook = Callable[[GuestSession], list[Check]]
 
 
-def playbook_check(playbook: Path, extra_vars: dict | None = None, name: str = "validate role",
-                   timeout: float = 1800) -> ValidateHook:
-    """A boot-test hook running ``playbook`` against the VM (e.g. one applying the validate role).
+def role_check(extra_vars: dict | None = None) -> ValidateHook:
+    """A boot-test hook with the validate role's checks (imagebuilder/guestcheck.py), each by name."""
 
-    It connects as the boot test's user with its throw-away key; extra variables go in as
-    a JSON file. One check: the playbook's exit status, with the first failure as detail.
-    """
-
-    def hook(vm: Vm) -> list[Check]:
-        with tempfile.TemporaryDirectory(prefix="playbook-check-") as tmp:
-            vars_file = Path(tmp) / "vars.json"
-            vars_file.write_text(json.dumps({"ansible_port": vm.port, **(extra_vars or {})}))
-            cmd = ["ansible-playbook", "-i", "127.0.0.1,", "-u", vm.user, "--private-key", str(vm.key),
-                   "-e", f"@{vars_file}", str(playbook)]
-            env = dict(os.environ, ANSIBLE_HOST_KEY_CHECKING="False", ANSIBLE_NOCOLOR="1",
-                       ANSIBLE_SSH_ARGS="-o UserKnownHostsFile=/dev/null -o IdentitiesOnly=yes")
-            try:
-                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
-                                      stdin=subprocess.DEVNULL)
-            except subprocess.TimeoutExpired:
-                return [Check(name, False, f"{playbook} did not finish within {timeout:.0f}s")]
-        if proc.returncode == 0:
-            return [Check(name, True, f"{playbook.name} passed")]
-        lines = (proc.stdout + proc.stderr).splitlines()
-        failures = [line.strip() for line in lines if line.startswith(("fatal:", "failed:", "ERROR!", "[ERROR]"))]
-        detail = (failures or lines[-1:] or ["no output"])[0][:400]
-        return [Check(name, False, f"{playbook.name} exit {proc.returncode}: {detail}")]
+    def hook(session: GuestSession) -> list[Check]:
+        try:
+            return [Check(c.name, c.ok, c.detail) for c in guestcheck.role_checks(session, dict(extra_vars or {}))]
+        except (ValueError, guestcheck.AgentError) as exc:
+            return [Check("validate role", False, str(exc)[:400])]
 
     return hook
 
@@ -440,44 +439,45 @@ def release_fields(text: str) -> dict[str, str]:
     return fields
 
 
-def guest_checks(vm: Vm, expected: Expected) -> list[Check]:
-    """The checks a booted node image must pass, each run over ssh."""
+def guest_checks(session: GuestSession, expected: Expected) -> list[Check]:
+    """The checks a booted node image must pass, over the boot test's one connection."""
     checks: list[Check] = []
-    cloud = vm.ssh("cloud-init status --wait --long", timeout=600)
-    checks.append(Check("cloud-init", cloud.returncode == 0 and "status: done" in cloud.stdout,
-                        (cloud.stdout + cloud.stderr).strip().lstrip(".").strip().replace("\n", " ")[:300]))
+    cloud = session.command(["cloud-init", "status", "--wait", "--long"], timeout=600)
+    checks.append(Check("cloud-init", cloud["rc"] == 0 and "status: done" in cloud["stdout"],
+                        (cloud["stdout"] + cloud["stderr"]).strip().lstrip(".").strip().replace("\n", " ")[:300]))
     for unit in expected.units_active:
-        res = vm.ssh(f"systemctl is-active {shlex.quote(unit)}")
-        state = res.stdout.strip()
-        checks.append(Check(f"{unit} active", state == "active", state or res.stderr.strip()))
+        res = session.command(["systemctl", "is-active", unit])
+        state = res["stdout"].strip()
+        checks.append(Check(f"{unit} active", state == "active", state or res["stderr"].strip()))
     for unit in expected.units_enabled:
-        res = vm.ssh(f"systemctl is-enabled {shlex.quote(unit)}")
-        state = res.stdout.strip()
-        checks.append(Check(f"{unit} enabled", state == "enabled", state or res.stderr.strip()))
+        res = session.command(["systemctl", "is-enabled", unit])
+        state = res["stdout"].strip()
+        checks.append(Check(f"{unit} enabled", state == "enabled", state or res["stderr"].strip()))
     if expected.kubernetes_version:
-        res = vm.ssh("kubeadm version -o short")
+        res = session.command(["kubeadm", "version", "-o", "short"], env={"PATH": GUEST_PATH})
         want = "v" + expected.kubernetes_version.lstrip("v")
-        got = res.stdout.strip()
-        checks.append(Check("kubeadm version", got == want, f"{got or res.stderr.strip()} (want {want})"))
+        got = res["stdout"].strip()
+        checks.append(Check("kubeadm version", got == want, f"{got or res['stderr'].strip()} (want {want})"))
     if expected.build_key:
-        res = vm.ssh(f"cat {RELEASE_FILE}")
-        text = res.stdout
-        values = release_fields(text).values()
-        ok = res.returncode == 0 and expected.build_key in values
-        detail = "matches" if ok else (res.stderr.strip() or f"build key {expected.build_key} not in {RELEASE_FILE}")
+        res = session.command(["cat", RELEASE_FILE])
+        values = release_fields(res["stdout"]).values()
+        ok = res["rc"] == 0 and expected.build_key in values
+        detail = "matches" if ok else (res["stderr"].strip() or f"build key {expected.build_key} not in {RELEASE_FILE}")
         checks.append(Check("provenance", ok, detail))
     return checks
 
 
 def boot_test(image: Path, expected: dict | Expected, *, user: str = "debian", workdir: Path | None = None,
-              accel: Accel | None = None, validate: ValidateHook | None = None,
-              ssh_timeout: float = SSH_BOOT_TIMEOUT) -> BootTestResult:
+              accel: Accel | None = None, validate: ValidateHook | Sequence[ValidateHook] | None = None,
+              ssh_timeout: float = SSH_BOOT_TIMEOUT, cancel: threading.Event | None = None) -> BootTestResult:
     """Boot ``image`` (qcow2) on its own firmware and bootloader, no ``-kernel``, and check it.
 
     Login is a throw-away key given to ``user`` by a NoCloud seed; the image file is not
-    modified (``-snapshot``). ``validate`` adds checks run against the live VM (the
-    validate role). A guest that never reaches ssh yields a failed "ssh login" check.
+    modified (``-snapshot``). Every check runs over one SSH connection to a small agent
+    in the guest; ``validate`` adds hooks run over it (the validate role's checks). A guest
+    that never reaches ssh yields a failed "ssh login" check. ``cancel`` stops the VM.
     """
+    hooks = [validate] if callable(validate) else list(validate or [])
     expected = expected if isinstance(expected, Expected) else Expected.from_dict(expected)
     workdir = workdir or Path(tempfile.mkdtemp(prefix="boot-test-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -488,13 +488,18 @@ def boot_test(image: Path, expected: dict | Expected, *, user: str = "debian", w
     try:
         key = make_ssh_key(keydir)
         try:
-            with boot(image, user=user, key=key, workdir=workdir, accel=accel, ssh_timeout=ssh_timeout) as vm:
+            with boot(image, user=user, key=key, workdir=workdir, accel=accel, ssh_timeout=ssh_timeout,
+                      cancel=cancel) as vm:
                 seconds["ssh_up"] = round(vm.timings["ssh_up"], 1)
                 checks.append(Check("ssh login", True, f"{user} via NoCloud seed key"))
                 t = time.monotonic()
-                checks += guest_checks(vm, expected)
-                if validate is not None:
-                    checks += validate(vm)
+                try:
+                    with GuestSession(vm.ssh_command_prefix()) as session:
+                        checks += guest_checks(session, expected)
+                        for hook in hooks:
+                            checks += hook(session)
+                except guestcheck.AgentError as exc:
+                    checks.append(Check("guest agent", False, str(exc)[:400]))
                 seconds["checks"] = round(time.monotonic() - t, 1)
         except QemuError as exc:
             checks.append(Check("ssh login", False, str(exc).splitlines()[0]))

@@ -127,13 +127,16 @@ import sys
 from pathlib import Path
 sys.path.insert(0, {tests!r})
 from imagebuilder.build import Limits, NoHooks, PackerExecutor, Scheduler
+from imagebuilder.procs import interrupt_on_signals
 from imagebuilder.progress import PlainReporter, print_summary
 from nullcells import null_cells, null_jobs
+interrupt_on_signals()  # as imagebuilder.cli.main does
 root = Path({root!r})
 cells = null_cells(root, {{"qemu": {{}}}}, minors=["1.30", "1.31", "1.32"], oses=["debian-12"])
 quick = cells[0].id
 jobs = null_jobs(cells, root / "build",
-                 lambda c: ["true"] if c.id == quick else ["echo started > " + str(root / "slow-started"), "sleep 60"])
+                 lambda c: ["true"] if c.id == quick else
+                 ["echo $$ > " + str(root / "slow-started"), "exec sleep 60"])
 jobs[0].estimate = 1e6  # the quick cell goes first, so that one cell finishes before the interrupt
 try:
     Scheduler(jobs, Limits(jobs=2), PackerExecutor(), NoHooks(), PlainReporter(), retry_delay=0.1).run()
@@ -143,24 +146,45 @@ except KeyboardInterrupt:
 """
 
 
-def test_ctrl_c_stops_packer_cleanly_and_reports(tmp_path: Path) -> None:
+def _ignore_sigint() -> None:
+    # What a non-interactive shell does to a background job: the child starts with SIGINT
+    # ignored. Under such a runner the test once saw exit 0 and every build finished.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_stops_packer_cleanly_and_reports(tmp_path: Path, sig: signal.Signals) -> None:
     code = CTRL_C_SCRIPT.format(tests=str(Path(__file__).parent), root=str(tmp_path))
-    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, env={**os.environ, "COLUMNS": "200"})
-    deadline = time.monotonic() + 60
-    while not (tmp_path / "slow-started").exists():
-        assert time.monotonic() < deadline, "the slow build never started"
+    out_path = tmp_path / "output.txt"
+    with out_path.open("w") as out:
+        process = subprocess.Popen([sys.executable, "-u", "-c", code], stdout=out, stderr=subprocess.STDOUT,
+                                   text=True, env={**os.environ, "COLUMNS": "200"}, preexec_fn=_ignore_sigint)
+    marker = tmp_path / "slow-started"
+    deadline = time.monotonic() + 120
+    # The quick cell is done (the reporter said so) and the slow one runs its sleep.
+    while not (marker.exists() and marker.read_text().strip() and "done " in out_path.read_text()):
+        assert time.monotonic() < deadline, "the quick build never finished or the slow one never started"
+        assert process.poll() is None, out_path.read_text()
         time.sleep(0.1)
-    time.sleep(1)
-    process.send_signal(signal.SIGINT)
-    output, _ = process.communicate(timeout=60)
+    sleeper = int(marker.read_text())  # the pid of the `sleep 60` this test's build started
+    assert _alive(sleeper)
+    process.send_signal(sig)
+    process.wait(timeout=60)
+    output = out_path.read_text()
     assert process.returncode == 130, output
     assert "interrupted" in output
     assert "done" in output and "cancelled" in output
     logs = "".join(p.read_text() for p in (tmp_path / "build").glob("*/build.log"))
     assert "cancelled" in logs.lower() or "interrupt" in logs.lower()
-    leftover = subprocess.run(["pgrep", "-f", "sleep 60"], capture_output=True, text=True)
-    assert leftover.stdout.strip() == ""
+    assert not _alive(sleeper), "the build's sleep outlived the interrupt"
 
 
 def test_live_view_and_plain_lines_show_the_queue(tmp_path: Path) -> None:

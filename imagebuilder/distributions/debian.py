@@ -4,7 +4,9 @@
 inside a partitioned raw disk (``sfdisk`` on the file, ``mke2fs -d -E offset=``): no
 loop devices. The disk carries no bootloader yet (the grub packages are installed, the
 Packer build runs ``grub-install``), so its first boot is a direct kernel boot with the
-kernel and initrd extracted next to it. Built once per set of inputs, then cached.
+kernel and initrd extracted next to it. The tree itself is kept too: the offline build
+(imagebuilder/offline.py) applies the roles to a copy of it. Built once per set of inputs,
+then cached.
 """
 
 from __future__ import annotations
@@ -14,13 +16,14 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from imagebuilder import procs
 from imagebuilder.cache import cache_dir
 from imagebuilder.errors import UserError
 
@@ -30,7 +33,7 @@ DEFAULT_MIRROR = "http://deb.debian.org/debian"
 DEFAULT_SECURITY_MIRROR = "http://deb.debian.org/debian-security"
 VARIANT = "minbase"
 # Bump when the build recipe below changes in a way that changes the disk.
-SCRIPT_VERSION = 3
+SCRIPT_VERSION = 4
 
 # The one list of what the base image holds (on top of the minbase variant).
 PACKAGES: tuple[str, ...] = (
@@ -107,6 +110,7 @@ class BaseDisk:
     dir: Path
     key: str
     disk: Path  # raw, one MBR partition holding ext4
+    tree: Path  # the same root file system as a directory (read-only: copy it before use)
     kernel: Path
     initrd: Path
     root_uuid: str
@@ -118,12 +122,14 @@ class BaseDisk:
         return f"root=UUID={self.root_uuid} ro console=ttyS0,115200"
 
 
-def base_disk(spec: BaseSpec | None = None, cache: Path | None = None) -> BaseDisk:
+def base_disk(spec: BaseSpec | None = None, cache: Path | None = None,
+              cancel: threading.Event | None = None) -> BaseDisk:
     """The cached base disk for ``spec``, building it first if it is not there yet.
 
-    Output: ``<cache>/base/<key>/{disk.raw,vmlinuz,initrd.img,manifest.json}``, built
+    Output: ``<cache>/base/<key>/{disk.raw,root/,vmlinuz,initrd.img,manifest.json}``, built
     in a temporary directory beside it and renamed into place; concurrent callers wait
-    for each other on a lock file.
+    for each other on a lock file. ``cancel`` (or Ctrl-C) stops mmdebstrap and removes
+    the partial build.
     """
     spec = spec or BaseSpec()
     root = (cache / "base") if cache else cache_dir("base")
@@ -132,34 +138,35 @@ def base_disk(spec: BaseSpec | None = None, cache: Path | None = None) -> BaseDi
     with open(root / f"{spec.key}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (final / "manifest.json").exists():
-            _build(spec, root, final)
+            _build(spec, root, final, cancel)
     return _load(final)
 
 
 def _load(path: Path) -> BaseDisk:
     manifest = json.loads((path / "manifest.json").read_text())
     return BaseDisk(
-        dir=path, key=manifest["key"], disk=path / "disk.raw", kernel=path / "vmlinuz",
+        dir=path, key=manifest["key"], disk=path / "disk.raw", tree=path / manifest["tree"], kernel=path / "vmlinuz",
         initrd=path / "initrd.img", root_uuid=manifest["root_uuid"],
         partition_offset=manifest["partition_offset"], manifest=manifest,
     )
 
 
-def _build(spec: BaseSpec, root: Path, final: Path) -> None:
+def _build(spec: BaseSpec, root: Path, final: Path, cancel: threading.Event | None) -> None:
     for tool in ("mmdebstrap", "sfdisk", "mke2fs"):
         if shutil.which(tool) is None:
             raise UserError(f"{tool} is not installed: apt-get install mmdebstrap fdisk e2fsprogs")
     if os.geteuid() != 0:
         raise UserError("building the Debian base disk needs root (mmdebstrap --mode=root): run as root")
     work = root / f".building-{spec.key[:16]}-{os.getpid()}"
-    shutil.rmtree(work, ignore_errors=True)
+    remove_tree(work)
     work.mkdir()
     try:
         timings: dict[str, float] = {}
         started = time.monotonic()
         tree = work / "root"
         try:
-            _run(mmdebstrap_command(spec, tree), "mmdebstrap")
+            # Its mounts (/proc, /sys, /dev in the tree) live in a namespace of its own.
+            _run([*procs.PRIVATE_MOUNTS, *mmdebstrap_command(spec, tree)], "mmdebstrap", cancel=cancel)
         except RuntimeError as exc:
             errors = [line.strip() for line in str(exc).splitlines() if line.startswith("E: ")]
             raise UserError(f"mmdebstrap {spec.suite} from {spec.mirror} failed: {(errors or ['?'])[0]}; "
@@ -168,21 +175,28 @@ def _build(spec: BaseSpec, root: Path, final: Path) -> None:
         timings["mmdebstrap"] = time.monotonic() - started
         _extract_boot_files(tree, work)
         started = time.monotonic()
-        write_partitioned_disk(tree, work / "disk.raw", spec.disk_size, spec.root_uuid)
+        write_partitioned_disk(tree, work / "disk.raw", spec.disk_size, spec.root_uuid, cancel)
         timings["disk"] = time.monotonic() - started
-        shutil.rmtree(tree)
         manifest = {
-            "key": spec.key, "os": OS_ID, "spec": asdict(spec), "root_uuid": spec.root_uuid,
+            "key": spec.key, "os": OS_ID, "spec": asdict(spec), "root_uuid": spec.root_uuid, "tree": "root",
             "partition_offset": PARTITION_START, "disk": "disk.raw", "kernel": "vmlinuz",
             "initrd": "initrd.img", "seconds": {k: round(v, 1) for k, v in timings.items()},
             "built": int(time.time()),
         }
         (work / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        shutil.rmtree(final, ignore_errors=True)
+        remove_tree(final)
         work.rename(final)
     except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
+        remove_tree(work)
         raise
+
+
+def remove_tree(path: Path) -> None:
+    """``rm -rf path``, refusing to when something is mounted inside (it would reach the host)."""
+    mounted = procs.mounts_under(path) if path.exists() else []
+    if mounted:
+        raise RuntimeError(f"not removing {path}: {', '.join(mounted)} still mounted")
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def mmdebstrap_command(spec: BaseSpec, dest: Path) -> list[str]:
@@ -233,7 +247,8 @@ def _extract_boot_files(tree: Path, dest: Path) -> None:
     shutil.copyfile(initrds[0], dest / "initrd.img")
 
 
-def write_partitioned_disk(tree: Path, disk: Path, size: int, root_uuid: str) -> None:
+def write_partitioned_disk(tree: Path, disk: Path, size: int, root_uuid: str,
+                           cancel: threading.Event | None = None) -> None:
     """A sparse raw disk with one bootable MBR partition (from 1 MiB) holding ``tree`` as ext4."""
     with open(disk, "wb") as fh:
         fh.truncate(size)
@@ -243,11 +258,11 @@ def write_partitioned_disk(tree: Path, disk: Path, size: int, root_uuid: str) ->
     _run(
         ["mke2fs", "-q", "-F", "-t", "ext4", "-b", "4096", "-L", FS_LABEL, "-U", root_uuid,
          "-d", str(tree), "-E", f"offset={PARTITION_START}", str(disk), str(fs_blocks)],
-        "mke2fs",
+        "mke2fs", cancel=cancel,
     )
 
 
-def _run(cmd: Sequence[str], what: str, input: str | None = None) -> None:
-    proc = subprocess.run(list(cmd), input=input, capture_output=True, text=True)
+def _run(cmd: Sequence[str], what: str, input: str | None = None, cancel: threading.Event | None = None) -> None:
+    proc = procs.run(cmd, input=input, cancel=cancel)
     if proc.returncode != 0:
-        raise RuntimeError(f"{what} failed (exit {proc.returncode}):\n{proc.stderr[-20000:]}")
+        raise RuntimeError(f"{what} failed (exit {proc.returncode}):\n{proc.output[-20000:]}")
