@@ -113,8 +113,8 @@ class AgentError(RuntimeError):
 class GuestSession:
     """One SSH connection to the guest with the agent at the other end (as root, via sudo)."""
 
-    def __init__(self, ssh_command: Sequence[str]) -> None:
-        remote = f"sudo python3 -u -c {shlex.quote(AGENT)}"
+    def __init__(self, ssh_command: Sequence[str], become: str = "sudo") -> None:
+        remote = f"{become} python3 -u -c {shlex.quote(AGENT)}".strip()
         self.process = subprocess.Popen([*ssh_command, remote], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         stderr=subprocess.PIPE, text=True, start_new_session=True)
 

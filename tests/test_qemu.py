@@ -221,3 +221,65 @@ def test_kernel_probe_reaches_initramfs_userspace_under_tcg(debian_base: debian.
     # What the KVM probe looks for must show up when the accelerator works (TCG always does).
     assert probe_kernel(debian_base.kernel, debian_base.initrd, "tcg", timeout=300) is True
     assert probe_kernel(debian_base.initrd, debian_base.initrd, "tcg", timeout=60) is False
+
+
+# --- the offline build and the one-connection boot test (fast parts) -----------------------
+
+
+def test_validate_role_runs_through_one_agent_connection(tmp_path: Path) -> None:
+    """The role's own tasks and checks template, walked against this host through the agent."""
+    from imagebuilder import guestcheck
+
+    variables = {
+        "imagebuilder_versions": {"kubernetes": "1.31.4", "containerd": "1.7.24", "runc": "1.2.3",
+                                  "crictl": "1.31.1", "cni_plugins": "1.6.1"},
+        "imagebuilder_build_key": "k" * 64, "imagebuilder_pause_image": "registry.k8s.io/pause:3.10",
+        "validate_hygiene_checks": False,
+    }
+    with guestcheck.GuestSession(["sh", "-c"], become="") as session:
+        checks = guestcheck.role_checks(session, variables)
+        assert session.command(["sh", "-c", "echo $X"], env={"X": "y"})["stdout"] == "y"
+    names = [c.name for c in checks]
+    assert "binary: kubeadm version" in names and "sysctl live: net.ipv4.ip_forward" in names
+    assert "hygiene: empty machine-id" not in names  # the role's own switch, honoured
+    kubeadm = next(c for c in checks if c.name == "binary: kubeadm version")
+    assert not kubeadm.ok and 'should print "v1.31.4"' in kubeadm.detail  # no kubeadm on this host
+
+
+def test_role_runner_refuses_a_module_it_cannot_run(tmp_path: Path) -> None:
+    from imagebuilder import guestcheck
+
+    role = tmp_path / "validate"
+    (role / "tasks").mkdir(parents=True)
+    (role / "tasks/main.yml").write_text("- name: Install something\n  ansible.builtin.apt:\n    name: x\n")
+    with guestcheck.GuestSession(["sh", "-c"], become="") as session:
+        with pytest.raises(ValueError, match="module apt is not one"):
+            guestcheck.RoleRunner({}, role_dir=role).run(session)
+
+
+def test_grub_probe_answers_for_the_image_disk(tmp_path: Path) -> None:
+    from imagebuilder import offline
+
+    probe = tmp_path / "grub-probe"
+    probe.write_text(offline.grub_probe_answers("0f5a6c1e-1111-4222-8333-444455556666"))
+    probe.chmod(0o755)
+
+    def ask(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(probe), *args], capture_output=True, text=True)
+
+    assert ask("--target=device", "/").stdout == "/dev/vda1\n"
+    assert ask("--device", "/dev/vda1", "--target=fs_uuid").stdout == "0f5a6c1e-1111-4222-8333-444455556666\n"
+    assert ask("-t", "partmap", "--device", "/dev/vda1").stdout == "msdos\n"
+    unknown = ask("--target=cryptodisk_uuid")
+    assert unknown.returncode != 0 and "not known offline" in unknown.stderr
+
+
+def test_qemu_builder_setting_stays_out_of_the_build_key(tmp_path: Path) -> None:
+    sys.path.insert(0, str(Path(__file__).parent))
+    from nullcells import null_cells
+
+    keys = {builder: null_cells(tmp_path, {"qemu": {"builder": builder}}, minors=["1.31"], oses=["debian-12"])[0].build_key
+            for builder in ("auto", "offline", "packer")}
+    assert len(set(keys.values())) == 1
+    other = null_cells(tmp_path, {"qemu": {"disk_size_mb": 10240}}, minors=["1.31"], oses=["debian-12"])[0]
+    assert other.build_key != keys["auto"]
