@@ -110,7 +110,10 @@ class CellBuild:
         return self.cell_dir / "build.log"
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "imagebuilder.cli", "build", "-m", str(self.matrix), "-o", str(self.build_dir)]
+        # The host cannot reach 10.0.2.2, the name the Packer build VM has for the fixture mirror.
+        unreachable_here = ["--skip-preflight"] if HOST_ALIAS[self.builder] != "127.0.0.1" else []
+        return [sys.executable, "-m", "imagebuilder.cli", "build", "-m", str(self.matrix), "-o", str(self.build_dir),
+                *unreachable_here]
 
     def failure(self) -> str:
         out = (self.result.stdout[-2000:] + "\n" + self.result.stderr[-2000:]) if self.result else ""
