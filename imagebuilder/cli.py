@@ -289,7 +289,8 @@ def versions_group() -> None:
               help="Only these minors (repeatable); a minor not in the file is added.")
 @click.option("--mirror", "mirrors", multiple=True, metavar="COMPONENT=URL", envvar="IMAGEBUILDER_VERSIONS_MIRRORS",
               help="Read from a mirror instead of the upstream release site (repeatable; or "
-              "$IMAGEBUILDER_VERSIONS_MIRRORS, space-separated).")
+              "$IMAGEBUILDER_VERSIONS_MIRRORS, space-separated); registry=HOST[:PORT] asks an image "
+              "registry mirror for the image digests.")
 @click.option("--pin", "pins", multiple=True, metavar="COMPONENT=VERSION",
               help="Move a component (containerd, runc, crictl, cni_plugins, pause) to this version.")
 @click.option("--add-newest-minor", is_flag=True,

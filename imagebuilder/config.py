@@ -33,6 +33,8 @@ DEFAULT_MATRIX = "matrix.yaml"
 CLOUDS: tuple[str, ...] = ("qemu", "aws", "gcp", "openstack", "azure")
 MINOR_PATTERN = re.compile(r"^1\.\d{1,3}$")
 Arch = Literal["amd64", "arm64"]
+# `mirrors:` keys: a release site per component, and `registry` for the container images.
+MIRROR_KEYS: tuple[str, ...] = (*COMPONENTS, "registry")
 
 
 class _Strict(BaseModel):
@@ -255,9 +257,9 @@ def _check_names(matrix: Matrix, source: SourceMap, versions: VersionsLock) -> N
                         matrix.clouds.declared())
         _check_override_settings(matrix, override, ("overrides", index, "settings"), source)
     for component, url in matrix.mirrors.items():
-        if component not in COMPONENTS:
+        if component not in MIRROR_KEYS:
             raise source.error(("mirrors", component), f"unknown component '{component}'",
-                               did_you_mean(component, COMPONENTS))
+                               did_you_mean(component, MIRROR_KEYS))
         if component in COMPONENTS and not _is_http_url(url):
             raise source.error(("mirrors", component), f"'{url}' is not an http(s) URL",
                                "write the mirror's base URL, e.g. https://mirror.example/kubernetes")

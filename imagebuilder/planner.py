@@ -22,7 +22,7 @@ from imagebuilder.config import (
     settings_problem,
 )
 from imagebuilder.osinfo import OPERATING_SYSTEMS, OsInfo
-from imagebuilder.versions import UPSTREAM_MIRRORS, Download, downloads_for
+from imagebuilder.versions import UPSTREAM_MIRRORS, Download, downloads_for, images_for, registry_plain_http
 from imagebuilder.yamlsource import InputError, SourceMap
 
 BUILD_KEY_SCHEMA = 1
@@ -40,6 +40,8 @@ class Cell:
     versions: dict[str, str]
     pause_image: str
     downloads: dict[str, Download]
+    images: list[dict[str, str | None]]  # pre-pulled: name, tag, digest, source (see versions.images_for)
+    registry_plain_http: bool
     settings: dict[str, Any]
     ansible_vars: dict[str, Any]
     base_image: dict[str, Any]
@@ -197,6 +199,8 @@ def _make_cell(loaded: LoadedMatrix, cloud: str, os_id: str, minor: str, mirrors
         versions=pins.component_versions(),
         pause_image=f"registry.k8s.io/pause:{pins.pause}",
         downloads=downloads_for(pins, arch, mirrors),
+        images=images_for(pins, mirrors.get("registry")),
+        registry_plain_http=registry_plain_http(mirrors.get("registry")),
         settings=settings,
         ansible_vars=ansible_vars,
         base_image=base_image_for(info, cloud, arch),

@@ -89,6 +89,8 @@ def ansible_vars(cell: Cell) -> dict[str, Any]:
         "imagebuilder_versions": cell.versions,
         "imagebuilder_pause_image": cell.pause_image,
         "imagebuilder_downloads": {name: d.model_dump() for name, d in cell.downloads.items()},
+        "imagebuilder_images": cell.images,
+        "imagebuilder_registry_plain_http": cell.registry_plain_http,
         **cell.ansible_vars,
     }
 

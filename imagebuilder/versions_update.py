@@ -59,6 +59,7 @@ from imagebuilder.versions import (
     VersionsLock,
     load_versions,
 )
+from imagebuilder.versions_images import refresh_images
 
 DEFAULT_TIMEOUT = 30.0  # seconds per request
 DEFAULT_ATTEMPTS = 3  # tries per URL for connection errors, timeouts and HTTP 429/5xx
@@ -185,12 +186,17 @@ def parse_assignments(values: Iterable[str], option: str) -> dict[str, str]:
 def check_mirrors(mirrors: dict[str, str]) -> dict[str, str]:
     """Every component's base URL, the upstream site unless `mirrors` overrides it."""
     for component, url in mirrors.items():
+        if component == "registry":  # the image registry (versions_images), host[:port] or a URL
+            continue
         if component not in COMPONENTS:
             raise VersionsUpdateError(f"--mirror {component}: unknown component; use one of: {', '.join(COMPONENTS)}")
         if not url.startswith(ALLOWED_SCHEMES):
             raise VersionsUpdateError(f"--mirror {component}={url}: not a URL; "
                                       "start it with http://, https:// or file://")
-    return {c: (mirrors.get(c) or UPSTREAM_MIRRORS[c]).rstrip("/") for c in COMPONENTS}
+    bases = {c: (mirrors.get(c) or UPSTREAM_MIRRORS[c]).rstrip("/") for c in COMPONENTS}
+    if mirrors.get("registry"):
+        bases["registry"] = mirrors["registry"]
+    return bases
 
 
 def check_pins(pins: dict[str, str]) -> dict[str, str]:
@@ -488,7 +494,12 @@ def _update_minors(chosen: list[str], lock: VersionsLock | None, path: Path, bas
     jobs = _sum_jobs(plans, bases)
     sum_texts = fetch_all((url for url, _ in jobs.values()), **fetch)
     report.fetched += fetched + len(sum_texts)
-    return {plan.minor: _apply(plan, lock, jobs, sum_texts, report) for plan in plans}
+    entries = {plan.minor: _apply(plan, lock, jobs, sum_texts, report) for plan in plans}
+    image_changes, image_requests = refresh_images(entries, lock, plans, bases.get("registry"),
+                                                   timeout=fetch["timeout"], workers=fetch["workers"])
+    report.changes += image_changes
+    report.fetched += image_requests
+    return entries
 
 
 # ---------------------------------------------------------------- writing

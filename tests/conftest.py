@@ -26,6 +26,7 @@ from mirror import (  # noqa: E402
     mirrors_for,
     serve_directory,
 )
+from registry import images_lock, kubeadm_images, push_images, serve_registry  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 ROLES = REPO / "ansible" / "roles"
@@ -69,6 +70,35 @@ def release_mirror(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Release
     files = build_fixture_release(root, DEFAULT_FIXTURE_VERSIONS, "amd64")
     with serve_directory(root) as base_url:
         yield ReleaseMirror(root=root, base_url=base_url, versions=dict(DEFAULT_FIXTURE_VERSIONS), files=files)
+
+
+@dataclass(frozen=True)
+class ImageRegistry:
+    """Debian's docker-registry on 127.0.0.1 holding fixture images under kubeadm's names."""
+
+    address: str  # 127.0.0.1:PORT, the matrix's `mirrors: {registry: ...}`
+    images: dict[str, str]  # path -> tag
+    digests: dict[str, str]  # path -> sha256:...
+
+    @property
+    def lock(self) -> dict[str, dict[str, str]]:
+        """The `images:` entry of a versions.lock.yaml minor pinning these images."""
+        return images_lock(self.images, self.digests)
+
+    def ansible_images(self, source: str | None = None) -> list[dict[str, str]]:
+        """The imagebuilder_images variable for these images, pulled from ``source`` (this registry)."""
+        return [{"name": f"registry.k8s.io/{path}", "tag": tag, "digest": self.digests[path],
+                 "source": f"{source or self.address}/{path}"} for path, tag in self.images.items()]
+
+
+@pytest.fixture(scope="session")
+def image_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ImageRegistry]:
+    """kubeadm's images for DEFAULT_FIXTURE_VERSIONS (tiny ones built with buildah) in a local registry."""
+    root = tmp_path_factory.mktemp("image-registry")
+    images = kubeadm_images(DEFAULT_FIXTURE_VERSIONS["kubernetes"], pause="3.10")
+    with serve_registry(root / "registry") as address:
+        digests = push_images(address, images, root / "buildah")
+        yield ImageRegistry(address=address, images=images, digests=digests)
 
 
 def role_debian_packages() -> list[str]:

@@ -347,11 +347,16 @@ def serve_directory(root: Path) -> Iterator[str]:
         thread.join(timeout=5)
 
 
-def fixture_lock(files: dict[str, FixtureFile], versions: dict[str, str], arch: str = "amd64") -> dict:
-    """A versions.lock.yaml document pinning the fixture files (one minor, one arch)."""
+def fixture_lock(files: dict[str, FixtureFile], versions: dict[str, str], arch: str = "amd64",
+                 images: dict[str, dict[str, str]] | None = None) -> dict:
+    """A versions.lock.yaml document pinning the fixture files (one minor, one arch), and ``images``
+    (the ``images:`` entry, e.g. ``ImageRegistry.lock`` from conftest) when given."""
     components: dict[str, dict] = {}
     for name, fixture in files.items():
         component = components.setdefault(fixture.component, {"version": versions[fixture.component], "files": {}})
         component["files"][name] = {"path": fixture.path, "sha256": {arch: fixture.sha256}}
     minor = ".".join(versions["kubernetes"].split(".")[:2])
-    return {"schema": 1, "minors": {minor: {"pause": "3.10", "components": components}}}
+    pins: dict = {"pause": "3.10", "components": components}
+    if images:
+        pins["images"] = images
+    return {"schema": 1, "minors": {minor: pins}}
