@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, ReleaseMirror, copy_rootfs
+from conftest import REPO, ImageRegistry, ReleaseMirror, copy_rootfs
 from mirror import DEFAULT_FIXTURE_VERSIONS, build_fixture_apt_repo, build_fixture_release
 
 ANSIBLE_DIR = REPO / "ansible"
@@ -62,6 +62,10 @@ def cell_vars(mirror: ReleaseMirror, **overrides: object) -> dict[str, object]:
         # A chroot: nothing runs, so no modprobe/sysctl/daemon-reload and no runtime checks.
         "imagebuilder_apply_runtime": False,
         "validate_runtime_checks": False,
+        # Offline: no Debian mirror to upgrade from (the package-method run below upgrades).
+        "node_upgrade_packages": False,
+        # The fixture containerd cannot pull: the package-method run below pre-pulls with Debian's.
+        "containerd_prepull_images": False,
     }
     values.update(overrides)
     return values
@@ -327,12 +331,36 @@ def test_playbooks_pass_syntax_check(tmp_path: Path) -> None:
         assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-@pytest.mark.slow
-def test_containerd_from_debian_packages(debian_rootfs: Path, release_mirror: ReleaseMirror, tmp_path: Path) -> None:
-    """containerd_install_method: package installs Debian's containerd, runc and CNI plugins (from Debian's mirror)."""
-    root = copy_rootfs(debian_rootfs, tmp_path / "rootfs")
-    run = run_playbook(root, cell_vars(release_mirror, containerd_install_method="package"), tmp_path, offline=False)
+def package_cell_vars(release_mirror: ReleaseMirror, image_registry: ImageRegistry) -> dict[str, object]:
+    """A cell with Debian's containerd (real, so it pulls) and the registry mirror holding kubeadm's images."""
+    return cell_vars(release_mirror, containerd_install_method="package", node_upgrade_packages=True,
+                     containerd_prepull_images=True, imagebuilder_images=image_registry.ansible_images(),
+                     imagebuilder_registry_plain_http=True)
+
+
+@pytest.fixture(scope="module")
+def built_package(debian_rootfs: Path, release_mirror: ReleaseMirror, image_registry: ImageRegistry,
+                  tmp_path_factory: pytest.TempPathFactory):
+    """The roles run once with containerd_install_method: package, upgrading from and installing Debian's
+    packages (Debian's mirror) and pre-pulling kubeadm's images from the local registry."""
+    tmp = tmp_path_factory.mktemp("roles-package")
+    root = copy_rootfs(debian_rootfs, tmp / "rootfs")
+    (root / "etc/hostname").write_text("packer-build-vm\n")
+    with (root / "etc/hosts").open("a") as hosts:
+        hosts.write("127.0.1.1 packer-build-vm\n")
+    run = run_playbook(root, package_cell_vars(release_mirror, image_registry), tmp, offline=False)
     assert run.rc == 0, run.output[-6000:]
+    return root, run, tmp
+
+
+def blob(root: Path, digest: str) -> Path:
+    return root / "var/lib/containerd/io.containerd.content.v1.content/blobs/sha256" / digest.removeprefix("sha256:")
+
+
+@pytest.mark.slow
+def test_containerd_from_debian_packages(built_package) -> None:
+    """containerd_install_method: package installs Debian's containerd, runc and CNI plugins (from Debian's mirror)."""
+    root, run, _ = built_package
     assert "Image validation passed" in run.output
     assert os.access(root / "usr/bin/containerd", os.X_OK)
     assert not (root / "usr/local/bin/containerd").exists()
@@ -341,9 +369,89 @@ def test_containerd_from_debian_packages(debian_rootfs: Path, release_mirror: Re
     assert (root / "etc/systemd/system/multi-user.target.wants/containerd.service").is_symlink()
     config = (root / "etc/containerd/config.toml").read_text()
     assert "version = 2" in config and "SystemdCgroup = true" in config
+    # containerd 1.x: registry hosts (mirrors, CAs) and drop-ins are read
+    assert 'imports = ["/etc/containerd/conf.d/*.toml"]' in config
+    assert '[plugins."io.containerd.grpc.v1.cri".registry]\n  config_path = "/etc/containerd/certs.d"' in config
+    assert (root / "etc/containerd/certs.d").is_dir() and (root / "etc/containerd/conf.d").is_dir()
     assert "CONTAINERD_INSTALL_METHOD=package" in (root / "etc/imagebuilder-release").read_text()
     recorded = {p.stem for p in (root / "var/lib/imagebuilder/artifacts").iterdir()}
     assert recorded == {"crictl", "kubeadm", "kubelet", "kubectl"}
+
+
+@pytest.mark.slow
+def test_base_upgraded_then_runtime_packages_held(built_package) -> None:
+    root, run, _ = built_package
+    task = run.output.split("TASK [node : Upgrade the base's packages (apt)]", 1)[1].split("TASK [", 1)[0]
+    assert re.search(r"^(ok|changed): ", task, re.M), task
+    selections = in_chroot(root, "dpkg", "--get-selections", "containerd", "runc", "containernetworking-plugins").split()
+    assert dict(zip(selections[::2], selections[1::2])) == {
+        "containerd": "hold", "runc": "hold", "containernetworking-plugins": "hold"}
+
+
+@pytest.mark.slow
+def test_images_pre_pulled_by_digest(built_package, image_registry: ImageRegistry) -> None:
+    """Every pinned image is in containerd's k8s.io namespace under its registry.k8s.io name, with the pinned
+    digest, and its manifest is in the content store (nothing to fetch at boot)."""
+    root, run, _ = built_package
+    for path, digest in image_registry.digests.items():
+        manifest = blob(root, digest)
+        assert manifest.is_file(), f"{path}: no manifest blob {digest}"
+        assert "sha256:" + hashlib.sha256(manifest.read_bytes()).hexdigest() == digest
+    # listed by a containerd the test starts on the image's own store (ctr images ls)
+    listed = in_chroot(root, "/usr/local/libexec/imagebuilder/containerd-images", "list")
+    refs = dict(line.split(" ", 1) for line in listed.splitlines())
+    for path, tag in image_registry.images.items():
+        assert refs.get(f"registry.k8s.io/{path}:{tag}") == image_registry.digests[path], (path, listed)
+        assert f"registry.k8s.io/{path}@{image_registry.digests[path]}" in refs
+    assert not any(ref.startswith(image_registry.address) for ref in refs), "the mirror's names stay out"
+    assert not list((root / "tmp").glob("imagebuilder-containerd.*")), "the temporary containerd cleaned up"
+
+
+@pytest.mark.slow
+def test_identity_reset_by_sysprep(built_package) -> None:
+    root, _, _ = built_package
+    assert (root / "etc/hostname").read_text() == ""
+    hosts = (root / "etc/hosts").read_text()
+    assert "packer-build-vm" not in hosts and "127.0.0.1 localhost" in hosts
+
+
+@pytest.mark.slow
+def test_second_package_run_changes_nothing(built_package, release_mirror: ReleaseMirror,
+                                            image_registry: ImageRegistry) -> None:
+    root, _, tmp = built_package
+    run = run_playbook(root, package_cell_vars(release_mirror, image_registry), tmp, offline=False)
+    assert run.rc == 0, run.output[-6000:]
+    assert run.recap["changed"] == 0, [l for l in run.output.splitlines() if l.startswith("changed:")]
+
+
+@pytest.mark.slow
+def test_validate_finds_a_missing_image_and_a_released_hold(built_package, release_mirror: ReleaseMirror,
+                                                            image_registry: ImageRegistry) -> None:
+    root, _, tmp = built_package
+    variables = package_cell_vars(release_mirror, image_registry)
+    images = list(variables["imagebuilder_images"])  # type: ignore[arg-type]
+    images.append({**images[0], "name": "registry.k8s.io/not-pulled"})
+    variables["imagebuilder_images"] = images
+    in_chroot(root, "apt-mark", "unhold", "runc")
+    try:
+        run = run_playbook(root, variables, tmp, playbook="validate.yml", offline=False)
+    finally:
+        in_chroot(root, "apt-mark", "hold", "runc")
+    assert run.rc != 0
+    assert "[image present: registry.k8s.io/not-pulled:v1.31.4] registry.k8s.io/not-pulled:v1.31.4 is not in containerd" in run.output
+    assert "[package held: runc] runc is not held" in run.output
+    assert "2 of " in run.output
+
+
+@pytest.mark.slow
+def test_unpinned_image_is_refused(debian_rootfs: Path, release_mirror: ReleaseMirror, tmp_path: Path) -> None:
+    root = copy_rootfs(debian_rootfs, tmp_path / "rootfs")
+    images = [{"name": "registry.k8s.io/etcd", "tag": "3.5.16-0", "digest": None, "source": "registry.k8s.io/etcd"}]
+    run = run_playbook(root, cell_vars(release_mirror, containerd_prepull_images=True, imagebuilder_images=images),
+                       tmp_path)
+    assert run.rc != 0
+    assert "These images have no pinned digest: registry.k8s.io/etcd." in run.output
+    assert "imagebuilder_images_allow_unpinned: true" in run.output
 
 
 @pytest.mark.slow
