@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import REPO, ImageRegistry, ReleaseMirror, copy_rootfs
 from mirror import DEFAULT_FIXTURE_VERSIONS, build_fixture_apt_repo, build_fixture_release
@@ -223,6 +224,48 @@ def test_units_enabled_and_configured(built) -> None:
     assert "swap" not in "".join(l for l in (root / "etc/fstab").read_text().splitlines() if not l.startswith("#"))
     assert "datasource_list: [NoCloud, ConfigDrive, None]" in \
         (root / "etc/cloud/cloud.cfg.d/90-imagebuilder-datasource.cfg").read_text()
+
+
+@pytest.mark.slow
+def test_kubelet_kernel_settings_and_masked_upgrades(built) -> None:
+    root, run, _ = built
+    sysctls = (root / "etc/sysctl.d/99-kubernetes.conf").read_text()
+    for line in ("vm.overcommit_memory = 1", "kernel.panic = 10", "kernel.panic_on_oops = 1"):
+        assert line in sysctls
+    for unit in ("apt-daily.timer", "apt-daily-upgrade.timer", "apt-daily.service", "apt-daily-upgrade.service",
+                 "unattended-upgrades.service"):
+        assert os.readlink(root / "etc/systemd/system" / unit) == "/dev/null", unit
+        assert in_chroot(root, "sh", "-c", f"systemctl is-enabled {unit} || true").strip() == "masked", unit
+    # checked by the validate role too
+    assert "[unit masked: apt-daily.timer]" not in run.output and "Image validation passed" in run.output
+
+
+@pytest.mark.slow
+def test_cloud_final_waits_for_containerd(built) -> None:
+    root, _, _ = built
+    dropin = root / "etc/systemd/system/cloud-final.service.d/10-imagebuilder-runtime.conf"
+    text = dropin.read_text()
+    assert "After=containerd.service" in text and "Wants=containerd.service" in text
+    assert text.startswith("# Written by imagebuilder") and "\n[Unit]\n" in text
+
+
+@pytest.mark.slow
+def test_ntp_servers_from_dhcp(built) -> None:
+    """qemu cells: chrony reads /run/chrony-dhcp; the networkd hook writes the servers a lease names."""
+    root, _, _ = built
+    conf = (root / "etc/chrony/conf.d/90-imagebuilder.conf").read_text()
+    assert "sourcedir /run/chrony-dhcp" in conf.splitlines()
+    assert "pool " not in conf
+    leases = root / "run/systemd/netif/leases"
+    leases.mkdir(parents=True, exist_ok=True)
+    (leases / "2").write_text("ADDRESS=10.0.2.15\nNTP=10.0.2.3 192.0.2.123\n")
+    hook = "/etc/networkd-dispatcher/routable.d/50-imagebuilder-chrony-dhcp"
+    subprocess.run(["chroot", str(root), "env", "IFACE=ens3", "IFINDEX=2", hook], check=True)
+    assert (root / "run/chrony-dhcp/ens3.sources").read_text() == "server 10.0.2.3 iburst\nserver 192.0.2.123 iburst\n"
+    (leases / "2").write_text("ADDRESS=10.0.2.15\n")
+    subprocess.run(["chroot", str(root), "env", "IFACE=ens3", "IFINDEX=2", hook], check=True)
+    assert not (root / "run/chrony-dhcp/ens3.sources").exists()
+    shutil.rmtree(root / "run/systemd/netif")
 
 
 @pytest.mark.slow
@@ -485,6 +528,55 @@ def test_kubernetes_from_a_pkgs_k8s_io_repository(debian_rootfs: Path, release_m
     again = run_playbook(root, variables, tmp_path, offline=False)
     assert again.rc == 0, again.output[-6000:]
     assert again.recap["changed"] == 0, [l for l in again.output.splitlines() if l.startswith("changed:")]
+
+
+def providers_only(root: Path, variables: dict[str, object], tmp: Path) -> PlayRun:
+    """Only the providers role (its packages install as the qemu cell's do, tested above)."""
+    playbook = tmp / "providers.yml"
+    playbook.write_text("- hosts: all\n  roles: [providers]\n")
+    vars_file = tmp / "providers-vars.json"
+    vars_file.write_text(json.dumps(variables))
+    env = dict(os.environ, ANSIBLE_CONFIG=str(ANSIBLE_DIR / "ansible.cfg"), ANSIBLE_ROLES_PATH=str(ANSIBLE_DIR / "roles"),
+               ANSIBLE_NOCOLOR="1", **OFFLINE_ENV)
+    started = time.monotonic()
+    proc = subprocess.run(["ansible-playbook", str(playbook), "-i", f"{root},", "-c", "community.general.chroot",
+                           "-e", "ansible_become=false", "-e", "ansible_python_interpreter=/usr/bin/python3",
+                           "-e", f"@{vars_file}"], env=env, cwd=ANSIBLE_DIR, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
+    return PlayRun(rc=proc.returncode, output=proc.stdout, seconds=time.monotonic() - started)
+
+
+@pytest.mark.slow
+def test_azure_provider_items(debian_rootfs: Path, release_mirror: ReleaseMirror, tmp_path: Path) -> None:
+    """Azure: wireserver blocked for non-root by a boot unit, no network config from cloud-init, the PHC clock."""
+    root = copy_rootfs(debian_rootfs, tmp_path / "rootfs")
+    variables = cell_vars(release_mirror, imagebuilder_cloud="azure",
+                          providers_packages={"debian": {"azure": []}}, providers_services={"debian": {}})
+    run = providers_only(root, variables, tmp_path)
+    assert run.rc == 0, run.output[-4000:]
+    unit = (root / "etc/systemd/system/imagebuilder-azure-wireserver.service").read_text()
+    assert "iptables -w -A FORWARD -d 168.63.129.16/32 -p tcp --dport 80 -j DROP" in unit
+    assert "iptables -w -A OUTPUT -d 168.63.129.16/32 -p tcp -m owner --uid-owner 0 -j ACCEPT" in unit
+    assert "Before=network-pre.target" in unit
+    assert (root / "etc/systemd/system/multi-user.target.wants/imagebuilder-azure-wireserver.service").is_symlink()
+    datasource = yaml.safe_load((root / "etc/cloud/cloud.cfg.d/90-imagebuilder-datasource.cfg").read_text())
+    assert datasource == {"datasource_list": ["Azure", "None"],
+                          "datasource": {"Azure": {"apply_network_config": False}}}
+    chrony = (root / "etc/chrony/conf.d/90-imagebuilder.conf").read_text().splitlines()
+    assert "refclock PHC /dev/ptp0 poll 3 dpoll -2 offset 0" in chrony and "makestep 1.0 -1" in chrony
+    assert "sourcedir /run/chrony-dhcp" not in chrony  # azure: time from the host, not DHCP
+    assert not (root / "etc/networkd-dispatcher/routable.d/50-imagebuilder-chrony-dhcp").exists()
+
+
+def test_provider_data_per_os() -> None:
+    """Ubuntu names the Azure agent walinuxagent, Debian waagent; AWS gets the CLI (a snap on Ubuntu, with SSM)."""
+    data = yaml.safe_load((ANSIBLE_DIR / "roles/providers/defaults/main.yml").read_text())
+    assert data["providers_packages"]["ubuntu"]["azure"] == ["walinuxagent"]
+    assert data["providers_packages"]["debian"]["azure"] == ["waagent"]
+    assert "awscli" in data["providers_packages"]["debian"]["aws"]
+    assert data["providers_snaps"]["ubuntu"]["aws"] == ["amazon-ssm-agent", "aws-cli"]
+    override = data["providers_datasource_overrides"][0]
+    assert (override["distribution"], override["min_version"], override["datasources"]) == ("ubuntu", "22.04", ["Ec2"])
 
 
 def _check_mode_on_this_host(variables: dict[str, object], tmp: Path) -> subprocess.CompletedProcess[str]:
