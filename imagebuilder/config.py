@@ -234,6 +234,9 @@ def load_matrix(path: Path) -> LoadedMatrix:
     if not versions_path.exists():
         raise source.error(("versions_file",), f"versions file {matrix.versions_file} not found",
                            "create it with 'imagebuilder versions update' or fix the path")
+    if not versions_path.is_file():
+        raise source.error(("versions_file",), f"{matrix.versions_file or repr('')} is not a file",
+                           "name the versions lock file, e.g. versions.lock.yaml")
     versions = load_model(versions_path, VersionsLock)
     _check_names(matrix, source, versions)
     return LoadedMatrix(path=path, matrix=matrix, versions=versions, versions_path=versions_path, source=source)

@@ -9,7 +9,7 @@ cell's variables, what earlier tasks registered), and only the gathering itself 
 the guest, by one small agent behind one ``ssh ... sudo python3`` that answers requests on
 stdin. The checks template renders on the host, through the same templar.
 
-Modules other than command, find, stat, set_fact and assert are refused by name, so a
+Modules other than command, find, stat, set_fact, include_vars and assert are refused by name, so a
 change to the role that this cannot follow fails the boot test instead of skipping a check.
 """
 
@@ -189,7 +189,7 @@ class RoleCheck:
 
 def _module(task: dict[str, Any]) -> tuple[str, Any]:
     for key, value in task.items():
-        if key.startswith("ansible.builtin.") or key in ("command", "find", "stat", "set_fact", "assert"):
+        if key.startswith("ansible.builtin.") or key in ("command", "find", "stat", "set_fact", "assert", "include_vars"):
             return key.removeprefix("ansible.builtin."), value
     raise ValueError(f"task {task.get('name')!r}: no module this boot test knows")
 
@@ -205,6 +205,7 @@ class RoleRunner:
         self.loader = DataLoader()
         defaults = self.defaults(self.role_dir)
         self.tasks = self.loader.load_from_file(str(self.role_dir / "tasks/main.yml"), trusted_as_template=True) or []
+        self.cell_vars = dict(variables)  # extra vars: nothing the role loads overrides them
         self.vars: dict[str, Any] = {**defaults, **variables, "role_path": str(self.role_dir),
                                      "ansible_search_path": [str(self.role_dir)]}
 
@@ -237,34 +238,51 @@ class RoleRunner:
     def run(self, session: GuestSession) -> list[RoleCheck]:
         self.vars["ansible_facts"] = session.request("facts")
         for task in self.tasks:
-            name = task.get("name", "?")
-            module, args = _module(task)
-            if "when" in task and not self.condition(task["when"]):
-                if "register" in task:
-                    self.vars[task["register"]] = {"skipped": True, "changed": False}
-                continue
-            if module == "assert":
-                continue  # the checks are reported one by one from RESULTS_VAR
-            if module == "set_fact":
-                for key, value in args.items():
-                    self.vars[key] = self.template(value)
-                continue
-            if "loop" in task:
-                items = self.template(task["loop"])
-                results = []
-                for item in items:
-                    self.vars["item"] = item
-                    results.append({**self._gather(session, module, args, task, name), "item": item})
-                self.vars.pop("item", None)
-                result: dict[str, Any] = {"results": results, "changed": False}
-            else:
-                result = self._gather(session, module, args, task, name)
-            if "register" in task:
+            result = self._task(session, task)
+            if "register" in task and result is not None:
                 self.vars[task["register"]] = result
         checks = self.vars.get(RESULTS_VAR)
         if not isinstance(checks, list):
             raise ValueError(f"the {ROLE} role set no {RESULTS_VAR} list")
         return [RoleCheck(str(c["name"]), bool(c["ok"]), str(c.get("detail", ""))) for c in checks]
+
+    def _task(self, session: GuestSession, task: dict[str, Any]) -> dict[str, Any] | None:
+        """One task as Ansible runs it: with a loop, ``when`` is asked per item and results gather per item."""
+        if "loop" not in task:
+            if "when" in task and not self.condition(task["when"]):
+                return {"skipped": True, "changed": False}
+            return self._execute(session, task)
+        loop_var = (task.get("loop_control") or {}).get("loop_var", "item")
+        results = []
+        for item in self.template(task["loop"]) or []:
+            self.vars[loop_var] = item
+            if "when" in task and not self.condition(task["when"]):
+                results.append({"skipped": True, "changed": False, loop_var: item})
+                continue
+            results.append({**(self._execute(session, task) or {}), loop_var: item})
+        self.vars.pop(loop_var, None)
+        return {"results": results, "changed": False}
+
+    def _execute(self, session: GuestSession, task: dict[str, Any]) -> dict[str, Any] | None:
+        name = task.get("name", "?")
+        module, args = _module(task)
+        if module == "assert":
+            return None  # the checks are reported one by one from RESULTS_VAR
+        if module == "set_fact":
+            for key, value in args.items():
+                self.vars[key] = self.template(value)
+            return None
+        if module == "include_vars":
+            return self._include_vars(args)
+        return self._gather(session, module, args, task, name)
+
+    def _include_vars(self, args: Any) -> dict[str, Any]:
+        """Ansible's include_vars on the host: the file's variables over the role defaults, under the cell's."""
+        args = self.template(args)
+        path = args["file"] if isinstance(args, dict) else args
+        loaded = self.loader.load_from_file(str(path), trusted_as_template=True) or {}
+        self.vars.update({k: v for k, v in loaded.items() if k not in self.cell_vars})
+        return {"ansible_facts": loaded, "changed": False}
 
     def _gather(self, session: GuestSession, module: str, args: Any, task: dict[str, Any], name: str) -> dict[str, Any]:
         args = self.template(args)

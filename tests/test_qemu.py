@@ -234,6 +234,7 @@ def test_validate_role_runs_through_one_agent_connection(tmp_path: Path) -> None
         "imagebuilder_versions": {"kubernetes": "1.31.4", "containerd": "1.7.24", "runc": "1.2.3",
                                   "crictl": "1.31.1", "cni_plugins": "1.6.1"},
         "imagebuilder_build_key": "k" * 64, "imagebuilder_pause_image": "registry.k8s.io/pause:3.10",
+        "imagebuilder_cloud": "qemu",
         "validate_hygiene_checks": False,
     }
     with guestcheck.GuestSession(["sh", "-c"], become="") as session:
@@ -244,6 +245,41 @@ def test_validate_role_runs_through_one_agent_connection(tmp_path: Path) -> None
     assert "hygiene: empty machine-id" not in names  # the role's own switch, honoured
     kubeadm = next(c for c in checks if c.name == "binary: kubeadm version")
     assert not kubeadm.ok and 'should print "v1.31.4"' in kubeadm.detail  # no kubeadm on this host
+
+
+def test_role_runner_follows_loops_per_item_and_include_vars_as_ansible_does(tmp_path: Path) -> None:
+    """``when`` per item, loop_var, and include_vars over the defaults but under the cell's variables."""
+    from imagebuilder import guestcheck
+
+    role = tmp_path / "validate"
+    (role / "tasks").mkdir(parents=True)
+    (role / "defaults").mkdir()
+    (role / "defaults/main.yml").write_text("color: red\n")
+    (tmp_path / "extra.yml").write_text("color: blue\nshape: round\nsize: small\n")
+    (role / "tasks/main.yml").write_text(f"""
+- name: Load
+  ansible.builtin.include_vars:
+    file: "{tmp_path}/{{{{ item }}}}.yml"
+  loop: [extra, missing]
+  when: item != 'missing'
+- name: Echo
+  ansible.builtin.command:
+    argv: [echo, "{{{{ word }}}}"]
+  loop: [a, b, c]
+  loop_control:
+    loop_var: word
+  when: word != 'b'
+  register: echoes
+- name: Evaluate the checks
+  ansible.builtin.set_fact:
+    validate_results: >-
+      {{{{ [{{'name': 'vars', 'ok': color == 'blue' and shape == 'round' and size == 'large', 'detail': ''}},
+            {{'name': 'echo', 'ok': echoes.results | map(attribute='stdout', default='-') | join == 'a-c',
+              'detail': echoes.results | map(attribute='stdout', default='-') | join}}] }}}}
+""")
+    with guestcheck.GuestSession(["sh", "-c"], become="") as session:
+        checks = guestcheck.RoleRunner({"size": "large"}, role_dir=role).run(session)
+    assert [(c.name, c.ok) for c in checks] == [("vars", True), ("echo", True)], checks
 
 
 def test_role_runner_refuses_a_module_it_cannot_run(tmp_path: Path) -> None:
