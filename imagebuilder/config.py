@@ -67,9 +67,10 @@ class QemuSettings(_Strict):
     disk_size_mb: int = Field(8192, ge=2048)
     memory_mb: int = Field(2048, ge=512)
     cpus: int = Field(2, ge=1)
-    boot_test: bool = True
+    boot_test: bool = True  # boot the qcow2 and run the validate role's checks in it before publishing
 
-    OUTSIDE_BUILD_KEY = frozenset({"max_parallel", "builder"})
+    # Neither changes the image: the builders make the same one, the boot test only reads it.
+    OUTSIDE_BUILD_KEY = frozenset({"max_parallel", "builder", "boot_test"})
 
 
 class AwsSettings(_Strict):

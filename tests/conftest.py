@@ -169,3 +169,17 @@ def copy_rootfs(src: Path, dest: Path) -> Path:
     subprocess.run(["cp", "-a", "--reflink=auto", f"{src}/.", str(dest)], check=True)
     (dest / ".complete").unlink(missing_ok=True)
     return dest
+
+
+# Tests that start a long background job (the Packer TCG build) run first and those that wait
+# for it run last, so the rest of the suite runs while it builds.
+STARTS_BACKGROUND_WORK = "packer_started_early"
+WAITS_FOR_BACKGROUND_WORK = "packer_build"
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        fixtures = getattr(item, "fixturenames", ())
+        return 0 if STARTS_BACKGROUND_WORK in fixtures else 2 if WAITS_FOR_BACKGROUND_WORK in fixtures else 1
+
+    items.sort(key=rank)  # stable: the order within each group stays as collected

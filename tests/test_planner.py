@@ -116,6 +116,19 @@ def test_publish_only_settings_stay_out_of_the_key(tmp_path: Path) -> None:
     assert keys[0]["aws-debian-12-k8s-1.31"] != keys[2]["aws-debian-12-k8s-1.31"]  # another build region
 
 
+def test_how_the_local_image_is_built_and_tested_stays_out_of_the_key(tmp_path: Path) -> None:
+    """The qemu builder and the boot test change how the image is made and checked, not the image."""
+    shutil.copy(DATA / "versions.lock.yaml", tmp_path / "versions.lock.yaml")
+    text = (DATA / "matrix.yaml").read_text()
+    variants = {"a": "qemu: {}", "b": "qemu: {builder: packer, boot_test: false}", "c": "qemu: {memory_mb: 4096}"}
+    for name, qemu in variants.items():
+        (tmp_path / f"{name}.yaml").write_text(text.replace("qemu: {}", qemu, 1))
+    keys = [{c.id: c.build_key for c in plan(load_matrix(tmp_path / f"{n}.yaml"))} for n in variants]
+    cell_id = "qemu-debian-12-k8s-1.31"
+    assert keys[0][cell_id] == keys[1][cell_id]
+    assert keys[0][cell_id] != keys[2][cell_id]  # a setting that reaches the build still counts
+
+
 def test_plan_formats() -> None:
     root = PROJECT_ROOT
     matrix = DATA / "matrix.yaml"
