@@ -74,6 +74,8 @@ ALLOWED_DIFFERENCES = {
     "etc/adjtime": "the build VM's clock ran (hwclock/timesyncd)",
     "etc/machine-id": "checked empty by sysprep in both; listed in case a builder leaves a link",
     "etc/.pwd.lock": "shadow-utils' lock file, made when the build user is added",
+    "etc/default/locale": "cloud-init's locale module in the Packer build VM writes LANG (a node's first boot does too)",
+    "etc/imagebuilder-release": "BUILD_DATE: each build's own time (everything else in it must match)",
 }
 ALLOWED_PREFIXES = {
     "etc/ssh/ssh_host_": "host keys: sysprep removes them in both; listed for a rerun",
@@ -128,13 +130,16 @@ class CellBuild:
         return next((self.work / "catalogue").rglob("*.qcow2"))
 
 
-def cell_build(work: Path, release_mirror, builder: str) -> CellBuild:
+def cell_build(work: Path, release_mirror, image_registry, builder: str) -> CellBuild:
+    """The cell as a user declares it: the release mirror, and the registry mirror that holds
+    kubeadm's images pinned by digest in the lock (pre-pulled at build time)."""
     work.mkdir(parents=True, exist_ok=True)
-    lock = fixture_lock(release_mirror.files, release_mirror.versions)
+    lock = fixture_lock(release_mirror.files, release_mirror.versions, images=image_registry.lock)
     minor = next(iter(lock["minors"]))
     (work / "versions.lock.yaml").write_text(yaml.safe_dump(lock))
     mirrors = {component: url.replace("127.0.0.1", HOST_ALIAS[builder])
                for component, url in release_mirror.mirrors.items()}
+    mirrors["registry"] = "http://" + image_registry.address.replace("127.0.0.1", HOST_ALIAS[builder])
     # One boot test per image kind is enough: the Packer image is compared with the booted one.
     qemu_settings = {"builder": builder, **({"boot_test": False} if builder == "packer" else {})}
     matrix = {"os": ["debian-12"], "kubernetes": [minor], "clouds": {"qemu": qemu_settings},
@@ -181,8 +186,9 @@ def base_ready() -> debian.BaseDisk:
 
 
 @pytest.fixture(scope="session")
-def packer_build(tmp_path_factory, release_mirror, base_ready) -> Iterator[BackgroundBuild]:
-    background = BackgroundBuild(cell_build(tmp_path_factory.mktemp("packer"), release_mirror, "packer"))
+def packer_build(tmp_path_factory, release_mirror, image_registry, base_ready) -> Iterator[BackgroundBuild]:
+    background = BackgroundBuild(cell_build(tmp_path_factory.mktemp("packer"), release_mirror, image_registry,
+                                            "packer"))
     yield background
     background.stop()
 
@@ -195,8 +201,8 @@ def packer_started_early(request) -> None:
 
 
 @pytest.fixture(scope="session")
-def offline_build(tmp_path_factory, release_mirror, base_ready) -> CellBuild:
-    build = cell_build(tmp_path_factory.mktemp("offline"), release_mirror, "offline")
+def offline_build(tmp_path_factory, release_mirror, image_registry, base_ready) -> CellBuild:
+    build = cell_build(tmp_path_factory.mktemp("offline"), release_mirror, image_registry, "offline")
     started = time.monotonic()
     build.result = run_cli(*build.command()[3:], env=build.env, timeout=OFFLINE_TIMEOUT)
     build.seconds = time.monotonic() - started
@@ -311,7 +317,7 @@ def assert_built_and_catalogued(build: CellBuild, release_mirror) -> None:
     assert info["actual-size"] < info["virtual-size"]  # sparse and compressed
 
 
-def assert_built_boot_tested_catalogued(build: CellBuild, release_mirror) -> dict:
+def assert_built_boot_tested_catalogued(build: CellBuild, release_mirror, image_registry) -> dict:
     assert_built_and_catalogued(build, release_mirror)
     print(f"\ne2e qemu {build.builder} build + boot test: {build.seconds:.0f} s", file=sys.stderr)
     boot = json.loads((build.cell_dir / "boot-test.json").read_text())
@@ -323,13 +329,18 @@ def assert_built_boot_tested_catalogued(build: CellBuild, release_mirror) -> dic
         assert checks[name]["ok"], checks[name]
     assert not any(name == "validate role" for name in checks)  # the role's checks come one by one
     assert f"v{release_mirror.versions['kubernetes']}" in checks["kubeadm version"]["detail"]
+    # Pre-pulled at build time from the registry mirror, found in the booted guest's containerd
+    # under registry.k8s.io's names with the pinned digests.
+    for path, tag in image_registry.images.items():
+        check = checks[f"image present: registry.k8s.io/{path}:{tag}"]
+        assert check["ok"], check
     return boot
 
 
 def test_offline_build_boots_runs_containers_and_is_skipped_next_time(
-        packer_started_early, offline_build: CellBuild, release_mirror, tmp_path: Path) -> None:
+        packer_started_early, offline_build: CellBuild, release_mirror, image_registry, tmp_path: Path) -> None:
     build = offline_build
-    boot = assert_built_boot_tested_catalogued(build, release_mirror)
+    boot = assert_built_boot_tested_catalogued(build, release_mirror, image_registry)
     assert "offline build" in build.log.read_text()
     assert "packer build" not in build.log.read_text()
     stages = json.loads((build.cell_dir / "offline-stages.json").read_text())
@@ -435,5 +446,8 @@ def test_packer_path_builds_the_same_image(packer_build: BackgroundBuild, offlin
                    f"offline {manifests['offline'].get(name, 'absent')}" for name in differing if not allowed(name)]
     print(f"\nimages differ in {len(differing)} allowed paths: {differing}", file=sys.stderr)
     assert unexplained == []
+    release = {name: [line for line in (root / "etc/imagebuilder-release").read_text().splitlines()
+                      if not line.startswith("BUILD_DATE=")] for name, root in trees.items()}
+    assert release["packer"] == release["offline"] and any("BUILD_KEY" in line for line in release["offline"])
     for tree in ("usr/local/bin", "opt/cni/bin"):
         assert not [name for name in differing if name.startswith(tree)]
