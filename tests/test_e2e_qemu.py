@@ -20,6 +20,7 @@ import hashlib
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import tarfile
@@ -363,6 +364,91 @@ def test_offline_build_boots_runs_containers_and_is_skipped_next_time(
     assert again.returncode == 0, again.stderr
     assert "skipped" in again.stdout
     assert build.log.read_text().count("=== attempt") == attempts_before  # nothing built again
+
+
+# --- Ctrl-C and SIGTERM -----------------------------------------------------------------------
+
+
+def session_processes(session_id: int) -> list[int]:
+    """The processes still in the session this test started (its own children only)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[3]) == session_id and fields[0] != "Z":  # fields: state, ppid, pgrp, session
+            found.append(int(stat.parent.name))
+    return found
+
+
+def wait_for(condition, what: str, process: subprocess.Popen, output: Path, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert process.poll() is None, f"exited before {what}: {output.read_text()[-2000:]}"
+        assert time.monotonic() < deadline, f"no {what} within {timeout:.0f}s"
+        time.sleep(0.5)
+
+
+def assert_stopped_promptly(process: subprocess.Popen, sig: signal.Signals) -> float:
+    sent = time.monotonic()
+    process.send_signal(sig)
+    try:
+        process.wait(timeout=90)
+    except subprocess.TimeoutExpired:
+        procs.stop_group(process)
+        pytest.fail(f"{sig.name} did not stop it within 90 s", pytrace=False)
+    deadline = time.monotonic() + 30
+    while session_processes(process.pid) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert session_processes(process.pid) == [], "children outlived the interrupt"
+    return time.monotonic() - sent
+
+
+def test_sigterm_stops_the_offline_build_while_ansible_runs_and_cleans_up(
+        base_ready, release_mirror, image_registry, tmp_path: Path) -> None:
+    build = cell_build(tmp_path / "work", release_mirror, image_registry, "offline")
+    output = tmp_path / "output.txt"
+    with output.open("w") as out:
+        process = subprocess.Popen(build.command(), cwd=REPO, env=build.env, stdout=out, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, start_new_session=True)
+    wait_for(lambda: build.log.exists() and "TASK [" in build.log.read_text(errors="replace"),
+             "Ansible task in build.log", process, output)
+    seconds = assert_stopped_promptly(process, signal.SIGTERM)
+    print(f"\noffline build stopped {seconds:.1f} s after SIGTERM", file=sys.stderr)
+    assert process.returncode == 130, output.read_text()[-2000:]
+    assert "interrupted" in output.read_text()
+    assert "cancelled" in build.log.read_text()
+    assert not (build.cell_dir / "offline").exists(), "the build's root tree was left behind"
+    mounts = Path("/proc/self/mountinfo").read_text()
+    assert str(tmp_path) not in mounts
+    assert not list((build.work / "catalogue").rglob("*.qcow2")), "nothing catalogued from a stopped build"
+
+
+BOOT_SCRIPT = """
+import sys
+from pathlib import Path
+from imagebuilder import procs, qemu
+procs.interrupt_on_signals()
+qemu.boot_test(Path(sys.argv[1]), {{"build_key": "0" * 64}}, user="debian", workdir=Path(sys.argv[2]))
+"""
+
+
+def test_ctrl_c_stops_the_boot_test_and_its_vm(offline_build: CellBuild, tmp_path: Path) -> None:
+    if offline_build.result is None or offline_build.result.returncode != 0:
+        pytest.fail(offline_build.failure(), pytrace=False)
+    workdir = tmp_path / "boot"
+    output = tmp_path / "output.txt"
+    with output.open("w") as out:
+        process = subprocess.Popen([sys.executable, "-c", BOOT_SCRIPT.format(), str(offline_build.image()),
+                                    str(workdir)], cwd=REPO, env=offline_build.env, stdout=out,
+                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    serial = workdir / "serial.log"
+    wait_for(lambda: serial.exists() and serial.stat().st_size > 0, "guest output on the serial console",
+             process, output, timeout=300)
+    seconds = assert_stopped_promptly(process, signal.SIGINT)
+    print(f"\nboot test stopped {seconds:.1f} s after Ctrl-C", file=sys.stderr)
+    assert process.returncode != 0 and "KeyboardInterrupt" in output.read_text()
 
 
 # --- one image, two paths ---------------------------------------------------------------------
