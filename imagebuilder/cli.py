@@ -12,7 +12,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from imagebuilder import __version__, github, packer, pipeline, preflight, procs, progress, rebuilds, render, versions_update
+from imagebuilder import __version__, baseimages, github, packer, pipeline, preflight, procs, progress, rebuilds, render, versions_update
 from imagebuilder.cloudscope import CloudScope, strict_option
 from imagebuilder.config import DEFAULT_MATRIX, LoadedMatrix, load_matrix
 from imagebuilder.commands_images import images
@@ -35,8 +35,22 @@ only_option = click.option(
 )
 
 
+offline_option = click.option(
+    "--offline", is_flag=True,
+    help="Plan from the base image references alone: ask no cloud or vendor site which image they name "
+         "today (the build keys then differ from resolved ones).")
+
+
 def planned_cells(matrix_path: Path, only: tuple[str, ...]) -> list[Cell]:
     return plan(load_matrix(matrix_path), list(only) or None)
+
+
+def resolved(cells: list[Cell], matrix_path: Path, offline: bool, scope: CloudScope) -> list[Cell]:
+    """The cells with their base images resolved (baseimages.py); --offline says so on stderr."""
+    if offline:
+        click.echo(baseimages.OFFLINE_NOTE, err=True)
+        return cells
+    return baseimages.resolve_cells(cells, load_matrix(matrix_path), baseimages.Resolver(scope=scope))
 
 
 def _lookup(matrix_path: Path, scope: CloudScope) -> pipeline.CatalogueLookup:
@@ -73,8 +87,9 @@ PLAN_FORMATS = ("table", "json", "github-matrix", "github-shards", "clouds", "ma
 @click.option("--diff-against", "old_lock", type=click.Path(path_type=Path, dir_okay=False), default=None,
               metavar="OLD_LOCK", help="Only cells whose build key differs from the one this older "
               "versions file gives them (offline), with what moved.")
+@offline_option
 def plan_command(matrix_path: Path, only: tuple[str, ...], output_format: str | None, strategy: str | None,
-                 changed: bool, strict: bool, compare: bool, old_lock: Path | None) -> None:
+                 changed: bool, strict: bool, compare: bool, old_lock: Path | None, offline: bool) -> None:
     """Expand the matrix into build cells with their ids and build keys."""
     reasons: dict[str, tuple[str, ...]] = {}
     if old_lock is not None:
@@ -90,6 +105,9 @@ def plan_command(matrix_path: Path, only: tuple[str, ...], output_format: str | 
     if strategy is not None:
         cells = [cell for cell in cells if cell.strategy == strategy]
     scope = CloudScope(strict=strict, explicit=explicit_cloud_of(cells, only))
+    # The clouds of the cells (`--format clouds`, `make`) need no build keys, nor credentials.
+    if old_lock is None and output_format not in ("clouds", "make"):
+        cells = [cell for cell in resolved(cells, matrix_path, offline, scope) if cell.cloud not in scope.skipped]
     if changed:
         cells = pipeline.changed_cells(cells, _lookup(matrix_path, scope))
     output_format = output_format or ("table" if sys.stdout.isatty() else "json")
@@ -140,11 +158,24 @@ def _packer_version(requested: str | None) -> packer.Version | None:
 @only_option
 @output_dir_option
 @packer_version_option
-def render_command(matrix_path: Path, only: tuple[str, ...], output_dir: Path, packer_version: str | None) -> None:
+@offline_option
+@strict_option
+def render_command(matrix_path: Path, only: tuple[str, ...], output_dir: Path, packer_version: str | None,
+                   offline: bool, strict: bool) -> None:
     """Write one self-contained Packer HCL2 directory per cell."""
-    cells = _require_cells(planned_cells(matrix_path, only), only)
+    cells, scope = _resolved_bake_cells(matrix_path, only, offline, strict)
     for rendered in render.render_cells(cells, output_dir, _packer_version(packer_version)):
         click.echo(str(rendered.directory))
+    scope.exit()
+
+
+def _resolved_bake_cells(matrix_path: Path, only: tuple[str, ...], offline: bool,
+                         strict: bool) -> tuple[list[Cell], CloudScope]:
+    """The baked cells, their base images resolved; a cloud that cannot be asked is skipped (warning)."""
+    cells = _require_cells(planned_cells(matrix_path, only), only)
+    scope = CloudScope(strict=strict, explicit=explicit_cloud_of(cells, only))
+    cells = [cell for cell in resolved(cells, matrix_path, offline, scope) if cell.cloud not in scope.skipped]
+    return cells, scope
 
 
 @cli.command("validate")
@@ -152,9 +183,12 @@ def render_command(matrix_path: Path, only: tuple[str, ...], output_dir: Path, p
 @only_option
 @output_dir_option
 @packer_version_option
-def validate_command(matrix_path: Path, only: tuple[str, ...], output_dir: Path, packer_version: str | None) -> None:
+@offline_option
+@strict_option
+def validate_command(matrix_path: Path, only: tuple[str, ...], output_dir: Path, packer_version: str | None,
+                     offline: bool, strict: bool) -> None:
     """Render the cells and run `packer validate` on each."""
-    cells = _require_cells(planned_cells(matrix_path, only), only)
+    cells, scope = _resolved_bake_cells(matrix_path, only, offline, strict)
     failed = 0
     for rendered in render.render_cells(cells, output_dir, _packer_version(packer_version)):
         result = packer.validate(rendered.directory)
@@ -163,8 +197,7 @@ def validate_command(matrix_path: Path, only: tuple[str, ...], output_dir: Path,
         if not result.ok:
             click.echo("    " + result.output.replace("\n", "\n    "), err=True)
     click.echo(f"{len(cells) - failed} valid, {failed} invalid")
-    if failed:
-        sys.exit(1)
+    scope.exit(failed=bool(failed))
 
 
 @cli.command("build")
@@ -179,14 +212,17 @@ def validate_command(matrix_path: Path, only: tuple[str, ...], output_dir: Path,
 @click.option("--skip-preflight", is_flag=True,
               help="Do not check the download mirrors and cloud credentials before building.")
 @strict_option
+@offline_option
 def build_command(matrix_path: Path, only: tuple[str, ...], output_dir: Path, jobs: int, force: bool,
-                  dry_run: bool, no_publish: bool, skip_preflight: bool, strict: bool) -> None:
+                  dry_run: bool, no_publish: bool, skip_preflight: bool, strict: bool, offline: bool) -> None:
     """Render the selected cells and run Packer on the ones whose image does not exist yet.
 
     A cloud that cannot be reached is one warning line and its cells are not built; the others
     build and the exit status is 3 (--strict, or --only cells of that cloud alone, makes it an error)."""
     cells = _require_cells(planned_cells(matrix_path, only), only)
     scope = CloudScope(strict=strict, explicit=explicit_cloud_of(cells, only))
+    # A cloud that cannot resolve its bases is skipped here; its cells are reported unreachable.
+    cells = resolved(cells, matrix_path, offline, scope)
     options = pipeline.BuildOptions(output_dir=output_dir, jobs=jobs, force=force, dry_run=dry_run,
                                     publish=not no_publish)
     # What exists first: a nightly no-op checks no download of the cells it skips.
@@ -253,11 +289,13 @@ def _preflight(cells: list[Cell], matrix_path: Path, dry_run: bool,
 @cli.command("vars")
 @matrix_option
 @click.argument("cell_id")
-def vars_command(matrix_path: Path, cell_id: str) -> None:
+@offline_option
+def vars_command(matrix_path: Path, cell_id: str, offline: bool) -> None:
     """Print a cell's Ansible variables (for `ansible-playbook ansible/node.yml -e @vars.json`)."""
     cells = planned_cells(matrix_path, (cell_id,))
     if not cells:
         raise UserError(f"{cell_id}: no such cell (see 'imagebuilder plan' for the cell ids)")
+    cells = resolved(cells, matrix_path, offline, CloudScope(explicit=frozenset({cells[0].cloud})))
     print_json(render.ansible_vars(cells[0]))
 
 

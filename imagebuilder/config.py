@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
-from imagebuilder.osinfo import OPERATING_SYSTEMS, Strategy
+from imagebuilder.osinfo import BASE_MIRRORS, OPERATING_SYSTEMS, Strategy
 from imagebuilder.versions import COMPONENTS, VersionsLock
 from imagebuilder.yamlsource import (
     InputError,
@@ -33,8 +33,9 @@ DEFAULT_MATRIX = "matrix.yaml"
 CLOUDS: tuple[str, ...] = ("qemu", "aws", "gcp", "openstack", "azure")
 MINOR_PATTERN = re.compile(r"^1\.\d{1,3}$")
 Arch = Literal["amd64", "arm64"]
-# `mirrors:` keys: a release site per component, and `registry` for the container images.
-MIRROR_KEYS: tuple[str, ...] = (*COMPONENTS, "registry")
+# `mirrors:` keys: a release site per component, `registry` for the container images, and the
+# sites of the qemu base images (osinfo.BASE_MIRRORS).
+MIRROR_KEYS: tuple[str, ...] = (*COMPONENTS, "registry", *BASE_MIRRORS)
 
 
 class _Strict(BaseModel):
@@ -264,7 +265,7 @@ def _check_names(matrix: Matrix, source: SourceMap, versions: VersionsLock) -> N
         if component not in MIRROR_KEYS:
             raise source.error(("mirrors", component), f"unknown component '{component}'",
                                did_you_mean(component, MIRROR_KEYS))
-        if component in COMPONENTS and not _is_http_url(url):
+        if component != "registry" and not _is_http_url(url):
             raise source.error(("mirrors", component), f"'{url}' is not an http(s) URL",
                                "write the mirror's base URL, e.g. https://mirror.example/kubernetes")
     if not matrix.clouds.declared():

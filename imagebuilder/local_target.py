@@ -16,10 +16,11 @@ import shutil
 import threading
 from pathlib import Path
 
-from imagebuilder import offline, qemu, render
+from imagebuilder import baseimages, offline, qemu, render
 from imagebuilder.artifact import Artifact
 from imagebuilder.build import Job
 from imagebuilder.errors import UserError
+from imagebuilder.planner import Cell
 
 # The validate role's settings for an image that has booted (see validate_hook).
 BOOTED_VARS = {"validate_hygiene_checks": False, "validate_inactive_services": []}
@@ -31,19 +32,24 @@ def _link(source: Path, dest: Path) -> None:
     dest.symlink_to(source.resolve())
 
 
-def base_files(os_id: str, cancel: threading.Event | None = None) -> dict[str, Path]:
-    """disk.img (and vmlinuz, initrd.img when the first boot is a direct kernel boot)."""
-    if os_id == "debian-12":
+def base_files(cell: Cell, cancel: threading.Event | None = None) -> dict[str, Path]:
+    """disk.img (and vmlinuz, initrd.img when the first boot is a direct kernel boot), of exactly
+    the base the plan resolved (its InRelease sha256s, or the vendor image's sha256)."""
+    if cell.base_image["source"] == "local":
         from imagebuilder.distributions import debian
 
-        disk = debian.base_disk(cancel=cancel)
+        disk = debian.base_disk(debian.spec_for(cell.base_image, cell.base_source), cancel=cancel)
         return {"disk.img": disk.disk, "vmlinuz": disk.kernel, "initrd.img": disk.initrd}
-    if os_id.startswith("ubuntu-"):
+    if cell.os_info.family in ("debian", "redhat"):  # the vendor's cloud image, with its own GRUB
         from imagebuilder.distributions import ubuntu
 
-        return {"disk.img": ubuntu.base_image(os_id).disk}  # the vendor image boots with its own GRUB
-    raise UserError(f"{os_id}: the local qemu target has no base image for this OS yet "
-                    "(exclude it: exclude: [{os: " + os_id + ", cloud: qemu}])")
+        # Planned --offline: the image the vendor's checksum file names now.
+        resolved = cell.base_image.get("resolved") or baseimages.Resolver().resolve(cell)
+        url = cell.base_source.get("url") or cell.base_image["source"]
+        url = url.rsplit("/", 1)[0] + "/" + resolved["file"]  # the fixed name of the same image
+        return {"disk.img": ubuntu.base_image(cell.os, cell.arch, url=url, sha256=resolved["sha256"]).disk}
+    raise UserError(f"{cell.os}: the local qemu target has no base image for this OS yet "
+                    "(exclude it: exclude: [{os: " + cell.os + ", cloud: qemu}])")
 
 
 def accelerator_for(job: Job, files: dict[str, Path]) -> str:
@@ -66,7 +72,7 @@ def builder_for(job: Job, files: dict[str, Path]) -> str:
 
 
 def prepare(job: Job) -> None:
-    files = base_files(job.cell.os, job.cancel)
+    files = base_files(job.cell, job.cancel)
     job.builder = builder_for(job, files)
     if job.builder == offline.BUILDER:
         return

@@ -68,12 +68,13 @@ class StageTimer:
         self.path.write_text(json.dumps(self.seconds, indent=2) + "\n")
 
 
-def base_for(os_id: str, cancel: threading.Event | None = None) -> debian.BaseDisk:
-    """The base whose tree the offline build copies."""
+def base_for(os_id: str, cancel: threading.Event | None = None,
+             spec: debian.BaseSpec | None = None) -> debian.BaseDisk:
+    """The base whose tree the offline build copies (``spec``: the cell's, see debian.spec_for)."""
     if os_id != debian.OS_ID:
         raise UserError(f"{os_id}: the offline build needs a base root file system, which only "
                         f"{debian.OS_ID} has; set clouds.qemu.builder: packer for this OS")
-    return debian.base_disk(cancel=cancel)
+    return debian.base_disk(spec, cancel=cancel)
 
 
 def supports(os_id: str) -> bool:
@@ -161,7 +162,7 @@ class OfflineBuild:
     def build(self) -> Path:
         cell = self.job.cell
         started = time.monotonic()
-        base = base_for(cell.os, self.cancel)
+        base = base_for(cell.os, self.cancel, debian.spec_for(cell.base_image, cell.base_source))
         self.timer.stage("base", started)
         self.clean()
         self.work.mkdir(parents=True)

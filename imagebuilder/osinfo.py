@@ -8,6 +8,23 @@ from typing import Literal
 Family = Literal["debian", "redhat", "flatcar"]
 Strategy = Literal["bake", "sysext"]
 
+# How each vendor spells our architectures in image names, URLs and families (`{arch}` below).
+VENDOR_ARCH: dict[Family, dict[str, str]] = {
+    "debian": {"amd64": "amd64", "arm64": "arm64"},
+    "redhat": {"amd64": "x86_64", "arm64": "aarch64"},
+    "flatcar": {"amd64": "amd64", "arm64": "arm64"},
+}
+
+# Where the stock qemu base images come from: `mirrors:` in the matrix may name another
+# base URL for each (airgapped builds); the build key holds the upstream reference.
+BASE_MIRRORS: dict[str, str] = {
+    "debian": "http://deb.debian.org/debian",
+    "debian_security": "http://deb.debian.org/debian-security",
+    "ubuntu_cloud_images": "https://cloud-images.ubuntu.com",
+    "rockylinux": "https://dl.rockylinux.org/pub/rocky",
+    "flatcar": "https://stable.release.flatcar-linux.net",
+}
+
 
 @dataclass(frozen=True)
 class AwsBase:
@@ -40,8 +57,18 @@ class OsInfo:
     azure: AzureBase
     openstack_image: str
     qemu_base: str  # "local" (built by imagebuilder.distributions) or a cloud image URL
+    # The vendor's checksum file beside the cloud image (GNU `SHA256SUMS` or BSD-style `CHECKSUM`).
+    qemu_checksums: str = "SHA256SUMS"
     default_strategy: Strategy = "bake"
     arches: tuple[str, ...] = field(default=("amd64", "arm64"))
+
+    def vendor_arch(self, arch: str) -> str:
+        """The vendor's name for ``arch`` (Rocky writes x86_64 where Debian writes amd64)."""
+        return VENDOR_ARCH[self.family][arch]
+
+    def for_arch(self, template: str, arch: str) -> str:
+        """A reference with its ``{arch}`` in the vendor's spelling."""
+        return template.replace("{arch}", self.vendor_arch(arch))
 
 
 OPERATING_SYSTEMS: dict[str, OsInfo] = {
@@ -78,6 +105,7 @@ OPERATING_SYSTEMS: dict[str, OsInfo] = {
             azure=AzureBase("resf", "rockylinux-x86_64", "9-base"),
             openstack_image="rockylinux-9",
             qemu_base="https://dl.rockylinux.org/pub/rocky/9/images/{arch}/Rocky-9-GenericCloud-Base.latest.{arch}.qcow2",
+            qemu_checksums="CHECKSUM",
         ),
         OsInfo(
             id="flatcar", distro="flatcar", version="stable", family="flatcar", ssh_user="core",

@@ -21,7 +21,7 @@ from imagebuilder.config import (
     Matrix,
     settings_problem,
 )
-from imagebuilder.osinfo import OPERATING_SYSTEMS, OsInfo
+from imagebuilder.osinfo import BASE_MIRRORS, OPERATING_SYSTEMS, OsInfo
 from imagebuilder.versions import UPSTREAM_MIRRORS, Download, downloads_for, images_for, registry_plain_http
 from imagebuilder.yamlsource import InputError, SourceMap
 
@@ -44,9 +44,11 @@ class Cell:
     registry_plain_http: bool
     settings: dict[str, Any]
     ansible_vars: dict[str, Any]
-    base_image: dict[str, Any]
+    base_image: dict[str, Any]  # the reference; with "resolved", the image it names (baseimages.py)
     image_name: str
     build_key: str = field(default="")
+    # Where the qemu base is fetched from (the reference through `mirrors:`); not in the key.
+    base_source: dict[str, str] = field(default_factory=dict)
 
     @property
     def os_info(self) -> OsInfo:
@@ -96,16 +98,37 @@ def image_name(cloud: str, os_id: str, kubernetes_version: str, arch: str = "amd
 
 
 def base_image_for(info: OsInfo, cloud: str, arch: str) -> dict[str, Any]:
-    aws_arch = {"amd64": "amd64", "arm64": "arm64"}[arch]
+    """The base image reference of a cell, `{arch}` in the vendor's spelling (osinfo.VENDOR_ARCH)."""
     if cloud == "aws":
-        return {"name_filter": info.aws.name_filter.replace("{arch}", aws_arch), "owner": info.aws.owner}
+        return {"name_filter": info.for_arch(info.aws.name_filter, arch), "owner": info.aws.owner}
     if cloud == "gcp":
         return {"family": info.gcp.family, "project": info.gcp.project}
     if cloud == "azure":
         return asdict(info.azure)
     if cloud == "openstack":
         return {"image_name": info.openstack_image}
-    return {"source": info.qemu_base.replace("{arch}", arch)}
+    return {"source": info.for_arch(info.qemu_base, arch)}
+
+
+def base_source_for(base_image: dict[str, Any], mirrors: dict[str, str]) -> dict[str, str]:
+    """Where a qemu base is fetched from: {"url": its upstream URL through `mirrors:`}, or the
+    Debian archives of the locally built Debian base; {} for the clouds' own images."""
+    source = base_image.get("source")
+    if source is None:
+        return {}
+    if source == "local":
+        return {name: mirrors[name].rstrip("/") for name in ("debian", "debian_security")}
+    for name, upstream in BASE_MIRRORS.items():
+        if source.startswith(upstream + "/"):
+            return {"url": mirrors.get(name, upstream).rstrip("/") + source[len(upstream):]}
+    return {"url": str(source)}
+
+
+def rekeyed(cell: Cell, loaded: LoadedMatrix, **changes: Any) -> Cell:
+    """The cell with some fields changed (a resolved base image) and its build key computed again."""
+    changed = Cell(**{**cell.__dict__, **changes, "build_key": ""})
+    key = build_key(changed, loaded.versions.minors[cell.kubernetes].model_dump(mode="json"))
+    return Cell(**{**changed.__dict__, "build_key": key})
 
 
 def _selected_combinations(matrix: Matrix, source: SourceMap) -> list[tuple[str, str, str]]:
@@ -162,7 +185,7 @@ def plan(loaded: LoadedMatrix, only: list[str] | None = None) -> list[Cell]:
         loc = ("exclude",) if matrix.exclude else ("os",)
         raise loaded.source.error(loc, "the matrix selects no cell: the excludes remove every combination",
                                   "narrow the exclude rules")
-    mirrors = {**UPSTREAM_MIRRORS, **matrix.mirrors}
+    mirrors = {**BASE_MIRRORS, **UPSTREAM_MIRRORS, **matrix.mirrors}
     cells = [_make_cell(loaded, cloud, os_id, minor, mirrors) for cloud, os_id, minor in combos]
     if only:
         cells = [cell for cell in cells if any(fnmatch.fnmatchcase(cell.id, pattern) for pattern in only)]
@@ -206,6 +229,7 @@ def _make_cell(loaded: LoadedMatrix, cloud: str, os_id: str, minor: str, mirrors
         base_image=base_image_for(info, cloud, arch),
         image_name=image_name(cloud, os_id, pins.kubernetes_version, arch),
     )
+    cell = Cell(**{**cell.__dict__, "base_source": base_source_for(cell.base_image, mirrors)})
     key = build_key(cell, pins.model_dump(mode="json"))
     return Cell(**{**cell.__dict__, "build_key": key})
 

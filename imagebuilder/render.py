@@ -99,13 +99,22 @@ def _text(value: Any) -> str:
     return "" if value is None else str(value)
 
 
+def _resolved(cell: Cell) -> dict[str, Any]:
+    """The base image the plan resolved (baseimages.py); {} when planned --offline."""
+    return dict(cell.base_image.get("resolved") or {})
+
+
 def _qemu_variables(cell: Cell) -> dict[str, Any]:
     settings = cell.settings
+    resolved = _resolved(cell)
     return {
         "qemu_accelerator": settings["accelerator"] if settings["accelerator"] != "auto" else "tcg",
         "qemu_disk_size_mb": settings["disk_size_mb"],
         "qemu_memory_mb": settings["memory_mb"],
         "qemu_cpus": settings["cpus"],
+        # base/disk.img is the vendor image the plan resolved; the Debian base is built here,
+        # from the InRelease files the plan resolved (distributions/debian.py BaseSpec.releases).
+        "qemu_base_checksum": f"sha256:{resolved['sha256']}" if "sha256" in resolved else "none",
     }
 
 
@@ -119,6 +128,7 @@ def _aws_variables(cell: Cell) -> dict[str, Any]:
         "aws_root_device_name": "/dev/sda1",
         "aws_source_ami_name": cell.base_image["name_filter"],
         "aws_source_ami_owner": cell.base_image["owner"],
+        **({"aws_source_ami": _resolved(cell)["ami"]} if _resolved(cell) else {}),
     }
 
 
@@ -132,6 +142,7 @@ def _gcp_variables(cell: Cell) -> dict[str, Any]:
         "gcp_subnetwork": _text(settings["subnetwork"]),
         "gcp_source_image_family": cell.base_image["family"],
         "gcp_source_image_project": cell.base_image["project"],
+        **({"gcp_source_image": _resolved(cell)["image"]} if _resolved(cell) else {}),
         "gcp_image_family": gcp_image_family(cell.os, cell.kubernetes),
         "gcp_image_labels": cell_metadata(cell).to_gcp_labels(),
         "gcp_storage_locations": settings["storage_locations"],
@@ -147,6 +158,7 @@ def _openstack_variables(cell: Cell) -> dict[str, Any]:
         "openstack_networks": settings["networks"],
         "openstack_floating_ip_network": _text(settings["floating_ip_network"]),
         "openstack_source_image": cell.base_image["image_name"],
+        **({"openstack_source_image_id": _resolved(cell)["image_id"]} if _resolved(cell) else {}),
         "openstack_visibility": settings["visibility"],
         "openstack_properties": {"os_distro": info.distro, "os_version": info.version,
                                  "hw_disk_bus": "scsi", "hw_scsi_model": "virtio-scsi",
@@ -166,6 +178,7 @@ def _azure_variables(cell: Cell) -> dict[str, Any]:
         "azure_image_publisher": cell.base_image["publisher"],
         "azure_image_offer": cell.base_image["offer"],
         "azure_image_sku": cell.base_image["sku"],
+        **({"azure_image_version": _resolved(cell)["version"]} if _resolved(cell) else {}),
         "azure_image_definition": definition,
         "azure_version_prefix": azure_version.version_prefix(cell.kubernetes),
     }
@@ -203,7 +216,7 @@ def render_files(cell: Cell, cell_dir: Path, packer_version: tuple[int, int, int
     variables = packer_variables(cell, cell_dir)
     direct_kernel_boot = cell.cloud == "qemu" and cell.base_image.get("source") == "local"
     pre_provision = [WAIT_FOR_CLOUD_INIT, *(INSTALL_BOOTLOADER if direct_kernel_boot else ())]
-    context = {"cell": cell, "variables": variables, "builder": BUILDERS[cell.cloud],
+    context = {"cell": cell, "variables": variables, "builder": BUILDERS[cell.cloud], "base_pinned": bool(_resolved(cell)),
                "direct_kernel_boot": direct_kernel_boot, "pre_provision": pre_provision,
                "azure_build_minute": azure_version.hcl_patch_expression("local.timestamp")}
     files = {

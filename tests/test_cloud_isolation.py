@@ -15,10 +15,14 @@ import sys
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
+import openstack
 import pytest
 import yaml
+from base_mirror import base_mirrors, publish_debian
+from mirror import serve_directory
 from services import (  # noqa: F401 - fixtures
     AWS_VARIABLES_TO_DROP,
     aws_env,
@@ -29,8 +33,9 @@ from services import (  # noqa: F401 - fixtures
     sample_metadata,
 )
 
+from imagebuilder import baseimages
 from imagebuilder.artifact import Artifact
-from imagebuilder.cloudscope import SKIPPED_EXIT
+from imagebuilder.cloudscope import SKIPPED_EXIT, CloudScope
 from imagebuilder.clouds import store_for
 from imagebuilder.config import load_matrix
 from imagebuilder.planner import Cell, plan
@@ -40,10 +45,11 @@ MINORS = ["1.34", "1.35"]
 WARNING = "imagebuilder: warning: aws skipped:"
 
 
-def write_matrix(root: Path, clouds: dict[str, Any]) -> Path:
+def write_matrix(root: Path, clouds: dict[str, Any], mirrors: dict[str, str] | None = None) -> Path:
     (root / "versions.lock.yaml").write_text((REPO / "versions.lock.yaml").read_text())
     path = root / "matrix.yaml"
-    path.write_text(yaml.safe_dump({"os": ["debian-12"], "kubernetes": MINORS, "clouds": clouds}))
+    path.write_text(yaml.safe_dump({"os": ["debian-12"], "kubernetes": MINORS, "clouds": clouds,
+                                    **({"mirrors": mirrors} if mirrors else {})}))
     return path
 
 
@@ -56,8 +62,17 @@ def artifact_for(cell: Cell, tmp_path: Path) -> Artifact:
 
 
 @pytest.fixture
-def world(tmp_path: Path, openstack_env: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    """The 1.35 cells of qemu and OpenStack are published; AWS has no credentials at all."""
+def base_site(tmp_path: Path) -> Iterator[str]:
+    """The Debian suites' InRelease files the qemu cells' base resolves to."""
+    publish_debian(tmp_path / "site", "Sat, 01 Mar 2025 10:00:00 UTC")
+    with serve_directory(tmp_path / "site") as url:
+        yield url
+
+
+@pytest.fixture
+def world(tmp_path: Path, openstack_env: str, base_site: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """The 1.35 cells of qemu and OpenStack are published; AWS has no credentials at all. The
+    bases of qemu (a local Debian mirror) and OpenStack (a Glance image) resolve."""
     for name in AWS_VARIABLES_TO_DROP:
         monkeypatch.delenv(name, raising=False)
     for name in [n for n in os.environ if n.startswith("AWS_")]:
@@ -67,8 +82,14 @@ def world(tmp_path: Path, openstack_env: str, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "empty"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     monkeypatch.setenv("IMAGEBUILDER_CATALOGUE", str(tmp_path / "catalogue"))
-    matrix = write_matrix(tmp_path, {"qemu": {}, "aws": {"regions": ["us-east-1"]}, "openstack": {}})
-    cells = {cell.id: cell for cell in plan(load_matrix(matrix))}
+    matrix = write_matrix(tmp_path, {"qemu": {}, "aws": {"regions": ["us-east-1"]}, "openstack": {}},
+                          base_mirrors(base_site))
+    disk = qcow2_file(tmp_path / "glance-base.qcow2", "1M")
+    openstack.connect().image.create_image(name="debian-12", filename=str(disk), disk_format="qcow2",
+                                           container_format="bare", wait=True)
+    loaded = load_matrix(matrix)
+    resolver = baseimages.Resolver(scope=CloudScope(warn=lambda line: None))
+    cells = {cell.id: cell for cell in baseimages.resolve_cells(plan(loaded), loaded, resolver)}
     published = {}
     for cell_id in ("qemu-debian-12-k8s-1.35", "openstack-debian-12-k8s-1.35"):
         cell = cells[cell_id]
@@ -202,6 +223,6 @@ def test_rebuild_after_days_makes_an_old_image_changed(tmp_path: Path, monkeypat
 
     assert changed_cells([old, fresh], CatalogueLookup()) == []  # off: both keys exist
     assert changed_cells([old, fresh], CatalogueLookup(rebuild_after_days=30)) == [old]
-    result = imagebuilder("plan", "-m", str(matrix), "--changed", "--format", "json", root=tmp_path)
+    result = imagebuilder("plan", "-m", str(matrix), "--changed", "--format", "json", "--offline", root=tmp_path)
     assert result.returncode == 0, result.stderr
     assert [cell["id"] for cell in json.loads(result.stdout)] == [old.id]

@@ -26,11 +26,12 @@ from pathlib import Path
 from imagebuilder import procs
 from imagebuilder.cache import cache_dir
 from imagebuilder.errors import UserError
+from imagebuilder.osinfo import BASE_MIRRORS
 
 OS_ID = "debian-12"
 SUITE = "bookworm"
-DEFAULT_MIRROR = "http://deb.debian.org/debian"
-DEFAULT_SECURITY_MIRROR = "http://deb.debian.org/debian-security"
+DEFAULT_MIRROR = BASE_MIRRORS["debian"]
+DEFAULT_SECURITY_MIRROR = BASE_MIRRORS["debian_security"]
 VARIANT = "minbase"
 # Bump when the build recipe below changes in a way that changes the disk.
 SCRIPT_VERSION = 4
@@ -91,16 +92,30 @@ class BaseSpec:
     disk_size: int = DISK_SIZE
     arch: str = "amd64"
     script_version: int = SCRIPT_VERSION
+    # The suites' InRelease sha256s resolved at plan time (imagebuilder.baseimages): a new
+    # InRelease is a new base. Empty: whatever the mirror serves when the base is first built.
+    releases: str = ""
 
     @property
     def key(self) -> str:
-        blob = json.dumps(asdict(self), sort_keys=True)
+        fields = asdict(self)
+        if not fields["releases"]:
+            del fields["releases"]  # the key of a base made without resolution stays as it was
+        blob = json.dumps(fields, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()
 
     @property
     def root_uuid(self) -> str:
         """The root file system's UUID, derived from the key (same inputs, same disk)."""
         return str(uuid.UUID(self.key[:32], version=4))
+
+
+def spec_for(base_image: dict, base_source: dict[str, str]) -> BaseSpec:
+    """The base of a qemu cell: its mirrors, and the InRelease sha256s the plan resolved."""
+    releases = (base_image.get("resolved") or {}).get("inrelease_sha256")
+    return BaseSpec(mirror=base_source.get("debian", DEFAULT_MIRROR),
+                    security_mirror=base_source.get("debian_security", DEFAULT_SECURITY_MIRROR),
+                    releases=json.dumps(releases, sort_keys=True) if releases else "")
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,8 @@ No emulator of ARM exists. This serves the paths and payloads azure-mgmt-compute
     POST             .../galleries/{g}/share                        (sharing profile update)
     GET              /subscriptions/{s}/providers/Microsoft.Compute/locations/{l}/operations/{id}
     GET              /subscriptions/{s}/providers/Microsoft.Compute/virtualMachines, .../virtualMachineScaleSets
+    GET              /subscriptions/{s}/providers/Microsoft.Compute/locations/{l}/publishers/{p}/artifacttypes/
+                     vmimage/offers/{o}/skus/{sku}/versions          (marketplace image versions)
 
 Every write is a long-running operation as on Azure: 201/200 (202 for DELETE) with an
 ``Azure-AsyncOperation`` header; the operation reports ``InProgress`` until it has been polled
@@ -67,6 +69,8 @@ class AzureComputeStandin(StandinServer):
     fail_next_operation: list[dict[str, Any]] = field(default_factory=list)  # {"code", "message"}
     machines: list[dict[str, Any]] = field(default_factory=list)  # VirtualMachine JSON
     scale_sets: list[dict[str, Any]] = field(default_factory=list)  # VirtualMachineScaleSet JSON
+    # The marketplace: (location, publisher, offer, sku) -> its image versions ("2024.1.15", ...).
+    marketplace: dict[tuple[str, str, str, str], list[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         StandinServer.__init__(self)
@@ -89,6 +93,15 @@ class AzureComputeStandin(StandinServer):
         self.route("GET", subscription + "virtualMachines", lambda r, m: Response(200, {"value": self.machines}))
         self.route("GET", subscription + "virtualMachineScaleSets",
                    lambda r, m: Response(200, {"value": self.scale_sets}))
+        self.route("GET", subscription + r"locations/(?P<loc>[^/]+)/publishers/(?P<pub>[^/]+)/artifacttypes/vmimage"
+                          r"/offers/(?P<offer>[^/]+)/skus/(?P<sku>[^/]+)/versions", self.marketplace_versions)
+
+    def marketplace_versions(self, request: Request, match: re.Match[str]) -> Response:
+        key = (match["loc"].lower(), match["pub"], match["offer"], match["sku"])
+        if key not in self.marketplace:
+            return arm_error(404, "PlatformImageNotFound", f"Artifact: VMImage was not found ({'/'.join(key)})")
+        return Response(200, [{"name": version, "location": key[0], "id": f"{request.path}/{version}"}
+                              for version in self.marketplace[key]])
 
     # -- plumbing -------------------------------------------------------------------------
 
