@@ -15,6 +15,8 @@ from pathlib import Path
 
 import click
 
+from imagebuilder import baseimages
+from imagebuilder.cloudscope import CloudScope
 from imagebuilder.clouds import ImageRecord, ImageStore, store_for
 from imagebuilder.config import DEFAULT_MATRIX, load_matrix
 from imagebuilder.errors import UserError
@@ -61,9 +63,21 @@ def publishable(cells: list[Cell], only: tuple[str, ...]) -> list[Cell]:
 @click.option("--only", "only", multiple=True, metavar="GLOB",
               help="Only cells whose id matches this glob (repeatable), e.g. 'aws-*'.")
 @click.option("--dry-run", is_flag=True, help="Print what would change; change nothing.")
-def publish(matrix_path: Path, only: tuple[str, ...], dry_run: bool) -> None:
+@click.option("--offline", is_flag=True,
+              help="Find the images by the build keys of the base image references alone (as built with "
+                   "'build --offline').")
+def publish(matrix_path: Path, only: tuple[str, ...], dry_run: bool, offline: bool) -> None:
     """Bring the existing images of the cells to what the matrix declares now, without running Packer."""
-    cells = publishable(plan(load_matrix(matrix_path), list(only) or None), only)
+    loaded = load_matrix(matrix_path)
+    cells = publishable(plan(loaded, list(only) or None), only)
+    # The images carry the keys of the bases `build` resolved: resolve them the same way.
+    if offline:
+        click.echo(baseimages.OFFLINE_NOTE, err=True)
+    else:
+        scope = CloudScope(explicit=frozenset({cell.cloud for cell in cells}) if len({c.cloud for c in cells}) == 1
+                           else frozenset())
+        cells = [cell for cell in baseimages.resolve_cells(cells, loaded, baseimages.Resolver(scope=scope))
+                 if cell.cloud not in scope.skipped]
     stores = StoreCache()
     unbuilt: list[str] = []
     failed: list[tuple[str, str]] = []

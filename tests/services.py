@@ -1,7 +1,8 @@
 """Real services for the publish tests, started by the tests themselves on 127.0.0.1.
 
 - ``moto_server()``: moto's server (every AWS service on one port), started as
-  ``moto_server -H 127.0.0.1 -p PORT`` with MOTO_EC2_LOAD_DEFAULT_AMIS=false; yields its URL.
+  ``moto_server -H 127.0.0.1 -p PORT`` with the vendors' stock AMIs that the cells' base image
+  filters select (``vendor_amis``) instead of moto's own; yields its URL.
   ``reset_moto(url)`` empties it between tests.
 - ``glance_server(root)``: OpenStack Glance (pip package ``glance``), its real WSGI app
   ``glance.wsgi.api:application`` under gunicorn, with sqlite, the file store and no
@@ -80,11 +81,34 @@ def _tool(name: str, module: str) -> list[str]:
 # -- moto ------------------------------------------------------------------------------------
 
 
+VENDOR_AMI_DATE = "20250101"
+
+
+def vendor_amis() -> list[dict[str, object]]:
+    """The stock AMIs the OS vendors publish, one per OS and arch, as every AWS account sees them
+    (moto's MOTO_AMIS_PATH format): what the cells' base image filters select."""
+    from imagebuilder.osinfo import OPERATING_SYSTEMS
+
+    amis = []
+    for number, (info, arch) in enumerate((info, arch) for info in OPERATING_SYSTEMS.values() for arch in info.arches):
+        amis.append({
+            "ami_id": f"ami-0{number:016x}", "name": info.for_arch(info.aws.name_filter, arch).replace("*", VENDOR_AMI_DATE),
+            "description": f"{info.id} {arch} stock image", "owner_id": info.aws.owner, "public": True,
+            "virtualization_type": "hvm", "architecture": "x86_64" if arch == "amd64" else "arm64",
+            "state": "available", "platform": None, "image_type": "machine", "hypervisor": "xen",
+            "root_device_name": "/dev/sda1", "root_device_type": "ebs", "sriov": "simple",
+            "creation_date": "2025-01-01T00:00:00.000Z"})
+    return amis
+
+
 @contextmanager
 def moto_server(log_dir: Path) -> Iterator[str]:
+    """moto with the vendors' stock AMIs (vendor_amis) and none of moto's own."""
     port = free_port()
     log = log_dir / "moto.log"
-    env = {**os.environ, "MOTO_EC2_LOAD_DEFAULT_AMIS": "false"}
+    amis = log_dir / "vendor-amis.json"
+    amis.write_text(json.dumps(vendor_amis()))
+    env = {**os.environ, "MOTO_EC2_LOAD_DEFAULT_AMIS": "false", "MOTO_AMIS_PATH": str(amis)}
     with log.open("wb") as out:
         process = subprocess.Popen([*_tool("moto_server", "moto.server"), "-H", "127.0.0.1", "-p", str(port)],
                                    stdout=out, stderr=subprocess.STDOUT, env=env)

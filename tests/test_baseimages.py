@@ -30,7 +30,7 @@ from base_mirror import (
     register_vendor_ami,
 )
 from mirror import serve_directory
-from services import aws_env, glance_url, moto_url, openstack_env  # noqa: F401 (fixtures)
+from services import VENDOR_AMI_DATE, aws_env, glance_url, moto_url, openstack_env  # noqa: F401 (fixtures)
 
 from imagebuilder import baseimages
 from imagebuilder.cloudscope import CloudScope
@@ -116,16 +116,29 @@ def cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.
                           env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT), **(env or {})})
 
 
-def test_an_unresolvable_base_is_one_line_naming_the_cell_and_the_reference(aws_env: str, tmp_path: Path) -> None:
-    matrix = write_matrix(tmp_path, ["ubuntu-2204"], {"aws": {"regions": ["us-east-1"]}})
-    # moto answers, but no AMI of Canonical's matches
+def test_an_unresolvable_base_is_one_line_naming_the_cell_and_the_reference(openstack_env: str,
+                                                                           tmp_path: Path) -> None:
+    matrix = write_matrix(tmp_path, ["ubuntu-2204"], {"openstack": {}})
+    # Glance answers, but holds no image of that name
     result = cli("plan", "-m", str(matrix), "--format", "json", cwd=tmp_path)
 
     assert result.returncode == 2, result.stderr
-    [line] = result.stderr.splitlines()
-    assert line.startswith("imagebuilder: aws-ubuntu-2204-k8s-1.34: base image ")
-    assert UBUNTU.for_arch(UBUNTU.aws.name_filter, "amd64") in line and UBUNTU.aws.owner in line
+    [line] = [line for line in result.stderr.splitlines() if "discovery" not in line]  # openstacksdk's own note
+    assert line.startswith("imagebuilder: openstack-ubuntu-2204-k8s-1.34: base image image_name=ubuntu-22.04: ")
     assert "fix:" in line and "Traceback" not in result.stderr and result.stdout == ""
+
+
+def test_the_cli_plan_resolves_the_vendors_amis(aws_env: str, tmp_path: Path) -> None:
+    matrix = write_matrix(tmp_path, ["ubuntu-2204", "rockylinux-9"], {"aws": {"regions": ["us-east-1"]}})
+    result = cli("plan", "-m", str(matrix), "--format", "json", cwd=tmp_path)
+
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    loaded = load_matrix(matrix)
+    expected = baseimages.resolve_cells(plan(loaded), loaded, baseimages.Resolver())
+    assert keys(expected) == {cell["id"]: cell["build_key"] for cell in json.loads(result.stdout)}
+    assert {cell.base_image["resolved"]["name"] for cell in expected} == {
+        UBUNTU.for_arch(UBUNTU.aws.name_filter, "amd64").replace("*", VENDOR_AMI_DATE),
+        ROCKY.for_arch(ROCKY.aws.name_filter, "amd64").replace("*", VENDOR_AMI_DATE)}
 
 
 def test_offline_plans_from_references_without_calls(tmp_path: Path) -> None:

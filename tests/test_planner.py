@@ -23,7 +23,7 @@ def plan_json(root: Path, matrix: Path, *args: str, home: Path | None = None) ->
     if home is not None:
         env["IMAGEBUILDER_HOME"] = str(home)
         env["PYTHONPATH"] = str(home)
-    return subprocess.run([sys.executable, "-m", "imagebuilder.cli", "plan", "-m", str(matrix), *args],
+    return subprocess.run([sys.executable, "-m", "imagebuilder.cli", "plan", "-m", str(matrix), "--offline", *args],
                           cwd=root, capture_output=True, text=True, env=env, timeout=60, check=True)
 
 

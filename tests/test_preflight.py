@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 import yaml
 
+from base_mirror import base_mirrors, publish_debian
 from conftest import REPO, ReleaseMirror
 from imagebuilder.build import Limits, NoHooks, PackerExecutor, Scheduler, State
 from imagebuilder.progress import PlainReporter
@@ -64,9 +65,10 @@ def silent_url() -> Iterator[str]:
 class Workspace:
     """A matrix and versions lock in tmp_path, the fake tools, and the CLI run against them."""
 
-    def __init__(self, tmp_path: Path, mirror: ReleaseMirror) -> None:
+    def __init__(self, tmp_path: Path, mirror: ReleaseMirror, bases: str) -> None:
         self.root = tmp_path
         self.mirror = mirror
+        self.bases = bases  # the Debian suites' InRelease files the qemu base resolves to
         self.lock = fixture_lock(mirror.files, mirror.versions)
         self.minor = next(iter(self.lock["minors"]))
         (tmp_path / "versions.lock.yaml").write_text(yaml.safe_dump(self.lock))
@@ -94,7 +96,8 @@ class Workspace:
     def matrix(self, mirrors: dict[str, str], clouds: dict | None = None) -> Path:
         path = self.root / "matrix.yaml"
         path.write_text(yaml.safe_dump({"os": ["debian-12"], "kubernetes": [self.minor],
-                                        "clouds": clouds or {"qemu": {}}, "mirrors": mirrors}))
+                                        "clouds": clouds or {"qemu": {}},
+                                        "mirrors": {**base_mirrors(self.bases), **mirrors}}))
         return path
 
     def build(self, matrix: Path, *args: str, env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess[str], float]:
@@ -117,8 +120,10 @@ class Workspace:
 
 
 @pytest.fixture
-def workspace(tmp_path: Path, release_mirror: ReleaseMirror) -> Workspace:
-    return Workspace(tmp_path, release_mirror)
+def workspace(tmp_path: Path, release_mirror: ReleaseMirror) -> Iterator[Workspace]:
+    publish_debian(tmp_path / "bases", "Sat, 01 Mar 2025 10:00:00 UTC")
+    with serve_directory(tmp_path / "bases") as bases:
+        yield Workspace(tmp_path, release_mirror, bases)
 
 
 def problem_lines(stderr: str) -> list[str]:

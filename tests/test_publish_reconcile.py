@@ -31,6 +31,7 @@ from services import (  # noqa: F401,F811 (fixtures)
     sample_metadata,
 )
 
+from imagebuilder import baseimages
 from imagebuilder.artifact import Artifact
 from imagebuilder.cli import cli
 from imagebuilder.clouds import CloudError, store_for
@@ -75,7 +76,9 @@ def write_matrix(directory: Path, aws: dict[str, Any]) -> Path:
 
 
 def only_cell(matrix: Path) -> Cell:
-    (cell,) = plan(load_matrix(matrix))
+    """The cell as `build` plans it: its base image resolved (moto serves the vendors' AMIs)."""
+    loaded = load_matrix(matrix)
+    (cell,) = baseimages.resolve_cells(plan(loaded), loaded, baseimages.Resolver())
     return cell
 
 

@@ -164,7 +164,7 @@ def test_shipped_matrix_passes_packer_validate(tmp_path: Path) -> None:
     with keystone() as identity:
         env = {**os.environ, **openstack_env(identity)}
         result = subprocess.run([sys.executable, "-m", "imagebuilder.cli", "validate", "-m", str(PROJECT_ROOT / "matrix.yaml"),
-                                 "-o", str(tmp_path / "build")], capture_output=True, text=True, env=env,
+                                 "-o", str(tmp_path / "build"), "--offline"], capture_output=True, text=True, env=env,
                                 timeout=900)
         assert identity.token_requests > 0
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -177,7 +177,7 @@ def test_shipped_matrix_passes_packer_validate(tmp_path: Path) -> None:
 def test_validate_reports_a_broken_cell(tmp_path: Path) -> None:
     path = all_cells_matrix(tmp_path, aws={"instance_type": ""})
     result = subprocess.run([sys.executable, "-m", "imagebuilder.cli", "validate", "-m", str(path), "--only", "aws-debian-12-*",
-                             "-o", str(tmp_path / "build")], capture_output=True, text=True, timeout=300)
+                             "-o", str(tmp_path / "build"), "--offline"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 1
     assert "FAILED  aws-debian-12-k8s-1.31" in result.stdout
     assert "instance_type" in result.stderr

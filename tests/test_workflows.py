@@ -16,20 +16,23 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import boto3
+import openstack
 import pytest
 import yaml
+from base_mirror import base_mirrors, publish_debian, publish_ubuntu
+from mirror import serve_directory
 from services import aws_env, glance_url, moto_url, openstack_env, qcow2_file  # noqa: F401 (fixtures)
 from test_retention_stores import NovaStandin, nova  # noqa: F401 (fixture: Nova's servers API, for in-use checks)
 from test_sysext import Fixture, fixture_mirror  # noqa: F401 (fixture: release files for a sysext)
 from test_sysext import write_matrix as write_sysext_matrix
 
-from imagebuilder import render
+from imagebuilder import baseimages, render
 from imagebuilder.artifact import Artifact
 from imagebuilder.build import Job, PackerExecutor
 from imagebuilder.clouds import store_for
@@ -186,11 +189,19 @@ class Services:
     moto: str
     glance: str
     nova: NovaStandin
+    bases: str  # the sites of the qemu bases (Debian's InRelease files, Ubuntu's cloud images)
 
 
 @pytest.fixture
-def services(aws_env: str, openstack_env: str, nova: NovaStandin) -> Services:
-    return Services(moto=aws_env, glance=openstack_env, nova=nova)
+def services(aws_env: str, openstack_env: str, nova: NovaStandin, tmp_path: Path) -> Iterator[Services]:
+    """moto serves the vendors' AMIs; Glance gets the stock images the cells' bases name."""
+    for name in ("debian-12", "ubuntu-22.04"):
+        openstack.connect().image.create_image(name=name, filename=str(qcow2_file(tmp_path / f"{name}.qcow2", "1M")),
+                                               disk_format="qcow2", container_format="bare", wait=True)
+    publish_debian(tmp_path / "bases", "Sat, 01 Mar 2025 10:00:00 UTC")
+    publish_ubuntu(tmp_path / "bases")
+    with serve_directory(tmp_path / "bases") as bases:
+        yield Services(moto=aws_env, glance=openstack_env, nova=nova, bases=bases)
 
 
 def prepared_run(tmp_path: Path, services: Services, values: dict[str, str]) -> JobRun:
@@ -199,7 +210,7 @@ def prepared_run(tmp_path: Path, services: Services, values: dict[str, str]) -> 
     workspace, temp, home, bin_dir = (tmp_path / name for name in ("workspace", "temp", "home", "bin"))
     for directory in (workspace, temp, home, bin_dir):
         directory.mkdir()
-    (workspace / "matrix.yaml").write_text(TEST_MATRIX)
+    (workspace / "matrix.yaml").write_text(TEST_MATRIX + yaml.safe_dump({"mirrors": base_mirrors(services.bases)}))
     shutil.copy(DATA / "versions.lock.yaml", workspace / "versions.lock.yaml")
     wrapper = bin_dir / "imagebuilder"
     wrapper.write_text(f"#!/bin/sh\nPYTHONPATH={REPO} exec {sys.executable} -m imagebuilder.cli \"$@\"\n")
@@ -234,7 +245,9 @@ def prepared_run(tmp_path: Path, services: Services, values: dict[str, str]) -> 
 
 
 def workspace_cells(workspace: Path) -> list[Cell]:
-    return plan(load_matrix(workspace / "matrix.yaml"))
+    """The cells as the workflow plans them, their bases resolved against the local services."""
+    loaded = load_matrix(workspace / "matrix.yaml")
+    return baseimages.resolve_cells(plan(loaded), loaded, baseimages.Resolver())
 
 
 
@@ -394,7 +407,7 @@ def test_cleanup_lists_its_plan_and_applies_only_on_schedule(tmp_path: Path, ser
 
 
 def plan_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "imagebuilder.cli", "plan", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "imagebuilder.cli", "plan", "--offline", *args], capture_output=True, text=True,
                           cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
 
 
@@ -406,9 +419,11 @@ def test_a_matrix_over_256_cells_is_refused_as_one_matrix_and_sharded(tmp_path: 
     cells = plan(load_matrix(matrix))
     assert len(cells) > MATRIX_LIMIT
 
+    # the formats, not the bases: planned --offline (its one line on stderr first)
     refused = plan_cli("-m", str(matrix), "--format", "github-matrix")
     assert refused.returncode == 2 and refused.stdout == ""
-    assert refused.stderr.count("\n") == 1 and "256" in refused.stderr and "github-shards" in refused.stderr
+    note, error = refused.stderr.splitlines()
+    assert note == baseimages.OFFLINE_NOTE and "256" in error and "github-shards" in error
 
     sharded = plan_cli("-m", str(matrix), "--format", "github-shards")
     assert sharded.returncode == 0, sharded.stderr
