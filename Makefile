@@ -39,6 +39,7 @@ bench:
 	$(PYTHON) bench/scheduler.py
 	$(PYTHON) bench/changed.py
 	$(PYTHON) bench/nightly_noop.py
+	$(PYTHON) bench/base_resolution.py
 
 prune:
 	$(IMAGEBUILDER) prune -m $(MATRIX)
