@@ -51,7 +51,7 @@ def build_once(work: Path, base_url: str, lock: dict, builder: str, cache: Path,
     started = time.monotonic()
     skip = ["--skip-preflight"] if HOST_ALIAS[builder] != "127.0.0.1" else []  # 10.0.2.2 is the VM's name
     result = subprocess.run([sys.executable, "-m", "imagebuilder.cli", "build", "-m", str(directory / "matrix.yaml"),
-                             "-o", str(directory / "build"), *skip], env=env, capture_output=True, text=True,
+                             "-o", str(directory / "build"), "--offline", *skip], env=env, capture_output=True, text=True,
                             cwd=directory, stdin=subprocess.DEVNULL)
     total = time.monotonic() - started
     if result.returncode != 0:

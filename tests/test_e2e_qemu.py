@@ -119,8 +119,9 @@ class CellBuild:
     def command(self) -> list[str]:
         # The host cannot reach 10.0.2.2, the name the Packer build VM has for the fixture mirror.
         unreachable_here = ["--skip-preflight"] if HOST_ALIAS[self.builder] != "127.0.0.1" else []
+        # --offline: the base is the one base_ready built from the suites as they are (no InRelease pin)
         return [sys.executable, "-m", "imagebuilder.cli", "build", "-m", str(self.matrix), "-o", str(self.build_dir),
-                *unreachable_here]
+                "--offline", *unreachable_here]
 
     def failure(self) -> str:
         out = (self.result.stdout[-2000:] + "\n" + self.result.stderr[-2000:]) if self.result else ""
@@ -309,7 +310,8 @@ def assert_built_and_catalogued(build: CellBuild, release_mirror) -> None:
     assert listed.returncode == 0, listed.stderr
     images = json.loads(listed.stdout)
     assert len(images) == 1
-    plan = json.loads(run_cli("plan", "-m", str(build.matrix), "--format", "json", env=build.env, timeout=120).stdout)
+    plan = json.loads(run_cli("plan", "-m", str(build.matrix), "--format", "json", "--offline", env=build.env,
+                              timeout=120).stdout)
     assert images[0]["build_key"] == plan[0]["build_key"]
     assert images[0]["kubernetes_version"] == f"v{release_mirror.versions['kubernetes']}"
     info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(build.image())],
