@@ -365,3 +365,27 @@ def test_vendor_architecture_names_in_the_references() -> None:
             assert "amd64" not in reference and ("x86_64" in reference or cell.cloud in ("gcp", "openstack")), reference
         elif cell.strategy == "bake" and (cell.cloud == "aws" or cell.base_image.get("source", "local") != "local"):
             assert "x86_64" not in reference and "amd64" in reference, reference
+
+
+def test_the_rocky_qemu_base_is_the_pinned_vendor_image(base_site: tuple[Path, str], tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from imagebuilder import local_target
+    from imagebuilder.errors import UserError
+
+    root, url = base_site
+    monkeypatch.setenv("IMAGEBUILDER_CACHE", str(tmp_path / "cache"))
+    loaded = load_matrix(write_matrix(tmp_path, ["rockylinux-9"], {"qemu": {}}, mirrors=base_mirrors(url)))
+    cell = baseimages.resolve_cells(plan(loaded), loaded, baseimages.Resolver())[-1]
+    dated = cell.base_image["resolved"]["file"]
+
+    disk = local_target.base_files(cell)["disk.img"]
+    assert disk.name == dated and disk.read_bytes() == b"rocky cloud image"
+    # the vendor moves `latest` on: the cell still gets the image its key names
+    publish_rocky(root, b"a newer rocky image", stamp="20250301")
+    (disk.parent / dated).unlink()
+    assert local_target.base_files(cell)["disk.img"].read_bytes() == b"rocky cloud image"
+    # the pinned file altered at the vendor: refused, not built on
+    (disk.parent / dated).unlink()
+    (root / "rocky" / "9" / "images" / "x86_64" / dated).write_bytes(b"tampered")
+    with pytest.raises(UserError, match="sha256 is"):
+        local_target.base_files(cell)
