@@ -314,6 +314,22 @@ def _debian_base(resolver: Resolver, cell: Cell) -> dict[str, Any]:
     return {"inrelease_sha256": releases}
 
 
+def check_debian_releases(cell: Cell) -> None:
+    """Before a Debian base is built from the mirror: its InRelease files are still the ones the
+    plan resolved, or the base would not be the one the cell's key names."""
+    planned = (cell.base_image.get("resolved") or {}).get("inrelease_sha256")
+    if not planned:
+        return
+    try:
+        now = _debian_base(Resolver(), cell)["inrelease_sha256"]
+    except Unreachable as error:
+        raise UserError(str(error)) from None
+    moved = sorted(suite for suite in planned if now.get(suite) != planned[suite])
+    if moved:
+        raise UserError(f"{cell.id}: the Debian mirror published a new {', '.join(moved)} since the plan; "
+                        "the base would not be the one the build key names | fix: run build again (it plans anew)")
+
+
 def _qemu(resolver: Resolver, cell: Cell) -> dict[str, Any]:
     try:
         if cell.base_image["source"] == "local":

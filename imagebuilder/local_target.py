@@ -38,7 +38,10 @@ def base_files(cell: Cell, cancel: threading.Event | None = None) -> dict[str, P
     if cell.base_image["source"] == "local":
         from imagebuilder.distributions import debian
 
-        disk = debian.base_disk(debian.spec_for(cell.base_image, cell.base_source), cancel=cancel)
+        spec = debian.spec_for(cell.base_image, cell.base_source)
+        if not debian.is_cached(spec):
+            baseimages.check_debian_releases(cell)  # the base about to be built is the one planned
+        disk = debian.base_disk(spec, cancel=cancel)
         return {"disk.img": disk.disk, "vmlinuz": disk.kernel, "initrd.img": disk.initrd}
     if cell.os_info.family in ("debian", "redhat"):  # the vendor's cloud image, with its own GRUB
         from imagebuilder.distributions import ubuntu

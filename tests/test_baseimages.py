@@ -389,3 +389,21 @@ def test_the_rocky_qemu_base_is_the_pinned_vendor_image(base_site: tuple[Path, s
     (root / "rocky" / "9" / "images" / "x86_64" / dated).write_bytes(b"tampered")
     with pytest.raises(UserError, match="sha256 is"):
         local_target.base_files(cell)
+
+
+def test_a_debian_base_is_not_built_from_a_mirror_that_moved_since_the_plan(
+        base_site: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from imagebuilder import local_target
+    from imagebuilder.errors import UserError
+
+    root, url = base_site
+    monkeypatch.setenv("IMAGEBUILDER_CACHE", str(tmp_path / "cache"))
+    loaded = load_matrix(write_matrix(tmp_path, ["debian-12"], {"qemu": {}}, mirrors=base_mirrors(url)))
+    (cell, _) = baseimages.resolve_cells(plan(loaded), loaded, baseimages.Resolver())
+    baseimages.check_debian_releases(cell)  # as planned: nothing to say
+
+    publish_debian(root, "Sat, 01 Mar 2025 10:00:00 UTC", security_stamp="Mon, 03 Mar 2025 08:00:00 UTC")
+    with pytest.raises(UserError, match=r"qemu-debian-12-k8s-1.34: the Debian mirror published a new "
+                                        r"bookworm-security since the plan"):
+        local_target.base_files(cell)
+    assert not (tmp_path / "cache" / "base").exists() or not any((tmp_path / "cache" / "base").iterdir())

@@ -137,6 +137,12 @@ class BaseDisk:
         return f"root=UUID={self.root_uuid} ro console=ttyS0,115200"
 
 
+def is_cached(spec: BaseSpec, cache: Path | None = None) -> bool:
+    """Whether the base disk of ``spec`` has been built already."""
+    root = (cache / "base") if cache else cache_dir("base")
+    return (root / spec.key / "manifest.json").exists()
+
+
 def base_disk(spec: BaseSpec | None = None, cache: Path | None = None,
               cancel: threading.Event | None = None) -> BaseDisk:
     """The cached base disk for ``spec``, building it first if it is not there yet.
