@@ -53,7 +53,7 @@ class OsInfo:
     family: Family
     ssh_user: str
     aws: AwsBase
-    gcp: GcpBase
+    gcp: GcpBase  # amd64; the vendors publish arm64 images under other families, offers and SKUs
     azure: AzureBase
     openstack_image: str
     qemu_base: str  # "local" (built by imagebuilder.distributions) or a cloud image URL
@@ -61,6 +61,14 @@ class OsInfo:
     qemu_checksums: str = "SHA256SUMS"
     default_strategy: Strategy = "bake"
     arches: tuple[str, ...] = field(default=("amd64", "arm64"))
+    gcp_arm64: GcpBase | None = None  # None: the vendor publishes no arm64 image there
+    azure_arm64: AzureBase | None = None
+
+    def gcp_for(self, arch: str) -> GcpBase | None:
+        return self.gcp if arch == "amd64" else self.gcp_arm64
+
+    def azure_for(self, arch: str) -> AzureBase | None:
+        return self.azure if arch == "amd64" else self.azure_arm64
 
     def vendor_arch(self, arch: str) -> str:
         """The vendor's name for ``arch`` (Rocky writes x86_64 where Debian writes amd64)."""
@@ -79,6 +87,8 @@ OPERATING_SYSTEMS: dict[str, OsInfo] = {
             aws=AwsBase("ubuntu/images/hvm-ssd/ubuntu-jammy-22.04-{arch}-server-*", "099720109477"),
             gcp=GcpBase("ubuntu-2204-lts", "ubuntu-os-cloud"),
             azure=AzureBase("Canonical", "0001-com-ubuntu-server-jammy", "22_04-lts-gen2"),
+            gcp_arm64=GcpBase("ubuntu-2204-lts-arm64", "ubuntu-os-cloud"),
+            azure_arm64=AzureBase("Canonical", "0001-com-ubuntu-server-jammy", "22_04-lts-arm64"),
             openstack_image="ubuntu-22.04",
             qemu_base="https://cloud-images.ubuntu.com/releases/jammy/release/ubuntu-22.04-server-cloudimg-{arch}.img",
         ),
@@ -87,6 +97,8 @@ OPERATING_SYSTEMS: dict[str, OsInfo] = {
             aws=AwsBase("ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-{arch}-server-*", "099720109477"),
             gcp=GcpBase("ubuntu-2404-lts-amd64", "ubuntu-os-cloud"),
             azure=AzureBase("Canonical", "ubuntu-24_04-lts", "server"),
+            gcp_arm64=GcpBase("ubuntu-2404-lts-arm64", "ubuntu-os-cloud"),
+            azure_arm64=AzureBase("Canonical", "ubuntu-24_04-lts", "server-arm64"),
             openstack_image="ubuntu-24.04",
             qemu_base="https://cloud-images.ubuntu.com/releases/noble/release/ubuntu-24.04-server-cloudimg-{arch}.img",
         ),
@@ -95,6 +107,8 @@ OPERATING_SYSTEMS: dict[str, OsInfo] = {
             aws=AwsBase("debian-12-{arch}-*", "136693071363"),
             gcp=GcpBase("debian-12", "debian-cloud"),
             azure=AzureBase("Debian", "debian-12", "12-gen2"),
+            gcp_arm64=GcpBase("debian-12-arm64", "debian-cloud"),
+            azure_arm64=AzureBase("Debian", "debian-12", "12-arm64"),
             openstack_image="debian-12",
             qemu_base="local",
         ),
@@ -103,6 +117,8 @@ OPERATING_SYSTEMS: dict[str, OsInfo] = {
             aws=AwsBase("Rocky-9-EC2-Base-9.*{arch}", "792107900819"),
             gcp=GcpBase("rocky-linux-9", "rocky-linux-cloud"),
             azure=AzureBase("resf", "rockylinux-x86_64", "9-base"),
+            gcp_arm64=GcpBase("rocky-linux-9-arm64", "rocky-linux-cloud"),
+            azure_arm64=AzureBase("resf", "rockylinux-aarch64", "9-base"),
             openstack_image="rockylinux-9",
             qemu_base="https://dl.rockylinux.org/pub/rocky/9/images/{arch}/Rocky-9-GenericCloud-Base.latest.{arch}.qcow2",
             qemu_checksums="CHECKSUM",

@@ -97,14 +97,17 @@ def image_name(cloud: str, os_id: str, kubernetes_version: str, arch: str = "amd
     return f"{os_id}-kube-v{kubernetes_version}-{{timestamp}}"
 
 
-def base_image_for(info: OsInfo, cloud: str, arch: str) -> dict[str, Any]:
-    """The base image reference of a cell, `{arch}` in the vendor's spelling (osinfo.VENDOR_ARCH)."""
+def base_image_for(info: OsInfo, cloud: str, arch: str) -> dict[str, Any] | None:
+    """The base image reference of a cell, `{arch}` in the vendor's spelling (osinfo.VENDOR_ARCH);
+    None where the vendor publishes no image of that arch on that cloud."""
     if cloud == "aws":
         return {"name_filter": info.for_arch(info.aws.name_filter, arch), "owner": info.aws.owner}
     if cloud == "gcp":
-        return {"family": info.gcp.family, "project": info.gcp.project}
+        gcp = info.gcp_for(arch)
+        return {"family": gcp.family, "project": gcp.project} if gcp else None
     if cloud == "azure":
-        return asdict(info.azure)
+        azure = info.azure_for(arch)
+        return asdict(azure) if azure else None
     if cloud == "openstack":
         return {"image_name": info.openstack_image}
     return {"source": info.for_arch(info.qemu_base, arch)}
@@ -211,6 +214,11 @@ def _make_cell(loaded: LoadedMatrix, cloud: str, os_id: str, minor: str, mirrors
         ansible_vars.update(override.ansible_vars)
         arch = override.arch or arch
         strategy = override.strategy or strategy
+    base_image = base_image_for(info, cloud, arch)
+    if base_image is None:
+        raise loaded.source.error(("arch",), f"{os_id} has no {arch} base image on {cloud} "
+                                  f"({cell_id(cloud, os_id, minor)})",
+                                  f"exclude {{os: {os_id}, cloud: {cloud}}} or override its arch to amd64")
     cell = Cell(
         id=cell_id(cloud, os_id, minor),
         os=os_id,
@@ -226,7 +234,7 @@ def _make_cell(loaded: LoadedMatrix, cloud: str, os_id: str, minor: str, mirrors
         registry_plain_http=registry_plain_http(mirrors.get("registry")),
         settings=settings,
         ansible_vars=ansible_vars,
-        base_image=base_image_for(info, cloud, arch),
+        base_image=base_image,
         image_name=image_name(cloud, os_id, pins.kubernetes_version, arch),
     )
     cell = Cell(**{**cell.__dict__, "base_source": base_source_for(cell.base_image, mirrors)})

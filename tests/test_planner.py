@@ -150,3 +150,33 @@ def test_shipped_matrix_plans() -> None:
     assert "qemu-flatcar-k8s-1.35" not in ids and "aws-rockylinux-9-k8s-1.33" not in ids
     assert {cell.cloud for cell in cells} == {"qemu", "aws", "gcp", "openstack", "azure"}
     assert {cell.os for cell in cells} == {"ubuntu-2204", "ubuntu-2404", "debian-12", "rockylinux-9", "flatcar"}
+
+
+def test_arm64_cells_name_the_vendors_arm64_images_on_every_cloud(tmp_path: Path) -> None:
+    """Each vendor's arm64 spelling: Rocky's aarch64 AMIs and URLs, GCP's -arm64 families, Azure's arm64
+    offers and SKUs; a cloud where the vendor has no image of the arch is refused at the matrix's line."""
+    shutil.copy(DATA / "versions.lock.yaml", tmp_path / "versions.lock.yaml")
+    head = ('versions_file: versions.lock.yaml\nos: [ubuntu-2204, rockylinux-9]\nkubernetes: ["1.31"]\n'
+            'clouds:\n  aws: {}\n  gcp: {project_id: p}\n  azure: {resource_group: g}\n')
+    (tmp_path / "amd64.yaml").write_text(head)
+    (tmp_path / "arm64.yaml").write_text(head + "arch: arm64\n")
+    amd = {c.id: c.base_image for c in plan(load_matrix(tmp_path / "amd64.yaml"))}
+    arm = {c.id: c.base_image for c in plan(load_matrix(tmp_path / "arm64.yaml"))}
+    assert arm["aws-rockylinux-9-k8s-1.31"]["name_filter"].endswith("aarch64")
+    assert amd["aws-rockylinux-9-k8s-1.31"]["name_filter"].endswith("x86_64")
+    assert arm["gcp-ubuntu-2204-k8s-1.31"]["family"] == "ubuntu-2204-lts-arm64"
+    assert arm["gcp-rockylinux-9-k8s-1.31"]["family"] == "rocky-linux-9-arm64"
+    assert arm["azure-rockylinux-9-k8s-1.31"]["offer"] == "rockylinux-aarch64"
+    assert amd["azure-rockylinux-9-k8s-1.31"]["offer"] == "rockylinux-x86_64"
+    assert arm["azure-ubuntu-2204-k8s-1.31"]["sku"] == "22_04-lts-arm64"
+    for cell_id in amd:
+        assert amd[cell_id] != arm[cell_id], cell_id
+
+    (tmp_path / "flatcar.yaml").write_text(head.replace("[ubuntu-2204, rockylinux-9]", "[flatcar]")
+                                           + "arch: arm64\n")
+    result = subprocess.run([sys.executable, "-m", "imagebuilder.cli", "plan", "-m", str(tmp_path / "flatcar.yaml"),
+                             "--offline"], capture_output=True, text=True)
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert line.endswith("flatcar.yaml:8: arch: flatcar has no arm64 base image on gcp (gcp-flatcar-k8s-1.31) "
+                         "(exclude {os: flatcar, cloud: gcp} or override its arch to amd64)"), line
