@@ -44,6 +44,9 @@ class State(str, enum.Enum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     UNREACHABLE = "unreachable"  # its cloud could not be asked whether the image exists: not built
+    # Its image exists (Packer finished) but was never fully published: publish only, no Packer run.
+    PUBLISH_ONLY = "publish only"
+    PUBLISHED = "published"  # a PUBLISH_ONLY cell whose existing image the publish reconcile completed
 
 
 @dataclass
@@ -345,6 +348,8 @@ def mark_existing(jobs: list[Job], lookup: Lookup, force: bool, parallel: int = 
     queued = [job for job in jobs if job.state is State.QUEUED]
     with ThreadPoolExecutor(max_workers=parallel) as pool:
         found = list(pool.map(lambda job: lookup(job.cell), queued))
+    unpublished = getattr(lookup, "unpublished", None)
     for job, existing in zip(queued, found):
         if existing:
-            job.state, job.existing = State.SKIPPED, existing
+            done = not (callable(unpublished) and unpublished(job.cell))
+            job.state, job.existing = (State.SKIPPED if done else State.PUBLISH_ONLY), existing

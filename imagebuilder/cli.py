@@ -20,7 +20,9 @@ from imagebuilder.commands_prune import prune
 from imagebuilder.commands_publish import publish
 from imagebuilder.commands_sysext import print_comparison, sysext
 from imagebuilder.errors import UserError
-from imagebuilder.planner import Cell, plan
+from imagebuilder.planner import Cell
+from imagebuilder.selection import (explicit_cloud_of, planned_cells, require_baked, resolved,
+                                     resolved_baked_cells)
 from imagebuilder.versions import DEFAULT_VERSIONS_FILE, load_versions
 
 stdout = Console(highlight=False, soft_wrap=True)
@@ -39,18 +41,6 @@ offline_option = click.option(
     "--offline", is_flag=True,
     help="Plan from the base image references alone: ask no cloud or vendor site which image they name "
          "today (the build keys then differ from resolved ones).")
-
-
-def planned_cells(matrix_path: Path, only: tuple[str, ...]) -> list[Cell]:
-    return plan(load_matrix(matrix_path), list(only) or None)
-
-
-def resolved(cells: list[Cell], matrix_path: Path, offline: bool, scope: CloudScope) -> list[Cell]:
-    """The cells with their base images resolved (baseimages.py); --offline says so on stderr."""
-    if offline:
-        click.echo(baseimages.OFFLINE_NOTE, err=True)
-        return cells
-    return baseimages.resolve_cells(cells, load_matrix(matrix_path), baseimages.Resolver(scope=scope))
 
 
 def _lookup(matrix_path: Path, scope: CloudScope) -> pipeline.CatalogueLookup:
@@ -163,19 +153,10 @@ def _packer_version(requested: str | None) -> packer.Version | None:
 def render_command(matrix_path: Path, only: tuple[str, ...], output_dir: Path, packer_version: str | None,
                    offline: bool, strict: bool) -> None:
     """Write one self-contained Packer HCL2 directory per cell."""
-    cells, scope = _resolved_bake_cells(matrix_path, only, offline, strict)
+    cells, scope = resolved_baked_cells(matrix_path, only, offline, strict)
     for rendered in render.render_cells(cells, output_dir, _packer_version(packer_version)):
         click.echo(str(rendered.directory))
     scope.exit()
-
-
-def _resolved_bake_cells(matrix_path: Path, only: tuple[str, ...], offline: bool,
-                         strict: bool) -> tuple[list[Cell], CloudScope]:
-    """The baked cells, their base images resolved; a cloud that cannot be asked is skipped (warning)."""
-    cells = _require_cells(planned_cells(matrix_path, only), only)
-    scope = CloudScope(strict=strict, explicit=explicit_cloud_of(cells, only))
-    cells = [cell for cell in resolved(cells, matrix_path, offline, scope) if cell.cloud not in scope.skipped]
-    return cells, scope
 
 
 @cli.command("validate")
@@ -188,7 +169,7 @@ def _resolved_bake_cells(matrix_path: Path, only: tuple[str, ...], offline: bool
 def validate_command(matrix_path: Path, only: tuple[str, ...], output_dir: Path, packer_version: str | None,
                      offline: bool, strict: bool) -> None:
     """Render the cells and run `packer validate` on each."""
-    cells, scope = _resolved_bake_cells(matrix_path, only, offline, strict)
+    cells, scope = resolved_baked_cells(matrix_path, only, offline, strict)
     failed = 0
     for rendered in render.render_cells(cells, output_dir, _packer_version(packer_version)):
         result = packer.validate(rendered.directory)
@@ -219,7 +200,7 @@ def build_command(matrix_path: Path, only: tuple[str, ...], output_dir: Path, jo
 
     A cloud that cannot be reached is one warning line and its cells are not built; the others
     build and the exit status is 3 (--strict, or --only cells of that cloud alone, makes it an error)."""
-    cells = _require_cells(planned_cells(matrix_path, only), only)
+    cells = require_baked(planned_cells(matrix_path, only), only)
     scope = CloudScope(strict=strict, explicit=explicit_cloud_of(cells, only))
     # A cloud that cannot resolve its bases is skipped here; its cells are reported unreachable.
     cells = resolved(cells, matrix_path, offline, scope)
@@ -236,7 +217,9 @@ def build_command(matrix_path: Path, only: tuple[str, ...], output_dir: Path, jo
     pipeline.render_jobs(job_list, options)
     if dry_run:
         for job in job_list:
-            action = (f"skip (exists: {job.existing})" if job.existing else
+            action = (f"publish only (built: {job.existing})" if job.state is job.state.PUBLISH_ONLY and
+                      not no_publish else
+                      f"skip (exists: {job.existing})" if job.existing else
                       "skip (cloud unreachable)" if job.state.value == "unreachable" else "build")
             click.echo(f"{action:<40} {job.cell.id}")
         scope.exit()
@@ -256,12 +239,6 @@ def build_command(matrix_path: Path, only: tuple[str, ...], output_dir: Path, jo
 
 
 PREFLIGHT_EXIT = 2  # as a UserError: nothing ran
-
-
-def explicit_cloud_of(cells: list[Cell], only: tuple[str, ...]) -> frozenset[str]:
-    """The cloud the user asked for: the selected cells (the matrix, or --only) are all of one cloud."""
-    named = {cell.cloud for cell in cells}
-    return frozenset(named) if len(named) == 1 else frozenset()
 
 
 def _preflight(cells: list[Cell], matrix_path: Path, dry_run: bool,
@@ -297,22 +274,6 @@ def vars_command(matrix_path: Path, cell_id: str, offline: bool) -> None:
         raise UserError(f"{cell_id}: no such cell (see 'imagebuilder plan' for the cell ids)")
     cells = resolved(cells, matrix_path, offline, CloudScope(explicit=frozenset({cells[0].cloud})))
     print_json(render.ansible_vars(cells[0]))
-
-
-def _require_cells(cells: list[Cell], only: tuple[str, ...]) -> list[Cell]:
-    """The cells Packer bakes; sysext cells run the stock image and need no build of their own."""
-    if not cells:
-        raise UserError(f"--only {' '.join(only)}: no cell of the matrix matches "
-                        "(see 'imagebuilder plan' for the cell ids)")
-    baked = [cell for cell in cells if cell.strategy == "bake"]
-    sysext_cells = len(cells) - len(baked)
-    if sysext_cells:
-        click.echo(f"{sysext_cells} sysext cells use the stock OS image: build their Kubernetes with "
-                   "'imagebuilder sysext build'", err=True)
-    if not baked:
-        raise UserError(f"--only {' '.join(only)}: every matching cell uses the sysext strategy "
-                        "(build it with 'imagebuilder sysext build --k8s MINOR')")
-    return baked
 
 
 @cli.group("versions")

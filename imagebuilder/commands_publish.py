@@ -15,12 +15,13 @@ from pathlib import Path
 
 import click
 
-from imagebuilder import baseimages
-from imagebuilder.cloudscope import CloudScope
+from imagebuilder.cloudscope import strict_option
 from imagebuilder.clouds import ImageRecord, ImageStore, store_for
-from imagebuilder.config import DEFAULT_MATRIX, load_matrix
+from imagebuilder.config import DEFAULT_MATRIX
 from imagebuilder.errors import UserError
-from imagebuilder.planner import Cell, plan
+from imagebuilder.pipeline import CatalogueLookup
+from imagebuilder.planner import Cell
+from imagebuilder.selection import resolved_baked_cells
 
 
 class StoreCache:
@@ -45,18 +46,6 @@ def reconcile_cell(store: ImageStore, cell: Cell, records: list[ImageRecord] | N
     return store.reconcile(found, dry_run=dry_run)
 
 
-def publishable(cells: list[Cell], only: tuple[str, ...]) -> list[Cell]:
-    """The baked cells (sysext cells run a stock image and have nothing to publish)."""
-    if not cells:
-        raise UserError(f"--only {' '.join(only)}: no cell of the matrix matches "
-                        "(see 'imagebuilder plan' for the cell ids)")
-    baked = [cell for cell in cells if cell.strategy == "bake"]
-    if not baked:
-        raise UserError(f"--only {' '.join(only)}: every matching cell uses the sysext strategy, "
-                        "which publishes with 'imagebuilder sysext build'")
-    return baked
-
-
 @click.command("publish")
 @click.option("-m", "--matrix", "matrix_path", type=click.Path(path_type=Path), default=DEFAULT_MATRIX,
               show_default=True, help="The build matrix.")
@@ -66,24 +55,24 @@ def publishable(cells: list[Cell], only: tuple[str, ...]) -> list[Cell]:
 @click.option("--offline", is_flag=True,
               help="Find the images by the build keys of the base image references alone (as built with "
                    "'build --offline').")
-def publish(matrix_path: Path, only: tuple[str, ...], dry_run: bool, offline: bool) -> None:
-    """Bring the existing images of the cells to what the matrix declares now, without running Packer."""
-    loaded = load_matrix(matrix_path)
-    cells = publishable(plan(loaded, list(only) or None), only)
-    # The images carry the keys of the bases `build` resolved: resolve them the same way.
-    if offline:
-        click.echo(baseimages.OFFLINE_NOTE, err=True)
-    else:
-        scope = CloudScope(explicit=frozenset({cell.cloud for cell in cells}) if len({c.cloud for c in cells}) == 1
-                           else frozenset())
-        cells = [cell for cell in baseimages.resolve_cells(cells, loaded, baseimages.Resolver(scope=scope))
-                 if cell.cloud not in scope.skipped]
+@strict_option
+def publish(matrix_path: Path, only: tuple[str, ...], dry_run: bool, offline: bool, strict: bool) -> None:
+    """Bring the existing images of the cells to what the matrix declares now, without running Packer.
+
+    The cells are selected, their bases resolved and their images found as `build` does; a cloud
+    that cannot be reached is one warning and its cells wait (exit 3; --strict, or --only cells of
+    that cloud alone, makes it an error)."""
+    cells, scope = resolved_baked_cells(matrix_path, only, offline, strict)
+    lookup = CatalogueLookup(scope)  # one listing per store, matched against every cell's key
+    lookup.prefetch(cells)
     stores = StoreCache()
     unbuilt: list[str] = []
     failed: list[tuple[str, str]] = []
     for cell in cells:
+        if lookup.unreachable(cell):  # its cloud was skipped with one warning: its cells wait
+            continue
         try:
-            changes = reconcile_cell(stores(cell), cell, dry_run=dry_run)
+            changes = reconcile_cell(stores(cell), cell, lookup.records(cell), dry_run=dry_run)
         except UserError as error:  # one cell's failure must not stop the others
             failed.append((cell.id, str(error)))
             continue
@@ -93,6 +82,7 @@ def publish(matrix_path: Path, only: tuple[str, ...], dry_run: bool, offline: bo
         for line in changes:
             click.echo(("would: " if dry_run else "") + line)
     _report(unbuilt, failed)
+    scope.exit()
 
 
 def _report(unbuilt: list[str], failed: list[tuple[str, str]]) -> None:

@@ -4,17 +4,20 @@ own steps (the qemu target boot-tests), then publish with the one metadata schem
 from __future__ import annotations
 
 import json
+import time
 from datetime import timedelta
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import click
+
 from imagebuilder import packer, render
 from imagebuilder.artifact import Artifact
 from imagebuilder.build import (BuilderExecutors, Executor, Job, Limits, Lookup, PackerExecutor, Scheduler, State,
                                 make_jobs, mark_existing)
-from imagebuilder.cloudscope import CloudScope
+from imagebuilder.cloudscope import CloudScope, describe
 from imagebuilder.clouds import ImageFilter, ImageRecord, canonical_cloud, utcnow
 from imagebuilder.planner import Cell
 
@@ -75,6 +78,10 @@ class CatalogueLookup:
             self.prefetch([cell])
         return self.scope.skipped.get(cell.cloud, "not listed") if self.listings[key] is None else None
 
+    def unpublished(self, cell: Cell) -> bool:
+        """Its image exists but a copy lacks the published tag: a publish was cut short."""
+        return any(not record.published for record in self.records(cell))
+
     def __call__(self, cell: Cell) -> str | None:
         records = self.records(cell)
         if records and self.rebuild_after_days is not None:
@@ -91,11 +98,11 @@ def catalogue_lookup(cell: Cell) -> str | None:
 
 
 def changed_cells(cells: list[Cell], lookup: Lookup) -> list[Cell]:
-    """The cells that need a build: their build key names no image yet (cells of an unreachable
-    cloud are left out: nothing can be said of them)."""
+    """The cells `build` has work for: their build key names no image yet, or its image was never
+    fully published (publish only). Cells of an unreachable cloud are left out: nothing can be said of them."""
     jobs = make_jobs(cells, [Path(".")] * len(cells))
     mark_existing(jobs, lookup, force=False)
-    return [job.cell for job in jobs if job.state is State.QUEUED]
+    return [job.cell for job in jobs if job.state in (State.QUEUED, State.PUBLISH_ONLY)]
 
 
 class TargetHooks:
@@ -157,6 +164,28 @@ def render_jobs(jobs: list[Job], options: BuildOptions) -> None:
         render.render_cells(to_build, options.output_dir, packer.installed_version())
 
 
+def publish_existing(jobs: list[Job], dry_run: bool = False) -> list[str]:
+    """Complete the publish of the cells built but not published (``State.PUBLISH_ONLY``) with the
+    reconcile `imagebuilder publish` runs; no Packer. The changes made, one line each."""
+    from imagebuilder.commands_publish import StoreCache, reconcile_cell
+
+    stores = StoreCache()
+    lines: list[str] = []
+    for job in [job for job in jobs if job.state is State.PUBLISH_ONLY]:
+        job.started = time.monotonic()
+        try:
+            changes = reconcile_cell(stores(job.cell), job.cell, dry_run=dry_run) or []
+        except Exception as error:  # noqa: BLE001 - one cell's failure must not stop the others
+            job.state, job.error = State.FAILED, describe(job.cell.cloud, error)
+        else:
+            lines.extend(("would: " if dry_run else "") + line for line in changes)
+            if not dry_run:
+                job.state = State.PUBLISHED
+        finally:
+            job.finished = time.monotonic()
+    return lines
+
+
 def executors() -> dict[str, Executor]:
     """Builder name -> executor. Every cell builds with Packer unless its target's prepare step
     chose another builder (the qemu target: the offline build, see local_target.builder_for)."""
@@ -166,6 +195,14 @@ def executors() -> dict[str, Executor]:
 
 
 def run_jobs(jobs: list[Job], options: BuildOptions, reporter: Any, hooks: Any | None = None) -> list[Job]:
+    """Publish the built-but-unpublished cells (unless --no-publish), then build the queued ones."""
+    if options.publish:
+        for line in publish_existing(jobs):
+            click.echo(line)
+    else:
+        for job in jobs:
+            if job.state is State.PUBLISH_ONLY:
+                job.state = State.SKIPPED
     limits = Limits(jobs=options.jobs, per_cloud=per_cloud_limits([job.cell for job in jobs]))
     scheduler = Scheduler(jobs, limits, BuilderExecutors(executors()), hooks or TargetHooks(options.publish),
                           reporter)

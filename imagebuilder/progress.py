@@ -97,7 +97,7 @@ def summary_table(jobs: list[Job]) -> Table:
         if job.artifact:
             artifacts = ", ".join(f"{region}: {image}" for region, image in sorted(job.artifact.ids.items()))
         else:
-            artifacts = job.error
+            artifacts = job.existing if job.state == State.PUBLISHED else job.error
         took = _duration(job.elapsed) if job.started else "-"
         table.add_row(job.cell.id, job.state.value, took, artifacts)
     return table

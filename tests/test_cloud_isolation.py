@@ -154,6 +154,20 @@ def test_build_dry_run_leaves_the_unreachable_clouds_cells_out(world: dict[str, 
     assert lines["openstack-debian-12-k8s-1.35"].startswith("skip (exists:")
 
 
+def test_publish_selects_as_build_does_and_reports_the_other_clouds(world: dict[str, Any]) -> None:
+    result = imagebuilder("publish", "-m", str(world["matrix"]), root=world["root"])
+
+    assert result.returncode == SKIPPED_EXIT, result.stderr
+    assert "Traceback" not in result.stderr
+    [line] = warnings(result.stderr)
+    assert line.startswith(WARNING) and "no AWS credentials" in line
+    # the published cells are in place; the unbuilt are named; nothing is said of AWS's cells
+    assert result.stdout == ""
+    assert "2 cells have no image yet" in result.stderr and "aws-" not in result.stderr.replace(line, "")
+    named = imagebuilder("publish", "-m", str(world["matrix"]), "--only", "aws-*", root=world["root"])
+    assert named.returncode == 2 and named.stderr.startswith("imagebuilder: aws") and "Traceback" not in named.stderr
+
+
 @pytest.mark.parametrize("args", [("images", "list", "--strict"), ("images", "list", "--cloud", "aws"),
                                   ("plan", "--changed", "--strict"), ("prune", "--cloud", "aws")],
                          ids=lambda a: " ".join(a))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import shutil
 import threading
 from collections.abc import Iterator
@@ -279,6 +280,67 @@ def test_a_failed_region_copy_leaves_no_published_tag_and_publish_completes_it(
     resolved = CliRunner().invoke(images, ["resolve", "--cloud", "aws", "--os", "debian-12", "--k8s", "1.31",
                                            "--region", "eu-west-1"], standalone_mode=False, catch_exceptions=False)
     assert resolved.output.strip() == copy["ImageId"]
+
+
+def recording_packer(directory: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A `packer` first on PATH that records each invocation (and fails): the log must stay absent."""
+    bin_dir, log = directory / "bin", directory / "packer-invocations.log"
+    bin_dir.mkdir()
+    script = bin_dir / "packer"
+    script.write_text(f"#!/bin/sh\necho \"$@\" >> {log}\nexit 1\n")
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    return log
+
+
+def test_build_completes_a_publish_cut_short_without_running_packer(
+        failing_copies: FailingCopies, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    matrix = write_matrix(tmp_path, {"regions": ["us-east-1", "eu-west-1"], "ami_users": [ACCOUNT]})
+    cell = only_cell(matrix)
+    artifact = amazon_ebs_image(cell)
+    with pytest.raises(CloudError, match="ResourceLimitExceeded"):
+        aws_store(cell.settings).publish(artifact)  # Packer's image exists, its publish was cut short
+    packer_log = recording_packer(tmp_path, monkeypatch)
+    build = ("build", "-m", str(matrix), "--skip-preflight", "-o", str(tmp_path / "build"))
+
+    code, out, _ = run_cli("plan", "-m", str(matrix), "--changed", "--format", "json")
+    assert code == 0 and [c["id"] for c in json.loads(out)] == [cell.id]  # the nightly picks it up
+    code, out, _ = run_cli(*build, "--dry-run")
+    assert code == 0 and f"publish only (built: us-east-1:{artifact.ids['us-east-1']})" in out
+
+    code, out, err = run_cli(*build)  # the copy still fails: the cell fails, nothing is marked published
+    assert code == 1 and "ResourceLimitExceeded" in out + err
+    assert PUBLISHED_TAG not in tags_of(ours("us-east-1")[0])
+
+    failing_copies.failing = False
+    code, out, err = run_cli(*build)
+    assert code == 0, err
+    (copy,) = ours("eu-west-1")
+    assert f"aws eu-west-1 {copy['ImageId']}: copied from us-east-1 {artifact.ids['us-east-1']}" in out
+    assert f"aws eu-west-1 {copy['ImageId']}: launch permissions +user {ACCOUNT}" in out
+    assert "published 1" in out and "skipped" not in out and "done" not in out
+    assert all(tags_of(image)[PUBLISHED_TAG] == "true" for image in (*ours("us-east-1"), copy))
+
+    code, out, _ = run_cli(*build)  # the second run changes nothing
+    assert code == 0 and "copied" not in out and "1 cells skipped" in out and len(ours("eu-west-1")) == 1
+    assert run_cli("publish", "-m", str(matrix)) == (0, "", "")
+    code, out, _ = run_cli("plan", "-m", str(matrix), "--changed", "--format", "json")
+    assert (code, json.loads(out)) == (0, [])
+    assert not packer_log.exists()  # no Packer run at any point
+
+
+def test_no_publish_leaves_a_built_image_unpublished(aws_env: str, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    matrix = write_matrix(tmp_path, {"regions": ["us-east-1"]})
+    artifact = amazon_ebs_image(only_cell(matrix))  # Packer's tags, without the published one
+    boto3.client("ec2", region_name="us-east-1").create_tags(
+        Resources=[artifact.ids["us-east-1"]],
+        Tags=[{"Key": key, "Value": value} for key, value in artifact.metadata.to_tags().items()])
+    packer_log = recording_packer(tmp_path, monkeypatch)
+    code, out, _ = run_cli("build", "-m", str(matrix), "--skip-preflight", "--no-publish",
+                           "-o", str(tmp_path / "build"))
+    assert code == 0 and "1 cells skipped" in out and PUBLISHED_TAG not in tags_of(ours("us-east-1")[0])
+    assert not packer_log.exists()
 
 
 def test_cells_without_an_image_are_named_and_nothing_is_made(aws_env: str, tmp_path: Path) -> None:
