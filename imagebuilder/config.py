@@ -46,6 +46,31 @@ class _Strict(BaseModel):
     OUTSIDE_BUILD_KEY: ClassVar[frozenset[str]] = frozenset({"max_parallel"})
 
 
+# Days after which a cell whose newest image is older is built again though its build key exists
+# (a floor for freshness where the base image cannot be resolved). Strict: `true` is not a number.
+MAX_REBUILD_AFTER_DAYS = 36500
+
+
+def _check_days(value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_REBUILD_AFTER_DAYS:
+        raise ValueError(f"{{raw}} is not a number of days | fix: write whole days from 1 to {MAX_REBUILD_AFTER_DAYS}, "
+                         "or leave rebuild_after_days out (off)")
+    return value
+
+
+RebuildAfterDays = Annotated[int, BeforeValidator(_check_days)]
+
+
+class _CloudSettings(_Strict):
+    """What every cloud's settings have. `rebuild_after_days` here overrides the matrix's top-level
+    one for this cloud's cells (None: the top-level value, itself None for off)."""
+
+    rebuild_after_days: RebuildAfterDays | None = None
+
+    # When to rebuild, not what: outside the build key on every cloud.
+    COMMON_OUTSIDE_BUILD_KEY: ClassVar[frozenset[str]] = frozenset({"max_parallel", "rebuild_after_days"})
+
+
 def _check_minor(value: Any) -> Any:
     if isinstance(value, float):
         raise ValueError("YAML read this minor as the number {raw} | fix: write it in quotes, e.g. \"1.30\"")
@@ -57,7 +82,7 @@ def _check_minor(value: Any) -> Any:
 Minor = Annotated[str, BeforeValidator(_check_minor)]
 
 
-class QemuSettings(_Strict):
+class QemuSettings(_CloudSettings):
     max_parallel: int = Field(1, ge=1)  # builds of this cloud at once (quotas)
     accelerator: Literal["auto", "kvm", "tcg"] = "auto"
     # "offline": the roles applied to the base root file system on this host, no build VM
@@ -74,7 +99,7 @@ class QemuSettings(_Strict):
     OUTSIDE_BUILD_KEY = frozenset({"max_parallel", "builder", "boot_test"})
 
 
-class AwsSettings(_Strict):
+class AwsSettings(_CloudSettings):
     max_parallel: int = Field(10, ge=1)  # builds of this cloud at once (quotas)
     regions: list[str] = Field(default_factory=lambda: ["us-east-1"], min_length=1)
     instance_type: str = "t3.large"
@@ -87,7 +112,7 @@ class AwsSettings(_Strict):
     OUTSIDE_BUILD_KEY = frozenset({"max_parallel", "regions", "ami_users", "ami_groups", "ssm_parameter_prefix"})
 
 
-class GcpSettings(_Strict):
+class GcpSettings(_CloudSettings):
     max_parallel: int = Field(10, ge=1)  # builds of this cloud at once (quotas)
     project_id: str
     zone: str = "us-central1-a"
@@ -100,7 +125,7 @@ class GcpSettings(_Strict):
     OUTSIDE_BUILD_KEY = frozenset({"max_parallel", "storage_locations", "upload_bucket"})
 
 
-class OpenstackSettings(_Strict):
+class OpenstackSettings(_CloudSettings):
     max_parallel: int = Field(4, ge=1)  # builds of this cloud at once (quotas)
     cloud: str | None = None  # entry in clouds.yaml; credentials stay there or in OS_* variables
     flavor: str = "m1.medium"
@@ -120,7 +145,7 @@ class OpenstackSettings(_Strict):
         return self
 
 
-class AzureSettings(_Strict):
+class AzureSettings(_CloudSettings):
     max_parallel: int = Field(5, ge=1)  # builds of this cloud at once (quotas)
     resource_group: str
     gallery: str = "capi_images"
@@ -211,7 +236,7 @@ class Matrix(_Strict):
     auto_merge_patches: bool = False
     # A cell whose newest image is older than this is built again even though its build key
     # exists: a floor for freshness where the base image cannot be resolved. None: off.
-    rebuild_after_days: int | None = Field(None, ge=1, le=36500)
+    rebuild_after_days: RebuildAfterDays | None = None
 
 
 class LoadedMatrix(BaseModel):

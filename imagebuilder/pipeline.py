@@ -78,16 +78,24 @@ class CatalogueLookup:
             self.prefetch([cell])
         return self.scope.skipped.get(cell.cloud, "not listed") if self.listings[key] is None else None
 
+    def rebuild_after(self, cell: Cell) -> int | None:
+        """The cell's rebuild_after_days: its cloud's (or override's) setting, else the matrix's."""
+        days = cell.settings.get("rebuild_after_days")
+        return int(days) if days is not None else self.rebuild_after_days
+
+    def too_old(self, cell: Cell, records: list[ImageRecord]) -> bool:
+        """Its newest image is older than the cell's rebuild_after_days (never, when that is off)."""
+        days = self.rebuild_after(cell)
+        return days is not None and utcnow() - max(r.build_time for r in records) > timedelta(days=days)
+
     def unpublished(self, cell: Cell) -> bool:
         """Its image exists but a copy lacks the published tag: a publish was cut short."""
         return any(not record.published for record in self.records(cell))
 
     def __call__(self, cell: Cell) -> str | None:
         records = self.records(cell)
-        if records and self.rebuild_after_days is not None:
-            built = max(record.build_time for record in records)
-            if utcnow() - built > timedelta(days=self.rebuild_after_days):
-                return None  # too old for the matrix's rebuild_after_days: build it again
+        if records and self.too_old(cell, records):
+            return None  # older than rebuild_after_days: build it again
         return ", ".join(sorted(f"{r.region}:{r.image_id}" for r in records)) or None
 
 

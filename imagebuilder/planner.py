@@ -266,7 +266,8 @@ def tree_digest(root: Path, prefixes: tuple[str, ...] = ("",)) -> str:
 
 def build_settings(cloud: str, settings: dict[str, Any]) -> dict[str, Any]:
     """The settings that shape the image; where it is copied or shared to does not."""
-    outside_key = CLOUD_SETTINGS[cloud].OUTSIDE_BUILD_KEY
+    model = CLOUD_SETTINGS[cloud]
+    outside_key = model.OUTSIDE_BUILD_KEY | model.COMMON_OUTSIDE_BUILD_KEY
     kept = {name: value for name, value in settings.items() if name not in outside_key}
     if cloud == "aws":
         kept["build_region"] = settings["regions"][0]

@@ -240,3 +240,35 @@ def test_rebuild_after_days_makes_an_old_image_changed(tmp_path: Path, monkeypat
     result = imagebuilder("plan", "-m", str(matrix), "--changed", "--format", "json", "--offline", root=tmp_path)
     assert result.returncode == 0, result.stderr
     assert [cell["id"] for cell in json.loads(result.stdout)] == [old.id]
+
+
+def test_rebuild_after_days_of_a_cloud_overrides_the_matrix_and_stays_out_of_the_key(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from imagebuilder.pipeline import CatalogueLookup, changed_cells
+
+    monkeypatch.setenv("IMAGEBUILDER_CATALOGUE", str(tmp_path / "catalogue"))
+    (tmp_path / "versions.lock.yaml").write_text((REPO / "versions.lock.yaml").read_text())
+    matrix = tmp_path / "matrix.yaml"
+
+    def cells_with(top: int | None, qemu: int | None) -> list[Any]:
+        matrix.write_text(yaml.safe_dump({"os": ["debian-12"], "kubernetes": MINORS,
+                                          "clouds": {"qemu": {} if qemu is None else {"rebuild_after_days": qemu}},
+                                          **({} if top is None else {"rebuild_after_days": top})}))
+        return plan(load_matrix(matrix))
+
+    old, fresh = cells_with(None, None)
+    for cell, age_days in ((old, 45), (fresh, 2)):
+        artifact = artifact_for(cell, tmp_path)
+        stamp = (datetime.now(timezone.utc) - timedelta(days=age_days)).strftime("%Y%m%d%H%M%S")
+        store_for(cell.cloud, cell.settings).publish(
+            replace(artifact, metadata=replace(artifact.metadata, build_timestamp=stamp)))
+
+    for top, qemu, changed in ((None, None, []), (30, None, [old.id]), (30, 60, []), (None, 40, [old.id]),
+                               (90, 1, [old.id, fresh.id])):
+        cells = cells_with(top, qemu)
+        assert [c.build_key for c in cells] == [old.build_key, fresh.build_key]  # when, not what: same keys
+        lookup = CatalogueLookup(rebuild_after_days=load_matrix(matrix).matrix.rebuild_after_days)
+        assert [c.id for c in changed_cells(cells, lookup)] == changed, (top, qemu)
+    result = imagebuilder("plan", "-m", str(matrix), "--changed", "--format", "json", "--offline", root=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert [cell["id"] for cell in json.loads(result.stdout)] == [old.id, fresh.id]
