@@ -1,6 +1,7 @@
 """`imagebuilder prune`: retire old images by the retention policy. A dry run unless --apply.
 
-    imagebuilder prune [-m matrix.yaml] [--cloud C ...] [--policy FILE] [--apply] [--output table|json] [--wait]
+    imagebuilder prune [-m matrix.yaml] [--cloud C ...] [--region R ...] [--policy FILE] [--apply]
+                       [--output table|json] [--wait] [--timeout SECONDS]
 
 The policy is matrix.yaml's `retention:` (defaults in config.RetentionPolicy), or --policy
 FILE (the same keys, at the top or under `retention:`). Every image is listed with its
@@ -31,7 +32,7 @@ from imagebuilder.clouds import (
     canonical_cloud,
     store_for,
 )
-from imagebuilder.config import DEFAULT_MATRIX, RetentionPolicy, load_matrix
+from imagebuilder.config import CLOUD_SETTINGS, DEFAULT_MATRIX, PRUNE_TIMEOUT_S, RetentionPolicy, load_matrix
 from imagebuilder.cloudscope import CloudScope, explicit_clouds, strict_option
 from imagebuilder.errors import UserError
 from imagebuilder.yamlsource import InputError, read_yaml, validate
@@ -58,16 +59,23 @@ class CloudRun:
 @click.option("--apply", "do_apply", is_flag=True, help="Deprecate, delete and sweep for real (default: dry run).")
 @click.option("--output", "output_format", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.option("--wait", is_flag=True, help="Wait for another prune of the same cloud account to finish.")
+@click.option("--region", "regions", multiple=True, metavar="REGION",
+              help="AWS regions to prune (repeatable), instead of clouds.aws.regions of the matrix.")
+@click.option("--timeout", "timeout", type=click.FloatRange(min=1, max=7 * 86400), default=PRUNE_TIMEOUT_S,
+              show_default=True, metavar="SECONDS",
+              help="The whole run's limit: what is not started by then is reported as not done.")
 @strict_option
 def prune(matrix_path: Path | None, clouds: tuple[str, ...], policy_path: Path | None, do_apply: bool,
-          output_format: str, wait: bool, strict: bool) -> None:
+          output_format: str, wait: bool, regions: tuple[str, ...], timeout: float, strict: bool) -> None:
     """List every image with its retention decision; with --apply, carry the decisions out.
 
     A cloud that cannot be reached is one warning line and is left alone; the others are
     pruned and the exit status is 3 (--strict, or --cloud naming it, makes it an error)."""
+    deadline = retention.Deadline.after(timeout)
     settings, policy = _matrix_settings_and_policy(matrix_path)
     if policy_path is not None:
         policy = load_policy(policy_path)
+    settings = _scoped_settings(_store_names(clouds, settings), settings, regions)
     scope = CloudScope(strict=strict, explicit=explicit_clouds(canonical_cloud(c) for c in clouds))
     stores = [store for name in _store_names(clouds, settings)
               if (store := scope.run(name, lambda: store_for(name, settings.get(name)), None)) is not None]
@@ -79,12 +87,14 @@ def prune(matrix_path: Path | None, clouds: tuple[str, ...], policy_path: Path |
         for key in dict.fromkeys(keys[store.cloud] for store in stores):
             held.enter_context(locks.exclusive(key, wait=wait))
         for store in stores:
-            run = plan_store(store, policy)
+            run = plan_store(store, policy, deadline)
             if _unreachable(run):
+                for error in run.inventory.errors[1:]:  # one line per region; the skip says the first
+                    click.echo(f"imagebuilder: error: {error}", err=True)
                 scope.skip(store.cloud, run.inventory.errors[0])
                 continue
             if do_apply:
-                apply_run(run, console if output_format == "table" else None)
+                apply_run(run, console if output_format == "table" else None, deadline)
             runs.append(run)
     failed = report(runs, policy, do_apply, output_format)
     scope.exit(failed)
@@ -95,14 +105,16 @@ def _unreachable(run: CloudRun) -> bool:
     return bool(run.inventory.errors) and not run.inventory.records and not run.inventory.orphans
 
 
-def plan_store(store: ImageStore, policy: RetentionPolicy) -> CloudRun:
-    inventory = retention.gather(store)
+def plan_store(store: ImageStore, policy: RetentionPolicy,
+               deadline: retention.Deadline = retention.NO_DEADLINE) -> CloudRun:
+    inventory = retention.gather(store, deadline=deadline)
     decisions = retention.decide(inventory.records, inventory.in_use, policy,
                                  unknown_reasons=inventory.unknown_reasons)
     return CloudRun(inventory, decisions)
 
 
-def apply_run(run: CloudRun, console: Console | None) -> None:
+def apply_run(run: CloudRun, console: Console | None,
+              deadline: retention.Deadline = retention.NO_DEADLINE) -> None:
     """Deprecate, delete, then sweep orphans; a progress bar on the console, else a line per action on stderr."""
     todo = [d for d in run.decisions if d.action is not retention.Action.KEEP]
     total = len(todo) + (len(run.inventory.orphans) if run.inventory.sweep else 0)
@@ -118,19 +130,19 @@ def apply_run(run: CloudRun, console: Console | None) -> None:
                 if not outcome.ok:
                     bar.console.print(f"[red]failed[/red] {outcome.action} {outcome.subject}: {outcome.error}")
 
-            _apply(run, step)
+            _apply(run, step, deadline)
     else:  # JSON on stdout: one line per action on stderr, an audit trail for logs
         def line(outcome: retention.Outcome) -> None:
             result = "ok" if outcome.ok else f"FAILED: {outcome.error}"
             click.echo(f"{outcome.cloud} {outcome.region}: {outcome.action} {outcome.subject}: {result}", err=True)
 
-        _apply(run, line)
+        _apply(run, line, deadline)
 
 
-def _apply(run: CloudRun, step: retention.Progress | None) -> None:
-    run.outcomes = retention.apply(run.decisions, run.inventory.store, progress=step)
+def _apply(run: CloudRun, step: retention.Progress | None, deadline: retention.Deadline) -> None:
+    run.outcomes = retention.apply(run.decisions, run.inventory.store, progress=step, deadline=deadline)
     if run.inventory.sweep and run.inventory.orphans:
-        run.outcomes += retention.sweep(run.inventory.orphans, run.inventory.sweep, progress=step)
+        run.outcomes += retention.sweep(run.inventory.orphans, run.inventory.sweep, progress=step, deadline=deadline)
 
 
 # -- output --------------------------------------------------------------------------------
@@ -154,6 +166,8 @@ def report(runs: list[CloudRun], policy: RetentionPolicy, applied: bool, output_
             "foreign_images": sum(run.inventory.foreign_count for run in runs),
             "summary": summary.to_json(),
         }, indent=2))
+        for error in errors:  # the JSON is for machines; a failure is also a line in the job's log
+            click.echo(f"imagebuilder: error: {error}", err=True)
     else:
         _print_table(decisions, orphans, outcomes, errors, summary, applied,
                      sum(run.inventory.foreign_count for run in runs))
@@ -179,7 +193,7 @@ def _print_table(decisions: list[retention.Decision], orphans: list[retention.Or
             action, reason = f"{action} FAILED", error
         table.add_row(record.cloud, record.region, record.image_id, record.name, meta.os if meta else "-",
                       meta.kubernetes_minor if meta else "-", meta.arch if meta else "-",
-                      f"{retention.built_at(record):%Y-%m-%d}",
+                      f"{built:%Y-%m-%d}" if (built := retention.built_at(record)) else "?",
                       f"[{ACTION_STYLE.get(decision.action.value, '')}]{action}[/]", reason)
     console.print(table)
     if orphans:
@@ -233,6 +247,24 @@ def _matrix_settings_and_policy(matrix_path: Path | None) -> tuple[dict[str, Any
     return settings, matrix.retention
 
 
+def _scoped_settings(names: list[str], settings: dict[str, Any], regions: tuple[str, ...]) -> dict[str, Any]:
+    """--region replaces the AWS regions; without it and without a matrix entry, say which regions are covered."""
+    if regions and "aws" not in names:
+        raise UserError("--region: only AWS images are pruned by region | fix: add --cloud aws, or drop --region")
+    if "aws" not in names:
+        return settings
+    model = CLOUD_SETTINGS["aws"]
+    current = settings.get("aws")
+    if regions:
+        base = current if isinstance(current, model) else model()
+        return {**settings, "aws": base.model_copy(update={"regions": list(dict.fromkeys(regions))})}
+    if current is None:
+        default = model()
+        click.echo(f"imagebuilder: aws: no matrix declares clouds.aws, so only its default regions are pruned: "
+                   f"{', '.join(default.regions)} (--region R, repeatable, names others)", err=True)
+    return settings
+
+
 def _store_names(clouds: tuple[str, ...], settings: dict[str, Any]) -> list[str]:
     if clouds:
         return list(dict.fromkeys(canonical_cloud(c) for c in clouds))
@@ -248,7 +280,7 @@ def lock_key(store: ImageStore) -> str:
         endpoint = store.client("sts", region).meta.endpoint_url
         try:
             account = store.call("sts", region, "get_caller_identity")["Account"]
-        except UserError:
+        except (UserError, KeyError, TypeError):  # unreachable, or not an STS answer: the listing says why
             account = "unknown-account"
         return f"aws:{account}@{endpoint}"
     root = getattr(store, "root", None)

@@ -5,11 +5,22 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from imagebuilder.osinfo import BASE_MIRRORS, OPERATING_SYSTEMS, Strategy
 from imagebuilder.versions import COMPONENTS, VersionsLock
@@ -213,11 +224,46 @@ class Override(_Strict):
     strategy: Strategy | None = None
 
 
+# -- retention: every default and bound `prune` uses, in one place --------------------------
+# A build timestamp is trusted only as Packer's UTC "YYYYMMDDhhmmss", between these bounds.
+BUILD_TIME_EARLIEST = datetime(2015, 1, 1, tzinfo=timezone.utc)
+BUILD_TIME_FUTURE_SLACK = timedelta(days=1)  # clock skew between the build host and us
+MAX_KEEP_NEWEST = 1000
+MAX_RETENTION_DAYS = 36500  # a hundred years: beyond that a number is a typo, and overflows datetime
+MAX_TAG_LENGTH = 128  # AWS tag keys; the strictest of the clouds
+# Every SDK client prune builds: seconds to connect and to wait for an answer, per request.
+SDK_CONNECT_TIMEOUT_S = 10
+SDK_READ_TIMEOUT_S = 60
+PRUNE_TIMEOUT_S = 3600  # `prune --timeout`: the whole run; what is left undone is reported, not started
+SDK_MAX_ATTEMPTS = 6  # our own retries of throttling, 5xx and unparseable answers (error pages)
+SDK_BACKOFF_S = 1.0  # the first retry's delay; doubled each time, with jitter
+
+
+def _strict_count(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError(f"{str(value).lower()} is a boolean, not a number | fix: write a whole number, e.g. 3")
+    return value
+
+
+Count = Annotated[StrictInt, BeforeValidator(_strict_count)]
+
+
 class RetentionPolicy(_Strict):
-    keep_newest: int = Field(3, ge=1)
-    min_age_days: int = Field(7, ge=0)
-    deprecate_grace_days: int = Field(14, ge=0)
-    protect_tag: str = "imagebuilder-protect"
+    keep_newest: Count = Field(3, ge=1, le=MAX_KEEP_NEWEST)
+    min_age_days: Count = Field(7, ge=0, le=MAX_RETENTION_DAYS)
+    deprecate_grace_days: Count = Field(14, ge=0, le=MAX_RETENTION_DAYS)
+    protect_tag: str = Field("imagebuilder-protect", max_length=MAX_TAG_LENGTH)
+    # Images shared with other accounts or projects (launch permissions, members) count as in
+    # use unless this is true: others may launch them, and we cannot see their instances.
+    prune_shared: StrictBool = False
+
+    @field_validator("protect_tag")
+    @classmethod
+    def _protect_tag_set(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("an empty protect tag would protect nothing "
+                             "| fix: remove protect_tag for the default imagebuilder-protect, or name a tag")
+        return value
 
 
 class Matrix(_Strict):

@@ -8,15 +8,18 @@ one ``Decision`` per image out. The rules, first match wins:
    cloud's own deletion protection is on       -> keep ("protected")
 3. in use (instance, template, server, ...)   -> keep ("in use by i-123")
 4. in-use check failed or was not made        -> keep ("in-use check failed: AccessDenied ...")
-5. not available yet (pending, queued, ...)   -> keep ("state pending")
-6. among the newest N available in its group  -> keep ("newest 3")
-7. built less than the minimum age ago        -> keep ("too young")
-8. not deprecated yet                         -> deprecate
-9. deprecated less than the grace period ago  -> keep ("deprecated, grace until ...")
-10. otherwise                                 -> delete
+5. build timestamp not trustworthy            -> keep ("build timestamp '0' not understood ...")
+6. not available yet (pending, queued, ...)   -> keep ("state pending")
+7. among the newest N available in its group  -> keep ("newest 3")
+8. built less than the minimum age ago        -> keep ("too young")
+9. not deprecated yet                         -> deprecate
+10. deprecated less than the grace period ago -> keep ("deprecated, grace until ...")
+11. otherwise                                 -> delete
 
 A group is (cloud, region, os, kubernetes minor, arch) from the metadata. An image's age
-is its build time (the metadata's Packer timestamp, else the cloud's creation time).
+is its build time: the metadata's Packer timestamp, trusted only in its format and between
+2015 and now plus a day (metadata.parse_build_timestamp). An image whose timestamp fails
+that is kept, and neither counts toward nor displaces its group's newest N.
 Deletion therefore always takes two runs at least ``deprecate_grace_days`` apart, and a
 re-run after any interruption recomputes everything from the cloud's own state.
 
@@ -40,7 +43,7 @@ from typing import Any
 
 from imagebuilder.clouds import CloudError, ImageFilter, ImageRecord, ImageStore, utcnow
 from imagebuilder.config import RetentionPolicy
-from imagebuilder.metadata import PREFIX
+from imagebuilder.metadata import PREFIX, parse_build_timestamp
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +76,7 @@ class Decision:
             "os": meta.os if meta else None,
             "kubernetes_minor": meta.kubernetes_minor if meta else None,
             "arch": meta.arch if meta else None,
-            "built_at": built_at(self.record).isoformat(),
+            "built_at": built.isoformat() if (built := built_at(self.record)) else None,
             "deprecated_at": self.record.deprecated_at.isoformat() if self.record.deprecated_at else None,
             "action": self.action.value,
             "reason": self.reason,
@@ -116,18 +119,25 @@ class Outcome:
 # -- the policy engine -------------------------------------------------------------------
 
 
-def built_at(record: ImageRecord) -> datetime:
-    """When the image was built: the metadata's build timestamp, else the cloud's creation time."""
+def built_at(record: ImageRecord, now: datetime | None = None) -> datetime | None:
+    """When the image was built (the metadata's build timestamp); None when it cannot be trusted."""
     if record.metadata is None:
         return record.created_at
-    stamp = record.metadata.build_timestamp
-    if len(stamp) == 14 and stamp.isdigit():  # Packer's YYYYMMDDhhmmss, read without strptime (10x faster)
-        try:
-            return datetime(int(stamp[:4]), int(stamp[4:6]), int(stamp[6:8]), int(stamp[8:10]), int(stamp[10:12]),
-                            int(stamp[12:]), tzinfo=timezone.utc)
-        except ValueError:
-            return record.created_at
-    return record.metadata.built_at() or record.created_at
+    try:
+        return parse_build_timestamp(record.metadata.build_timestamp, now)
+    except ValueError:
+        return None
+
+
+def build_time_problem(record: ImageRecord, now: datetime | None = None) -> str | None:
+    """Why the record's build timestamp cannot be trusted; None when it can (or it is not ours)."""
+    if record.metadata is None:
+        return None
+    try:
+        parse_build_timestamp(record.metadata.build_timestamp, now)
+    except ValueError as error:
+        return str(error)
+    return None
 
 
 def group_key(record: ImageRecord) -> GroupKey | None:
@@ -137,8 +147,8 @@ def group_key(record: ImageRecord) -> GroupKey | None:
     return (record.cloud, record.region, meta.os, meta.kubernetes_minor, meta.arch)
 
 
-def newest_first_key(record: ImageRecord) -> tuple[datetime, datetime, str]:
-    return (built_at(record), record.created_at, record.image_id)
+def newest_first_key(record: ImageRecord, built: datetime) -> tuple[datetime, datetime, str]:
+    return (built, record.created_at, record.image_id)
 
 
 def protected(record: ImageRecord, policy: RetentionPolicy) -> bool:
@@ -157,22 +167,42 @@ def decide(records: Iterable[ImageRecord], in_use: Mapping[str, list[str] | None
     now = now or utcnow()
     records = list(records)
     unknown_reasons = unknown_reasons or {}
-    newest = _newest_per_group(records, policy.keep_newest)
+    built = _build_times(records, now)
+    newest = _newest_per_group(records, built, policy.keep_newest)
     min_age = timedelta(days=policy.min_age_days)
     grace = timedelta(days=policy.deprecate_grace_days)
-    return [_decide_one(r, in_use, unknown_reasons, newest, policy, now, min_age, grace) for r in records]
+    return [_decide_one(r, in_use, unknown_reasons, newest, built, policy, now, min_age, grace) for r in records]
 
 
-def _newest_per_group(records: Sequence[ImageRecord], keep: int) -> set[tuple[str, str, str]]:
-    groups: dict[GroupKey, list[ImageRecord]] = defaultdict(list)
+def _build_times(records: Sequence[ImageRecord], now: datetime) -> dict[tuple[str, str, str], datetime | str]:
+    """identity -> the trusted build time, or why there is none (ours only)."""
+    times: dict[tuple[str, str, str], datetime | str] = {}
+    for record in records:
+        if record.metadata is None:
+            continue
+        try:
+            times[_identity(record)] = parse_build_timestamp(record.metadata.build_timestamp, now)
+        except ValueError as error:
+            times[_identity(record)] = str(error)
+    return times
+
+
+def _newest_per_group(records: Sequence[ImageRecord], built: Mapping[tuple[str, str, str], datetime | str],
+                      keep: int) -> set[tuple[str, str, str]]:
+    """The newest `keep` available images of each group, among those with a trusted build time."""
+    groups: dict[GroupKey, list[tuple[datetime, datetime, str]]] = defaultdict(list)
+    members_of: dict[tuple[datetime, datetime, str], ImageRecord] = {}
     for record in records:
         key = group_key(record)
-        if key is not None and record.state in AVAILABLE_STATES:
-            groups[key].append(record)
+        when = built.get(_identity(record))
+        if key is not None and record.state in AVAILABLE_STATES and isinstance(when, datetime):
+            sort_key = newest_first_key(record, when)
+            groups[key].append(sort_key)
+            members_of[sort_key] = record
     kept: set[tuple[str, str, str]] = set()
     for members in groups.values():
-        members.sort(key=newest_first_key, reverse=True)
-        kept.update(_identity(r) for r in members[:keep])
+        members.sort(reverse=True)
+        kept.update(_identity(members_of[k]) for k in members[:keep])
     return kept
 
 
@@ -181,8 +211,8 @@ def _identity(record: ImageRecord) -> tuple[str, str, str]:
 
 
 def _decide_one(record: ImageRecord, in_use: Mapping[str, list[str] | None], unknown_reasons: Mapping[str, str],
-                newest: set[tuple[str, str, str]], policy: RetentionPolicy, now: datetime, min_age: timedelta,
-                grace: timedelta) -> Decision:
+                newest: set[tuple[str, str, str]], built_times: Mapping[tuple[str, str, str], datetime | str],
+                policy: RetentionPolicy, now: datetime, min_age: timedelta, grace: timedelta) -> Decision:
     def keep(reason: str) -> Decision:
         return Decision(record, Action.KEEP, reason)
 
@@ -199,11 +229,13 @@ def _decide_one(record: ImageRecord, in_use: Mapping[str, list[str] | None], unk
     if users is None:
         why = unknown_reasons.get(record.image_id, "not checked")
         return keep(f"in-use check failed: {why}")
+    built = built_times.get(_identity(record))
+    if not isinstance(built, datetime):
+        return keep(str(built or "build timestamp not checked"))
     if record.state not in AVAILABLE_STATES and record.state in TRANSIENT_STATES:
         return keep(f"state {record.state}")
     if _identity(record) in newest:
         return keep(f"newest {policy.keep_newest}")
-    built = built_at(record)
     if now - built < min_age:
         return keep(f"too young (built {built:%Y-%m-%d}, min age {policy.min_age_days}d)")
     if record.deprecated_at is None:
@@ -213,6 +245,34 @@ def _decide_one(record: ImageRecord, in_use: Mapping[str, list[str] | None], unk
     if now < until or now < record.deprecated_at:
         return keep(f"deprecated, grace until {until:%Y-%m-%d %H:%M}")
     return Decision(record, Action.DELETE, f"deprecated since {record.deprecated_at:%Y-%m-%d}, grace over")
+
+
+# -- the run's time limit ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """`prune --timeout`: work not started by then is reported as not done, never started late.
+
+    Each call is bounded by the SDK clients' connect and read timeouts, so the run ends at most
+    one call's timeouts after the deadline."""
+
+    seconds: float
+    ends: float  # time.monotonic()
+
+    @classmethod
+    def after(cls, seconds: float) -> Deadline:
+        return cls(seconds, time.monotonic() + seconds)
+
+    @property
+    def passed(self) -> bool:
+        return time.monotonic() >= self.ends
+
+    def reason(self) -> str:
+        return f"not started: --timeout {self.seconds:g}s reached | fix: raise --timeout, or run again to finish"
+
+
+NO_DEADLINE = Deadline(float("inf"), float("inf"))
 
 
 # -- inventory ---------------------------------------------------------------------------
@@ -236,7 +296,7 @@ class Inventory:
 LOCAL_ORPHAN_AGE = timedelta(hours=1)  # a publish places the file before its record: leave young files alone
 
 
-def gather(store: ImageStore, min_orphan_age: timedelta = timedelta(0)) -> Inventory:
+def gather(store: ImageStore, min_orphan_age: timedelta = timedelta(0), deadline: Deadline = NO_DEADLINE) -> Inventory:
     """The store's images, their in-use state and orphans; per-region failures recorded, not raised."""
     from imagebuilder.clouds.aws import AwsImageStore
     from imagebuilder.clouds.local import LocalCatalogue
@@ -244,8 +304,11 @@ def gather(store: ImageStore, min_orphan_age: timedelta = timedelta(0)) -> Inven
     if isinstance(store, AwsImageStore):
         from imagebuilder.clouds import aws_usage
 
-        return aws_usage.gather(store, min_orphan_age)
+        return aws_usage.gather(store, min_orphan_age, deadline)
     inventory = Inventory(cloud=store.cloud, store=store)
+    if deadline.passed:
+        inventory.errors.append(f"{store.cloud}: {deadline.reason()}")
+        return inventory
     if isinstance(store, LocalCatalogue):
         inventory.orphans = local_orphans(store, max(min_orphan_age, LOCAL_ORPHAN_AGE))
         inventory.sweep = lambda orphan: _remove_local(store, orphan)
@@ -253,6 +316,10 @@ def gather(store: ImageStore, min_orphan_age: timedelta = timedelta(0)) -> Inven
         records = store.list_images(ImageFilter(include_foreign=True))
     except CloudError as error:
         inventory.errors.append(str(error))
+        return inventory
+    except Exception as error:  # noqa: BLE001 - an SDK's surprise (a proxy's page): one line, the others go on
+        inventory.errors.append(f"{store.cloud}: listing failed: {type(error).__name__}: {' '.join(str(error).split())}"
+                                [:400])
         return inventory
     inventory.records = [r for r in records if is_candidate(r)]
     inventory.foreign_count = len(records) - len(inventory.records)
@@ -313,7 +380,7 @@ Progress = Callable[[Outcome], None]
 
 
 def apply(decisions: Sequence[Decision], store: ImageStore, now: datetime | None = None,
-          progress: Progress | None = None) -> list[Outcome]:
+          progress: Progress | None = None, deadline: Deadline = NO_DEADLINE) -> list[Outcome]:
     """Deprecate and delete as decided, one image at a time; each failure recorded, none raised.
 
     Safe to kill at any point: every step is one idempotent cloud call or a delete the
@@ -325,7 +392,12 @@ def apply(decisions: Sequence[Decision], store: ImageStore, now: datetime | None
     for decision in decisions:
         if decision.action is Action.KEEP:
             continue
-        outcome = _apply_one(decision, store, now)
+        if deadline.passed:
+            record = decision.record
+            outcome = Outcome(record.image_id, record.cloud, record.region, decision.action.value,
+                              error=deadline.reason())
+        else:
+            outcome = _apply_one(decision, store, now)
         outcomes.append(outcome)
         if progress:
             progress(outcome)
@@ -353,14 +425,23 @@ def _apply_one(decision: Decision, store: ImageStore, now: datetime) -> Outcome:
 
 
 def sweep(orphans: Sequence[Orphan], remove: Callable[[Orphan], list[str]],
-          progress: Progress | None = None) -> list[Outcome]:
+          progress: Progress | None = None, deadline: Deadline = NO_DEADLINE) -> list[Outcome]:
     """Delete orphans (snapshots left by deleted images); each failure recorded, none raised."""
     outcomes: list[Outcome] = []
     for orphan in orphans:
+        if deadline.passed:
+            outcome = Outcome(orphan.resource_id, orphan.cloud, orphan.region, "sweep", error=deadline.reason())
+            outcomes.append(outcome)
+            if progress:
+                progress(outcome)
+            continue
         try:
             outcome = Outcome(orphan.resource_id, orphan.cloud, orphan.region, "sweep", list(remove(orphan)))
         except CloudError as error:
             outcome = Outcome(orphan.resource_id, orphan.cloud, orphan.region, "sweep", error=str(error))
+        except Exception as error:  # noqa: BLE001 - one orphan's surprise must not stop the run
+            outcome = Outcome(orphan.resource_id, orphan.cloud, orphan.region, "sweep",
+                              error=f"{type(error).__name__}: {' '.join(str(error).split())}"[:400])
         outcomes.append(outcome)
         if progress:
             progress(outcome)

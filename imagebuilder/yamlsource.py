@@ -237,6 +237,8 @@ _TYPE_FIXES = {
 }
 _VALUE_FIXES = {
     "greater_than_equal": "raise the value",
+    "less_than_equal": "lower the value",
+    "too_long": "shorten it",
     "too_short": "add at least one item",
 }
 

@@ -279,7 +279,7 @@ def sample_metadata(**changes: str) -> ImageMetadata:
     """Metadata as a build of debian-12 / Kubernetes 1.31.4 writes it; any field can be changed."""
     values = {"os": "debian-12", "os_version": "12", "kubernetes_version": "v1.31.4", "kubernetes_minor": "1.31",
               "arch": "amd64", "build_key": "a" * 64, "cell": "qemu-debian-12-k8s-1.31", "version": "0.1.0",
-              "git_commit": "0123456789abcdef", "build_timestamp": "1764064800"}
+              "git_commit": "0123456789abcdef", "build_timestamp": "20251125100000"}
     values.update(changes)
     return ImageMetadata(**values)
 

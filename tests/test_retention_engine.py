@@ -22,6 +22,10 @@ from imagebuilder.retention import (
 )
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
+# What a real account holds besides Packer's stamps: unix seconds (0, and a plausible one),
+# a YYYYMMDDhhmm, milliseconds, huge numbers, ISO dates, words, empty, a date that does not exist.
+MALFORMED_STAMPS = ["0", "1764064800", "202511251000", "1764064800000", "9" * 40, "2025-11-25T10:00:00Z",
+                    "yesterday", "", "20251345250000", "30001125100000", "20101125100000", "２０２５１１２５１０００００"]
 GROUPS = [("us-east-1", "debian-12", "1.31", "amd64"), ("us-east-1", "debian-12", "1.32", "amd64"),
           ("eu-west-1", "debian-12", "1.31", "amd64"), ("us-east-1", "ubuntu-2204", "1.31", "arm64")]
 
@@ -33,7 +37,9 @@ def images(draw: st.DrawFn) -> tuple[ImageRecord, list[str] | None]:
     age = draw(st.floats(0, 120))
     ours = draw(st.booleans().map(lambda b: b or draw(st.integers(0, 9)) > 0))  # mostly ours
     metadata = sample_metadata(os=os_id, kubernetes_minor=minor, arch=arch, build_key=f"{index:064x}",
-                               build_timestamp=(NOW - timedelta(days=age)).strftime("%Y%m%d%H%M%S")) if ours else None
+                               build_timestamp=draw(st.one_of(
+                                   st.just((NOW - timedelta(days=age)).strftime("%Y%m%d%H%M%S")),
+                                   st.sampled_from(MALFORMED_STAMPS)))) if ours else None
     deprecated_days = draw(st.one_of(st.none(), st.floats(-1, 60)))
     tags = metadata.to_tags() if metadata else {}
     if draw(st.integers(0, 9)) == 0:
@@ -86,10 +92,10 @@ def test_every_group_keeps_its_newest(pairs: list[tuple[ImageRecord, list[str] |
     groups: dict[tuple[str, ...], list[Decision]] = {}
     for decision in decisions:
         key = group_key(decision.record)
-        if key is not None and decision.record.state == "available":
+        if key is not None and decision.record.state == "available" and built_at(decision.record, NOW):
             groups.setdefault(key, []).append(decision)
     for members in groups.values():
-        members.sort(key=lambda d: newest_first_key(d.record), reverse=True)
+        members.sort(key=lambda d: newest_first_key(d.record, built_at(d.record, NOW)), reverse=True)
         newest = members[:min(policy.keep_newest, len(members))]
         assert all(d.action is Action.KEEP for d in newest)
         assert len(newest) == min(policy.keep_newest, len(members))
@@ -180,3 +186,33 @@ def test_the_clouds_own_deletion_protection_is_honoured() -> None:
     decided = {d.record.image_id: d for d in decide(records, {r.image_id: [] for r in records}, RetentionPolicy(), NOW)}
     assert decided["img-0"].reason == "protected (the cloud's deletion protection)"
     assert decided["img-4"].action is Action.DELETE
+
+
+@settings(max_examples=300, deadline=None)
+@given(inventories, policies)
+def test_an_untrusted_build_timestamp_is_kept_with_its_reason(pairs: list[tuple[ImageRecord, list[str] | None]],
+                                                              policy: RetentionPolicy) -> None:
+    for decision in run(pairs, policy):
+        record = decision.record
+        if record.metadata is not None and built_at(record, NOW) is None:
+            assert decision.action is Action.KEEP
+            assert decision.reason.startswith(("build timestamp", "no build timestamp", "not ours", "protected",
+                                               "in use", "in-use check failed"))
+
+
+def test_malformed_stamps_neither_count_nor_displace() -> None:
+    """Three good images and every malformed stamp in one group: the good three stay the newest 3."""
+    good = [(NOW - timedelta(days=days)).strftime("%Y%m%d%H%M%S") for days in (30, 40, 50, 60)]
+    records = [ImageRecord(cloud="aws", region="us-east-1", image_id=f"ami-{index:03d}", name=f"i{index}",
+                           created_at=NOW - timedelta(days=1), state="available",
+                           metadata=sample_metadata(build_key=f"{index:064x}", build_timestamp=stamp),
+                           tags={}) for index, stamp in enumerate(good + MALFORMED_STAMPS)]
+    decisions = {d.record.image_id: d for d in
+                 decide(records, {r.image_id: [] for r in records}, RetentionPolicy(), NOW)}
+    assert [decisions[f"ami-{i:03d}"].reason for i in range(3)] == ["newest 3"] * 3
+    assert decisions["ami-003"].action is Action.DEPRECATE
+    for index, stamp in enumerate(MALFORMED_STAMPS, start=len(good)):
+        decision = decisions[f"ami-{index:03d}"]
+        assert decision.action is Action.KEEP, stamp
+        assert "build timestamp" in decision.reason and "not understood" in decision.reason or not stamp
+    assert decisions["ami-004"].reason.startswith("build timestamp '0' not understood")

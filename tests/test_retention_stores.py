@@ -28,9 +28,8 @@ NOW = datetime.now(timezone.utc)
 
 
 def stamp(days_ago: float) -> str:
-    # Unix seconds: ImageRecord.build_time (used by the stores' sorting) does not read Packer's
-    # YYYYMMDDhhmmss yet; retention reads both.
-    return str(int((NOW - timedelta(days=days_ago)).timestamp()))
+    # Packer's UTC YYYYMMDDhhmmss, the only form retention trusts (unix seconds are kept, not guessed at).
+    return (NOW - timedelta(days=days_ago)).strftime("%Y%m%d%H%M%S")
 
 
 def artifact(tmp_path: Path, key: str, days_ago: float, cloud: str = "qemu") -> Artifact:

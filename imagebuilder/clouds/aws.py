@@ -35,10 +35,17 @@ from typing import Any, TypeVar
 import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, WaiterError
+from botocore.parsers import ResponseParserError
 
 from imagebuilder.artifact import Artifact
 from imagebuilder.clouds import CloudError, ImageFilter, ImageRecord, ImageStore, sort_newest_first, utcnow
-from imagebuilder.config import AwsSettings
+from imagebuilder.config import (
+    SDK_BACKOFF_S,
+    SDK_CONNECT_TIMEOUT_S,
+    SDK_MAX_ATTEMPTS,
+    SDK_READ_TIMEOUT_S,
+    AwsSettings,
+)
 from imagebuilder.metadata import PUBLISHED_TAG, ImageMetadata, tag_key
 
 log = logging.getLogger(__name__)
@@ -63,8 +70,8 @@ class AwsImageStore(ImageStore):
     cloud = "aws"
 
     def __init__(self, settings: AwsSettings, session: boto3.session.Session | None = None, *,
-                 waiter_delay: int = 15, waiter_max_attempts: int = 240, max_attempts: int = 6,
-                 backoff: float = 1.0, sleep: Callable[[float], None] = time.sleep) -> None:
+                 waiter_delay: int = 15, waiter_max_attempts: int = 240, max_attempts: int = SDK_MAX_ATTEMPTS,
+                 backoff: float = SDK_BACKOFF_S, sleep: Callable[[float], None] = time.sleep) -> None:
         self.settings = settings
         self.session = session or boto3.session.Session()
         self.waiter_delay = waiter_delay
@@ -77,11 +84,20 @@ class AwsImageStore(ImageStore):
     # -- clients and calls -------------------------------------------------------------
 
     def client(self, service: str, region: str) -> Any:
-        """One client per (service, region), reused; botocore's own retries cover the transport."""
+        """One client per (service, region), reused; botocore's own retries cover the transport.
+
+        Every client has connect and read timeouts: an endpoint that accepts and never answers
+        costs a few attempts of SDK_READ_TIMEOUT_S, not forever."""
         key = (service, region)
         if key not in self._clients:
-            config = Config(retries={"mode": "standard", "max_attempts": 3}, user_agent_extra="imagebuilder")
-            self._clients[key] = self.session.client(service, region_name=region, config=config)
+            config = Config(retries={"mode": "standard", "max_attempts": 3}, user_agent_extra="imagebuilder",
+                            connect_timeout=SDK_CONNECT_TIMEOUT_S, read_timeout=SDK_READ_TIMEOUT_S)
+            try:
+                self._clients[key] = self.session.client(service, region_name=region, config=config)
+            except ValueError as exc:  # botocore: "Invalid endpoint: ..." (AWS_ENDPOINT_URL, a profile's endpoint_url)
+                raise CloudError(f"aws {region}: {service}: {_one_line(str(exc))} "
+                                 "| fix: set AWS_ENDPOINT_URL to an http(s) URL such as https://ec2.example:443, "
+                                 "or unset it") from None
         return self._clients[key]
 
     def call(self, service: str, region: str, operation: str, subject: str = "", **params: Any) -> Any:
@@ -112,6 +128,17 @@ class AwsImageStore(ImageStore):
                     self.sleep(delay)
                     continue
                 raise aws_error(exc, region, operation, subject) from None
+            except ResponseParserError as exc:  # an HTML or empty page (proxy, captive portal, 503): transient
+                if attempt < self.max_attempts:
+                    delay = self.backoff * (2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+                    log.info("aws %s: %s answered something unparseable, retrying in %.1fs", region, operation, delay)
+                    self.sleep(delay)
+                    continue
+                first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+                raise CloudError(f"aws {region}: {operation}" + (f" {subject}" if subject else "")
+                                 + f": the endpoint answered something that is not an AWS response, "
+                                 f"{self.max_attempts} times ({first[:160]}) "
+                                 "| fix: check AWS_ENDPOINT_URL, proxies (HTTPS_PROXY) and the network") from None
             except WaiterError:
                 raise
             except NoCredentialsError:
@@ -498,7 +525,10 @@ def aws_error(exc: ClientError, region: str, operation: str, subject: str) -> Cl
         return CloudError(f"{what}: region {region} is not enabled for this account ({code}) "
                           "| fix: enable the region or remove it from clouds.aws.regions")
     if _retryable(exc):
-        return CloudError(f"{what}: still throttled or unavailable after retries ({code}) | fix: run it again later")
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return CloudError(f"{what}: still throttled or unavailable after retries ({code or f'HTTP {status}'}"
+                          f"{': ' + message[:120] if message else ''}) | fix: run it again later; if it persists, "
+                          "check AWS_ENDPOINT_URL and proxies (HTTPS_PROXY)")
     return CloudError(f"{what} failed ({code}: {message})")
 
 

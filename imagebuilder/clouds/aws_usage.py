@@ -45,22 +45,29 @@ from imagebuilder.clouds.aws import (
     AwsImageStore,
     record_of,
 )
-from imagebuilder.retention import Inventory, Orphan, is_candidate
+from imagebuilder.retention import NO_DEADLINE, Deadline, Inventory, Orphan, is_candidate
 
 log = logging.getLogger(__name__)
 
 SSM_PREFIX = "resolve:ssm:"
 
 
-def gather(store: AwsImageStore, min_orphan_age: timedelta = timedelta(0)) -> Inventory:
+def gather(store: AwsImageStore, min_orphan_age: timedelta = timedelta(0),
+           deadline: Deadline = NO_DEADLINE) -> Inventory:
     inventory = Inventory(cloud="aws", store=store, sweep=lambda orphan: delete_snapshot(store, orphan))
     for region in dict.fromkeys(store.settings.regions):
+        if deadline.passed:
+            inventory.errors.append(f"aws {region}: {deadline.reason()}")
+            continue
         try:
             store.check_regions([region])
         except CloudError as error:  # one mistyped region does not hold the others back
             inventory.errors.append(str(error))
             continue
-        _gather_region(store, region, inventory, min_orphan_age)
+        try:
+            _gather_region(store, region, inventory, min_orphan_age)
+        except Exception as error:  # noqa: BLE001 - an SDK's surprise: this region's one line, the others go on
+            inventory.errors.append(f"aws {region}: {type(error).__name__}: {' '.join(str(error).split())}"[:400])
     return inventory
 
 
@@ -223,7 +230,10 @@ def fast_listing(store: AwsImageStore, region: str, operation: str, set_name: st
         collecting = gc.isenabled()
         gc.disable()  # a million short-lived elements: the cycle collector would rescan the heap for each batch
         try:
-            root = ElementTree.fromstring(response_dict["body"])
+            try:
+                root = ElementTree.fromstring(response_dict["body"])
+            except ElementTree.ParseError:
+                return  # not XML (a proxy's page): botocore's parser raises, the store retries
             ns = root.tag[:root.tag.index("}") + 1] if root.tag.startswith("{") else ""
             found = root.find(f"{ns}{set_name}")
             customized_response_dict[result_key] = [item_of(item, ns) for item in
