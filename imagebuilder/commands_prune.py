@@ -94,7 +94,7 @@ def prune(matrix_path: Path | None, clouds: tuple[str, ...], policy_path: Path |
                 scope.skip(store.cloud, run.inventory.errors[0])
                 continue
             if do_apply:
-                apply_run(run, console if output_format == "table" else None, deadline)
+                apply_run(run, console if output_format == "table" else None, deadline, policy.prune_shared)
             runs.append(run)
     failed = report(runs, policy, do_apply, output_format)
     scope.exit(failed)
@@ -110,11 +110,11 @@ def plan_store(store: ImageStore, policy: RetentionPolicy,
     inventory = retention.gather(store, deadline=deadline)
     decisions = retention.decide(inventory.records, inventory.in_use, policy,
                                  unknown_reasons=inventory.unknown_reasons)
-    return CloudRun(inventory, decisions)
+    return CloudRun(inventory, retention.keep_shared(decisions, store, policy))
 
 
 def apply_run(run: CloudRun, console: Console | None,
-              deadline: retention.Deadline = retention.NO_DEADLINE) -> None:
+              deadline: retention.Deadline = retention.NO_DEADLINE, prune_shared: bool = False) -> None:
     """Deprecate, delete, then sweep orphans; a progress bar on the console, else a line per action on stderr."""
     todo = [d for d in run.decisions if d.action is not retention.Action.KEEP]
     total = len(todo) + (len(run.inventory.orphans) if run.inventory.sweep else 0)
@@ -129,18 +129,22 @@ def apply_run(run: CloudRun, console: Console | None,
                 bar.update(task, advance=1, description=f"{outcome.action} {outcome.subject}")
                 if not outcome.ok:
                     bar.console.print(f"[red]failed[/red] {outcome.action} {outcome.subject}: {outcome.error}")
+                elif outcome.kept:
+                    bar.console.print(f"[green]kept[/green] {outcome.subject}: {outcome.kept}")
 
-            _apply(run, step, deadline)
+            _apply(run, step, deadline, prune_shared)
     else:  # JSON on stdout: one line per action on stderr, an audit trail for logs
         def line(outcome: retention.Outcome) -> None:
-            result = "ok" if outcome.ok else f"FAILED: {outcome.error}"
+            result = f"FAILED: {outcome.error}" if not outcome.ok else f"kept: {outcome.kept}" if outcome.kept else "ok"
             click.echo(f"{outcome.cloud} {outcome.region}: {outcome.action} {outcome.subject}: {result}", err=True)
 
-        _apply(run, line, deadline)
+        _apply(run, line, deadline, prune_shared)
 
 
-def _apply(run: CloudRun, step: retention.Progress | None, deadline: retention.Deadline) -> None:
-    run.outcomes = retention.apply(run.decisions, run.inventory.store, progress=step, deadline=deadline)
+def _apply(run: CloudRun, step: retention.Progress | None, deadline: retention.Deadline,
+           prune_shared: bool = False) -> None:
+    run.outcomes = retention.apply(run.decisions, run.inventory.store, progress=step, deadline=deadline,
+                                   prune_shared=prune_shared)
     if run.inventory.sweep and run.inventory.orphans:
         run.outcomes += retention.sweep(run.inventory.orphans, run.inventory.sweep, progress=step, deadline=deadline)
 
@@ -181,6 +185,7 @@ def _print_table(decisions: list[retention.Decision], orphans: list[retention.Or
     if not console.is_terminal:  # logs and pipes: wide enough that ids are never folded
         console = Console(highlight=False, soft_wrap=True, width=max(console.width, 200))
     failures = {(o.region, o.subject): o.error for o in outcomes if not o.ok}
+    kept_late = {(o.region, o.subject): o.kept for o in outcomes if o.ok and o.kept}
     table = Table(title=f"{len(decisions)} images" + ("" if applied else " (dry run: nothing changed)"))
     for column in ("cloud", "region", "image", "name", "os", "k8s", "arch", "built", "decision", "reason"):
         table.add_column(column, overflow="fold")
@@ -191,6 +196,8 @@ def _print_table(decisions: list[retention.Decision], orphans: list[retention.Or
         error = failures.get((record.region, record.image_id))
         if error:
             action, reason = f"{action} FAILED", error
+        elif (late := kept_late.get((record.region, record.image_id))):
+            action, reason = "keep (re-check)", late
         table.add_row(record.cloud, record.region, record.image_id, record.name, meta.os if meta else "-",
                       meta.kubernetes_minor if meta else "-", meta.arch if meta else "-",
                       f"{built:%Y-%m-%d}" if (built := retention.built_at(record)) else "?",
@@ -211,7 +218,8 @@ def _print_table(decisions: list[retention.Decision], orphans: list[retention.Or
     done = (lambda verb, past: past) if applied else (lambda verb, past: f"would {verb}")
     console.print(f"{summary.images} images: {summary.keep} kept, {summary.deprecate} {done('deprecate', 'deprecated')}, "
                   f"{summary.delete} {done('delete', 'deleted')}; {summary.orphans} orphans "
-                  f"{'swept' if applied else 'to sweep'}; {summary.unchecked} kept unchecked; {summary.failed} failed; "
+                  f"{'swept' if applied else 'to sweep'}; {summary.unchecked} kept unchecked; "
+                  f"{summary.kept_at_recheck} kept at the re-check; {summary.failed} failed; "
                   f"{foreign} images of others untouched")
 
 

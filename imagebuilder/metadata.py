@@ -45,11 +45,21 @@ class ImageMetadata:
                 return None
         return cls(**values)
 
-    def built_at(self, now: datetime | None = None) -> datetime | None:
-        """The build time, or None when unset or not trustworthy (see parse_build_timestamp)."""
+    def built_at(self) -> datetime | None:
+        """The build time for ordering and naming (newest image, SSM parameter, gallery version):
+        Packer's stamp, else unix seconds; None when neither, never an exception.
+
+        Retention trusts Packer's stamp only, within a plausible range (parse_build_timestamp):
+        it deletes by age."""
+        stamp = self.build_timestamp
+        if not (stamp.isascii() and stamp.isdigit()):
+            return None
         try:
-            return parse_build_timestamp(self.build_timestamp, now)
-        except ValueError:
+            if len(stamp) == 14:
+                return datetime(int(stamp[:4]), int(stamp[4:6]), int(stamp[6:8]), int(stamp[8:10]),
+                                int(stamp[10:12]), int(stamp[12:]), tzinfo=timezone.utc)
+            return datetime.fromtimestamp(int(stamp), timezone.utc) if len(stamp) <= 11 else None
+        except (ValueError, OverflowError, OSError):
             return None
 
     def to_gcp_labels(self) -> dict[str, str]:

@@ -106,6 +106,7 @@ class Outcome:
     action: str  # "deprecate", "delete", "sweep"
     done: list[str] = field(default_factory=list)  # ids deleted (image, snapshots) or deprecated
     error: str | None = None
+    kept: str | None = None  # the re-check right before the step found a reason to keep it after all
 
     @property
     def ok(self) -> bool:
@@ -113,7 +114,7 @@ class Outcome:
 
     def to_json(self) -> dict[str, Any]:
         return {"subject": self.subject, "cloud": self.cloud, "region": self.region, "action": self.action,
-                "done": self.done, "error": self.error}
+                "done": self.done, "error": self.error, "kept": self.kept}
 
 
 # -- the policy engine -------------------------------------------------------------------
@@ -245,6 +246,77 @@ def _decide_one(record: ImageRecord, in_use: Mapping[str, list[str] | None], unk
     if now < until or now < record.deprecated_at:
         return keep(f"deprecated, grace until {until:%Y-%m-%d %H:%M}")
     return Decision(record, Action.DELETE, f"deprecated since {record.deprecated_at:%Y-%m-%d}, grace over")
+
+
+# -- sharing is use ----------------------------------------------------------------------
+
+
+def shared_reason(record: ImageRecord, store: ImageStore) -> str | None:
+    """'shared with account 1111...' when others may launch the image; raises CloudError when unknown.
+
+    A store that can tell (``shared_with``) is asked; a public image is shared with everyone."""
+    if record.public:
+        return "shared with everyone (public)"
+    asker = getattr(store, "shared_with", None)
+    if not callable(asker):
+        return None
+    principals: list[str] = asker(record)
+    if not principals:
+        return None
+    shown = ", ".join(principals[:3]) + (f" and {len(principals) - 3} more" if len(principals) > 3 else "")
+    return f"shared with {shown}"
+
+
+def keep_shared(decisions: Sequence[Decision], store: ImageStore, policy: RetentionPolicy,
+                deadline: Deadline | None = None) -> list[Decision]:
+    """Images to deprecate or delete that are shared with other accounts or projects are kept
+    (unless ``prune_shared``): others may run them, and their instances are not ours to see.
+    Only the candidates are asked about (one call each), not every image."""
+    if policy.prune_shared:
+        return list(decisions)
+    result: list[Decision] = []
+    for decision in decisions:
+        if decision.action is Action.KEEP:
+            result.append(decision)
+            continue
+        try:
+            reason = shared_reason(decision.record, store)
+        except Exception as error:  # noqa: BLE001 - cannot tell who may use it: keep it
+            result.append(Decision(decision.record, Action.KEEP, f"in-use check failed: sharing: {_one_line(error)}"))
+            continue
+        result.append(decision if reason is None else Decision(
+            decision.record, Action.KEEP, f"{reason} (prune_shared: true prunes shared images)"))
+    return result
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return text if isinstance(error, CloudError) else f"{type(error).__name__}: {text}"[:400]
+
+
+def recheck(record: ImageRecord, store: ImageStore, prune_shared: bool) -> str | None:
+    """Right before a destructive step: why the image must stay after all, or None to go ahead.
+
+    The store's exact per-image check (for AWS: instances filtered by the image id, the launch
+    templates, configurations and groups naming it) and, unless prune_shared, its sharing.
+    Anything appearing since the plan keeps the image; a check that fails keeps it too."""
+    try:
+        users = store.in_use(record)
+    except Exception as error:  # noqa: BLE001
+        return f"re-check failed: {_one_line(error)}"
+    if users is None:
+        return "re-check failed: cannot tell whether it is in use"
+    if users:
+        shown = ", ".join(users[:3]) + (f" and {len(users) - 3} more" if len(users) > 3 else "")
+        return f"in use since the plan by {shown}"
+    if not prune_shared:
+        try:
+            shared = shared_reason(record, store)
+        except Exception as error:  # noqa: BLE001
+            return f"re-check failed: sharing: {_one_line(error)}"
+        if shared:
+            return f"{shared} since the plan"
+    return None
 
 
 # -- the run's time limit ------------------------------------------------------------------
@@ -380,8 +452,12 @@ Progress = Callable[[Outcome], None]
 
 
 def apply(decisions: Sequence[Decision], store: ImageStore, now: datetime | None = None,
-          progress: Progress | None = None, deadline: Deadline = NO_DEADLINE) -> list[Outcome]:
+          progress: Progress | None = None, deadline: Deadline = NO_DEADLINE,
+          prune_shared: bool = False) -> list[Outcome]:
     """Deprecate and delete as decided, one image at a time; each failure recorded, none raised.
+
+    Each step is preceded by ``recheck``: an image that came into use (or was shared) since
+    the plan is kept, its outcome saying why.
 
     Safe to kill at any point: every step is one idempotent cloud call or a delete the
     next run recomputes (an AMI deregistered but not its snapshots leaves tagged orphans
@@ -397,14 +473,14 @@ def apply(decisions: Sequence[Decision], store: ImageStore, now: datetime | None
             outcome = Outcome(record.image_id, record.cloud, record.region, decision.action.value,
                               error=deadline.reason())
         else:
-            outcome = _apply_one(decision, store, now)
+            outcome = _apply_one(decision, store, now, prune_shared)
         outcomes.append(outcome)
         if progress:
             progress(outcome)
     return outcomes
 
 
-def _apply_one(decision: Decision, store: ImageStore, now: datetime) -> Outcome:
+def _apply_one(decision: Decision, store: ImageStore, now: datetime, prune_shared: bool = False) -> Outcome:
     record = decision.record
 
     def outcome(done: list[str] | None = None, error: str | None = None) -> Outcome:
@@ -412,6 +488,11 @@ def _apply_one(decision: Decision, store: ImageStore, now: datetime) -> Outcome:
 
     if record.metadata is None or decision.action is Action.KEEP:  # defence in depth: never touch these
         return outcome(error="refused: not a deletable imagebuilder image")
+    why = recheck(record, store, prune_shared)
+    if why is not None:
+        if why.startswith("re-check failed"):
+            return outcome(error=f"kept: {why}")
+        return Outcome(record.image_id, record.cloud, record.region, decision.action.value, kept=why)
     try:
         if decision.action is Action.DEPRECATE:
             store.deprecate(record, now)
@@ -457,6 +538,7 @@ class Summary:
     unchecked: int  # kept because the in-use check failed
     orphans: int
     failed: int  # apply failures plus regions that could not be gathered
+    kept_at_recheck: int = 0  # in use or shared since the plan: not deprecated or deleted after all
 
     def to_json(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -468,4 +550,5 @@ def summarize(decisions: Sequence[Decision], orphans: Sequence[Orphan], outcomes
     unchecked = sum(1 for d in decisions if d.reason.startswith("in-use check failed"))
     return Summary(images=len(decisions), keep=counts[Action.KEEP], deprecate=counts[Action.DEPRECATE],
                    delete=counts[Action.DELETE], unchecked=unchecked, orphans=len(orphans),
-                   failed=sum(1 for o in outcomes if not o.ok) + gather_errors)
+                   failed=sum(1 for o in outcomes if not o.ok) + gather_errors,
+                   kept_at_recheck=sum(1 for o in outcomes if o.ok and o.kept))

@@ -279,8 +279,8 @@ def test_deprecate_calls_enable_image_deprecation_on_whole_minutes(aws_env: str)
 
 def test_deprecated_images_are_listed_but_not_resolved(aws_env: str) -> None:
     store = fast_store(AwsSettings(regions=["us-east-1"]))
-    tags = [{"Key": k, "Value": v} for k, v in sample_metadata(build_timestamp="20251206054640").to_tags().items()]
-    older_tags = [{"Key": k, "Value": v} for k, v in sample_metadata(build_timestamp="20231114221320").to_tags().items()]
+    tags = [{"Key": k, "Value": v} for k, v in sample_metadata(build_timestamp="1765000000").to_tags().items()]
+    older_tags = [{"Key": k, "Value": v} for k, v in sample_metadata(build_timestamp="1700000000").to_tags().items()]
     stubber = stubbed(store)
     stubber.add_response("describe_images", {"Images": [
         image_answer("ami-0new", Tags=tags, DeprecationTime="2026-01-01T00:00:00.000Z"),

@@ -383,7 +383,7 @@ def test_retention_prunes_through_this_store(store: AzureImageStore, arm: AzureC
     from imagebuilder.config import RetentionPolicy
     from imagebuilder.retention import Action, apply, decide, gather
 
-    for stamp, key in (("1700000000", "a"), ("1710000000", "b"), ("1720000000", "c")):
+    for stamp, key in (("20231114221320", "a"), ("20240309160000", "b"), ("20240703094640", "c")):
         store.publish(local_artifact(qcow2, metadata(stamp, key)))
     new, used, old = store.list_images()
     arm.machines = [{"id": "/vm/a", "name": "node", "location": "westeurope",

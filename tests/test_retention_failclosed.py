@@ -241,3 +241,87 @@ def test_timeout_stops_starting_work_and_reports_it(retention_aws: str, tmp_path
 
 def test_stamp_helper_is_the_schema_format() -> None:
     assert len(stamp(1)) == 14
+
+
+# -- re-check before each destructive step, and sharing -------------------------------------------
+
+
+def _plan(aws: aws_module.AwsImageStore, policy: RetentionPolicy) -> list[retention.Decision]:
+    inventory = retention.gather(aws)
+    decisions = retention.decide(inventory.records, inventory.in_use, policy,
+                                 unknown_reasons=inventory.unknown_reasons)
+    return retention.keep_shared(decisions, aws, policy)
+
+
+def test_an_instance_launched_between_plan_and_apply_keeps_the_image(retention_aws: str) -> None:
+    region = "us-east-1"
+    for key, days in (("1", 1), ("2", 2), ("3", 3)):
+        publish(region, key, days)
+    doomed = publish(region, "4", 90, deprecated="2026-01-01T00:00:00.000Z")
+    to_deprecate = publish(region, "5", 80)
+    gone = publish(region, "6", 95, deprecated="2026-01-01T00:00:00.000Z")
+    aws = store([region])
+    decisions = _plan(aws, RetentionPolicy())
+    actions = {d.record.image_id: d.action for d in decisions}
+    assert actions[doomed] is retention.Action.DELETE and actions[to_deprecate] is retention.Action.DEPRECATE
+    ec2 = aws_module.boto3.client("ec2", region_name=region)
+    ec2.run_instances(ImageId=doomed, MinCount=1, MaxCount=1)  # after the plan's in-use scan
+    ec2.create_launch_template(LaunchTemplateName="late", LaunchTemplateData={"ImageId": to_deprecate})
+    outcomes = {o.subject: o for o in retention.apply(decisions, aws)}
+    assert outcomes[doomed].ok and outcomes[doomed].kept and "in use since the plan by instance" in outcomes[doomed].kept
+    assert outcomes[to_deprecate].kept and "launch template" in outcomes[to_deprecate].kept
+    assert outcomes[gone].done and gone not in images(region)
+    left = images(region)
+    assert doomed in left and "DeprecationTime" not in left[to_deprecate]
+    summary = retention.summarize(decisions, [], list(outcomes.values()))
+    assert summary.kept_at_recheck == 2 and summary.failed == 0
+
+
+def test_a_failed_recheck_keeps_the_image_and_fails(retention_aws: str) -> None:
+    region = "us-east-1"
+    for key, days in (("1", 1), ("2", 2), ("3", 3)):
+        publish(region, key, days)
+    doomed = publish(region, "4", 90, deprecated="2026-01-01T00:00:00.000Z")
+    aws = store([region])
+    decisions = _plan(aws, RetentionPolicy())
+    from test_retention_aws import denying_session
+
+    denied = store([region], session=denying_session("ec2.DescribeInstances"))
+    outcomes = retention.apply(decisions, denied)
+    assert [o.error for o in outcomes if o.subject == doomed][0].startswith("kept: re-check failed")
+    assert doomed in images(region)
+
+
+def test_an_image_shared_with_another_account_is_kept_and_says_with_whom(retention_aws: str,
+                                                                        tmp_path: Path) -> None:
+    region = "us-east-1"
+    for key, days in (("1", 1), ("2", 2), ("3", 3)):
+        publish(region, key, days)
+    shared = publish(region, "4", 90, deprecated="2026-01-01T00:00:00.000Z")
+    ec2 = aws_module.boto3.client("ec2", region_name=region)
+    ec2.modify_image_attribute(ImageId=shared, LaunchPermission={"Add": [{"UserId": "111122223333"}]})
+    decisions = {d.record.image_id: d for d in _plan(store([region]), RetentionPolicy())}
+    assert decisions[shared].action is retention.Action.KEEP
+    assert decisions[shared].reason.startswith("shared with account 111122223333")
+    env = cli_env(tmp_path, retention_aws)
+    kept = run_prune(["-m", str(matrix(tmp_path, [region])), "--cloud", "aws", "--apply"], env)
+    assert kept.returncode == 0, kept.stderr
+    assert shared in images(region) and "shared with account 111122223333" in kept.stdout
+    pruned = run_prune(["-m", str(matrix(tmp_path, [region], "retention: {prune_shared: true}\n")),
+                        "--cloud", "aws", "--apply"], env)
+    assert pruned.returncode == 0, pruned.stderr
+    assert shared not in images(region)
+
+
+def test_an_image_shared_between_plan_and_apply_is_kept(retention_aws: str) -> None:
+    region = "us-east-1"
+    for key, days in (("1", 1), ("2", 2), ("3", 3)):
+        publish(region, key, days)
+    doomed = publish(region, "4", 90, deprecated="2026-01-01T00:00:00.000Z")
+    aws = store([region])
+    decisions = _plan(aws, RetentionPolicy())
+    aws_module.boto3.client("ec2", region_name=region).modify_image_attribute(
+        ImageId=doomed, LaunchPermission={"Add": [{"UserId": "444455556666"}]})
+    outcomes = {o.subject: o for o in retention.apply(decisions, aws)}
+    assert outcomes[doomed].kept and "account 444455556666" in outcomes[doomed].kept
+    assert doomed in images(region)

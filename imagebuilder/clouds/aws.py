@@ -397,6 +397,16 @@ class AwsImageStore(ImageStore):
                 log.warning("aws %s: kept snapshot %s: %s", image.region, snapshot, error)
         return deleted
 
+    def shared_with(self, image: ImageRecord) -> list[str]:
+        """Who else may launch the image: its launch permissions ('account 1111...', 'group all',
+        'organization arn:...'); raises CloudError when they cannot be read."""
+        permissions = self.call("ec2", image.region, "describe_image_attribute", image.image_id,
+                                ImageId=image.image_id, Attribute="launchPermission").get("LaunchPermissions", [])
+        names = {"UserId": "account", "Group": "group", "OrganizationArn": "organization",
+                 "OrganizationalUnitArn": "organizational unit"}
+        return [f"{names[key]} {value}" for permission in permissions for key, value in permission.items()
+                if key in names]
+
     def in_use(self, image: ImageRecord) -> list[str] | None:
         """Instances (not terminated), launch template versions, launch configurations and their ASGs."""
         region, image_id = image.region, image.image_id
@@ -526,9 +536,8 @@ def aws_error(exc: ClientError, region: str, operation: str, subject: str) -> Cl
                           "| fix: enable the region or remove it from clouds.aws.regions")
     if _retryable(exc):
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        return CloudError(f"{what}: still throttled or unavailable after retries ({code or f'HTTP {status}'}"
-                          f"{': ' + message[:120] if message else ''}) | fix: run it again later; if it persists, "
-                          "check AWS_ENDPOINT_URL and proxies (HTTPS_PROXY)")
+        return CloudError(f"{what}: still throttled or unavailable after retries ({code or f'HTTP {status}'}) "
+                          "| fix: run it again later; if it persists, check AWS_ENDPOINT_URL and proxies (HTTPS_PROXY)")
     return CloudError(f"{what} failed ({code}: {message})")
 
 
