@@ -99,10 +99,12 @@ def plan_command(matrix_path: Path, only: tuple[str, ...], output_format: str | 
     if old_lock is None and output_format not in ("clouds", "make"):
         cells = [cell for cell in resolved(cells, matrix_path, offline, scope) if cell.cloud not in scope.skipped]
     if changed:
-        cells = pipeline.changed_cells(cells, _lookup(matrix_path, scope))
+        lookup = _lookup(matrix_path, scope)
+        cells = pipeline.changed_cells(cells, lookup)
+        reasons = {cell.id: reasons.get(cell.id, ()) or lookup.why(cell) for cell in cells}
     output_format = output_format or ("table" if sys.stdout.isatty() else "json")
     if output_format == "json":
-        print_json([{**cell.summary(), **({"reasons": list(reasons[cell.id])} if old_lock else {})}
+        print_json([{**cell.summary(), **({"reasons": list(reasons[cell.id])} if old_lock or changed else {})}
                     for cell in cells])
     elif output_format == "github-matrix":
         click.echo(json.dumps(github.job_matrix(cells), separators=(",", ":")))
@@ -114,7 +116,7 @@ def plan_command(matrix_path: Path, only: tuple[str, ...], output_format: str | 
         for target in dict.fromkeys(f"build-{cell.cloud}-{cell.os}" for cell in cells):
             click.echo(target)
     else:
-        stdout.print(_plan_table(cells, reasons if old_lock is not None else None))
+        stdout.print(_plan_table(cells, reasons if old_lock is not None or changed else None))
     scope.exit()
 
 
@@ -207,7 +209,8 @@ def build_command(matrix_path: Path, only: tuple[str, ...], output_dir: Path, jo
     options = pipeline.BuildOptions(output_dir=output_dir, jobs=jobs, force=force, dry_run=dry_run,
                                     publish=not no_publish)
     # What exists first: a nightly no-op checks no download of the cells it skips.
-    job_list = pipeline.look_up_jobs(cells, options, _lookup(matrix_path, scope))
+    lookup = _lookup(matrix_path, scope)
+    job_list = pipeline.look_up_jobs(cells, options, lookup)
     if not skip_preflight:
         to_build = [job.cell for job in job_list if job.state.value == "queued"]
         kept = {cell.id for cell in _preflight(to_build, matrix_path, dry_run, scope)} if to_build else set()
@@ -220,11 +223,15 @@ def build_command(matrix_path: Path, only: tuple[str, ...], output_dir: Path, jo
             action = (f"publish only (built: {job.existing})" if job.state is job.state.PUBLISH_ONLY and
                       not no_publish else
                       f"skip (exists: {job.existing})" if job.existing else
-                      "skip (cloud unreachable)" if job.state.value == "unreachable" else "build")
+                      "skip (cloud unreachable)" if job.state.value == "unreachable" else
+                      f"build ({_why(lookup, job.cell, force)})")
             click.echo(f"{action:<40} {job.cell.id}")
         scope.exit()
         return
     try:
+        for job in job_list:
+            if job.state.value == "queued":
+                click.echo(f"build {job.cell.id}: {_why(lookup, job.cell, force)}")
         pipeline.run_jobs(job_list, options, progress.make_reporter())
     except KeyboardInterrupt:
         progress.print_summary(job_list)
@@ -236,6 +243,11 @@ def build_command(matrix_path: Path, only: tuple[str, ...], output_dir: Path, jo
         click.echo(f"imagebuilder: {len(failed)} of {len(job_list)} cells failed; logs in "
                    f"{output_dir}/<cell>/build.log", err=True)
     scope.exit(failed=bool(failed))
+
+
+def _why(lookup: pipeline.CatalogueLookup, cell: Cell, force: bool) -> str:
+    """Why build builds this cell: what moved since its newest image, "new", "age"; or --force."""
+    return "forced" if force else ", ".join(lookup.why(cell)) or "build key"
 
 
 PREFLIGHT_EXIT = 2  # as a UserError: nothing ran

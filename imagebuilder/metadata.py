@@ -14,6 +14,8 @@ GCP_LABEL_VALUE = re.compile(r"[^a-z0-9_-]")
 # (and out of the build key), so a record read back still equals the artifact's metadata.
 PUBLISHED_TAG = PREFIX + "published"
 PUBLISHED_VALUE = "true"
+# Fields an image may lack and still be ours (made before they existed).
+OPTIONAL_FIELDS = frozenset({"build_timestamp", "build_inputs"})
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,9 @@ class ImageMetadata:
     version: str  # imagebuilder's own version
     git_commit: str
     build_timestamp: str = ""  # UTC "YYYYMMDDhhmmss" as Packer's formatdate writes it at build time
+    # A short digest per input of the build key (planner.encode_inputs): what `plan --changed`
+    # compares to say why a cell is built again. Optional: images made before it have none.
+    build_inputs: str = ""
 
     def to_tags(self) -> dict[str, str]:
         """As AWS tags, OpenStack properties, Azure tags and local catalogue records carry it."""
@@ -41,7 +46,7 @@ class ImageMetadata:
             key = tag_key(item.name)
             if key in tags:
                 values[item.name] = str(tags[key])
-            elif item.name != "build_timestamp":
+            elif item.name not in OPTIONAL_FIELDS:
                 return None
         return cls(**values)
 
@@ -106,6 +111,8 @@ def gcp_label_value(value: str) -> str:
 
 def metadata_for(cell: Any, version: str, git_commit: str) -> ImageMetadata:
     """The metadata of a planned cell (imagebuilder.planner.Cell)."""
+    from imagebuilder.planner import encode_inputs
+
     info = cell.os_info
     return ImageMetadata(
         os=cell.os,
@@ -117,4 +124,5 @@ def metadata_for(cell: Any, version: str, git_commit: str) -> ImageMetadata:
         cell=cell.id,
         version=version,
         git_commit=git_commit,
+        build_inputs=encode_inputs(cell.inputs),
     )

@@ -19,7 +19,7 @@ from imagebuilder.build import (BuilderExecutors, Executor, Job, Limits, Lookup,
                                 make_jobs, mark_existing)
 from imagebuilder.cloudscope import CloudScope, describe
 from imagebuilder.clouds import ImageFilter, ImageRecord, canonical_cloud, utcnow
-from imagebuilder.planner import Cell
+from imagebuilder.planner import Cell, moved_inputs
 
 
 # The settings that say where a cloud's images are listed; cells agreeing on them share one listing.
@@ -91,6 +91,20 @@ class CatalogueLookup:
     def unpublished(self, cell: Cell) -> bool:
         """Its image exists but a copy lacks the published tag: a publish was cut short."""
         return any(not record.published for record in self.records(cell))
+
+    def why(self, cell: Cell) -> tuple[str, ...]:
+        """Why the cell is built (or published): "new" when it has no image yet, "unpublished",
+        "age" (rebuild_after_days), else what moved since its newest image (published first):
+        "pins", "roles/templates", "base image", "settings", … from the inputs recorded on it."""
+        records = self.records(cell)
+        if records:
+            return ("unpublished",) if self.unpublished(cell) else ("age",) if self.too_old(cell, records) else ()
+        listing = self.listings.get(self.listing_key(cell)) or {}
+        previous = [r for found in listing.values() for r in found if r.metadata and r.metadata.cell == cell.id]
+        if not previous:
+            return ("new",)
+        newest = max(previous, key=lambda r: (r.published, r.build_time))
+        return moved_inputs(newest.metadata.build_inputs if newest.metadata else "", cell.inputs)
 
     def __call__(self, cell: Cell) -> str | None:
         records = self.records(cell)

@@ -47,6 +47,9 @@ class Cell:
     base_image: dict[str, Any]  # the reference; with "resolved", the image it names (baseimages.py)
     image_name: str
     build_key: str = field(default="")
+    # A short digest per input of the build key (key_inputs), recorded on the image so a later
+    # plan can say what moved; as one compact string by encode_inputs.
+    inputs: dict[str, str] = field(default_factory=dict)
     # Where the qemu base is fetched from (the reference through `mirrors:`); not in the key.
     base_source: dict[str, str] = field(default_factory=dict)
 
@@ -130,8 +133,13 @@ def base_source_for(base_image: dict[str, Any], mirrors: dict[str, str]) -> dict
 def rekeyed(cell: Cell, loaded: LoadedMatrix, **changes: Any) -> Cell:
     """The cell with some fields changed (a resolved base image) and its build key computed again."""
     changed = Cell(**{**cell.__dict__, **changes, "build_key": ""})
-    key = build_key(changed, loaded.versions.minors[cell.kubernetes].model_dump(mode="json"))
-    return Cell(**{**changed.__dict__, "build_key": key})
+    return keyed(changed, loaded.versions.minors[cell.kubernetes].model_dump(mode="json"))
+
+
+def keyed(cell: Cell, pins: dict[str, Any]) -> Cell:
+    """The cell with its build key and the digests of the key's inputs, from one material dict."""
+    material = key_material(cell, pins)
+    return Cell(**{**cell.__dict__, "build_key": _digest(material), "inputs": key_inputs(material)})
 
 
 def _selected_combinations(matrix: Matrix, source: SourceMap) -> list[tuple[str, str, str]]:
@@ -238,8 +246,7 @@ def _make_cell(loaded: LoadedMatrix, cloud: str, os_id: str, minor: str, mirrors
         image_name=image_name(cloud, os_id, pins.kubernetes_version, arch),
     )
     cell = Cell(**{**cell.__dict__, "base_source": base_source_for(cell.base_image, mirrors)})
-    key = build_key(cell, pins.model_dump(mode="json"))
-    return Cell(**{**cell.__dict__, "build_key": key})
+    return keyed(cell, pins.model_dump(mode="json"))
 
 
 def _merged_settings(loaded: LoadedMatrix, cloud: str, settings: dict[str, Any], changes: dict[str, Any],
@@ -276,7 +283,12 @@ def build_settings(cloud: str, settings: dict[str, Any]) -> dict[str, Any]:
 
 def build_key(cell: Cell, pins: dict[str, Any]) -> str:
     """Everything that determines the image, and nothing that does not (mirrors, names, time)."""
-    material = {
+    return _digest(key_material(cell, pins))
+
+
+def key_material(cell: Cell, pins: dict[str, Any]) -> dict[str, Any]:
+    """What the build key hashes, one entry per input."""
+    return {
         "schema": BUILD_KEY_SCHEMA,
         "templates": tree_digest(PACKER_DIR, ("_", f"{cell.cloud}")),
         "roles": tree_digest(ANSIBLE_DIR),
@@ -289,5 +301,36 @@ def build_key(cell: Cell, pins: dict[str, Any]) -> str:
         "settings": build_settings(cell.cloud, cell.settings),
         "ansible_vars": cell.ansible_vars,
     }
-    canonical = json.dumps(material, sort_keys=True, separators=(",", ":"))
+
+
+def _digest(value: Any) -> str:
+    canonical = json.dumps(value, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+# Hex digits per input: 11 inputs make 54 characters with their dashes, within a GCP label value
+# (63, [a-z0-9_-]) and one tag everywhere else; enough to tell what moved, not to identify it.
+INPUT_DIGEST_LENGTH = 4
+# How `plan --changed` names a moved input; an input not here is named by its key.
+INPUT_LABELS = {"roles": "roles/templates", "templates": "roles/templates", "base_image": "base image",
+                "ansible_vars": "ansible vars", "schema": "build key schema"}
+
+
+def key_inputs(material: dict[str, Any]) -> dict[str, str]:
+    """A short digest per input of the build key's material, in the material's order."""
+    return {name: _digest(value)[:INPUT_DIGEST_LENGTH] for name, value in material.items()}
+
+
+def encode_inputs(inputs: dict[str, str]) -> str:
+    """The digests as one tag or label value, in order: "1a2b-3c4d-…"."""
+    return "-".join(inputs.values())
+
+
+def moved_inputs(recorded: str, inputs: dict[str, str]) -> tuple[str, ...]:
+    """What moved between the inputs recorded on an image (encode_inputs) and a cell's inputs."""
+    before = recorded.split("-") if recorded else []
+    if len(before) != len(inputs):
+        return ("inputs not recorded on the image",)
+    moved = [INPUT_LABELS.get(name, name.replace("_", " "))
+             for (name, digest), was in zip(inputs.items(), before) if digest != was]
+    return tuple(dict.fromkeys(moved)) or ("build key",)
