@@ -150,7 +150,7 @@ def test_build_dry_run_leaves_the_unreachable_clouds_cells_out(world: dict[str, 
     lines = {line.split()[-1]: line.rsplit(None, 1)[0].strip() for line in result.stdout.splitlines()
              if "-k8s-" in line}
     assert lines["aws-debian-12-k8s-1.35"] == "skip (cloud unreachable)"
-    assert lines["qemu-debian-12-k8s-1.34"] == "build"
+    assert lines["qemu-debian-12-k8s-1.34"] == "build (new)"
     assert lines["openstack-debian-12-k8s-1.35"].startswith("skip (exists:")
 
 
