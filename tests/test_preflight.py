@@ -174,7 +174,7 @@ def test_a_good_mirror_passes_and_dry_run_prints_the_preflight(workspace: Worksp
     assert result.returncode == 0, result.stderr
     assert problem_lines(result.stderr) == []
     assert "preflight: ok (7 download URLs, clouds: qemu)" in result.stdout
-    assert f"{'build':<40} {workspace.cell_id}" in result.stdout
+    assert f"{'build (new)':<40} {workspace.cell_id}" in result.stdout
     assert workspace.tools_called() == ["packer version"]  # render asks for the version; nothing builds
 
 
@@ -184,7 +184,7 @@ def test_dry_run_reports_problems_with_its_plan(workspace: Workspace, refusing_u
 
     assert result.returncode == 0, result.stderr  # a dry run reports; it runs nothing to stop
     assert "preflight: 1 problem, a build would stop here" in result.stdout
-    assert f"{'build':<40} {workspace.cell_id}" in result.stdout
+    assert f"{'build (new)':<40} {workspace.cell_id}" in result.stdout
     [line] = problem_lines(result.stderr)
     assert f": runc: {refusing_url}/v" in line and "mirrors.runc" in line
     assert "packer build" not in workspace.tools_called()
