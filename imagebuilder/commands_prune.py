@@ -22,7 +22,6 @@ from typing import Any
 
 import click
 from rich.console import Console
-from rich.table import Table
 
 from imagebuilder import locks, retention
 from imagebuilder.clouds import (
@@ -37,7 +36,6 @@ from imagebuilder.cloudscope import CloudScope, explicit_clouds, strict_option
 from imagebuilder.errors import UserError
 from imagebuilder.yamlsource import InputError, read_yaml, validate
 
-ACTION_STYLE = {"keep": "green", "deprecate": "yellow", "delete": "red"}
 
 
 @dataclass
@@ -181,46 +179,51 @@ def report(runs: list[CloudRun], policy: RetentionPolicy, applied: bool, output_
 def _print_table(decisions: list[retention.Decision], orphans: list[retention.Orphan],
                  outcomes: list[retention.Outcome], errors: list[str], summary: retention.Summary, applied: bool,
                  foreign: int) -> None:
-    console = Console(highlight=False, soft_wrap=True)
-    if not console.is_terminal:  # logs and pipes: wide enough that ids are never folded
-        console = Console(highlight=False, soft_wrap=True, width=max(console.width, 200))
+    """A plain fixed-width table: ids never folded, 10,000 rows in a fraction of a second
+    (rich measured every cell of every row: 10 s of CPU at that size)."""
     failures = {(o.region, o.subject): o.error for o in outcomes if not o.ok}
     kept_late = {(o.region, o.subject): o.kept for o in outcomes if o.ok and o.kept}
-    table = Table(title=f"{len(decisions)} images" + ("" if applied else " (dry run: nothing changed)"))
-    for column in ("cloud", "region", "image", "name", "os", "k8s", "arch", "built", "decision", "reason"):
-        table.add_column(column, overflow="fold")
+    rows: list[tuple[str, ...]] = []
     for decision in decisions:
         record, meta = decision.record, decision.record.metadata
-        action = decision.action.value
-        reason = decision.reason
+        action, reason = decision.action.value, decision.reason
         error = failures.get((record.region, record.image_id))
         if error:
             action, reason = f"{action} FAILED", error
         elif (late := kept_late.get((record.region, record.image_id))):
             action, reason = "keep (re-check)", late
-        table.add_row(record.cloud, record.region, record.image_id, record.name, meta.os if meta else "-",
-                      meta.kubernetes_minor if meta else "-", meta.arch if meta else "-",
-                      f"{built:%Y-%m-%d}" if (built := retention.built_at(record)) else "?",
-                      f"[{ACTION_STYLE.get(decision.action.value, '')}]{action}[/]", reason)
-    console.print(table)
+        built = retention.built_at(record)
+        rows.append((record.cloud, record.region, record.image_id, record.name, meta.os if meta else "-",
+                     meta.kubernetes_minor if meta else "-", meta.arch if meta else "-",
+                     f"{built:%Y-%m-%d}" if built else "?", action, reason))
+    lines = [f"{len(decisions)} images" + ("" if applied else " (dry run: nothing changed)")]
+    lines += plain_table(("cloud", "region", "image", "name", "os", "k8s", "arch", "built", "decision", "reason"), rows)
     if orphans:
-        orphan_table = Table(title=f"{len(orphans)} orphans left by deleted images"
-                             + (" (swept)" if applied else " (to sweep)"))
-        for column in ("cloud", "region", "resource", "reason"):
-            orphan_table.add_column(column)
-        for orphan in orphans:
-            error = failures.get((orphan.region, orphan.resource_id))
-            orphan_table.add_row(orphan.cloud, orphan.region, orphan.resource_id,
-                                 f"FAILED: {error}" if error else orphan.reason)
-        console.print(orphan_table)
-    for error in errors:
-        console.print(f"[red]error[/red] {error}")
+        lines.append(f"{len(orphans)} orphans left by deleted images" + (" (swept)" if applied else " (to sweep)"))
+        lines += plain_table(("cloud", "region", "resource", "reason"), [
+            (o.cloud, o.region, o.resource_id,
+             f"FAILED: {failures[(o.region, o.resource_id)]}" if (o.region, o.resource_id) in failures else o.reason)
+            for o in orphans])
+    lines += [f"error {error}" for error in errors]
     done = (lambda verb, past: past) if applied else (lambda verb, past: f"would {verb}")
-    console.print(f"{summary.images} images: {summary.keep} kept, {summary.deprecate} {done('deprecate', 'deprecated')}, "
-                  f"{summary.delete} {done('delete', 'deleted')}; {summary.orphans} orphans "
-                  f"{'swept' if applied else 'to sweep'}; {summary.unchecked} kept unchecked; "
-                  f"{summary.kept_at_recheck} kept at the re-check; {summary.failed} failed; "
-                  f"{foreign} images of others untouched")
+    lines.append(f"{summary.images} images: {summary.keep} kept, {summary.deprecate} {done('deprecate', 'deprecated')}, "
+                 f"{summary.delete} {done('delete', 'deleted')}; {summary.orphans} orphans "
+                 f"{'swept' if applied else 'to sweep'}; {summary.unchecked} kept unchecked; "
+                 f"{summary.kept_at_recheck} kept at the re-check; {summary.failed} failed; "
+                 f"{foreign} images of others untouched")
+    click.echo("\n".join(lines))
+
+
+def plain_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+    """Columns padded to their widest cell (the last one left as is); one line per row."""
+    widths = [len(name) for name in header[:-1]]
+    for row in rows:
+        for index, cell in enumerate(row[:-1]):
+            if len(cell) > widths[index]:
+                widths[index] = len(cell)
+    template = "  ".join(f"{{:<{width}}}" for width in widths) + "  {}"
+    return [template.format(*header), template.format(*("-" * w for w in widths), "-" * len(header[-1])),
+            *(template.format(*row) for row in rows)]
 
 
 # -- inputs --------------------------------------------------------------------------------
