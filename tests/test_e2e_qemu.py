@@ -76,8 +76,10 @@ ALLOWED_DIFFERENCES = {
     "etc/machine-id": "checked empty by sysprep in both; listed in case a builder leaves a link",
     "etc/.pwd.lock": "shadow-utils' lock file, made when the build user is added",
     "etc/default/locale": "cloud-init's locale module in the Packer build VM writes LANG (a node's first boot does too)",
-    "etc/imagebuilder-release": "BUILD_DATE: each build's own time (everything else in it must match)",
+    "etc/imagebuilder-release": "BUILD_DATE and the git commit of each build (everything else must match)",
 }
+# The provenance lines that belong to one build: its time, and the checkout's commit then.
+RELEASE_LINES_PER_BUILD = ("BUILD_DATE=", "IMAGEBUILDER_GIT_COMMIT=")
 ALLOWED_PREFIXES = {
     "etc/ssh/ssh_host_": "host keys: sysprep removes them in both; listed for a rerun",
     "etc/cloud/cloud.cfg.d/": "none expected; cloud-init state in /etc is compared, not its cache",
@@ -535,7 +537,7 @@ def test_packer_path_builds_the_same_image(packer_build: BackgroundBuild, offlin
     print(f"\nimages differ in {len(differing)} allowed paths: {differing}", file=sys.stderr)
     assert unexplained == []
     release = {name: [line for line in (root / "etc/imagebuilder-release").read_text().splitlines()
-                      if not line.startswith("BUILD_DATE=")] for name, root in trees.items()}
+                      if not line.startswith(RELEASE_LINES_PER_BUILD)] for name, root in trees.items()}
     assert release["packer"] == release["offline"] and any("BUILD_KEY" in line for line in release["offline"])
     for tree in ("usr/local/bin", "opt/cni/bin"):
         assert not [name for name in differing if name.startswith(tree)]
