@@ -302,6 +302,9 @@ def qemu_command(disk: Path, *, port: int, serial_log: Path, accel: Accel, seed:
     return cmd
 
 
+PIDFILE = "qemu.pid"  # in the boot's workdir: which process the VM is
+
+
 @contextmanager
 def boot(disk: Path, *, user: str, key: SshKey, workdir: Path, accel: Accel | None = None,
          disk_format: str = "qcow2", snapshot: bool = True, kernel: Path | None = None,
@@ -316,18 +319,26 @@ def boot(disk: Path, *, user: str, key: SshKey, workdir: Path, accel: Accel | No
     accel = accel or accelerator()
     serial_log = workdir / "serial.log"
     started = time.monotonic()
-    for attempt in range(3):  # the free port can be taken between probe and QEMU's bind
-        port = free_port()
-        cmd = qemu_command(disk, port=port, serial_log=serial_log, accel=accel, seed=seed,
-                           disk_format=disk_format, snapshot=snapshot, kernel=kernel, initrd=initrd,
-                           append=append)
-        stderr_path = workdir / "qemu.stderr"
-        with open(stderr_path, "w") as stderr:
-            process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr,
-                                       start_new_session=True)
-        time.sleep(1)
-        if process.poll() is None or "hostfwd" not in stderr_path.read_text():
-            break
+    process: subprocess.Popen | None = None
+    try:
+        for attempt in range(3):  # the free port can be taken between probe and QEMU's bind
+            port = free_port()
+            cmd = [*qemu_command(disk, port=port, serial_log=serial_log, accel=accel, seed=seed,
+                                 disk_format=disk_format, snapshot=snapshot, kernel=kernel, initrd=initrd,
+                                 append=append), "-pidfile", str(workdir / PIDFILE)]
+            stderr_path = workdir / "qemu.stderr"
+            with open(stderr_path, "w") as stderr:
+                process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr,
+                                           start_new_session=True)
+            time.sleep(1)
+            if process.poll() is None or "hostfwd" not in stderr_path.read_text():
+                break
+    except BaseException:
+        # Interrupted while QEMU starts: it is in its own session, so nothing else stops it.
+        if process is not None:
+            stop_group(process, grace=5)
+        raise
+    assert process is not None
     vm = Vm(process=process, port=port, user=user, key=key.private, serial_log=serial_log)
     try:
         if process.poll() is not None:

@@ -386,6 +386,14 @@ def session_processes(session_id: int) -> list[int]:
     return found
 
 
+def process_alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
+
+
 def wait_for(condition, what: str, process: subprocess.Popen, output: Path, timeout: float = 600) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -447,12 +455,20 @@ def test_ctrl_c_stops_the_boot_test_and_its_vm(offline_build: CellBuild, tmp_pat
         process = subprocess.Popen([sys.executable, "-c", BOOT_SCRIPT.format(), str(offline_build.image()),
                                     str(workdir)], cwd=REPO, env=offline_build.env, stdout=out,
                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-    serial = workdir / "serial.log"
-    wait_for(lambda: serial.exists() and serial.stat().st_size > 0, "guest output on the serial console",
-             process, output, timeout=300)
+    pidfile = workdir / qemu.PIDFILE
+    # Interrupted at once: the VM has just started (the window where it once outlived Ctrl-C).
+    wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), "the VM's pid file", process, output,
+             timeout=300)
+    vm_pid = int((workdir / qemu.PIDFILE).read_text())  # the VM this test's boot started (its own session)
     seconds = assert_stopped_promptly(process, signal.SIGINT)
     print(f"\nboot test stopped {seconds:.1f} s after Ctrl-C", file=sys.stderr)
     assert process.returncode != 0 and "KeyboardInterrupt" in output.read_text()
+    deadline = time.monotonic() + 30
+    while process_alive(vm_pid) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    if process_alive(vm_pid):
+        os.kill(vm_pid, signal.SIGKILL)
+        pytest.fail("the boot test's VM outlived Ctrl-C", pytrace=False)
 
 
 # --- one image, two paths ---------------------------------------------------------------------
