@@ -46,6 +46,15 @@ def test_cache_dir() -> Path:
 test_cache_dir.__test__ = False  # a helper, not a test, even when imported into a test module
 
 
+def process_alive(pid: int) -> bool:
+    """Whether a process the test started still runs (a zombie does not count)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
+
+
 @dataclass(frozen=True)
 class ReleaseMirror:
     root: Path

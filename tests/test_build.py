@@ -16,6 +16,7 @@ import pytest
 from imagebuilder.build import Limits, NoHooks, PackerExecutor, Scheduler, State, mark_existing
 from imagebuilder.progress import PlainReporter
 
+from conftest import process_alive
 from nullcells import null_cells, null_jobs
 
 pytestmark = pytest.mark.skipif(subprocess.run(["which", "packer"], capture_output=True).returncode != 0,
@@ -152,14 +153,6 @@ def _ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, IndexError):
-        return False
-    return state != "Z"
-
-
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_ctrl_c_stops_packer_cleanly_and_reports(tmp_path: Path, sig: signal.Signals) -> None:
     code = CTRL_C_SCRIPT.format(tests=str(Path(__file__).parent), root=str(tmp_path))
@@ -175,7 +168,7 @@ def test_ctrl_c_stops_packer_cleanly_and_reports(tmp_path: Path, sig: signal.Sig
         assert process.poll() is None, out_path.read_text()
         time.sleep(0.1)
     sleeper = int(marker.read_text())  # the pid of the `sleep 60` this test's build started
-    assert _alive(sleeper)
+    assert process_alive(sleeper)
     process.send_signal(sig)
     process.wait(timeout=60)
     output = out_path.read_text()
@@ -184,7 +177,7 @@ def test_ctrl_c_stops_packer_cleanly_and_reports(tmp_path: Path, sig: signal.Sig
     assert "done" in output and "cancelled" in output
     logs = "".join(p.read_text() for p in (tmp_path / "build").glob("*/build.log"))
     assert "cancelled" in logs.lower() or "interrupt" in logs.lower()
-    assert not _alive(sleeper), "the build's sleep outlived the interrupt"
+    assert not process_alive(sleeper), "the build's sleep outlived the interrupt"
 
 
 def test_live_view_and_plain_lines_show_the_queue(tmp_path: Path) -> None:

@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, process_alive
 from conftest import test_cache_dir as shared_test_cache
 from imagebuilder import procs, qemu, render
 from imagebuilder.distributions import debian
@@ -384,14 +384,6 @@ def session_processes(session_id: int) -> list[int]:
         if int(fields[3]) == session_id and fields[0] != "Z":  # fields: state, ppid, pgrp, session
             found.append(int(stat.parent.name))
     return found
-
-
-def process_alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, IndexError):
-        return False
-    return state != "Z"
 
 
 def wait_for(condition, what: str, process: subprocess.Popen, output: Path, timeout: float = 600) -> None:
