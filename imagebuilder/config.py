@@ -252,6 +252,9 @@ class RetentionPolicy(_Strict):
     keep_newest: Count = Field(3, ge=1, le=MAX_KEEP_NEWEST)
     min_age_days: Count = Field(7, ge=0, le=MAX_RETENTION_DAYS)
     deprecate_grace_days: Count = Field(14, ge=0, le=MAX_RETENTION_DAYS)
+    # Clouds with an OBSOLETE stage (GCE: new uses refused, running ones go on) hold a deprecated
+    # image there this long after its grace before deleting it; 0 deletes without the stage.
+    obsolete_days: Count = Field(7, ge=0, le=MAX_RETENTION_DAYS)
     protect_tag: str = Field("imagebuilder-protect", max_length=MAX_TAG_LENGTH)
     # Images shared with other accounts or projects (launch permissions, members) count as in
     # use unless this is true: others may launch them, and we cannot see their instances.

@@ -14,14 +14,19 @@ one ``Decision`` per image out. The rules, first match wins:
 8. built less than the minimum age ago        -> keep ("too young")
 9. not deprecated yet                         -> deprecate
 10. deprecated less than the grace period ago -> keep ("deprecated, grace until ...")
-11. otherwise                                 -> delete
+11. a cloud with an OBSOLETE stage (GCE), and
+    ``obsolete_days`` > 0: not obsolete yet     -> obsolete (new uses refused)
+    obsolete less than ``obsolete_days`` ago    -> keep ("obsolete, delete after ...")
+12. otherwise                                 -> delete
 
 A group is (cloud, region, os, kubernetes minor, arch) from the metadata. An image's age
 is its build time: the metadata's Packer timestamp, trusted only in its format and between
 2015 and now plus a day (metadata.parse_build_timestamp). An image whose timestamp fails
 that is kept, and neither counts toward nor displaces its group's newest N.
-Deletion therefore always takes two runs at least ``deprecate_grace_days`` apart, and a
-re-run after any interruption recomputes everything from the cloud's own state.
+Deletion therefore always takes two runs at least ``deprecate_grace_days`` apart (three on
+GCE, the last ``obsolete_days`` after the second), and a re-run after any interruption
+recomputes everything from the cloud's own state. A deprecation carries its end of life (now
+plus the grace) to the store: Azure's endOfLifeDate must lie in the future.
 
 ``apply`` carries decisions out through the store (``deprecate`` / ``delete``), one image
 at a time, capturing each failure instead of stopping. Cloud-specific inventory (listing,
@@ -41,7 +46,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from imagebuilder.clouds import CloudError, ImageFilter, ImageRecord, ImageStore, utcnow
+from imagebuilder.clouds import OBSOLETE_STAGE_CLOUDS, CloudError, ImageFilter, ImageRecord, ImageStore, utcnow
 from imagebuilder.config import RetentionPolicy
 from imagebuilder.metadata import PREFIX, parse_build_timestamp
 
@@ -57,6 +62,7 @@ GroupKey = tuple[str, str, str, str, str]
 class Action(str, Enum):
     KEEP = "keep"
     DEPRECATE = "deprecate"
+    OBSOLETE = "obsolete"  # GCE: new uses refused; deleted once obsolete_days have passed
     DELETE = "delete"
 
 
@@ -65,6 +71,7 @@ class Decision:
     record: ImageRecord
     action: Action
     reason: str
+    end_of_life: datetime | None = None  # deprecate/obsolete: when the next step may come
 
     def to_json(self) -> dict[str, Any]:
         meta = self.record.metadata
@@ -78,6 +85,8 @@ class Decision:
             "arch": meta.arch if meta else None,
             "built_at": built.isoformat() if (built := built_at(self.record)) else None,
             "deprecated_at": self.record.deprecated_at.isoformat() if self.record.deprecated_at else None,
+            "obsoleted_at": self.record.obsoleted_at.isoformat() if self.record.obsoleted_at else None,
+            "end_of_life": self.end_of_life.isoformat() if self.end_of_life else None,
             "action": self.action.value,
             "reason": self.reason,
         }
@@ -103,7 +112,7 @@ class Outcome:
     subject: str  # image or snapshot id
     cloud: str
     region: str
-    action: str  # "deprecate", "delete", "sweep"
+    action: str  # "deprecate", "obsolete", "delete", "sweep"
     done: list[str] = field(default_factory=list)  # ids deleted (image, snapshots) or deprecated
     error: str | None = None
     kept: str | None = None  # the re-check right before the step found a reason to keep it after all
@@ -153,8 +162,9 @@ def newest_first_key(record: ImageRecord, built: datetime) -> tuple[datetime, da
 
 
 def protected(record: ImageRecord, policy: RetentionPolicy) -> bool:
-    """Any value of the protect tag protects, "false" included: fail closed."""
-    return policy.protect_tag in record.tags
+    """Any value of the protect tag protects, "false" included: fail closed. A tag without a
+    value (a Glance image tag) of that name protects too."""
+    return policy.protect_tag in record.tags or policy.protect_tag in record.plain_tags
 
 
 def decide(records: Iterable[ImageRecord], in_use: Mapping[str, list[str] | None], policy: RetentionPolicy,
@@ -172,7 +182,9 @@ def decide(records: Iterable[ImageRecord], in_use: Mapping[str, list[str] | None
     newest = _newest_per_group(records, built, policy.keep_newest)
     min_age = timedelta(days=policy.min_age_days)
     grace = timedelta(days=policy.deprecate_grace_days)
-    return [_decide_one(r, in_use, unknown_reasons, newest, built, policy, now, min_age, grace) for r in records]
+    obsolete = timedelta(days=policy.obsolete_days)
+    return [_decide_one(r, in_use, unknown_reasons, newest, built, policy, now, min_age, grace, obsolete)
+            for r in records]
 
 
 def _build_times(records: Sequence[ImageRecord], now: datetime) -> dict[tuple[str, str, str], datetime | str]:
@@ -213,7 +225,8 @@ def _identity(record: ImageRecord) -> tuple[str, str, str]:
 
 def _decide_one(record: ImageRecord, in_use: Mapping[str, list[str] | None], unknown_reasons: Mapping[str, str],
                 newest: set[tuple[str, str, str]], built_times: Mapping[tuple[str, str, str], datetime | str],
-                policy: RetentionPolicy, now: datetime, min_age: timedelta, grace: timedelta) -> Decision:
+                policy: RetentionPolicy, now: datetime, min_age: timedelta, grace: timedelta,
+                obsolete: timedelta) -> Decision:
     def keep(reason: str) -> Decision:
         return Decision(record, Action.KEEP, reason)
 
@@ -241,10 +254,19 @@ def _decide_one(record: ImageRecord, in_use: Mapping[str, list[str] | None], unk
         return keep(f"too young (built {built:%Y-%m-%d}, min age {policy.min_age_days}d)")
     if record.deprecated_at is None:
         return Decision(record, Action.DEPRECATE, "older than the newest "
-                        f"{policy.keep_newest}, not in use; delete after {policy.deprecate_grace_days}d")
+                        f"{policy.keep_newest}, not in use; delete after {policy.deprecate_grace_days}d",
+                        end_of_life=now + grace)
     until = record.deprecated_at + grace
     if now < until or now < record.deprecated_at:
         return keep(f"deprecated, grace until {until:%Y-%m-%d %H:%M}")
+    if record.cloud in OBSOLETE_STAGE_CLOUDS and policy.obsolete_days > 0:
+        if record.obsoleted_at is None:
+            return Decision(record, Action.OBSOLETE, f"deprecated since {record.deprecated_at:%Y-%m-%d}, grace "
+                            f"over; new uses refused, delete after {policy.obsolete_days}d", end_of_life=now + obsolete)
+        obsolete_until = record.obsoleted_at + obsolete
+        if now < obsolete_until or now < record.obsoleted_at:
+            return keep(f"obsolete, delete after {obsolete_until:%Y-%m-%d %H:%M}")
+        return Decision(record, Action.DELETE, f"obsolete since {record.obsoleted_at:%Y-%m-%d}, grace over")
     return Decision(record, Action.DELETE, f"deprecated since {record.deprecated_at:%Y-%m-%d}, grace over")
 
 
@@ -495,7 +517,10 @@ def _apply_one(decision: Decision, store: ImageStore, now: datetime, prune_share
         return Outcome(record.image_id, record.cloud, record.region, decision.action.value, kept=why)
     try:
         if decision.action is Action.DEPRECATE:
-            store.deprecate(record, now)
+            store.deprecate(record, now, end_of_life=decision.end_of_life)
+            return outcome(done=[record.image_id])
+        if decision.action is Action.OBSOLETE:
+            store.obsolete(record, now, end_of_life=decision.end_of_life)
             return outcome(done=[record.image_id])
         return outcome(done=list(store.delete(record)))
     except CloudError as error:
@@ -539,6 +564,7 @@ class Summary:
     orphans: int
     failed: int  # apply failures plus regions that could not be gathered
     kept_at_recheck: int = 0  # in use or shared since the plan: not deprecated or deleted after all
+    obsolete: int = 0  # to be made (or made) obsolete: GCE's stage between deprecated and deleted
 
     def to_json(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -551,4 +577,4 @@ def summarize(decisions: Sequence[Decision], orphans: Sequence[Orphan], outcomes
     return Summary(images=len(decisions), keep=counts[Action.KEEP], deprecate=counts[Action.DEPRECATE],
                    delete=counts[Action.DELETE], unchecked=unchecked, orphans=len(orphans),
                    failed=sum(1 for o in outcomes if not o.ok) + gather_errors,
-                   kept_at_recheck=sum(1 for o in outcomes if o.ok and o.kept))
+                   kept_at_recheck=sum(1 for o in outcomes if o.ok and o.kept), obsolete=counts[Action.OBSOLETE])

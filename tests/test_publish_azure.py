@@ -27,7 +27,8 @@ from azure.storage.blob import BlobClient, BlobServiceClient, BlobType  # noqa: 
 from conftest import test_cache_dir as cache_dir  # noqa: E402
 from imagebuilder.artifact import Artifact  # noqa: E402
 from imagebuilder.clouds import CloudError, ImageFilter, store_for  # noqa: E402
-from imagebuilder.clouds.azure import AzureImageStore, definition_name, version_name  # noqa: E402
+from azure.mgmt.compute import models as m  # noqa: E402
+from imagebuilder.clouds.azure import AzureImageStore, definition_name, version_name, version_update  # noqa: E402
 from imagebuilder.config import AzureSettings  # noqa: E402
 from imagebuilder.metadata import ImageMetadata  # noqa: E402
 from standins.azure_compute import AzureComputeStandin  # noqa: E402
@@ -268,14 +269,31 @@ def test_deprecate_sets_end_of_life_and_excludes_from_latest(store: AzureImageSt
     store.publish(local_artifact(qcow2, metadata("1764064800", "b")))
     old = store.list_images()[-1]
     assert old.extra["version"] == "1.31.2036053" and not old.deprecated()
-    when = datetime(2026, 1, 1, tzinfo=timezone.utc)
-    store.deprecate(old, when)
+    when = datetime.now(timezone.utc).replace(microsecond=0)
+    end_of_life = when + timedelta(days=14)
+    store.deprecate(old, when, end_of_life=end_of_life)
     patch = arm.calls("PATCH", old.image_id)[-1]
-    assert patch.body["properties"]["publishingProfile"] == {"excludeFromLatest": True,
-                                                             "endOfLifeDate": "2026-01-01T00:00:00Z"}
+    assert patch.body["properties"]["publishingProfile"] == {
+        "excludeFromLatest": True, "endOfLifeDate": end_of_life.strftime("%Y-%m-%dT%H:%M:%SZ")}
+    assert patch.body["tags"]["imagebuilder-build-key"] == "a" * 64  # the whole tag set, ours kept
     old, new = store.list_images()[1], store.list_images()[0]
+    # the grace counts from the deprecation (a tag), not from the end of life it leads to
     assert old.deprecated() and old.deprecated_at == when and not new.deprecated()
     assert arm.resource(old.image_id)["properties"]["publishingProfile"]["targetRegions"]  # merged, not replaced
+
+
+def test_deprecation_sends_a_future_end_of_life_and_azure_refuses_a_past_one(
+        store: AzureImageStore, arm: AzureComputeStandin, qcow2: Path) -> None:
+    store.publish(local_artifact(qcow2, metadata("1764064800")))
+    (record,) = store.list_images()
+    store.deprecate(record, datetime.now(timezone.utc), end_of_life=datetime.now(timezone.utc))  # a grace of 0
+    sent = arm.calls("PATCH", record.image_id)[-1].body["properties"]["publishingProfile"]["endOfLifeDate"]
+    assert datetime.fromisoformat(sent.replace("Z", "+00:00")) > datetime.now(timezone.utc) + timedelta(minutes=59)
+    for past in (datetime(2026, 1, 1, tzinfo=timezone.utc), datetime.now(timezone.utc)):  # as the old code sent
+        profile = m.GalleryImageVersionPublishingProfile(exclude_from_latest=True, end_of_life_date=past)
+        with pytest.raises(CloudError, match=r"failed \(InvalidParameter: EndOfLifeDate must be set to a future date"):
+            store._patch(record, version_update(profile), "deprecate version")
+    assert arm.resource(record.image_id)["properties"]["publishingProfile"]["endOfLifeDate"] == sent  # unchanged
 
 
 def test_delete_and_a_safety_profile_that_blocks_it(store: AzureImageStore, arm: AzureComputeStandin,
@@ -285,7 +303,11 @@ def test_delete_and_a_safety_profile_that_blocks_it(store: AzureImageStore, arm:
     arm.resource(record.image_id)["properties"]["safetyProfile"] = {"blockDeletionBeforeEndOfLife": True}
     with pytest.raises(CloudError, match="not allowed .*end of life"):
         store.delete(record)
-    store.deprecate(record, datetime.now(timezone.utc) - timedelta(days=1))
+    store.deprecate(record, datetime.now(timezone.utc))
+    with pytest.raises(CloudError, match="not allowed .*end of life"):  # the end of life lies ahead
+        store.delete(record)
+    past = (datetime.now(timezone.utc) - timedelta(days=1)).isoformat()
+    arm.resource(record.image_id)["properties"]["publishingProfile"]["endOfLifeDate"] = past  # time passes
     assert store.delete(record) == [record.image_id]
     assert arm.versions() == [] and store.list_images() == []
 

@@ -436,7 +436,7 @@ def test_retention_prunes_through_this_store(store: GcpImageStore, compute: GcpC
     old, used, new = (store.publish(local_artifact(qcow2, metadata(stamp, key)))["global"]
                       for stamp, key in (("20231114221320", "a"), ("20240309160000", "b"), ("20240703094640", "c")))
     compute.disks = {"zones/us-central1-a": [{"name": "node", "sourceImage": compute.link(PROJECT, "images", used)}]}
-    policy = RetentionPolicy(keep_newest=1, min_age_days=0, deprecate_grace_days=0)
+    policy = RetentionPolicy(keep_newest=1, min_age_days=0, deprecate_grace_days=0, obsolete_days=0)
     later = utcnow() + timedelta(seconds=1)
     inventory = gather(store)
     decisions = decide(inventory.records, inventory.in_use, policy, now=later,

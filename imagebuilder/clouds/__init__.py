@@ -36,6 +36,9 @@ STORE_CLOUDS: tuple[str, ...] = tuple(STORES)
 CLOUD_ALIASES: dict[str, str] = {"qemu": "local"}
 # The pip extra (pyproject) that brings each store's SDK.
 EXTRAS: dict[str, str] = {"aws": "aws", "openstack": "openstack", "gcp": "gcp", "azure": "azure"}
+# Stores with a stage between deprecated and deleted in which new uses are refused and running
+# ones go on (GCE's OBSOLETE); retention passes through it (ImageStore.obsolete) before deleting.
+OBSOLETE_STAGE_CLOUDS: frozenset[str] = frozenset({"gcp"})
 
 
 class CloudError(UserError):
@@ -54,9 +57,11 @@ class ImageRecord:
     metadata: ImageMetadata | None  # None: not an imagebuilder image
     state: str = "available"  # the cloud's own word, lower case ("available", "active", "pending", ...)
     deprecated_at: datetime | None = None  # deprecated from then on (GCP/AWS semantics)
+    obsoleted_at: datetime | None = None  # new uses refused from then on (GCE's OBSOLETE)
     public: bool = False
     tags: dict[str, str] = field(default_factory=dict)  # every tag/property, ours included
     extra: dict[str, Any] = field(default_factory=dict)  # cloud-specific: snapshots, file path, owner...
+    plain_tags: tuple[str, ...] = ()  # tags without a value (Glance image tags); a protect tag here protects too
 
     @property
     def published(self) -> bool:
@@ -190,8 +195,15 @@ class ImageStore(abc.ABC):
         """Make the image launchable exactly by these accounts/projects (and everyone if public)."""
 
     @abc.abstractmethod
-    def deprecate(self, image: ImageRecord, when: datetime) -> None:
-        """Hide the image from searches from `when` on; it stays launchable."""
+    def deprecate(self, image: ImageRecord, when: datetime, end_of_life: datetime | None = None) -> None:
+        """Hide the image from searches from `when` on; it stays launchable.
+
+        ``end_of_life``: when retention may take the next step (now plus the grace period);
+        stores with a field for it (Azure's endOfLifeDate, GCE's deprecated.obsolete) record it."""
+
+    def obsolete(self, image: ImageRecord, when: datetime, end_of_life: datetime | None = None) -> None:
+        """Refuse new uses of the deprecated image from `when` on (OBSOLETE_STAGE_CLOUDS only)."""
+        raise CloudError(f"{self.cloud}: images have no obsolete stage | fix: this is a bug, please report it")
 
     @abc.abstractmethod
     def delete(self, image: ImageRecord) -> list[str]:

@@ -374,7 +374,7 @@ class AwsImageStore(ImageStore):
                 self.call("ec2", region, "modify_snapshot_attribute", snapshot, SnapshotId=snapshot,
                           Attribute="createVolumePermission", OperationType=operation, UserIds=ids)
 
-    def deprecate(self, image: ImageRecord, when: datetime) -> None:
+    def deprecate(self, image: ImageRecord, when: datetime, end_of_life: datetime | None = None) -> None:
         """EnableImageDeprecation; AWS refuses past times, so a past `when` means one minute from now."""
         when = max(when if when.tzinfo else when.replace(tzinfo=timezone.utc), utcnow() + timedelta(minutes=1))
         if when.second or when.microsecond:  # AWS counts whole minutes

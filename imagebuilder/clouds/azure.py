@@ -34,7 +34,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -71,6 +71,11 @@ if int(SDK_VERSION.split(".")[0]) < MIN_SDK_MAJOR:
 SUBSCRIPTION_ENV = "AZURE_SUBSCRIPTION_ID"
 ARM_SCOPE = "https://management.azure.com/.default"
 BUILD_KEY_TAG = tag_key("build_key")
+# When retention deprecated the version: endOfLifeDate is the end of its grace, not its start.
+DEPRECATED_TAG = "imagebuilder-deprecated-at"
+# Azure takes only an endOfLifeDate in the future; one closer than this is moved out to it, so
+# the request cannot arrive after the date it carries.
+MIN_END_OF_LIFE_AHEAD = timedelta(hours=1)
 PUBLISHER = "imagebuilder"
 STORAGE_ACCOUNT_TYPE = "Standard_LRS"
 UPLOAD_CONTAINER = "imagebuilder"
@@ -490,11 +495,19 @@ class AzureImageStore(ImageStore):
         self.lro("share gallery", self.gallery, lambda: self.client.gallery_sharing_profile.begin_update(
             self.rg, self.gallery, update))
 
-    def deprecate(self, image: ImageRecord, when: datetime) -> None:
-        """Excluded from 'latest' now (Azure cannot schedule it), with `when` as its end of life."""
-        when = when if when.tzinfo else when.replace(tzinfo=timezone.utc)
-        profile = m.GalleryImageVersionPublishingProfile(exclude_from_latest=True, end_of_life_date=when)
-        self._patch(image, version_update(profile), "deprecate version")
+    def deprecate(self, image: ImageRecord, when: datetime, end_of_life: datetime | None = None) -> None:
+        """Excluded from 'latest' now (Azure cannot schedule it), `when` recorded as the deprecation
+        time (a tag), and `end_of_life` (retention's now plus the grace) as its endOfLifeDate.
+
+        Azure rejects an endOfLifeDate that is not in the future, so it is at least an hour ahead."""
+        when = _utc(when)
+        end_of_life = max(_utc(end_of_life or when), utcnow() + MIN_END_OF_LIFE_AHEAD)
+        profile = m.GalleryImageVersionPublishingProfile(exclude_from_latest=True, end_of_life_date=end_of_life)
+        current = self.get_version(image.extra["definition"], image.extra["version"])
+        if current is None:
+            raise CloudError(f"azure: version {image.name} vanished | fix: list the images again")
+        tags = {**(current.tags or {}), DEPRECATED_TAG: when.isoformat()}  # the tags as they are now, not as listed
+        self._patch(image, version_update(profile, tags), "deprecate version")
 
     def in_use(self, image: ImageRecord) -> list[str] | None:
         return self.images_in_use([image])[image.image_id]
@@ -560,6 +573,7 @@ def record_of(version: m.GalleryImageVersion, location: str) -> ImageRecord:
     end_of_life = _parse_time(profile.end_of_life_date)
     excluded = bool(profile.exclude_from_latest)
     created = _parse_time(profile.published_date) or datetime.fromtimestamp(0, timezone.utc)
+    deprecated_tag = _deprecated_tag(tags)
     parts = (version.id or "").split("/")
     definition = parts[-3] if len(parts) >= 3 else ""
     return ImageRecord(
@@ -570,14 +584,26 @@ def record_of(version: m.GalleryImageVersion, location: str) -> ImageRecord:
         created_at=created,
         metadata=ImageMetadata.from_tags(tags),
         state=_state(version),
-        deprecated_at=end_of_life if end_of_life and (excluded or end_of_life <= utcnow()) else (
-            created if excluded else None),
+        deprecated_at=deprecated_tag if deprecated_tag and excluded else (
+            end_of_life if end_of_life and (excluded or end_of_life <= utcnow()) else created if excluded else None),
         tags=tags,
         extra={"definition": definition, "version": version.name, "target_regions": regions,
                "replica_counts": {r.name: r.regional_replica_count for r in profile.target_regions or []},
                "exclude_from_latest": excluded, "end_of_life": profile.end_of_life_date,
                "provisioning_state": _text(props.provisioning_state), "source": _source_id(version)},
     )
+
+
+def _deprecated_tag(tags: dict[str, str]) -> datetime | None:
+    """Our deprecation time; a tag that does not parse counts as none (end of life decides then)."""
+    try:
+        return _parse_time(tags.get(DEPRECATED_TAG))
+    except ValueError:
+        return None
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 def _state(version: m.GalleryImageVersion) -> str:

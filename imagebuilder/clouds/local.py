@@ -144,7 +144,7 @@ class LocalCatalogue(ImageStore):
             raise CloudError(f"local catalogue: {image.image_id} cannot be shared "
                              "| fix: publish it to a cloud, or copy the file from 'images list --output json'")
 
-    def deprecate(self, image: ImageRecord, when: datetime) -> None:
+    def deprecate(self, image: ImageRecord, when: datetime, end_of_life: datetime | None = None) -> None:
         data = self._raw(image.image_id)
         data["deprecated_at"] = _utc(when).isoformat()
         self._write(image.image_id, data)

@@ -259,7 +259,7 @@ class OpenstackImageStore(ImageStore):
         if not public:
             self._set_members(image, principals)
 
-    def deprecate(self, image: ImageRecord, when: datetime) -> None:
+    def deprecate(self, image: ImageRecord, when: datetime, end_of_life: datetime | None = None) -> None:
         """Record the time; once it has come, hide the image (os_hidden) from default listings."""
         when = when if when.tzinfo else when.replace(tzinfo=timezone.utc)
         changes: dict[str, Any] = {DEPRECATED_PROPERTY: when.isoformat()}

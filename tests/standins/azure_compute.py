@@ -46,6 +46,24 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat()
 
 
+def end_of_life_problem(profile: dict[str, Any]) -> Response | None:
+    """ARM refuses a version whose endOfLifeDate is not in the future: "EndOfLifeDate must be set to a
+    future date." (the error Azure returns, as reported against Microsoft's own tutorial:
+    https://github.com/MicrosoftDocs/azure-docs/issues/86025)."""
+    value = profile.get("endOfLifeDate")
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return arm_error(400, "InvalidParameter", f"The value '{value}' of endOfLifeDate is not a date-time.")
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    if moment <= datetime.now(timezone.utc):
+        return arm_error(400, "InvalidParameter", "EndOfLifeDate must be set to a future date.")
+    return None
+
+
 @dataclass
 class AsyncOperation:
     id: str
@@ -233,6 +251,8 @@ class AzureComputeStandin(StandinServer):
             return arm_error(400, "InvalidParameter", "osDiskImage.source.storageAccountId is required with a uri")
         if source_id and source_id.lower() not in {i.lower() for i in self.managed_images}:
             return arm_error(404, "NotFound", f"Source image {source_id} not found")
+        if (problem := end_of_life_problem(props.get("publishingProfile") or {})) is not None:
+            return problem
         existing = self.resource(request.path)
         resource = existing or self._new(request, "Microsoft.Compute/galleries/images/versions", match["version"],
                                          body)
@@ -259,6 +279,9 @@ class AzureComputeStandin(StandinServer):
         if resource is None:
             return arm_error(404, "ResourceNotFound", f"The Resource '{request.path}' was not found.")
         body = request.body or {}
+        profile = (body.get("properties") or {}).get("publishingProfile") or {}
+        if (problem := end_of_life_problem(profile)) is not None:
+            return problem
         if "tags" in body:
             resource["tags"] = dict(body["tags"] or {})
         for key, value in (body.get("properties") or {}).items():
