@@ -447,3 +447,71 @@ def test_retention_prunes_through_this_store(store: GcpImageStore, compute: GcpC
     outcomes = apply(decisions, store, now=later)
     assert [(o.subject, o.error) for o in outcomes] == [(old, None)]
     assert set(name for _, name in compute.images) == {new, used}
+
+
+def test_retention_stages_deprecated_obsolete_then_delete(store: GcpImageStore, compute: GcpComputeStandin,
+                                                         qcow2: Path) -> None:
+    from datetime import datetime, timedelta
+
+    from google.api_core import exceptions as gexc
+    from google.cloud import compute_v1
+
+    from imagebuilder.clouds import utcnow
+    from imagebuilder.config import RetentionPolicy
+    from imagebuilder.retention import Action, apply, decide, gather
+
+    old, older, new = (store.publish(local_artifact(qcow2, metadata(stamp, key)))["global"]
+                       for stamp, key in (("20240309160000", "b"), ("20231114221320", "a"), ("20240703094640", "c")))
+    deprecated_at = compute.images[(PROJECT, old)]["deprecated"]["deprecated"]  # publish deprecated the older builds
+    policy = RetentionPolicy(keep_newest=1, min_age_days=0, deprecate_grace_days=1, obsolete_days=2)
+
+    def run(days: float) -> dict[str, tuple[Action, str]]:
+        now = utcnow() + timedelta(days=days)
+        inventory = gather(store)
+        decisions = decide(inventory.records, inventory.in_use, policy, now=now)
+        assert all(o.error is None for o in apply(decisions, store, now=now))
+        return {d.record.image_id: (d.action, d.reason) for d in decisions}
+
+    assert run(0.5)[old][1].startswith("deprecated, grace until")
+    first = run(1.5)  # grace over: OBSOLETE, not deleted
+    assert first[old][0] is Action.OBSOLETE and first[older][0] is Action.OBSOLETE and first[new][0] is Action.KEEP
+    status = compute.images[(PROJECT, old)]["deprecated"]
+    assert status["state"] == "OBSOLETE" and status["deprecated"] == deprecated_at  # the deprecation time kept
+    assert status["replacement"] == compute.link(PROJECT, "images", new)
+    obsolete_at = datetime.fromisoformat(status["obsolete"])
+    assert datetime.fromisoformat(status["deleted"]) - obsolete_at == timedelta(days=2)  # informational, as GCE has it
+
+    disks = store._client("disks")  # GCE refuses new uses of an OBSOLETE image, takes the current one
+    with pytest.raises(gexc.BadRequest, match="obsolete"):
+        disks.insert_unary(project=PROJECT, zone="us-central1-a", disk_resource=compute_v1.Disk(
+            name="from-old", source_image=compute.link(PROJECT, "images", old)))
+    disks.insert_unary(project=PROJECT, zone="us-central1-a", disk_resource=compute_v1.Disk(
+        name="from-new", source_image=compute.link(PROJECT, "images", new)))
+
+    assert run(2.5)[old] == (Action.KEEP, f"obsolete, delete after {obsolete_at + timedelta(days=2):%Y-%m-%d %H:%M}")
+    assert (PROJECT, old) in compute.images
+    last = run(4)
+    assert last[old] == (Action.DELETE, f"obsolete since {obsolete_at:%Y-%m-%d}, grace over")
+    assert set(name for _, name in compute.images) == {new}
+
+
+def test_the_standin_refuses_what_gce_refuses_in_a_deprecation(store: GcpImageStore, compute: GcpComputeStandin,
+                                                               qcow2: Path) -> None:
+    from google.api_core import exceptions as gexc
+    from google.cloud import compute_v1
+
+    name = store.publish(local_artifact(qcow2, metadata("20240703094640")))["global"]
+    for status in (compute_v1.DeprecationStatus(state="RETIRED"),
+                   compute_v1.DeprecationStatus(state="OBSOLETE", obsolete="next tuesday")):
+        with pytest.raises(gexc.BadRequest, match="Invalid value for field"):
+            store.images.deprecate_unary(project=PROJECT, image=name, deprecation_status_resource=status)
+    assert "deprecated" not in compute.images[(PROJECT, name)]
+
+
+@pytest.mark.parametrize("value", [True, "7", -1, 36501, 2.5])
+def test_obsolete_days_is_a_bounded_whole_number(value: object) -> None:
+    from imagebuilder.config import RetentionPolicy
+
+    with pytest.raises(ValueError, match="obsolete_days"):
+        RetentionPolicy.model_validate({"obsolete_days": value})
+    assert RetentionPolicy().obsolete_days == 7 and RetentionPolicy(obsolete_days=0).obsolete_days == 0

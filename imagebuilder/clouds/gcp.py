@@ -71,6 +71,7 @@ STATES = {"READY": "available", "PENDING": "pending", "FAILED": "failed", "DELET
 ARCHITECTURES = {"amd64": "X86_64", "arm64": "ARM64"}
 GUEST_OS_FEATURES = ("UEFI_COMPATIBLE", "VIRTIO_SCSI_MULTIQUEUE", "GVNIC")
 INACTIVE_STATES = ("DEPRECATED", "OBSOLETE", "DELETED")
+OBSOLETE_STATES = ("OBSOLETE", "DELETED")  # new uses refused (DELETED is only a mark: the image is still there)
 COMPUTE_CLIENTS: dict[str, Any] = {"operations": compute_v1.GlobalOperationsClient,
                                    "disks": compute_v1.DisksClient,
                                    "templates": compute_v1.InstanceTemplatesClient}
@@ -418,17 +419,36 @@ class GcpImageStore(ImageStore):
             project=self.project, resource=name,
             global_set_policy_request_resource=compute_v1.GlobalSetPolicyRequest(policy=new_policy)))
 
-    def deprecate(self, image: ImageRecord, when: datetime, replacement: str | None = None) -> None:
-        """State DEPRECATED now (GCE does not schedule it), `when` recorded as the deprecation time.
+    def deprecate(self, image: ImageRecord, when: datetime, end_of_life: datetime | None = None,
+                  replacement: str | None = None) -> None:
+        """State DEPRECATED now (GCE does not schedule it), `when` recorded as the deprecation time
+        and `end_of_life` as when it is to become OBSOLETE (informational, as GCE documents it).
 
         The replacement is the family's current image unless given.
         """
         if replacement is None and image.metadata is not None:
             replacement = self._family_head(image)
-        when = when if when.tzinfo else when.replace(tzinfo=timezone.utc)
-        status = compute_v1.DeprecationStatus(state="DEPRECATED", deprecated=when.isoformat())
+        status = compute_v1.DeprecationStatus(state="DEPRECATED", deprecated=_utc(when).isoformat())
+        if end_of_life is not None:
+            status.obsolete = _utc(end_of_life).isoformat()
         if replacement:
             status.replacement = replacement
+        self._set_deprecation(image, status)
+
+    def obsolete(self, image: ImageRecord, when: datetime, end_of_life: datetime | None = None) -> None:
+        """State OBSOLETE: GCE refuses new disks and instances from it, running ones go on. The
+        deprecation time and replacement stay; `when` is the obsolete time, `end_of_life` when it is
+        to be deleted (informational: GCE deletes nothing by itself)."""
+        deprecated = image.deprecated_at or when
+        status = compute_v1.DeprecationStatus(state="OBSOLETE", deprecated=_utc(deprecated).isoformat(),
+                                              obsolete=_utc(when).isoformat())
+        if end_of_life is not None:
+            status.deleted = _utc(end_of_life).isoformat()
+        if image.extra.get("replacement"):
+            status.replacement = image.extra["replacement"]
+        self._set_deprecation(image, status)
+
+    def _set_deprecation(self, image: ImageRecord, status: compute_v1.DeprecationStatus) -> None:
         self.wait(self.call("deprecate", image.image_id, lambda: self.images.deprecate_unary(
             project=self.project, image=image.image_id, deprecation_status_resource=status)), image.image_id)
 
@@ -492,10 +512,12 @@ def record_of(image: compute_v1.Image) -> ImageRecord:
     labels = dict(image.labels)
     deprecation = image.deprecated if "deprecated" in image else None
     state = deprecation.state if deprecation else ""
-    deprecated_at = None
+    deprecated_at = obsoleted_at = None
     if state in INACTIVE_STATES:
         deprecated_at = _parse_time(deprecation.deprecated if deprecation else "") or _parse_time(
             image.creation_timestamp)
+    if state in OBSOLETE_STATES:  # its obsolete time, else (set by hand without one) its deprecation time
+        obsoleted_at = _parse_time(deprecation.obsolete if deprecation else "") or deprecated_at
     return ImageRecord(
         cloud="gcp",
         region=REGION,
@@ -505,6 +527,7 @@ def record_of(image: compute_v1.Image) -> ImageRecord:
         metadata=metadata_of(labels, image.description),
         state=STATES.get(image.status, image.status.lower()),
         deprecated_at=deprecated_at,
+        obsoleted_at=obsoleted_at,
         tags=labels,
         extra={"id": str(image.id), "self_link": image.self_link, "family": image.family,
                "status": image.status, "deprecation_state": state,
@@ -563,6 +586,10 @@ def operation_error(project: str, operation: compute_v1.Operation, subject: str,
     if code == "RESOURCE_ALREADY_EXISTS":
         return CloudError(f"{what}: alreadyExists ({message})")
     return CloudError(f"{what} ({code}: {message}) | fix: run publish again; it removes a failed image first")
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 def _parse_time(value: str) -> datetime | None:

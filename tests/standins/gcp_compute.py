@@ -7,7 +7,8 @@ google-cloud-compute's REST transport sends and reads:
     GET/PATCH/DELETE .../global/images/{image}
     GET       .../global/images/family/{family}                        (newest non-deprecated image)
     POST      .../global/images/{image}/setLabels                      (labelFingerprint checked: 412)
-    POST      .../global/images/{image}/deprecate
+    POST      .../global/images/{image}/deprecate                      (states and RFC 3339 times checked)
+    POST      /compute/v1/projects/{project}/zones/{zone}/disks         (from sourceImage; OBSOLETE refused)
     GET/POST  .../global/images/{image}/getIamPolicy, setIamPolicy
     GET       .../global/operations/{operation}, POST .../{operation}/wait
     GET       /compute/v1/projects/{project}/aggregated/disks, .../aggregated/instanceTemplates
@@ -81,6 +82,7 @@ class GcpComputeStandin(StandinServer):
         self.route("POST", PREFIX + f"/images/{NAME}/setIamPolicy", self.set_policy)
         self.route("GET", PREFIX + "/operations/(?P<op>[^/]+)", self.get_operation)
         self.route("POST", PREFIX + "/operations/(?P<op>[^/]+)/wait", self.get_operation)
+        self.route("POST", r"/compute/v1/projects/(?P<project>[^/]+)/zones/(?P<zone>[^/]+)/disks", self.insert_disk)
         aggregated = r"/compute/v1/projects/(?P<project>[^/]+)/aggregated/"
         self.route("GET", aggregated + "disks", lambda r, m: self.aggregated(r, "disks", self.disks))
         self.route("GET", aggregated + "instanceTemplates",
@@ -273,13 +275,22 @@ class GcpComputeStandin(StandinServer):
         return self._operation(match["project"], "setLabels", image, image["selfLink"], done, request)
 
     def deprecate(self, request: Request, match: re.Match[str]) -> Response:
+        """DeprecationStatus as GCE documents it: state one of ACTIVE, DEPRECATED, OBSOLETE, DELETED;
+        `deprecated`, `obsolete` and `deleted` RFC 3339 timestamps, informational only (GCE changes
+        no state by itself when they come); ACTIVE clears them all. Reference:
+        https://cloud.google.com/compute/docs/reference/rest/v1/images/deprecate and
+        https://cloud.google.com/sdk/gcloud/reference/compute/images/deprecate (--state, --obsolete-in)."""
         image = self._image(match)
         if image is None:
             return self._missing(match)
         status = dict(request.body or {})
-        if status.get("state") not in ("ACTIVE", "DEPRECATED", "OBSOLETE", "DELETED"):
+        if status.get("state") not in DEPRECATION_STATES:
             return Response(400, google_error(400, "invalid",
                                               f"Invalid value for field 'state': {status.get('state')}"))
+        for key in ("deprecated", "obsolete", "deleted"):
+            if key in status and not valid_rfc3339(status[key]):
+                return Response(400, google_error(400, "invalid", f"Invalid value for field "
+                                                                  f"'deprecationStatusResource.{key}': '{status[key]}'"))
 
         def done(_op: Operation) -> None:
             if status["state"] == "ACTIVE":
@@ -288,6 +299,32 @@ class GcpComputeStandin(StandinServer):
                 image["deprecated"] = status
 
         return self._operation(match["project"], "deprecate", image, image["selfLink"], done, request)
+
+    def insert_disk(self, request: Request, match: re.Match[str]) -> Response:
+        """A disk from `sourceImage`: "Operations which use OBSOLETE or DELETED resources will be rejected
+        and result in an error"; a DEPRECATED one is used, with a warning (DeprecationStatus.State:
+        https://cloud.google.com/compute/docs/reference/rest/v1/DeprecationStatus)."""
+        body = request.body or {}
+        found = re.search(r"projects/(?P<project>[^/]+)/global/images/(?P<image>[^/]+)$", body.get("sourceImage", ""))
+        image = self.images.get((found["project"], found["image"])) if found else None
+        if image is None:
+            return Response(404, google_error(404, "notFound", f"The resource '{body.get('sourceImage')}' was not found"))
+        state = image.get("deprecated", {}).get("state", "ACTIVE")
+        if state in ("OBSOLETE", "DELETED"):
+            return Response(400, google_error(400, "invalid", f"The resource '{image['selfLink']}' is {state.lower()}"
+                                                              " and cannot be used"))
+        project, zone = match["project"], match["zone"]
+        disk = {"kind": "compute#disk", "id": str(next(self._ids)), "name": body.get("name", ""),
+                "sourceImage": image["selfLink"],
+                "selfLink": f"{self.base_url}/compute/v1/projects/{project}/zones/{zone}/disks/{body.get('name')}"}
+        response = self._operation(project, "insert", disk, disk["selfLink"],
+                                   lambda _op: self.disks.setdefault(f"zones/{zone}", []).append(disk), request)
+        if state == "DEPRECATED":
+            self.operations[(project, response.body["name"])].body["warnings"] = [{
+                "code": "DEPRECATED_RESOURCE_USED",
+                "message": f"The resource '{image['selfLink']}' is deprecated. A suggested replacement is "
+                           f"'{image['deprecated'].get('replacement', '')}'."}]
+        return response
 
     def get_policy(self, request: Request, match: re.Match[str]) -> Response:
         if self._image(match) is None:
@@ -305,6 +342,19 @@ class GcpComputeStandin(StandinServer):
         policy.setdefault("version", 1)
         self.policies[(match["project"], match["image"])] = policy
         return Response(200, policy)
+
+
+DEPRECATION_STATES = ("ACTIVE", "DEPRECATED", "OBSOLETE", "DELETED")
+
+
+def valid_rfc3339(value: Any) -> bool:
+    if not isinstance(value, str) or not re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)", value):
+        return False
+    try:
+        datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    return True
 
 
 def fingerprint(labels: dict[str, str]) -> str:
