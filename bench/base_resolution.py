@@ -64,7 +64,7 @@ def glance_images(url: str, root: Path) -> None:
     disk = root / "stock.raw"
     disk.write_bytes(b"stock" * 1024)
     conn = openstack.connect()
-    for name in sorted({info.openstack_image for info in OPERATING_SYSTEMS.values()}):
+    for name in sorted({info.images["openstack"]["amd64"]["image_name"] for info in OPERATING_SYSTEMS.values()}):
         conn.image.create_image(name=name, filename=str(disk), disk_format="raw", container_format="bare", wait=True)
 
 
@@ -107,12 +107,14 @@ def main() -> None:
             server.start()
             stack.callback(server.stop)
         for number, info in enumerate(OPERATING_SYSTEMS.values()):
-            name = f"{info.gcp.family}-v20250101"
-            gcp.images[(info.gcp.project, name)] = {
-                "kind": "compute#image", "id": str(1000 + number), "name": name, "family": info.gcp.family,
+            family, project = info.images["gcp"]["amd64"]["family"], info.images["gcp"]["amd64"]["project"]
+            name = f"{family}-v20250101"
+            gcp.images[(project, name)] = {
+                "kind": "compute#image", "id": str(1000 + number), "name": name, "family": family,
                 "status": "READY", "creationTimestamp": "2025-01-01T00:00:00Z",
-                "selfLink": gcp.link(info.gcp.project, "images", name)}
-            arm.marketplace[("westeurope", info.azure.publisher, info.azure.offer, info.azure.sku)] = ["1.0.0", "1.0.1"]
+                "selfLink": gcp.link(project, "images", name)}
+            azure = info.images["azure"]["amd64"]
+            arm.marketplace[("westeurope", azure["publisher"], azure["offer"], azure["sku"])] = ["1.0.0", "1.0.1"]
         site = root / "site"
         publish_debian(site, "Sat, 01 Mar 2025 10:00:00 UTC")
         publish_ubuntu(site)

@@ -274,7 +274,8 @@ def fixed_name(sums: dict[str, str], name: str) -> str:
 
 def _vendor_image(resolver: Resolver, cell: Cell) -> dict[str, Any]:
     source = cell.base_source.get("url") or cell.base_image["source"]
-    checksums = urllib.parse.urljoin(source, cell.os_info.qemu_checksums)
+    local = cell.os_info.local_base
+    checksums = urllib.parse.urljoin(source, local.checksums if local else "SHA256SUMS")
     name = urllib.parse.urlparse(source).path.rsplit("/", 1)[-1]
 
     def ask() -> dict[str, Any]:

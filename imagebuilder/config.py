@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
@@ -22,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from imagebuilder.osinfo import BASE_MIRRORS, OPERATING_SYSTEMS, Strategy
+from imagebuilder.osinfo import ARCHES, BASE_MIRRORS, DEFAULT_ARCH, OPERATING_SYSTEMS, Arch, Strategy
 from imagebuilder.versions import COMPONENTS, VersionsLock
 from imagebuilder.yamlsource import (
     InputError,
@@ -43,7 +44,6 @@ DEFAULT_MATRIX = "matrix.yaml"
 
 CLOUDS: tuple[str, ...] = ("qemu", "aws", "gcp", "openstack", "azure")
 MINOR_PATTERN = re.compile(r"^1\.\d{1,3}$")
-Arch = Literal["amd64", "arm64"]
 # `mirrors:` keys: a release site per component, `registry` for the container images, and the
 # sites of the qemu base images (osinfo.BASE_MIRRORS).
 MIRROR_KEYS: tuple[str, ...] = (*COMPONENTS, "registry", *BASE_MIRRORS)
@@ -72,14 +72,31 @@ def _check_days(value: Any) -> Any:
 RebuildAfterDays = Annotated[int, BeforeValidator(_check_days)]
 
 
+@dataclass(frozen=True)
+class Variant:
+    """An extra cell of a cloud per (os, minor, arch), next to the default one: what it changes.
+    Its id grows a suffix (`azure-ubuntu-2204-cvm-k8s-1.35`) and its build key hashes `build`."""
+
+    summary: str  # what it is, for the README and errors
+    settings: dict[str, Any] = field(default_factory=dict)  # merged over the cloud's (overrides still win)
+    build: dict[str, str] = field(default_factory=dict)  # what the cloud's template sets for it
+    # The variant starts from its own vendor image (osinfo OsInfo.variant_images), not the OS's usual one.
+    own_base_image: bool = False
+
+
 class _CloudSettings(_Strict):
     """What every cloud's settings have. `rebuild_after_days` here overrides the matrix's top-level
-    one for this cloud's cells (None: the top-level value, itself None for off)."""
+    one for this cloud's cells (None: the top-level value, itself None for off). `variants` plans
+    extra cells, one per variant the cloud knows (VARIANTS, next to each cloud's settings)."""
 
     rebuild_after_days: RebuildAfterDays | None = None
+    variants: list[str] = Field(default_factory=list)
 
-    # When to rebuild, not what: outside the build key on every cloud.
-    COMMON_OUTSIDE_BUILD_KEY: ClassVar[frozenset[str]] = frozenset({"max_parallel", "rebuild_after_days"})
+    # When to rebuild, not what, and which cells there are: outside the build key on every cloud
+    # (a variant cell's key hashes its variant instead).
+    COMMON_OUTSIDE_BUILD_KEY: ClassVar[frozenset[str]] = frozenset({"max_parallel", "rebuild_after_days",
+                                                                    "variants"})
+    VARIANTS: ClassVar[dict[str, Variant]] = {}
 
 
 def _check_minor(value: Any) -> Any:
@@ -108,6 +125,9 @@ class QemuSettings(_CloudSettings):
 
     # Neither changes the image: the builders make the same one, the boot test only reads it.
     OUTSIDE_BUILD_KEY = frozenset({"max_parallel", "builder", "boot_test"})
+    VARIANTS = {
+        "efi": Variant("boots with UEFI firmware (OVMF) instead of BIOS", build={"firmware": "efi"}),
+    }
 
 
 class AwsSettings(_CloudSettings):
@@ -167,6 +187,14 @@ class AzureSettings(_CloudSettings):
     storage_account: str | None = None  # for uploading locally built VHDs as page blobs
 
     OUTSIDE_BUILD_KEY = frozenset({"max_parallel", "target_regions", "replica_count", "storage_account"})
+    # The default cells start from the vendors' generation 2 SKUs already, with the Standard security type.
+    VARIANTS = {
+        "cvm": Variant("a confidential VM image: the vendor's CVM SKU, security type ConfidentialVM, built on "
+                       "an AMD SEV-SNP size", settings={"vm_size": "Standard_DC2as_v5"},
+                       build={"security_type": "ConfidentialVM"}, own_base_image=True),
+        "trustedlaunch": Variant("security type TrustedLaunch (secure boot and vTPM) on the usual SKU",
+                                 build={"security_type": "TrustedLaunch"}),
+    }
 
 
 CLOUD_SETTINGS: dict[str, type[_Strict]] = {
@@ -197,22 +225,32 @@ class Clouds(_Strict):
         return [name for name in CLOUDS if getattr(self, name) is not None]
 
 
+# What `variant:` in a selector matches on a cell without one.
+NO_VARIANT = "none"
+
+
 class CellSelector(_Strict):
-    """A partial cell: any dimension left out matches everything. Globs are allowed."""
+    """A partial cell: any dimension left out matches everything. Globs are allowed;
+    `variant: none` matches the cells without a variant."""
 
     os: str | None = None
     kubernetes: Minor | None = None
     cloud: str | None = None
+    arch: str | None = None
+    variant: str | None = None
 
     def describe(self) -> str:
         given = [f"{name}={value}" for name, value in (("os", self.os), ("kubernetes", self.kubernetes),
-                                                       ("cloud", self.cloud)) if value is not None]
+                                                       ("cloud", self.cloud), ("arch", self.arch),
+                                                       ("variant", self.variant)) if value is not None]
         return ", ".join(given) or "any cell"
 
-    def matches(self, os_id: str, minor: str, cloud: str) -> bool:
+    def matches(self, os_id: str, minor: str, cloud: str, arch: str = DEFAULT_ARCH,
+                variant: str | None = None) -> bool:
         return all(
             want is None or fnmatch.fnmatchcase(have, want)
-            for want, have in ((self.os, os_id), (self.kubernetes, minor), (self.cloud, cloud))
+            for want, have in ((self.os, os_id), (self.kubernetes, minor), (self.cloud, cloud), (self.arch, arch),
+                               (self.variant, variant or NO_VARIANT))
         )
 
 
@@ -269,12 +307,18 @@ class RetentionPolicy(_Strict):
         return value
 
 
+def _one_or_list(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
 class Matrix(_Strict):
     versions_file: str = "versions.lock.yaml"
     os: list[str] = Field(min_length=1)
     kubernetes: list[Minor] = Field(min_length=1)
     clouds: Clouds
-    arch: Arch = "amd64"
+    # One arch or a list; each is a dimension of the cells (`arch: [amd64, arm64]` plans both).
+    arch: Annotated[list[str], BeforeValidator(_one_or_list)] = Field(default_factory=lambda: [DEFAULT_ARCH],
+                                                                       min_length=1)
     include: list[CellSelector] = Field(default_factory=list)
     exclude: list[CellSelector] = Field(default_factory=list)
     overrides: list[Override] = Field(default_factory=list)
@@ -326,8 +370,15 @@ def _check_names(matrix: Matrix, source: SourceMap, versions: VersionsLock) -> N
             raise source.error(("os", index), f"unknown OS '{os_id}'", did_you_mean(os_id, known_os))
     for index, minor in enumerate(matrix.kubernetes):
         _check_pinned(minor, ("kubernetes", index), source, known_minors)
+    for index, arch in enumerate(matrix.arch):
+        if arch not in ARCHES:
+            raise source.error(list_item_loc(source, "arch", index), f"unknown arch '{arch}'",
+                               did_you_mean(arch, ARCHES))
     _check_unique(matrix.os, "os", source)
     _check_unique(matrix.kubernetes, "kubernetes", source)
+    _check_unique(matrix.arch, "arch", source)
+    for cloud in matrix.clouds.declared():
+        _check_variants(cloud, getattr(matrix.clouds, cloud).variants, source)
     for rule_kind in ("include", "exclude"):
         for index, rule in enumerate(getattr(matrix, rule_kind)):
             _check_selector(rule, (rule_kind, index), source, known_os, known_minors, matrix.clouds.declared())
@@ -346,10 +397,26 @@ def _check_names(matrix: Matrix, source: SourceMap, versions: VersionsLock) -> N
         raise source.error(("clouds",), "no cloud declared", "add at least one of: " + ", ".join(CLOUDS))
 
 
+def list_item_loc(source: SourceMap, name: str, index: int) -> tuple[Any, ...]:
+    """The list item's location, or the field's where the matrix wrote one value for a list."""
+    return (name, index) if (name, index) in source.lines else (name,)
+
+
+def _check_variants(cloud: str, variants: list[str], source: SourceMap) -> None:
+    known = tuple(CLOUD_SETTINGS[cloud].VARIANTS)
+    for index, variant in enumerate(variants):
+        loc = ("clouds", cloud, "variants", index)
+        if variant not in known:
+            fix = did_you_mean(variant, known) if known else f"{cloud} has no variants; remove variants"
+            raise source.error(loc, f"unknown {cloud} variant '{variant}'", fix)
+        if variant in variants[:index]:
+            raise source.error(loc, f"'{variant}' is listed twice", "remove one; its cells would be planned twice")
+
+
 def _check_unique(values: list[str], name: str, source: SourceMap) -> None:
     for index, value in enumerate(values):
         if value in values[:index]:
-            raise source.error((name, index), f"'{value}' is listed twice, also as {name}[{values.index(value)}]",
+            raise source.error(list_item_loc(source, name, index), f"'{value}' is listed twice, also as {name}[{values.index(value)}]",
                                "remove one; each cell would be planned and built twice")
 
 
@@ -366,6 +433,9 @@ def settings_problem(cloud: str, settings: dict[str, Any], changes: dict[str, An
     """What is wrong with `changes` (an override's settings at loc) on top of a cloud's settings, if anything."""
     model = CLOUD_SETTINGS[cloud]
     for name in changes:
+        if name == "variants":
+            return source.error(loc + (name,), "an override cannot change which cells there are",
+                                f"list variants under clouds.{cloud}, and exclude the cells you do not want")
         if name not in model.model_fields:
             return source.error(loc + (name,), f"unknown {cloud} setting '{name}'",
                                 did_you_mean(name, tuple(model.model_fields)))
@@ -385,6 +455,10 @@ def _check_override_settings(matrix: Matrix, override: Override, loc: tuple[Any,
     for cloud in matrix.clouds.declared():
         if override.match.cloud is not None and not fnmatch.fnmatchcase(cloud, override.match.cloud):
             continue
+        variant = override.match.variant
+        if variant is not None and not any(fnmatch.fnmatchcase(name, variant)
+                                           for name in (NO_VARIANT, *CLOUD_SETTINGS[cloud].VARIANTS)):
+            continue  # only another cloud has that variant
         problem = settings_problem(cloud, getattr(matrix.clouds, cloud).model_dump(), override.settings, loc, source)
         if problem is None:
             continue
@@ -405,7 +479,9 @@ def _check_pinned(minor: str, loc: tuple[Any, ...], source: SourceMap, known_min
 
 def _check_selector(rule: CellSelector, loc: tuple[Any, ...], source: SourceMap, known_os: tuple[str, ...],
                     known_minors: tuple[str, ...], clouds: list[str]) -> None:
-    for dimension, known in (("os", known_os), ("kubernetes", known_minors), ("cloud", tuple(clouds))):
+    variants = tuple(dict.fromkeys(name for cloud in clouds for name in CLOUD_SETTINGS[cloud].VARIANTS))
+    for dimension, known in (("os", known_os), ("kubernetes", known_minors), ("cloud", tuple(clouds)),
+                             ("arch", ARCHES), ("variant", (NO_VARIANT, *variants))):
         value = getattr(rule, dimension)
         if value is None or any(ch in value for ch in "*?["):
             continue

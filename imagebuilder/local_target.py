@@ -35,7 +35,11 @@ def _link(source: Path, dest: Path) -> None:
 def base_files(cell: Cell, cancel: threading.Event | None = None) -> dict[str, Path]:
     """disk.img (and vmlinuz, initrd.img when the first boot is a direct kernel boot), of exactly
     the base the plan resolved (its InRelease sha256s, or the vendor image's sha256)."""
-    if cell.base_image["source"] == "local":
+    local = cell.os_info.local_base
+    if local is None:
+        raise UserError(f"{cell.os}: the local qemu target has no base image for this OS yet "
+                        "(exclude it: exclude: [{os: " + cell.os + ", cloud: qemu}])")
+    if local.kind == "rootfs":
         from imagebuilder.distributions import debian
 
         spec = debian.spec_for(cell.base_image, cell.base_source)
@@ -43,16 +47,13 @@ def base_files(cell: Cell, cancel: threading.Event | None = None) -> dict[str, P
             baseimages.check_debian_releases(cell)  # the base about to be built is the one planned
         disk = debian.base_disk(spec, cancel=cancel)
         return {"disk.img": disk.disk, "vmlinuz": disk.kernel, "initrd.img": disk.initrd}
-    if cell.os_info.family in ("debian", "redhat"):  # the vendor's cloud image, with its own GRUB
-        from imagebuilder.distributions import ubuntu
+    from imagebuilder.distributions import ubuntu  # the vendor's cloud image, with its own GRUB
 
-        # Planned --offline: the image the vendor's checksum file names now.
-        resolved = cell.base_image.get("resolved") or baseimages.Resolver().resolve(cell)
-        url = cell.base_source.get("url") or cell.base_image["source"]
-        url = url.rsplit("/", 1)[0] + "/" + resolved["file"]  # the fixed name of the same image
-        return {"disk.img": ubuntu.base_image(cell.os, cell.arch, url=url, sha256=resolved["sha256"]).disk}
-    raise UserError(f"{cell.os}: the local qemu target has no base image for this OS yet "
-                    "(exclude it: exclude: [{os: " + cell.os + ", cloud: qemu}])")
+    # Planned --offline: the image the vendor's checksum file names now.
+    resolved = cell.base_image.get("resolved") or baseimages.Resolver().resolve(cell)
+    url = cell.base_source.get("url") or cell.base_image["source"]
+    url = url.rsplit("/", 1)[0] + "/" + resolved["file"]  # the fixed name of the same image
+    return {"disk.img": ubuntu.base_image(cell.os, cell.arch, url=url, sha256=resolved["sha256"]).disk}
 
 
 def accelerator_for(job: Job, files: dict[str, Path]) -> str:

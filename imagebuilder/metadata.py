@@ -15,7 +15,7 @@ GCP_LABEL_VALUE = re.compile(r"[^a-z0-9_-]")
 PUBLISHED_TAG = PREFIX + "published"
 PUBLISHED_VALUE = "true"
 # Fields an image may lack and still be ours (made before they existed).
-OPTIONAL_FIELDS = frozenset({"build_timestamp", "build_inputs"})
+OPTIONAL_FIELDS = frozenset({"build_timestamp", "build_inputs", "variant"})
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,9 @@ class ImageMetadata:
     # A short digest per input of the build key (planner.encode_inputs): what `plan --changed`
     # compares to say why a cell is built again. Optional: images made before it have none.
     build_inputs: str = ""
+    # The cloud's variant (config.py VARIANTS) the image is of; "" for the default cell, which
+    # then carries no tag for it, as before variants existed.
+    variant: str = ""
 
     def to_tags(self) -> dict[str, str]:
         """As AWS tags, OpenStack properties, Azure tags and local catalogue records carry it."""
@@ -125,4 +128,5 @@ def metadata_for(cell: Any, version: str, git_commit: str) -> ImageMetadata:
         version=version,
         git_commit=git_commit,
         build_inputs=encode_inputs(cell.inputs),
+        variant=cell.variant or "",
     )

@@ -1,19 +1,20 @@
-"""The operating systems imagebuilder knows, and the stock base image of each per cloud."""
+"""The operating systems imagebuilder knows: one entry each, with the vendor's stock image per
+cloud and architecture. Adding an OS is one entry here plus its role data (ansible/)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal, Mapping
 
 Family = Literal["debian", "redhat", "flatcar"]
 Strategy = Literal["bake", "sysext"]
+Arch = Literal["amd64", "arm64"]
+ARCHES: tuple[Arch, ...] = ("amd64", "arm64")  # our spelling; each reference below has the vendor's
+DEFAULT_ARCH: Arch = "amd64"  # a cell of this arch has no arch in its id
 
-# How each vendor spells our architectures in image names, URLs and families (`{arch}` below).
-VENDOR_ARCH: dict[Family, dict[str, str]] = {
-    "debian": {"amd64": "amd64", "arm64": "arm64"},
-    "redhat": {"amd64": "x86_64", "arm64": "aarch64"},
-    "flatcar": {"amd64": "amd64", "arm64": "arm64"},
-}
+# A base image reference as the cloud's lookup reads it (an AMI name filter and owner, a GCP
+# family, a marketplace SKU, a Glance name, a qemu base URL). It goes into the build key as is.
+Reference = Mapping[str, str]
 
 # Where the stock qemu base images come from: `mirrors:` in the matrix may name another
 # base URL for each (airgapped builds); the build key holds the upstream reference.
@@ -24,25 +25,20 @@ BASE_MIRRORS: dict[str, str] = {
     "rockylinux": "https://dl.rockylinux.org/pub/rocky",
     "flatcar": "https://stable.release.flatcar-linux.net",
 }
+# The qemu reference of a base imagebuilder builds itself (LocalBase kind "rootfs").
+LOCAL_SOURCE = "local"
 
 
 @dataclass(frozen=True)
-class AwsBase:
-    name_filter: str
-    owner: str
+class LocalBase:
+    """How the local qemu target gets its first disk from the OS's qemu reference."""
 
-
-@dataclass(frozen=True)
-class GcpBase:
-    family: str
-    project: str
-
-
-@dataclass(frozen=True)
-class AzureBase:
-    publisher: str
-    offer: str
-    sku: str
+    # "rootfs": a root file system built here from the distribution's archive
+    # (imagebuilder.distributions.debian); "cloud-image": the vendor's disk image, downloaded and
+    # checked against the vendor's checksum file beside it (imagebuilder.distributions.ubuntu).
+    kind: Literal["rootfs", "cloud-image"]
+    # The checksum file beside a cloud image: GNU `SHA256SUMS` or BSD-style `CHECKSUM`.
+    checksums: str = "SHA256SUMS"
 
 
 @dataclass(frozen=True)
@@ -52,84 +48,151 @@ class OsInfo:
     version: str
     family: Family
     ssh_user: str
-    aws: AwsBase
-    gcp: GcpBase  # amd64; the vendors publish arm64 images under other families, offers and SKUs
-    azure: AzureBase
-    openstack_image: str
-    qemu_base: str  # "local" (built by imagebuilder.distributions) or a cloud image URL
-    # The vendor's checksum file beside the cloud image (GNU `SHA256SUMS` or BSD-style `CHECKSUM`).
-    qemu_checksums: str = "SHA256SUMS"
+    # cloud -> arch -> the vendor's image there. A cloud or arch the vendor does not publish is
+    # absent, and the planner refuses a cell that needs it.
+    images: Mapping[str, Mapping[str, Reference]]
+    # None: the local qemu target cannot boot this OS's image yet (the cell fails at build).
+    local_base: LocalBase | None = None
     default_strategy: Strategy = "bake"
-    arches: tuple[str, ...] = field(default=("amd64", "arm64"))
-    gcp_arm64: GcpBase | None = None  # None: the vendor publishes no arm64 image there
-    azure_arm64: AzureBase | None = None
+    # cloud -> variant -> arch -> reference, for a variant that starts from its own vendor image
+    # (Azure's confidential VM SKUs); a variant not here starts from `images`.
+    variant_images: Mapping[str, Mapping[str, Mapping[str, Reference]]] = field(default_factory=dict)
 
-    def gcp_for(self, arch: str) -> GcpBase | None:
-        return self.gcp if arch == "amd64" else self.gcp_arm64
+    def image(self, cloud: str, arch: str, variant: str | None = None) -> dict[str, Any] | None:
+        """A copy of the reference of (cloud, arch[, variant]), or None where the vendor has none."""
+        table = self.variant_images.get(cloud, {}).get(variant, {}) if variant else self.images.get(cloud, {})
+        reference = table.get(arch)
+        return dict(reference) if reference is not None else None
 
-    def azure_for(self, arch: str) -> AzureBase | None:
-        return self.azure if arch == "amd64" else self.azure_arm64
+    def arches_on(self, cloud: str) -> tuple[str, ...]:
+        return tuple(arch for arch in ARCHES if arch in self.images.get(cloud, {}))
 
-    def vendor_arch(self, arch: str) -> str:
-        """The vendor's name for ``arch`` (Rocky writes x86_64 where Debian writes amd64)."""
-        return VENDOR_ARCH[self.family][arch]
 
-    def for_arch(self, template: str, arch: str) -> str:
-        """A reference with its ``{arch}`` in the vendor's spelling."""
-        return template.replace("{arch}", self.vendor_arch(arch))
-
+UBUNTU_OWNER = "099720109477"  # Canonical's AWS account
+UBUNTU_IMAGES = "https://cloud-images.ubuntu.com/releases"
 
 OPERATING_SYSTEMS: dict[str, OsInfo] = {
     info.id: info
     for info in (
         OsInfo(
             id="ubuntu-2204", distro="ubuntu", version="22.04", family="debian", ssh_user="ubuntu",
-            aws=AwsBase("ubuntu/images/hvm-ssd/ubuntu-jammy-22.04-{arch}-server-*", "099720109477"),
-            gcp=GcpBase("ubuntu-2204-lts", "ubuntu-os-cloud"),
-            azure=AzureBase("Canonical", "0001-com-ubuntu-server-jammy", "22_04-lts-gen2"),
-            gcp_arm64=GcpBase("ubuntu-2204-lts-arm64", "ubuntu-os-cloud"),
-            azure_arm64=AzureBase("Canonical", "0001-com-ubuntu-server-jammy", "22_04-lts-arm64"),
-            openstack_image="ubuntu-22.04",
-            qemu_base="https://cloud-images.ubuntu.com/releases/jammy/release/ubuntu-22.04-server-cloudimg-{arch}.img",
+            images={
+                "qemu": {
+                    "amd64": {"source": f"{UBUNTU_IMAGES}/jammy/release/ubuntu-22.04-server-cloudimg-amd64.img"},
+                    "arm64": {"source": f"{UBUNTU_IMAGES}/jammy/release/ubuntu-22.04-server-cloudimg-arm64.img"},
+                },
+                "aws": {
+                    "amd64": {"name_filter": "ubuntu/images/hvm-ssd/ubuntu-jammy-22.04-amd64-server-*",
+                              "owner": UBUNTU_OWNER},
+                    "arm64": {"name_filter": "ubuntu/images/hvm-ssd/ubuntu-jammy-22.04-arm64-server-*",
+                              "owner": UBUNTU_OWNER},
+                },
+                "gcp": {
+                    "amd64": {"family": "ubuntu-2204-lts", "project": "ubuntu-os-cloud"},
+                    "arm64": {"family": "ubuntu-2204-lts-arm64", "project": "ubuntu-os-cloud"},
+                },
+                "azure": {
+                    "amd64": {"publisher": "Canonical", "offer": "0001-com-ubuntu-server-jammy", "sku": "22_04-lts-gen2"},
+                    "arm64": {"publisher": "Canonical", "offer": "0001-com-ubuntu-server-jammy", "sku": "22_04-lts-arm64"},
+                },
+                # Glance names are the site's: one name for every arch, as operators upload them.
+                "openstack": {"amd64": {"image_name": "ubuntu-22.04"}, "arm64": {"image_name": "ubuntu-22.04"}},
+            },
+            variant_images={"azure": {"cvm": {"amd64": {
+                "publisher": "Canonical", "offer": "0001-com-ubuntu-confidential-vm-jammy", "sku": "22_04-lts-cvm"}}}},
+            local_base=LocalBase("cloud-image"),
         ),
         OsInfo(
             id="ubuntu-2404", distro="ubuntu", version="24.04", family="debian", ssh_user="ubuntu",
-            aws=AwsBase("ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-{arch}-server-*", "099720109477"),
-            gcp=GcpBase("ubuntu-2404-lts-amd64", "ubuntu-os-cloud"),
-            azure=AzureBase("Canonical", "ubuntu-24_04-lts", "server"),
-            gcp_arm64=GcpBase("ubuntu-2404-lts-arm64", "ubuntu-os-cloud"),
-            azure_arm64=AzureBase("Canonical", "ubuntu-24_04-lts", "server-arm64"),
-            openstack_image="ubuntu-24.04",
-            qemu_base="https://cloud-images.ubuntu.com/releases/noble/release/ubuntu-24.04-server-cloudimg-{arch}.img",
+            images={
+                "qemu": {
+                    "amd64": {"source": f"{UBUNTU_IMAGES}/noble/release/ubuntu-24.04-server-cloudimg-amd64.img"},
+                    "arm64": {"source": f"{UBUNTU_IMAGES}/noble/release/ubuntu-24.04-server-cloudimg-arm64.img"},
+                },
+                "aws": {
+                    "amd64": {"name_filter": "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-*",
+                              "owner": UBUNTU_OWNER},
+                    "arm64": {"name_filter": "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-arm64-server-*",
+                              "owner": UBUNTU_OWNER},
+                },
+                "gcp": {
+                    "amd64": {"family": "ubuntu-2404-lts-amd64", "project": "ubuntu-os-cloud"},
+                    "arm64": {"family": "ubuntu-2404-lts-arm64", "project": "ubuntu-os-cloud"},
+                },
+                "azure": {
+                    "amd64": {"publisher": "Canonical", "offer": "ubuntu-24_04-lts", "sku": "server"},
+                    "arm64": {"publisher": "Canonical", "offer": "ubuntu-24_04-lts", "sku": "server-arm64"},
+                },
+                "openstack": {"amd64": {"image_name": "ubuntu-24.04"}, "arm64": {"image_name": "ubuntu-24.04"}},
+            },
+            variant_images={"azure": {"cvm": {"amd64": {
+                "publisher": "Canonical", "offer": "ubuntu-24_04-lts", "sku": "cvm"}}}},
+            local_base=LocalBase("cloud-image"),
         ),
         OsInfo(
             id="debian-12", distro="debian", version="12", family="debian", ssh_user="debian",
-            aws=AwsBase("debian-12-{arch}-*", "136693071363"),
-            gcp=GcpBase("debian-12", "debian-cloud"),
-            azure=AzureBase("Debian", "debian-12", "12-gen2"),
-            gcp_arm64=GcpBase("debian-12-arm64", "debian-cloud"),
-            azure_arm64=AzureBase("Debian", "debian-12", "12-arm64"),
-            openstack_image="debian-12",
-            qemu_base="local",
+            images={
+                "qemu": {"amd64": {"source": LOCAL_SOURCE}, "arm64": {"source": LOCAL_SOURCE}},
+                "aws": {
+                    "amd64": {"name_filter": "debian-12-amd64-*", "owner": "136693071363"},
+                    "arm64": {"name_filter": "debian-12-arm64-*", "owner": "136693071363"},
+                },
+                "gcp": {
+                    "amd64": {"family": "debian-12", "project": "debian-cloud"},
+                    "arm64": {"family": "debian-12-arm64", "project": "debian-cloud"},
+                },
+                "azure": {
+                    "amd64": {"publisher": "Debian", "offer": "debian-12", "sku": "12-gen2"},
+                    "arm64": {"publisher": "Debian", "offer": "debian-12", "sku": "12-arm64"},
+                },
+                "openstack": {"amd64": {"image_name": "debian-12"}, "arm64": {"image_name": "debian-12"}},
+            },
+            local_base=LocalBase("rootfs"),
         ),
         OsInfo(
             id="rockylinux-9", distro="rocky", version="9", family="redhat", ssh_user="rocky",
-            aws=AwsBase("Rocky-9-EC2-Base-9.*{arch}", "792107900819"),
-            gcp=GcpBase("rocky-linux-9", "rocky-linux-cloud"),
-            azure=AzureBase("resf", "rockylinux-x86_64", "9-base"),
-            gcp_arm64=GcpBase("rocky-linux-9-arm64", "rocky-linux-cloud"),
-            azure_arm64=AzureBase("resf", "rockylinux-aarch64", "9-base"),
-            openstack_image="rockylinux-9",
-            qemu_base="https://dl.rockylinux.org/pub/rocky/9/images/{arch}/Rocky-9-GenericCloud-Base.latest.{arch}.qcow2",
-            qemu_checksums="CHECKSUM",
+            images={
+                "qemu": {
+                    "amd64": {"source": "https://dl.rockylinux.org/pub/rocky/9/images/x86_64/"
+                                        "Rocky-9-GenericCloud-Base.latest.x86_64.qcow2"},
+                    "arm64": {"source": "https://dl.rockylinux.org/pub/rocky/9/images/aarch64/"
+                                        "Rocky-9-GenericCloud-Base.latest.aarch64.qcow2"},
+                },
+                "aws": {
+                    "amd64": {"name_filter": "Rocky-9-EC2-Base-9.*x86_64", "owner": "792107900819"},
+                    "arm64": {"name_filter": "Rocky-9-EC2-Base-9.*aarch64", "owner": "792107900819"},
+                },
+                "gcp": {
+                    "amd64": {"family": "rocky-linux-9", "project": "rocky-linux-cloud"},
+                    "arm64": {"family": "rocky-linux-9-arm64", "project": "rocky-linux-cloud"},
+                },
+                "azure": {
+                    "amd64": {"publisher": "resf", "offer": "rockylinux-x86_64", "sku": "9-base"},
+                    "arm64": {"publisher": "resf", "offer": "rockylinux-aarch64", "sku": "9-base"},
+                },
+                "openstack": {"amd64": {"image_name": "rockylinux-9"}, "arm64": {"image_name": "rockylinux-9"}},
+            },
+            local_base=LocalBase("cloud-image", checksums="CHECKSUM"),
         ),
         OsInfo(
             id="flatcar", distro="flatcar", version="stable", family="flatcar", ssh_user="core",
-            aws=AwsBase("Flatcar-stable-*-hvm", "075585003325"),
-            gcp=GcpBase("flatcar-stable", "kinvolk-public"),
-            azure=AzureBase("kinvolk", "flatcar-container-linux-free", "stable-gen2"),
-            openstack_image="flatcar-stable",
-            qemu_base="https://stable.release.flatcar-linux.net/{arch}-usr/current/flatcar_production_qemu_image.img",
+            images={
+                "qemu": {
+                    "amd64": {"source": "https://stable.release.flatcar-linux.net/amd64-usr/current/"
+                                        "flatcar_production_qemu_image.img"},
+                    "arm64": {"source": "https://stable.release.flatcar-linux.net/arm64-usr/current/"
+                                        "flatcar_production_qemu_image.img"},
+                },
+                # One filter for both arches, as before the table: the arm64 AMIs' names match it too.
+                "aws": {
+                    "amd64": {"name_filter": "Flatcar-stable-*-hvm", "owner": "075585003325"},
+                    "arm64": {"name_filter": "Flatcar-stable-*-hvm", "owner": "075585003325"},
+                },
+                "gcp": {"amd64": {"family": "flatcar-stable", "project": "kinvolk-public"}},
+                "azure": {"amd64": {"publisher": "kinvolk", "offer": "flatcar-container-linux-free",
+                                    "sku": "stable-gen2"}},
+                "openstack": {"amd64": {"image_name": "flatcar-stable"}, "arm64": {"image_name": "flatcar-stable"}},
+            },
             default_strategy="sysext",
         ),
     )

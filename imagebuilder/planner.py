@@ -5,7 +5,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -19,9 +19,10 @@ from imagebuilder.config import (
     CellSelector,
     LoadedMatrix,
     Matrix,
+    list_item_loc,
     settings_problem,
 )
-from imagebuilder.osinfo import BASE_MIRRORS, OPERATING_SYSTEMS, OsInfo
+from imagebuilder.osinfo import ARCHES, BASE_MIRRORS, DEFAULT_ARCH, OPERATING_SYSTEMS, OsInfo
 from imagebuilder.versions import UPSTREAM_MIRRORS, Download, downloads_for, images_for, registry_plain_http
 from imagebuilder.yamlsource import InputError, SourceMap
 
@@ -52,6 +53,7 @@ class Cell:
     inputs: dict[str, str] = field(default_factory=dict)
     # Where the qemu base is fetched from (the reference through `mirrors:`); not in the key.
     base_source: dict[str, str] = field(default_factory=dict)
+    variant: str | None = None  # one of the cloud's VARIANTS (config.py), or None for the default cell
 
     @property
     def os_info(self) -> OsInfo:
@@ -66,6 +68,7 @@ class Cell:
             "kubernetes_version": self.kubernetes_version,
             "cloud": self.cloud,
             "arch": self.arch,
+            "variant": self.variant,
             "strategy": self.strategy,
             "build_key": self.build_key,
             "image_name": self.image_name,
@@ -73,8 +76,28 @@ class Cell:
         }
 
 
-def cell_id(cloud: str, os_id: str, minor: str) -> str:
-    return f"{cloud}-{os_id}-k8s-{minor}"
+def cell_id(cloud: str, os_id: str, minor: str, arch: str = DEFAULT_ARCH, variant: str | None = None) -> str:
+    """`<cloud>-<os>-k8s-<minor>` for an amd64 cell without a variant; the others say theirs before `-k8s-`."""
+    return f"{cloud}-{variant_os(os_id, arch, variant)}-k8s-{minor}"
+
+
+def variant_os(os_id: str, arch: str = DEFAULT_ARCH, variant: str | None = None) -> str:
+    """The OS as a cell id spells it: `ubuntu-2404`, `ubuntu-2404-arm64`, `ubuntu-2204-cvm`."""
+    return "-".join([os_id, *([arch] if arch != DEFAULT_ARCH else []), *([variant] if variant else [])])
+
+
+@dataclass(frozen=True)
+class Combination:
+    """One cell of the matrix before it is made: its dimensions."""
+
+    cloud: str
+    os: str
+    minor: str
+    arch: str = DEFAULT_ARCH
+    variant: str | None = None
+
+    def matched_by(self, rule: CellSelector) -> bool:
+        return rule.matches(self.os, self.minor, self.cloud, self.arch, self.variant)
 
 
 def gcp_image_family(os_id: str, minor: str) -> str:
@@ -100,20 +123,10 @@ def image_name(cloud: str, os_id: str, kubernetes_version: str, arch: str = "amd
     return f"{os_id}-kube-v{kubernetes_version}-{{timestamp}}"
 
 
-def base_image_for(info: OsInfo, cloud: str, arch: str) -> dict[str, Any] | None:
-    """The base image reference of a cell, `{arch}` in the vendor's spelling (osinfo.VENDOR_ARCH);
-    None where the vendor publishes no image of that arch on that cloud."""
-    if cloud == "aws":
-        return {"name_filter": info.for_arch(info.aws.name_filter, arch), "owner": info.aws.owner}
-    if cloud == "gcp":
-        gcp = info.gcp_for(arch)
-        return {"family": gcp.family, "project": gcp.project} if gcp else None
-    if cloud == "azure":
-        azure = info.azure_for(arch)
-        return asdict(azure) if azure else None
-    if cloud == "openstack":
-        return {"image_name": info.openstack_image}
-    return {"source": info.for_arch(info.qemu_base, arch)}
+def base_image_for(info: OsInfo, cloud: str, arch: str, variant: str | None = None) -> dict[str, Any] | None:
+    """The base image reference of a cell as the OS table spells it (osinfo.OPERATING_SYSTEMS);
+    None where the vendor publishes no image of that arch (or variant) on that cloud."""
+    return info.image(cloud, arch, variant)
 
 
 def base_source_for(base_image: dict[str, Any], mirrors: dict[str, str]) -> dict[str, str]:
@@ -142,45 +155,60 @@ def keyed(cell: Cell, pins: dict[str, Any]) -> Cell:
     return Cell(**{**cell.__dict__, "build_key": _digest(material), "inputs": key_inputs(material)})
 
 
-def _selected_combinations(matrix: Matrix, source: SourceMap) -> list[tuple[str, str, str]]:
-    """The (cloud, os, minor) cells; an exclude, include or override that selects nothing is an error."""
+def _cloud_variants(matrix: Matrix, cloud: str) -> list[str | None]:
+    return [None, *getattr(matrix.clouds, cloud).variants]
+
+
+def _selected_combinations(matrix: Matrix, source: SourceMap) -> list[Combination]:
+    """The cells' dimensions; an exclude, include or override that selects nothing is an error."""
     clouds = matrix.clouds.declared()
-    every = [(cloud, os_id, minor) for cloud in clouds for os_id in matrix.os for minor in matrix.kubernetes]
+    every = [Combination(cloud, os_id, minor, arch, variant)
+             for cloud in clouds for os_id in matrix.os for minor in matrix.kubernetes for arch in matrix.arch
+             for variant in _cloud_variants(matrix, cloud)]
     for index, rule in enumerate(matrix.exclude):
-        if not any(rule.matches(os_id, minor, cloud) for cloud, os_id, minor in every):
+        if not any(combo.matched_by(rule) for combo in every):
             raise _unmatched(source, ("exclude", index), rule)
-    combos = [
-        (cloud, os_id, minor)
-        for cloud, os_id, minor in every
-        if not any(rule.matches(os_id, minor, cloud) for rule in matrix.exclude)
-    ]
+    combos = [combo for combo in every if not any(combo.matched_by(rule) for rule in matrix.exclude)]
     seen = set(combos)
     # As in a GitHub Actions matrix: include adds after exclude, expanding missing dimensions.
     for index, rule in enumerate(matrix.include):
         matched = added = False
-        for cloud in [rule.cloud] if rule.cloud and rule.cloud in clouds else clouds:
-            for os_id in [rule.os] if rule.os and rule.os in OPERATING_SYSTEMS else matrix.os:
-                for minor in [rule.kubernetes] if rule.kubernetes and "*" not in rule.kubernetes else matrix.kubernetes:
-                    combo = (cloud, os_id, minor)
-                    if rule.matches(os_id, minor, cloud):
-                        matched = True
-                        if combo not in seen:
-                            added = True
-                            seen.add(combo)
-                            combos.append(combo)
+        for combo in _include_candidates(matrix, rule):
+            if combo.matched_by(rule):
+                matched = True
+                if combo not in seen:
+                    added = True
+                    seen.add(combo)
+                    combos.append(combo)
         if not matched:
             raise _unmatched(source, ("include", index), rule)
         if not added:
             raise source.error(("include", index), f"{rule.describe()} adds no cell: every cell it matches is "
                                "already planned", "remove it, or exclude those cells first")
     for index, override in enumerate(matrix.overrides):
-        if not any(override.match.matches(os_id, minor, cloud) for cloud, os_id, minor in combos):
-            excluded = any(override.match.matches(os_id, minor, cloud) for cloud, os_id, minor in every)
+        if not any(combo.matched_by(override.match) for combo in combos):
+            excluded = any(combo.matched_by(override.match) for combo in every)
             if excluded:
                 raise source.error(("overrides", index, "match"), f"{override.match.describe()} matches only "
                                    "cells the excludes remove", "remove the override or narrow the excludes")
             raise _unmatched(source, ("overrides", index, "match"), override.match)
     return combos
+
+
+def _include_candidates(matrix: Matrix, rule: CellSelector) -> list[Combination]:
+    """What an include may add: its named values, or every value of the matrix for a dimension it leaves out."""
+    def named(value: str | None, known: Any) -> bool:
+        return bool(value) and "*" not in str(value) and value in known
+
+    clouds = matrix.clouds.declared()
+    return [Combination(cloud, os_id, minor, arch, variant)
+            for cloud in ([rule.cloud] if named(rule.cloud, clouds) else clouds)
+            for os_id in ([rule.os] if named(rule.os, OPERATING_SYSTEMS) else matrix.os)
+            for minor in ([rule.kubernetes] if named(rule.kubernetes, matrix.kubernetes) or
+                          (rule.kubernetes and "*" not in rule.kubernetes) else matrix.kubernetes)
+            for arch in ([rule.arch] if named(rule.arch, ARCHES) else matrix.arch)
+            for variant in ([rule.variant] if named(rule.variant, CLOUD_SETTINGS[cloud].VARIANTS)
+                            else _cloud_variants(matrix, cloud))]
 
 
 def _unmatched(source: SourceMap, loc: tuple[str | int, ...], rule: CellSelector) -> InputError:
@@ -197,38 +225,69 @@ def plan(loaded: LoadedMatrix, only: list[str] | None = None) -> list[Cell]:
         raise loaded.source.error(loc, "the matrix selects no cell: the excludes remove every combination",
                                   "narrow the exclude rules")
     mirrors = {**BASE_MIRRORS, **UPSTREAM_MIRRORS, **matrix.mirrors}
-    cells = [_make_cell(loaded, cloud, os_id, minor, mirrors) for cloud, os_id, minor in combos]
+    cells = [_make_cell(loaded, combo, mirrors) for combo in combos]
+    _check_distinct(loaded, cells)
     if only:
         cells = [cell for cell in cells if any(fnmatch.fnmatchcase(cell.id, pattern) for pattern in only)]
-    return sorted(cells, key=lambda cell: (CLOUDS.index(cell.cloud), cell.os, _minor_key(cell.kubernetes)))
+    return sorted(cells, key=lambda cell: (CLOUDS.index(cell.cloud), cell.os, ARCHES.index(cell.arch),
+                                           cell.variant or "", _minor_key(cell.kubernetes)))
+
+
+def _check_distinct(loaded: LoadedMatrix, cells: list[Cell]) -> None:
+    """An override's arch can turn a cell into one the arch dimension already plans."""
+    first: dict[str, Cell] = {}
+    for cell in cells:
+        if cell.id in first:
+            index = next((i for i, o in enumerate(loaded.matrix.overrides)
+                          if o.arch == cell.arch and fnmatch.fnmatchcase(cell.os, o.match.os or "*")), None)
+            raise loaded.source.error(("overrides", index, "arch") if index is not None else ("arch",), f"makes a second {cell.id}: arch: already "
+                                      "plans that cell", f"remove the override's arch, or exclude {{os: {cell.os}, "
+                                      f"arch: {cell.arch}}}")
+        first[cell.id] = cell
 
 
 def _minor_key(minor: str) -> tuple[int, ...]:
     return tuple(int(part) for part in minor.split("."))
 
 
-def _make_cell(loaded: LoadedMatrix, cloud: str, os_id: str, minor: str, mirrors: dict[str, str]) -> Cell:
+def _make_cell(loaded: LoadedMatrix, combo: Combination, mirrors: dict[str, str]) -> Cell:
     matrix = loaded.matrix
+    cloud, os_id, minor, variant = combo.cloud, combo.os, combo.minor, combo.variant
     info = OPERATING_SYSTEMS[os_id]
     pins = loaded.versions.minors[minor]
     settings: dict[str, Any] = getattr(matrix.clouds, cloud).model_dump()
+    known_variant = CLOUD_SETTINGS[cloud].VARIANTS[variant] if variant else None
+    if known_variant is not None:
+        settings = CLOUD_SETTINGS[cloud].model_validate({**settings, **known_variant.settings}).model_dump()
     ansible_vars: dict[str, Any] = {}
-    arch = matrix.arch
+    arch = combo.arch
+    arch_loc = list_item_loc(loaded.source, "arch", matrix.arch.index(arch)) if arch in matrix.arch else ("include",)
     strategy = info.default_strategy
     for index, override in enumerate(matrix.overrides):
-        if not override.match.matches(os_id, minor, cloud):
+        if not combo.matched_by(override.match):
             continue
         settings = _merged_settings(loaded, cloud, settings, override.settings, index)
         ansible_vars.update(override.ansible_vars)
-        arch = override.arch or arch
+        if override.arch:
+            arch, arch_loc = override.arch, ("overrides", index, "arch")
         strategy = override.strategy or strategy
-    base_image = base_image_for(info, cloud, arch)
+    own_image = variant if known_variant is not None and known_variant.own_base_image else None
+    base_image = base_image_for(info, cloud, arch, own_image)
+    this_cell = cell_id(cloud, os_id, minor, arch, variant)
+    if base_image is None and cloud not in info.images:
+        raise loaded.source.error(("clouds", cloud), f"{os_id} has no base image on {cloud} ({this_cell})",
+                                  f"exclude {{os: {os_id}, cloud: {cloud}}}")
+    if base_image is None and own_image is not None:
+        declared = getattr(matrix.clouds, cloud).variants
+        variant_loc = ("clouds", cloud, "variants", declared.index(own_image)) if own_image in declared else ("include",)
+        raise loaded.source.error(variant_loc, f"{os_id} has no {arch} {own_image} base image on {cloud} ({this_cell})",
+                                  f"exclude {{os: {os_id}, cloud: {cloud}, variant: {own_image}"
+                                  + (f", arch: {arch}}}" if info.variant_images.get(cloud, {}).get(own_image) else "}"))
     if base_image is None:
-        raise loaded.source.error(("arch",), f"{os_id} has no {arch} base image on {cloud} "
-                                  f"({cell_id(cloud, os_id, minor)})",
-                                  f"exclude {{os: {os_id}, cloud: {cloud}}} or override its arch to amd64")
+        raise loaded.source.error(arch_loc, f"{os_id} has no {arch} base image on {cloud} ({this_cell})",
+                                  f"exclude {{os: {os_id}, cloud: {cloud}, arch: {arch}}}")
     cell = Cell(
-        id=cell_id(cloud, os_id, minor),
+        id=this_cell,
         os=os_id,
         kubernetes=minor,
         kubernetes_version=pins.kubernetes_version,
@@ -240,10 +299,13 @@ def _make_cell(loaded: LoadedMatrix, cloud: str, os_id: str, minor: str, mirrors
         downloads=downloads_for(pins, arch, mirrors),
         images=images_for(pins, mirrors.get("registry")),
         registry_plain_http=registry_plain_http(mirrors.get("registry")),
-        settings=settings,
+        settings={name: value for name, value in settings.items() if name != "variants"},  # the matrix's, not the cell's
         ansible_vars=ansible_vars,
         base_image=base_image,
-        image_name=image_name(cloud, os_id, pins.kubernetes_version, arch),
+        # A variant's images are named apart from the default cell's (their own AMI names, GCP
+        # families, Azure definitions); an arch's as before (the clouds record the arch).
+        image_name=image_name(cloud, variant_os(os_id, DEFAULT_ARCH, variant), pins.kubernetes_version, arch),
+        variant=variant,
     )
     cell = Cell(**{**cell.__dict__, "base_source": base_source_for(cell.base_image, mirrors)})
     return keyed(cell, pins.model_dump(mode="json"))
@@ -300,7 +362,14 @@ def key_material(cell: Cell, pins: dict[str, Any]) -> dict[str, Any]:
         "base_image": cell.base_image,
         "settings": build_settings(cell.cloud, cell.settings),
         "ansible_vars": cell.ansible_vars,
+        # Only a variant cell has this input, so the default cells' keys are what they were.
+        **({"variant": variant_material(cell.cloud, cell.variant)} if cell.variant else {}),
     }
+
+
+def variant_material(cloud: str, variant: str) -> dict[str, Any]:
+    """What a variant changes besides its settings and base image, which the key hashes already."""
+    return {"name": variant, "build": CLOUD_SETTINGS[cloud].VARIANTS[variant].build}
 
 
 def _digest(value: Any) -> str:

@@ -19,7 +19,7 @@ one ``Decision`` per image out. The rules, first match wins:
     obsolete less than ``obsolete_days`` ago    -> keep ("obsolete, delete after ...")
 12. otherwise                                 -> delete
 
-A group is (cloud, region, os, kubernetes minor, arch) from the metadata. An image's age
+A group is (cloud, region, os, kubernetes minor, arch, variant) from the metadata. An image's age
 is its build time: the metadata's Packer timestamp, trusted only in its format and between
 2015 and now plus a day (metadata.parse_build_timestamp). An image whose timestamp fails
 that is kept, and neither counts toward nor displaces its group's newest N.
@@ -56,7 +56,7 @@ AVAILABLE_STATES = frozenset({"available", "active"})
 TRANSIENT_STATES = frozenset({"pending", "queued", "saving", "importing", "uploading", "creating", "copying",
                               "transient", "updating"})
 
-GroupKey = tuple[str, str, str, str, str]
+GroupKey = tuple[str, str, str, str, str, str]
 
 
 class Action(str, Enum):
@@ -154,7 +154,8 @@ def group_key(record: ImageRecord) -> GroupKey | None:
     meta = record.metadata
     if meta is None:
         return None
-    return (record.cloud, record.region, meta.os, meta.kubernetes_minor, meta.arch)
+    # A variant's images (Azure cvm, qemu efi) are not newer copies of the default cell's.
+    return (record.cloud, record.region, meta.os, meta.kubernetes_minor, meta.arch, meta.variant)
 
 
 def newest_first_key(record: ImageRecord, built: datetime) -> tuple[datetime, datetime, str]:

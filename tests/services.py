@@ -90,10 +90,12 @@ def vendor_amis() -> list[dict[str, object]]:
     from imagebuilder.osinfo import OPERATING_SYSTEMS
 
     amis = []
-    for number, (info, arch) in enumerate((info, arch) for info in OPERATING_SYSTEMS.values() for arch in info.arches):
+    references = [(info, arch, reference) for info in OPERATING_SYSTEMS.values()
+                  for arch, reference in info.images["aws"].items()]
+    for number, (info, arch, reference) in enumerate(references):
         amis.append({
-            "ami_id": f"ami-0{number:016x}", "name": info.for_arch(info.aws.name_filter, arch).replace("*", VENDOR_AMI_DATE),
-            "description": f"{info.id} {arch} stock image", "owner_id": info.aws.owner, "public": True,
+            "ami_id": f"ami-0{number:016x}", "name": reference["name_filter"].replace("*", VENDOR_AMI_DATE),
+            "description": f"{info.id} {arch} stock image", "owner_id": reference["owner"], "public": True,
             "virtualization_type": "hvm", "architecture": "x86_64" if arch == "amd64" else "arm64",
             "state": "available", "platform": None, "image_type": "machine", "hypervisor": "xen",
             "root_device_name": "/dev/sda1", "root_device_type": "ebs", "sriov": "simple",

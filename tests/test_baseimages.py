@@ -45,6 +45,8 @@ MINORS = ["1.34", "1.35"]
 UBUNTU = OPERATING_SYSTEMS["ubuntu-2204"]
 DEBIAN = OPERATING_SYSTEMS["debian-12"]
 ROCKY = OPERATING_SYSTEMS["rockylinux-9"]
+UBUNTU_GCP, DEBIAN_GCP = ((info.images["gcp"]["amd64"]["project"], info.images["gcp"]["amd64"]["family"])
+                          for info in (UBUNTU, DEBIAN))
 
 
 def write_matrix(root: Path, os_ids: list[str], clouds: dict[str, Any], **extra: Any) -> Path:
@@ -76,13 +78,13 @@ def aws_resolver() -> baseimages.Resolver:
 
 
 def ubuntu_ami(moto: str, date: str) -> str:
-    return register_vendor_ami(moto, UBUNTU.aws.owner, UBUNTU.for_arch(UBUNTU.aws.name_filter, "amd64")
-                               .replace("*", date))
+    return register_vendor_ami(moto, UBUNTU.images["aws"]["amd64"]["owner"],
+                               UBUNTU.images["aws"]["amd64"]["name_filter"].replace("*", date))
 
 
 def test_a_newer_ami_moves_that_cells_key_and_no_other(aws_env: str, tmp_path: Path) -> None:
     ubuntu_ami(aws_env, "20250101")
-    register_vendor_ami(aws_env, DEBIAN.aws.owner, "debian-12-amd64-20250101-1000")
+    register_vendor_ami(aws_env, DEBIAN.images["aws"]["amd64"]["owner"], "debian-12-amd64-20250101-1000")
     loaded = load_matrix(write_matrix(tmp_path, ["ubuntu-2204", "debian-12"],
                                       {"aws": {"regions": ["us-east-1", "eu-west-1"]}}))
     unresolved = plan(loaded)
@@ -137,8 +139,8 @@ def test_the_cli_plan_resolves_the_vendors_amis(aws_env: str, tmp_path: Path) ->
     expected = baseimages.resolve_cells(plan(loaded), loaded, baseimages.Resolver())
     assert keys(expected) == {cell["id"]: cell["build_key"] for cell in json.loads(result.stdout)}
     assert {cell.base_image["resolved"]["name"] for cell in expected} == {
-        UBUNTU.for_arch(UBUNTU.aws.name_filter, "amd64").replace("*", VENDOR_AMI_DATE),
-        ROCKY.for_arch(ROCKY.aws.name_filter, "amd64").replace("*", VENDOR_AMI_DATE)}
+        UBUNTU.images["aws"]["amd64"]["name_filter"].replace("*", VENDOR_AMI_DATE),
+        ROCKY.images["aws"]["amd64"]["name_filter"].replace("*", VENDOR_AMI_DATE)}
 
 
 def test_offline_plans_from_references_without_calls(tmp_path: Path) -> None:
@@ -251,15 +253,15 @@ def glance_upload(name: str, tmp_path: Path) -> str:
 
 
 def test_glance_resolves_the_newest_image_of_that_name(openstack_env: str, tmp_path: Path) -> None:
-    glance_upload(UBUNTU.openstack_image, tmp_path)
-    glance_upload(DEBIAN.openstack_image, tmp_path)
+    glance_upload(UBUNTU.images["openstack"]["amd64"]["image_name"], tmp_path)
+    glance_upload(DEBIAN.images["openstack"]["amd64"]["image_name"], tmp_path)
     loaded = load_matrix(write_matrix(tmp_path, ["ubuntu-2204", "debian-12"], {"openstack": {}}))
     resolver = baseimages.Resolver()
     before = baseimages.resolve_cells(plan(loaded), loaded, resolver)
     assert resolver.calls == 2
 
     time.sleep(1.1)  # Glance's created_at has whole seconds
-    newer = glance_upload(UBUNTU.openstack_image, tmp_path)
+    newer = glance_upload(UBUNTU.images["openstack"]["amd64"]["image_name"], tmp_path)
     after = baseimages.resolve_cells(plan(loaded), loaded, baseimages.Resolver())
     moved = {cell_id for cell_id, key in keys(after).items() if keys(before)[cell_id] != key}
     assert moved == {"openstack-ubuntu-2204-k8s-1.34", "openstack-ubuntu-2204-k8s-1.35"}
@@ -294,15 +296,15 @@ def test_gcp_family_resolves_to_its_current_image(gcp: Any, tmp_path: Path) -> N
     from imagebuilder.clouds.gcp import GcpImageStore
     from imagebuilder.config import GcpSettings
 
-    gcp_base(gcp, UBUNTU.gcp.project, UBUNTU.gcp.family, "ubuntu-2204-jammy-v20250101", "2025-01-01T00:00:00Z")
-    gcp_base(gcp, DEBIAN.gcp.project, DEBIAN.gcp.family, "debian-12-bookworm-v20250101", "2025-01-01T00:00:00Z")
+    gcp_base(gcp, *UBUNTU_GCP, "ubuntu-2204-jammy-v20250101", "2025-01-01T00:00:00Z")
+    gcp_base(gcp, *DEBIAN_GCP, "debian-12-bookworm-v20250101", "2025-01-01T00:00:00Z")
     loaded = load_matrix(write_matrix(tmp_path, ["ubuntu-2204", "debian-12"], {"gcp": {"project_id": "capi"}}))
     resolver = baseimages.Resolver(store_for=lambda cell: GcpImageStore(
         GcpSettings(project_id="capi"), credentials=AnonymousCredentials(), api_endpoint=gcp.base_url, backoff=0.0))
     before = baseimages.resolve_cells(plan(loaded), loaded, resolver)
     assert resolver.calls == 2
 
-    gcp_base(gcp, UBUNTU.gcp.project, UBUNTU.gcp.family, "ubuntu-2204-jammy-v20250301", "2025-03-01T00:00:00Z")
+    gcp_base(gcp, *UBUNTU_GCP, "ubuntu-2204-jammy-v20250301", "2025-03-01T00:00:00Z")
     resolver.memo.clear()  # a later plan run
     after = baseimages.resolve_cells(plan(loaded), loaded, resolver)
     moved = {cell_id for cell_id, key in keys(after).items() if keys(before)[cell_id] != key}
@@ -331,9 +333,9 @@ def test_azure_latest_resolves_to_the_highest_marketplace_version(arm: Any, tmp_
     from imagebuilder.clouds.azure import AzureImageStore
     from imagebuilder.config import AzureSettings
 
-    ubuntu, debian = (OPERATING_SYSTEMS[o].azure for o in ("ubuntu-2204", "debian-12"))
-    arm.marketplace[("westeurope", ubuntu.publisher, ubuntu.offer, ubuntu.sku)] = ["22.04.202501010", "22.04.202412100"]
-    arm.marketplace[("westeurope", debian.publisher, debian.offer, debian.sku)] = ["0.20250101.1970"]
+    ubuntu, debian = (OPERATING_SYSTEMS[o].images["azure"]["amd64"] for o in ("ubuntu-2204", "debian-12"))
+    arm.marketplace[("westeurope", *ubuntu.values())] = ["22.04.202501010", "22.04.202412100"]
+    arm.marketplace[("westeurope", *debian.values())] = ["0.20250101.1970"]
     loaded = load_matrix(write_matrix(tmp_path, ["ubuntu-2204", "debian-12"],
                                       {"azure": {"resource_group": "rg", "location": "westeurope"}}))
     resolver = baseimages.Resolver(store_for=lambda cell: AzureImageStore(
@@ -343,7 +345,7 @@ def test_azure_latest_resolves_to_the_highest_marketplace_version(arm: Any, tmp_
     assert resolver.calls == 2
     assert before[-1].base_image["resolved"] == {"version": "22.04.202501010"}
 
-    arm.marketplace[("westeurope", ubuntu.publisher, ubuntu.offer, ubuntu.sku)].append("22.04.202503010")
+    arm.marketplace[("westeurope", *ubuntu.values())].append("22.04.202503010")
     resolver.memo.clear()
     after = baseimages.resolve_cells(plan(loaded), loaded, resolver)
     moved = {cell_id for cell_id, key in keys(after).items() if keys(before)[cell_id] != key}

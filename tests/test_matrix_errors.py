@@ -114,6 +114,29 @@ CASES = {
     "tab after spaces in indentation": (HEAD + 'clouds:\n  qemu:\n  \t cpus: 2\n', 5, "", "a tab in the indentation"),
     "non-UTF-8 byte": (HEAD.encode() + b'# caf\xe9\n' + QEMU.encode(), 3, "", "byte 0xe9 is not UTF-8"),
     "control character": (HEAD + '# \x07\n' + QEMU, 3, "", "U+0007"),
+    # issue 17 item 3: arch and variant as dimensions
+    "unknown arch in a list": (GOOD + "arch: [amd64, arm]\n", 4, "arch[1]", "did you mean 'arm64'"),
+    "unknown arch": (GOOD + "arch: x86_64\n", 4, "arch", "choose one of: amd64, arm64"),
+    "arch listed twice": (GOOD + "arch:\n  - arm64\n  - arm64\n", 6, "arch[1]", "twice"),
+    "unknown variant": (HEAD + 'clouds:\n  qemu:\n    variants: [ef]\n', 5, "clouds.qemu.variants[0]",
+                        "did you mean 'efi'"),
+    "variant of another cloud": (HEAD + 'clouds:\n  qemu: {}\n  aws:\n    variants: [efi]\n', 6,
+                                 "clouds.aws.variants[0]", "aws has no variants"),
+    "variant listed twice": (HEAD + 'clouds:\n  qemu:\n    variants:\n      - efi\n      - efi\n', 7,
+                             "clouds.qemu.variants[1]", "twice"),
+    "variant without the OS's vendor image": (HEAD + 'clouds:\n  azure:\n    resource_group: g\n'
+                                              '    variants: [trustedlaunch, cvm]\n', 6, "clouds.azure.variants[1]",
+                                              "exclude {os: debian-12, cloud: azure, variant: cvm}"),
+    "override sets variants": (HEAD + QEMU + 'overrides:\n  - match: {cloud: qemu}\n    settings: {variants: [efi]}\n',
+                               7, "overrides[0].settings.variants", "list variants under clouds.qemu"),
+    "selector unknown variant": (HEAD + QEMU + 'exclude:\n  - {variant: cvm}\n', 6, "exclude[0].variant",
+                                 "choose one of: none, efi"),
+    "selector unknown arch": (HEAD + QEMU + 'exclude:\n  - {arch: aarch64}\n', 6, "exclude[0].arch", "arm64"),
+    "exclude matches no arch": (HEAD + QEMU + 'exclude:\n  - {arch: arm64}\n', 6, "exclude[0]",
+                                "arch=arm64 matches no cell"),
+    "override arch duplicates a cell": (HEAD + QEMU + 'arch: [amd64, arm64]\noverrides:\n'
+                                        '  - match: {arch: amd64}\n    arch: arm64\n', 8, "overrides[0].arch",
+                                        "second qemu-debian-12-arm64-k8s-1.31"),
     "too many values": ("os: [" + ",".join(["debian-12"] * 100_001) + "]\n", 1, "", "too big"),
     "file too big": ("# " + "x" * (4 * 1024 * 1024) + "\n", 1, "", "bytes"),
 }
@@ -169,6 +192,7 @@ def test_good_matrix_passes(workdir: Path) -> None:
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.floats(allow_nan=False, width=16),
                     st.sampled_from(["1.31", "debian-12", "qemu", "", "*", "1.3", "x" * 3]))
 keys = st.sampled_from(["os", "kubernetes", "clouds", "exclude", "include", "overrides", "mirrors", "arch",
+                        "variants", "variant", "amd64", "efi",
                         "qemu", "aws", "regions", "match", "settings", "cloud", "bogus", "versions_file"])
 values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(keys, inner, max_size=3),
                       max_leaves=12)

@@ -48,15 +48,17 @@ def test_cell_fields(cells) -> None:
     assert cells["aws-debian-12-k8s-1.31"].settings["instance_type"] == "t3.large"  # the default
     assert cell.image_name == "capa-ami-ubuntu-2204-v1.31.5-{timestamp}"
     assert cell.downloads["kubeadm"].url == "https://dl.k8s.io/release/v1.31.5/bin/linux/amd64/kubeadm"
-    assert cells["qemu-debian-12-k8s-1.32"].arch == "arm64"
-    assert cells["qemu-debian-12-k8s-1.32"].downloads["runc"].url.endswith("/v1.2.4/runc.arm64")
+    # The override's arch names the cell as the arch dimension would.
+    assert "qemu-debian-12-k8s-1.32" not in cells and cells["qemu-debian-12-arm64-k8s-1.32"].arch == "arm64"
+    assert cells["qemu-debian-12-arm64-k8s-1.32"].downloads["runc"].url.endswith("/v1.2.4/runc.arm64")
     assert cells["aws-flatcar-k8s-1.31"].strategy == "sysext"
     assert len({c.build_key for c in cells.values()}) == len(cells)
 
 
 def test_only_glob() -> None:
     selected = plan(load_matrix(DATA / "matrix.yaml"), ["qemu-debian-12-*"])
-    assert [c.id for c in selected] == [f"qemu-debian-12-k8s-{m}" for m in ("1.30", "1.31", "1.32")]
+    assert [c.id for c in selected] == ["qemu-debian-12-k8s-1.30", "qemu-debian-12-k8s-1.31",
+                                        "qemu-debian-12-arm64-k8s-1.32"]
 
 
 def _copy_project(dest: Path) -> Path:
@@ -153,30 +155,127 @@ def test_shipped_matrix_plans() -> None:
 
 
 def test_arm64_cells_name_the_vendors_arm64_images_on_every_cloud(tmp_path: Path) -> None:
-    """Each vendor's arm64 spelling: Rocky's aarch64 AMIs and URLs, GCP's -arm64 families, Azure's arm64
-    offers and SKUs; a cloud where the vendor has no image of the arch is refused at the matrix's line."""
+    """`arch: [amd64, arm64]` plans both, each with the vendor's image of its arch: Rocky's aarch64 AMIs
+    and URLs, Ubuntu's arm64 AMI names, GCP's -arm64 families, Azure's arm64 offers and SKUs; a cloud where
+    the vendor has no image of the arch is refused at the matrix's line."""
     shutil.copy(DATA / "versions.lock.yaml", tmp_path / "versions.lock.yaml")
     head = ('versions_file: versions.lock.yaml\nos: [ubuntu-2204, rockylinux-9]\nkubernetes: ["1.31"]\n'
-            'clouds:\n  aws: {}\n  gcp: {project_id: p}\n  azure: {resource_group: g}\n')
-    (tmp_path / "amd64.yaml").write_text(head)
-    (tmp_path / "arm64.yaml").write_text(head + "arch: arm64\n")
-    amd = {c.id: c.base_image for c in plan(load_matrix(tmp_path / "amd64.yaml"))}
-    arm = {c.id: c.base_image for c in plan(load_matrix(tmp_path / "arm64.yaml"))}
-    assert arm["aws-rockylinux-9-k8s-1.31"]["name_filter"].endswith("aarch64")
-    assert amd["aws-rockylinux-9-k8s-1.31"]["name_filter"].endswith("x86_64")
-    assert arm["gcp-ubuntu-2204-k8s-1.31"]["family"] == "ubuntu-2204-lts-arm64"
-    assert arm["gcp-rockylinux-9-k8s-1.31"]["family"] == "rocky-linux-9-arm64"
-    assert arm["azure-rockylinux-9-k8s-1.31"]["offer"] == "rockylinux-aarch64"
-    assert amd["azure-rockylinux-9-k8s-1.31"]["offer"] == "rockylinux-x86_64"
-    assert arm["azure-ubuntu-2204-k8s-1.31"]["sku"] == "22_04-lts-arm64"
-    for cell_id in amd:
-        assert amd[cell_id] != arm[cell_id], cell_id
+            'clouds:\n  qemu: {}\n  aws: {}\n  gcp: {project_id: p}\n  azure: {resource_group: g}\n')
+    (tmp_path / "both.yaml").write_text(head + "arch: [amd64, arm64]\n")
+    printed = json.loads(plan_json(tmp_path, tmp_path / "both.yaml", "--format", "json").stdout)
+    assert [(c["id"], c["arch"]) for c in printed if c["cloud"] == "aws"] == [
+        ("aws-rockylinux-9-k8s-1.31", "amd64"), ("aws-rockylinux-9-arm64-k8s-1.31", "arm64"),
+        ("aws-ubuntu-2204-k8s-1.31", "amd64"), ("aws-ubuntu-2204-arm64-k8s-1.31", "arm64")]
+    assert len(printed) == 4 * 2 * 2
+    cells = {c.id: c for c in plan(load_matrix(tmp_path / "both.yaml"))}
+    assert {c.id: c.build_key for c in cells.values()} == {c["id"]: c["build_key"] for c in printed}
+    base = {cell_id: cell.base_image for cell_id, cell in cells.items()}
+    assert base["aws-ubuntu-2204-arm64-k8s-1.31"]["name_filter"] == "ubuntu/images/hvm-ssd/ubuntu-jammy-22.04-arm64-server-*"
+    assert base["aws-ubuntu-2204-k8s-1.31"]["name_filter"] == "ubuntu/images/hvm-ssd/ubuntu-jammy-22.04-amd64-server-*"
+    assert base["aws-rockylinux-9-arm64-k8s-1.31"]["name_filter"].endswith("aarch64")
+    assert base["aws-rockylinux-9-k8s-1.31"]["name_filter"].endswith("x86_64")
+    assert base["qemu-rockylinux-9-arm64-k8s-1.31"]["source"].endswith("/aarch64/Rocky-9-GenericCloud-Base.latest.aarch64.qcow2")
+    assert base["gcp-ubuntu-2204-arm64-k8s-1.31"]["family"] == "ubuntu-2204-lts-arm64"
+    assert base["gcp-ubuntu-2204-k8s-1.31"]["family"] == "ubuntu-2204-lts"
+    assert base["gcp-rockylinux-9-arm64-k8s-1.31"]["family"] == "rocky-linux-9-arm64"
+    assert base["azure-rockylinux-9-arm64-k8s-1.31"]["offer"] == "rockylinux-aarch64"
+    assert base["azure-rockylinux-9-k8s-1.31"]["offer"] == "rockylinux-x86_64"
+    assert base["azure-ubuntu-2204-arm64-k8s-1.31"]["sku"] == "22_04-lts-arm64"
+    assert cells["aws-ubuntu-2204-arm64-k8s-1.31"].downloads["kubelet"].url.endswith("/linux/arm64/kubelet")
+    for cell_id, cell in cells.items():
+        if cell.arch == "arm64":
+            amd64 = cell_id.replace("-arm64-", "-")
+            assert base[amd64] != base[cell_id] and cells[amd64].build_key != cell.build_key, cell_id
 
     (tmp_path / "flatcar.yaml").write_text(head.replace("[ubuntu-2204, rockylinux-9]", "[flatcar]")
-                                           + "arch: arm64\n")
+                                           .replace("  qemu: {}\n", "") + "arch: [amd64, arm64]\n")
     result = subprocess.run([sys.executable, "-m", "imagebuilder.cli", "plan", "-m", str(tmp_path / "flatcar.yaml"),
                              "--offline"], capture_output=True, text=True)
     assert result.returncode == 2
     [line] = result.stderr.strip().splitlines()
-    assert line.endswith("flatcar.yaml:8: arch: flatcar has no arm64 base image on gcp (gcp-flatcar-k8s-1.31) "
-                         "(exclude {os: flatcar, cloud: gcp} or override its arch to amd64)"), line
+    assert line.endswith("flatcar.yaml:8: arch[1]: flatcar has no arm64 base image on gcp "
+                         "(gcp-flatcar-arm64-k8s-1.31) (exclude {os: flatcar, cloud: gcp, arch: arm64})"), line
+    (tmp_path / "flatcar.yaml").write_text(head.replace("[ubuntu-2204, rockylinux-9]", "[flatcar]")
+                                           .replace("  qemu: {}\n", "") + "arch: [amd64, arm64]\nexclude:\n"
+                                           "  - {os: flatcar, cloud: \"[ga][cz]*\", arch: arm64}\n")
+    assert sorted(c.id for c in plan(load_matrix(tmp_path / "flatcar.yaml"))) == [
+        "aws-flatcar-arm64-k8s-1.31", "aws-flatcar-k8s-1.31", "azure-flatcar-k8s-1.31", "gcp-flatcar-k8s-1.31"]
+
+
+VARIANT_HEAD = ('versions_file: versions.lock.yaml\nos: [ubuntu-2204, debian-12]\nkubernetes: ["1.31"]\n'
+                'clouds:\n  qemu:\n    variants: [efi]\n  azure:\n    resource_group: g\n')
+
+
+def test_variants_plan_extra_cells_and_leave_the_default_cells_alone(tmp_path: Path) -> None:
+    """Each variant is one more cell per (os, minor, arch), with its own suffix, settings, base and key; the
+    default cells are the cells (and keys) of the same matrix without variants."""
+    shutil.copy(DATA / "versions.lock.yaml", tmp_path / "versions.lock.yaml")
+    (tmp_path / "plain.yaml").write_text(VARIANT_HEAD.replace("    variants: [efi]\n", "  qemu_: {}\n")
+                                         .replace("  qemu:\n  qemu_: {}\n", "  qemu: {}\n"))
+    (tmp_path / "variants.yaml").write_text(VARIANT_HEAD + "    variants: [cvm, trustedlaunch]\n"
+                                            "exclude:\n  - {os: debian-12, variant: cvm}\n")
+    plain = {c.id: c for c in plan(load_matrix(tmp_path / "plain.yaml"))}
+    cells = {c.id: c for c in plan(load_matrix(tmp_path / "variants.yaml"))}
+    assert set(cells) - set(plain) == {"qemu-ubuntu-2204-efi-k8s-1.31", "qemu-debian-12-efi-k8s-1.31",
+                                       "azure-ubuntu-2204-cvm-k8s-1.31", "azure-ubuntu-2204-trustedlaunch-k8s-1.31",
+                                       "azure-debian-12-trustedlaunch-k8s-1.31"}
+    assert {cell_id: plain[cell_id].build_key for cell_id in plain} == {
+        cell_id: cells[cell_id].build_key for cell_id in plain}
+    assert all(cells[cell_id].variant is None for cell_id in plain)
+
+    cvm = cells["azure-ubuntu-2204-cvm-k8s-1.31"]
+    assert cvm.variant == "cvm" and cvm.base_image == {
+        "publisher": "Canonical", "offer": "0001-com-ubuntu-confidential-vm-jammy", "sku": "22_04-lts-cvm"}
+    assert cvm.settings["vm_size"] == "Standard_DC2as_v5"
+    trusted = cells["azure-ubuntu-2204-trustedlaunch-k8s-1.31"]
+    assert trusted.base_image == plain["azure-ubuntu-2204-k8s-1.31"].base_image
+    assert trusted.settings == plain["azure-ubuntu-2204-k8s-1.31"].settings
+    assert trusted.build_key != plain["azure-ubuntu-2204-k8s-1.31"].build_key  # the variant alone moves it
+    assert trusted.image_name.startswith("capi-ubuntu-2204-trustedlaunch-k8s-1.31/")
+    efi = cells["qemu-debian-12-efi-k8s-1.31"]
+    assert efi.base_image == plain["qemu-debian-12-k8s-1.31"].base_image
+    assert efi.image_name.startswith("debian-12-efi-kube-v1.31.5-")
+    assert len({c.build_key for c in cells.values()}) == len({c.image_name for c in cells.values()}) == len(cells)
+
+
+def test_rules_match_arch_and_variant(tmp_path: Path) -> None:
+    shutil.copy(DATA / "versions.lock.yaml", tmp_path / "versions.lock.yaml")
+    (tmp_path / "m.yaml").write_text(
+        VARIANT_HEAD + "arch: [amd64, arm64]\nexclude:\n  - {cloud: azure, arch: arm64}\n"
+        "  - {variant: efi, arch: arm64}\n  - {os: debian-12, cloud: qemu, variant: none}\n"
+        "include:\n  - {os: ubuntu-2204, cloud: azure, arch: arm64, variant: none}\n"
+        "overrides:\n  - match: {variant: efi}\n    settings: {memory_mb: 4096}\n"
+        "  - match: {arch: arm64, cloud: qemu}\n    ansible_vars: {on_arm: true}\n")
+    cells = {c.id: c for c in plan(load_matrix(tmp_path / "m.yaml"))}
+    assert sorted(cells) == sorted([
+        "qemu-ubuntu-2204-k8s-1.31", "qemu-ubuntu-2204-arm64-k8s-1.31", "qemu-ubuntu-2204-efi-k8s-1.31",
+        "qemu-debian-12-efi-k8s-1.31",
+        "azure-ubuntu-2204-k8s-1.31", "azure-debian-12-k8s-1.31", "azure-ubuntu-2204-arm64-k8s-1.31"])
+    assert {c.id for c in cells.values() if c.settings.get("memory_mb") == 4096} == {
+        "qemu-ubuntu-2204-efi-k8s-1.31", "qemu-debian-12-efi-k8s-1.31"}
+    assert {c.id for c in cells.values() if c.ansible_vars} == {"qemu-ubuntu-2204-arm64-k8s-1.31"}
+    assert cells["azure-ubuntu-2204-arm64-k8s-1.31"].base_image["sku"] == "22_04-lts-arm64"
+
+
+def test_every_declared_variant_is_a_valid_change_of_its_cloud() -> None:
+    """A variant's settings are settings of its cloud, and a variant with its own base image has one
+    somewhere in the OS table (else nothing could ever plan it)."""
+    from imagebuilder.config import CLOUD_SETTINGS
+    from imagebuilder.osinfo import OPERATING_SYSTEMS
+
+    for cloud, model in CLOUD_SETTINGS.items():
+        for name, variant in model.VARIANTS.items():
+            assert set(variant.settings) <= set(model.model_fields) - {"variants"}, (cloud, name)
+            if variant.own_base_image:
+                assert any(name in info.variant_images.get(cloud, {}) for info in OPERATING_SYSTEMS.values())
+
+
+def test_the_readme_matrix_example_plans(tmp_path: Path) -> None:
+    """The matrix section's example, with arch lists and variants, is a matrix that plans."""
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    example = readme.split("```yaml\n", 1)[1].split("```", 1)[0]
+    shutil.copy(PROJECT_ROOT / "versions.lock.yaml", tmp_path / "versions.lock.yaml")
+    (tmp_path / "matrix.yaml").write_text(example)
+    cells = {cell.id: cell for cell in plan(load_matrix(tmp_path / "matrix.yaml"))}
+    assert {"aws-ubuntu-2404-arm64-k8s-1.35", "azure-ubuntu-2204-cvm-k8s-1.35", "qemu-debian-12-efi-k8s-1.35"} <= set(cells)
+    assert cells["aws-ubuntu-2404-arm64-k8s-1.35"].settings["instance_type"] == "m7g.large"

@@ -198,3 +198,31 @@ def test_validate_reports_a_broken_cell(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "FAILED  aws-debian-12-k8s-1.31" in result.stdout
     assert "instance_type" in result.stderr
+
+
+def test_arch_and_variant_cells_render_and_say_what_they_are(tmp_path: Path) -> None:
+    """Cells of an arch list and of variants render (fmt-clean, packer validate where Packer is), and
+    their metadata records the arch and the variant; a default cell records no variant."""
+    path = all_cells_matrix(tmp_path, qemu={"variants": ["efi"]}, azure={"variants": ["cvm", "trustedlaunch"]})
+    path.write_text(path.read_text() + "arch: [amd64, arm64]\nexclude:\n  - {os: debian-12, variant: cvm}\n"
+                     "  - {variant: cvm, arch: arm64}\n")
+    cells = plan(load_matrix(path))
+    rendered = {r.cell.id: r for r in render_cells(cells, tmp_path / "out", OLD_PACKER)}
+    for cell_id, variant, arch in (("azure-ubuntu-2204-cvm-k8s-1.31", "cvm", "amd64"),
+                                   ("qemu-debian-12-arm64-efi-k8s-1.31", "efi", "arm64"),
+                                   ("aws-ubuntu-2204-arm64-k8s-1.31", None, "arm64"),
+                                   ("gcp-debian-12-k8s-1.31", None, "amd64")):
+        values = load_hcl((rendered[cell_id].directory / "cell.auto.pkrvars.hcl").read_text())
+        assert values["metadata"].get("imagebuilder-variant") == variant, cell_id
+        assert values["metadata"]["imagebuilder-arch"] == arch and values["metadata"]["imagebuilder-cell"] == cell_id
+        ansible_vars = json.loads((rendered[cell_id].directory / "ansible-vars.json").read_text())
+        assert ansible_vars["imagebuilder_downloads"]["kubelet"]["url"].endswith(f"/linux/{arch}/kubelet")
+    cvm = load_hcl((rendered["azure-ubuntu-2204-cvm-k8s-1.31"].directory / "cell.auto.pkrvars.hcl").read_text())
+    assert (cvm["azure_image_sku"], cvm["azure_vm_size"]) == ("22_04-lts-cvm", "Standard_DC2as_v5")
+    if shutil.which("packer") is None:
+        return
+    for directory in (rendered[c].directory for c in ("azure-ubuntu-2204-cvm-k8s-1.31", "aws-ubuntu-2204-arm64-k8s-1.31")):
+        result = subprocess.run(["packer", "fmt", "-check", "."], cwd=directory, capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout + result.stderr
+        result = subprocess.run(["packer", "validate", "."], cwd=directory, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stdout + result.stderr

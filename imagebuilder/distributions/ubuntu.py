@@ -1,6 +1,6 @@
 """Ubuntu: the vendor's cloud image is the base disk for the local qemu target.
 
-The image is downloaded once from its URL (``OsInfo.qemu_base`` by default, any mirror
+The image is downloaded once from its URL (the OS table's qemu reference by default, any mirror
 by configuration), checked against its sha256 (given, or read from the ``SHA256SUMS``
 published next to it) and cached under ``<cache>/base/ubuntu/<sha256>/``.
 """
@@ -36,9 +36,10 @@ class UbuntuBase:
 def default_url(os_id: str, arch: str = "amd64") -> str:
     """The vendor's cloud image URL for ``os_id`` (one place: imagebuilder.osinfo)."""
     info = OPERATING_SYSTEMS.get(os_id)
-    if info is None or info.distro != "ubuntu":
-        raise UserError(f"{os_id!r} is not an Ubuntu release imagebuilder knows")
-    return info.qemu_base.replace("{arch}", arch)
+    reference = info.image("qemu", arch) if info is not None and info.distro == "ubuntu" else None
+    if reference is None:
+        raise UserError(f"{os_id!r} is not an Ubuntu release imagebuilder knows for {arch}")
+    return reference["source"]
 
 
 def sums_url(image_url: str) -> str:
