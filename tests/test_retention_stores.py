@@ -1,14 +1,17 @@
 """Retention on the other stores, through the CLI: the local catalogue, and OpenStack against a
-real Glance (with a Nova stand-in speaking the servers API, as no Nova emulator exists).
+real Glance (with a stand-in speaking Nova's servers API and Cinder's volumes API, as no
+emulator of either exists).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -107,17 +110,44 @@ def test_local_files_left_by_a_killed_delete_are_swept_young_ones_are_not(tmp_pa
 # -- OpenStack: a real Glance, and Nova's servers API ------------------------------------------
 
 
+PROJECT = "8a1e0000000040008000000000000001"  # the credentials' project
+OTHER_PROJECT = "8a1e0000000040008000000000000002"
+
+
+@dataclass
+class Volume:
+    image_id: str  # the image it was made from (volume_image_metadata.image_id)
+    server_id: str | None = None  # the server it is attached to (its boot disk)
+    project: str = PROJECT
+
+
 class NovaStandin(ThreadingHTTPServer):
-    """GET /v2.1/ (version discovery) and GET /v2.1/servers?image=... as Nova answers them."""
+    """Nova: GET /v2.1/ (version discovery) and GET /v2.1/servers?image=... as Nova answers them.
+    Cinder: GET /v3/ and GET /v3/{project_id}/volumes/detail, each volume with its
+    ``volume_image_metadata`` and ``attachments`` as the Block Storage v3 API documents them;
+    other projects' volumes only with ``all_tenants`` (https://docs.openstack.org/api-ref/block-storage/v3/)."""
 
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _NovaHandler)
-        self.servers: dict[str, str] = {}  # server id -> image id
+        self.servers: dict[str, str] = {}  # server id -> image id ("" when booted from a volume)
+        self.volumes: dict[str, Volume] = {}  # volume id -> what it holds
         self.requests: list[str] = []
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.server_address[1]}/v2.1/"
+
+    @property
+    def cinder_url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/v3/{PROJECT}/"
+
+    def volume_details(self, project: str, all_tenants: bool) -> list[dict[str, Any]]:
+        return [{"id": volume_id, "name": f"boot-{volume_id[:4]}", "status": "in-use" if v.server_id else "available",
+                 "bootable": "true", "size": 10, "os-vol-tenant-attr:tenant_id": v.project,
+                 "volume_image_metadata": {"image_id": v.image_id, "image_name": "node", "disk_format": "qcow2"},
+                 "attachments": [{"server_id": v.server_id, "attachment_id": f"at-{volume_id}", "volume_id": volume_id,
+                                  "device": "/dev/vda", "host_name": None, "id": volume_id}] if v.server_id else []}
+                for volume_id, v in self.volumes.items() if all_tenants or v.project == project]
 
 
 class _NovaHandler(BaseHTTPRequestHandler):
@@ -130,10 +160,18 @@ class _NovaHandler(BaseHTTPRequestHandler):
         self.server.requests.append(self.path)
         parsed = urlparse(self.path)
         base = f"http://127.0.0.1:{self.server.server_address[1]}/v2.1"
+        volumes = re.fullmatch(r"/v3/(?P<project>[0-9a-f]+)/volumes/detail", parsed.path)
         if parsed.path.rstrip("/") in ("", "/v2.1"):
             body: dict[str, Any] = {"version": {"id": "v2.1", "status": "CURRENT", "version": "2.96",
                                                 "min_version": "2.1", "updated": "2013-07-23T11:33:21Z",
                                                 "links": [{"rel": "self", "href": base + "/"}]}}
+        elif parsed.path.rstrip("/") == "/v3":
+            root = f"http://127.0.0.1:{self.server.server_address[1]}/v3/"
+            body = {"version": {"id": "v3.0", "status": "CURRENT", "version": "3.71", "min_version": "3.0",
+                                "updated": "2023-08-31T00:00:00Z", "links": [{"rel": "self", "href": root}]}}
+        elif volumes:
+            all_tenants = parse_qs(parsed.query).get("all_tenants", ["0"])[0].lower() in ("1", "true")
+            body = {"volumes": self.server.volume_details(volumes["project"], all_tenants)}
         elif parsed.path.rstrip("/") == "/v2.1/servers":
             query = parse_qs(parsed.query)
             wanted = query.get("image", [None])[0]
@@ -170,12 +208,14 @@ def os_env(tmp_path: Path, glance: str, nova_url: str | None) -> dict[str, str]:
                IMAGEBUILDER_CATALOGUE=str(tmp_path / "catalogue"))
     if nova_url:
         env["OS_COMPUTE_ENDPOINT_OVERRIDE"] = nova_url
+        env["OS_BLOCK_STORAGE_ENDPOINT_OVERRIDE"] = nova_url.replace("/v2.1/", f"/v3/{PROJECT}/")
     return env
 
 
 def test_glance_images_in_use_by_a_server_stay_and_the_rest_are_pruned(
         openstack_env: str, nova: NovaStandin, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OS_COMPUTE_ENDPOINT_OVERRIDE", nova.url)
+    monkeypatch.setenv("OS_BLOCK_STORAGE_ENDPOINT_OVERRIDE", nova.cinder_url)
     store = store_for("openstack", OpenstackSettings())
     ids = {key: store.publish(artifact(tmp_path, key, days, cloud="openstack"))
            for key, days in (("a", 1), ("b", 2), ("c", 3), ("d", 30), ("e", 40), ("f", 50))}
@@ -209,5 +249,41 @@ def test_glance_without_nova_keeps_everything_and_says_why(openstack_env: str, t
     store.deprecate(old, NOW - timedelta(days=30))
     result = prune("--cloud", "openstack", "--apply", "--output", "json", env=os_env(tmp_path, openstack_env, None))
     assert result.returncode == 1  # the run could not do its job: say so in the exit status
-    assert decisions(result)["node-d"] == ("keep", "in-use check failed: the openstack store cannot tell")
+    action, reason = decisions(result)["node-d"]
+    assert action == "keep" and reason.startswith("in-use check failed: openstack default: cannot list the servers "
+                                                  "(Nova): "), reason
     assert mine <= {r.image_id for r in store.list_images()}
+
+
+def test_glance_images_booted_from_volume_or_tagged_protect_stay(
+        openstack_env: str, nova: NovaStandin, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server booted from a volume names no image: the volume's volume_image_metadata does. A
+    Glance tag imagebuilder-protect (PUT /v2/images/{id}/tags/{tag}) protects like the property."""
+    monkeypatch.setenv("OS_COMPUTE_ENDPOINT_OVERRIDE", nova.url)
+    monkeypatch.setenv("OS_BLOCK_STORAGE_ENDPOINT_OVERRIDE", nova.cinder_url)
+    store = store_for("openstack", OpenstackSettings())
+    image = {key: next(iter(store.publish(artifact(tmp_path, key, days, cloud="openstack")).values()))
+             for key, days in (("a", 1), ("b", 2), ("c", 3), ("d", 30), ("e", 40), ("f", 50), ("g", 60))}
+    records = {r.image_id: r for r in store.list_images()}
+    for key in "efg":
+        store.deprecate(records[image[key]], NOW - timedelta(days=30))
+    nova.servers["5e1f0000-0000-4000-8000-0000000000b1"] = ""  # booted from volume: no image id
+    nova.volumes["7c0d0000-0000-4000-8000-0000000000d1"] = Volume(image["e"], "5e1f0000-0000-4000-8000-0000000000b1")
+    nova.volumes["7c0d0000-0000-4000-8000-0000000000d2"] = Volume(image["d"], project=OTHER_PROJECT)  # not attached
+    store.conn.image.add_tag(image["f"], "imagebuilder-protect")  # a Glance tag, not a property
+    env = os_env(tmp_path, openstack_env, nova.url)
+
+    dry = prune("--cloud", "openstack", "--output", "json", env=env)
+    assert dry.returncode == 0, dry.stderr
+    planned = decisions(dry)
+    assert planned["node-e"] == ("keep", "in use by server 5e1f0000-0000-4000-8000-0000000000b1 "
+                                         "(boot volume 7c0d0000-0000-4000-8000-0000000000d1)")
+    assert planned["node-d"] == ("keep", "in use by volume 7c0d0000-0000-4000-8000-0000000000d2")
+    assert planned["node-f"] == ("keep", "protected (imagebuilder-protect)")
+    assert planned["node-g"][0] == "delete"
+    assert sum("/volumes/detail?all_tenants" in r for r in nova.requests) == 1  # one listing for all images
+
+    applied = prune("--cloud", "openstack", "--apply", "--output", "json", env=env)
+    assert applied.returncode == 0, applied.stderr
+    left = {r.image_id for r in store.list_images()}
+    assert image["g"] not in left and {image[k] for k in "abcdef"} <= left

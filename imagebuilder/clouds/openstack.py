@@ -276,13 +276,52 @@ class OpenstackImageStore(ImageStore):
         return [image.image_id]
 
     def in_use(self, image: ImageRecord) -> list[str] | None:
-        """Servers booted from the image, in every project the credentials may see; None without Nova."""
+        """What uses the image (images_in_use); None when Nova or Cinder cannot be asked."""
         try:
-            servers = list(self.conn.compute.servers(details=False, all_projects=True, image=image.image_id))
-        except Exception as exc:  # no compute endpoint, or not allowed: cannot tell
-            log.warning("openstack: cannot tell whether %s is in use: %s", image.image_id, _one_line(exc))
+            return self.images_in_use([image])[image.image_id]
+        except CloudError as exc:
+            log.warning("openstack: cannot tell whether %s is in use: %s", image.image_id, exc)
             return None
-        return [f"server {server.id}" for server in servers]
+
+    def images_in_use(self, records: Sequence[ImageRecord]) -> dict[str, list[str] | None]:
+        """Servers booted from each image, and volumes made from it (a server booted from volume
+        names no image; its volume's ``volume_image_metadata`` does), in every project the
+        credentials may see. One volume listing for all images, one server query per image.
+        Raises CloudError when either service cannot be asked: then nothing can be called unused."""
+        wanted = {record.image_id for record in records}
+        users: dict[str, list[str]] = {image_id: [] for image_id in wanted}
+        for image_id in sorted(wanted):
+            try:
+                servers = list(self.conn.compute.servers(details=False, all_projects=True, image=image_id))
+            except Exception as exc:  # no compute endpoint, or not allowed: cannot tell
+                raise CloudError(f"openstack {self.region}: cannot list the servers (Nova): {_one_line(exc)} "
+                                 "| fix: give the credentials a compute endpoint and the right to list servers"
+                                 ) from None
+            users[image_id] += [f"server {server.id}" for server in servers]
+        for image_id, user in self._volume_users(wanted):
+            users[image_id].append(user)
+        return dict(users)
+
+    def _volume_users(self, image_ids: set[str]) -> list[tuple[str, str]]:
+        """(image id, 'server S (boot volume V)' or 'volume V') for volumes made from these images.
+
+        A volume of the image that no server has attached is counted too: it can boot one, and on
+        copy-on-write backends (Ceph) it is a clone of the image."""
+        try:
+            volumes = list(self.conn.block_storage.volumes(details=True, all_projects=True))
+        except Exception as exc:  # no block-storage endpoint, or not allowed: cannot tell
+            raise CloudError(f"openstack {self.region}: cannot list the volumes (Cinder), which servers booted from "
+                             f"volume are found by: {_one_line(exc)} | fix: give the credentials a block-storage "
+                             "endpoint and the right to list volumes") from None
+        found: list[tuple[str, str]] = []
+        for volume in volumes:
+            image_id = str((volume.volume_image_metadata or {}).get("image_id") or "")
+            if image_id not in image_ids:
+                continue
+            servers = [a.get("server_id") for a in volume.attachments or [] if a.get("server_id")]
+            found += [(image_id, f"server {server} (boot volume {volume.id})") for server in servers] or [
+                (image_id, f"volume {volume.id}")]
+        return found
 
     # -- records -----------------------------------------------------------------------------
 
@@ -305,6 +344,7 @@ class OpenstackImageStore(ImageStore):
             extra={"visibility": image.visibility, "owner": image.owner, "size": image.size,
                    "disk_format": image.disk_format, "protected": bool(image.is_protected),
                    "tags": list(image.tags or []), "core": core},
+            plain_tags=tuple(str(tag) for tag in image.tags or []),
         )
 
 
