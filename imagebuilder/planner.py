@@ -100,14 +100,17 @@ class Combination:
         return rule.matches(self.os, self.minor, self.cloud, self.arch, self.variant)
 
 
-def gcp_image_family(os_id: str, minor: str) -> str:
-    """The GCE image family consumers launch from, one per (os, minor); GCE names allow no dots."""
-    return f"capi-{os_id}-k8s-{minor.replace('.', '-')}"
+def gcp_image_family(os_id: str, minor: str, arch: str = DEFAULT_ARCH, variant: str | None = None) -> str:
+    """The GCE image family consumers launch from, one per (os, minor), arch and variant: a family
+    names one image, so the vendors keep an arch per family (`ubuntu-2204-lts-arm64`; GCE's advice
+    in coreos/fedora-coreos-tracker#1377). GCE names allow no dots."""
+    return f"capi-{variant_os(os_id, arch, variant)}-k8s-{minor.replace('.', '-')}"
 
 
-def azure_image_definition(os_id: str, minor: str, arch: str) -> str:
-    """The Compute Gallery image definition, one per (os, minor); a definition has one architecture."""
-    return f"capi-{os_id}-k8s-{minor}" + ("-arm64" if arch == "arm64" else "")
+def azure_image_definition(os_id: str, minor: str, arch: str, variant: str | None = None) -> str:
+    """The Compute Gallery image definition, one per (os, minor) and variant; a definition has one
+    architecture, and one security type (a CVM image needs its own)."""
+    return f"capi-{variant_os(os_id, DEFAULT_ARCH, variant)}-k8s-{minor}" + ("-arm64" if arch == "arm64" else "")
 
 
 def image_name(cloud: str, os_id: str, kubernetes_version: str, arch: str = "amd64") -> str:

@@ -143,7 +143,7 @@ def _gcp_variables(cell: Cell) -> dict[str, Any]:
         "gcp_source_image_family": cell.base_image["family"],
         "gcp_source_image_project": cell.base_image["project"],
         **({"gcp_source_image": _resolved(cell)["image"]} if _resolved(cell) else {}),
-        "gcp_image_family": gcp_image_family(cell.os, cell.kubernetes),
+        "gcp_image_family": gcp_image_family(cell.os, cell.kubernetes, cell.arch, cell.variant),
         "gcp_image_labels": cell_metadata(cell).to_gcp_labels(),
         "gcp_storage_locations": settings["storage_locations"],
     }
@@ -168,7 +168,7 @@ def _openstack_variables(cell: Cell) -> dict[str, Any]:
 
 def _azure_variables(cell: Cell) -> dict[str, Any]:
     settings = cell.settings
-    definition = azure_image_definition(cell.os, cell.kubernetes, cell.arch)
+    definition = azure_image_definition(cell.os, cell.kubernetes, cell.arch, cell.variant)
     return {
         "azure_resource_group": settings["resource_group"],
         "azure_gallery": settings["gallery"],

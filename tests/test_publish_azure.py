@@ -12,6 +12,7 @@ import struct
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -362,6 +363,8 @@ def test_no_subscription_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> No
 def test_names_follow_the_planner() -> None:
     assert definition_name(metadata("1")) == DEFINITION
     assert definition_name(metadata("1", arch="arm64")) == DEFINITION + "-arm64"
+    # A variant is its own definition (a definition has one security type).
+    assert definition_name(replace(metadata("1", arch="arm64"), variant="cvm")) == "capi-debian-12-cvm-k8s-1.31-arm64"
     assert version_name(metadata("1764064800")) == "1.31.3103800"  # 2025-11-25 10:00 UTC as unix seconds
     assert version_name(metadata("20251125100000")) == "1.31.3103800"  # ... as Packer's timestamp
     before = int(time.time() - 1577836800) // 60

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import tarfile
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from urllib.parse import quote
 
@@ -354,8 +355,11 @@ def test_no_bucket_is_a_clear_error(compute: GcpComputeStandin, qcow2: Path) -> 
 
 
 def test_family_name_matches_what_render_writes() -> None:
-    assert image_family("debian-12", "1.31") == FAMILY
-    assert image_family("ubuntu-24.04", "1.35") == "capi-ubuntu-24.04-k8s-1-35"
+    """One family per arch (and variant): a GCE family names one image, the newest."""
+    assert image_family(metadata("1")) == FAMILY
+    assert image_family(replace(metadata("1"), os="ubuntu-24.04", kubernetes_minor="1.35")) == "capi-ubuntu-24.04-k8s-1-35"
+    assert image_family(metadata("1", arch="arm64")) == "capi-debian-12-arm64-k8s-1-31"
+    assert image_family(replace(metadata("1"), variant="sev")) == "capi-debian-12-sev-k8s-1-31"
 
 
 def test_in_use_finds_disks_and_instance_templates(store: GcpImageStore, compute: GcpComputeStandin,

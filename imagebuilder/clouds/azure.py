@@ -89,8 +89,8 @@ LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 def definition_name(metadata: ImageMetadata) -> str:
-    """The planner's definition name for the image's (os, minor, arch)."""
-    return azure_image_definition(metadata.os, metadata.kubernetes_minor, metadata.arch)
+    """The planner's definition name for the image's (os, minor, arch, variant)."""
+    return azure_image_definition(metadata.os, metadata.kubernetes_minor, metadata.arch, metadata.variant or None)
 
 
 def version_name(metadata: ImageMetadata) -> str:

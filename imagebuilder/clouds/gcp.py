@@ -77,9 +77,9 @@ COMPUTE_CLIENTS: dict[str, Any] = {"operations": compute_v1.GlobalOperationsClie
                                    "templates": compute_v1.InstanceTemplatesClient}
 
 
-def image_family(os_id: str, minor: str) -> str:
+def image_family(metadata: ImageMetadata) -> str:
     """The family consumers launch from (the planner's naming, used by render too)."""
-    return gcp_image_family(os_id, minor)
+    return gcp_image_family(metadata.os, metadata.kubernetes_minor, metadata.arch, metadata.variant or None)
 
 
 def image_name_for(metadata: ImageMetadata) -> str:
@@ -304,7 +304,7 @@ class GcpImageStore(ImageStore):
             blob_name = f"{UPLOAD_PREFIX}{name}.tar.gz"
             self.upload(tarball, blob_name, metadata)
         image = compute_v1.Image(
-            name=name, family=image_family(metadata.os, metadata.kubernetes_minor),
+            name=name, family=image_family(metadata),
             description=describe(metadata), labels=metadata.to_gcp_labels(),
             raw_disk=compute_v1.RawDisk(source=f"{GCS_URL}/{self.bucket}/{blob_name}"),
             storage_locations=list(self.settings.storage_locations),
@@ -352,7 +352,7 @@ class GcpImageStore(ImageStore):
             request = compute_v1.GlobalSetLabelsRequest(labels=labels, label_fingerprint=image.label_fingerprint)
             self.wait(self.call("setLabels", name, lambda: self.images.set_labels_unary(
                 project=self.project, resource=name, global_set_labels_request_resource=request)), name)
-        family = image_family(metadata.os, metadata.kubernetes_minor)
+        family = image_family(metadata)
         description = describe(metadata)
         moved = [what for what, have, want in (("family " + family, image.family, family),
                                               ("description", image.description, description)) if have != want]
@@ -367,7 +367,7 @@ class GcpImageStore(ImageStore):
         meta = published.metadata
         if meta is None:
             return []
-        family = image_family(meta.os, meta.kubernetes_minor)
+        family = image_family(meta)
         active = [r for r in self.family_images(family)
                   if r.state == "available" and r.metadata is not None and r.metadata.arch == meta.arch
                   and r.extra.get("deprecation_state") in ("", "ACTIVE")]
@@ -454,7 +454,7 @@ class GcpImageStore(ImageStore):
 
     def _family_head(self, image: ImageRecord) -> str | None:
         assert image.metadata is not None
-        family = image_family(image.metadata.os, image.metadata.kubernetes_minor)
+        family = image_family(image.metadata)
         try:
             head = self.call("getFromFamily", family, lambda: self.images.get_from_family(
                 project=self.project, family=family))
