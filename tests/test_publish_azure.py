@@ -189,6 +189,19 @@ def test_a_packer_managed_image_is_published_as_a_version(store: AzureImageStore
     assert put.path.endswith("/1.31.3103800")
 
 
+def test_a_variant_has_its_own_definition_with_its_security_type(store: AzureImageStore,
+                                                                   arm: AzureComputeStandin) -> None:
+    """Beside the default definition, in the same gallery (identifiers are unique there)."""
+    store.ensure_gallery()
+    default, cvm = metadata("1764064800"), replace(metadata("1764064800"), variant="cvm")
+    assert (store.ensure_definition(default), store.ensure_definition(cvm)) == (DEFINITION, "capi-debian-12-cvm-k8s-1.31")
+    (default_put,) = arm.calls("PUT", f"/images/{DEFINITION}$")
+    (cvm_put,) = arm.calls("PUT", "/images/capi-debian-12-cvm-k8s-1.31$")
+    assert "features" not in default_put.body["properties"]
+    assert cvm_put.body["properties"]["features"] == [{"name": "SecurityType", "value": "ConfidentialVmSupported"}]
+    assert cvm_put.body["properties"]["identifier"]["sku"] == "k8s-1.31-amd64-cvm"
+
+
 def test_a_version_packer_made_is_found_and_completed(store: AzureImageStore, arm: AzureComputeStandin) -> None:
     store.ensure_gallery()
     store.ensure_definition(metadata("1764064800"))

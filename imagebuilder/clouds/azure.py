@@ -93,6 +93,19 @@ def definition_name(metadata: ImageMetadata) -> str:
     return azure_image_definition(metadata.os, metadata.kubernetes_minor, metadata.arch, metadata.variant or None)
 
 
+# The definition feature that lets VMs of a security type launch its versions ("az sig
+# image-definition create --features SecurityType=..."): the variants' security_type (config.py).
+SECURITY_TYPE_FEATURES = {"ConfidentialVM": "ConfidentialVmSupported", "TrustedLaunch": "TrustedLaunchSupported"}
+
+
+def security_features(metadata: ImageMetadata) -> list[m.GalleryImageFeature]:
+    variant = AzureSettings.VARIANTS.get(metadata.variant)
+    security_type = variant.build.get("security_type") if variant else None
+    if security_type is None:
+        return []
+    return [m.GalleryImageFeature(name="SecurityType", value=SECURITY_TYPE_FEATURES[security_type])]
+
+
 def version_name(metadata: ImageMetadata) -> str:
     """The build's gallery version (imagebuilder.azure_version); an image without a recorded
     build time (made before the metadata had one) takes the time it is published."""
@@ -241,8 +254,10 @@ class AzureImageStore(ImageStore):
                 os_type="Linux", os_state="Generalized", hyper_v_generation="V2",
                 architecture=ARCHITECTURES.get(metadata.arch, "x64"),
                 description=f"Kubernetes {metadata.kubernetes_minor} nodes on {metadata.os} ({metadata.arch})",
-                identifier=m.GalleryImageIdentifier(publisher=PUBLISHER, offer=f"capi-{metadata.os}",
-                                                    sku=f"k8s-{metadata.kubernetes_minor}-{metadata.arch}")))
+                # The identifier is unique in a gallery: a variant's definition has its own SKU.
+                identifier=m.GalleryImageIdentifier(publisher=PUBLISHER, offer=f"capi-{metadata.os}", sku="-".join(
+                    ["k8s", metadata.kubernetes_minor, metadata.arch, *([metadata.variant] if metadata.variant else [])])),
+                features=security_features(metadata) or None))
         self.lro("create image definition", name, lambda: self.client.gallery_images.begin_create_or_update(
             self.rg, self.gallery, name, definition))
         return name
