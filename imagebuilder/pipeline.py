@@ -127,6 +127,21 @@ def changed_cells(cells: list[Cell], lookup: Lookup) -> list[Cell]:
     return [job.cell for job in jobs if job.state in (State.QUEUED, State.PUBLISH_ONLY)]
 
 
+def unbuilt_variant(cell: Cell) -> None:
+    """A variant's template settings (config.py Variant.build: Azure's security type, qemu's UEFI
+    firmware) are planned and keyed but not rendered into the templates yet: its cell fails
+    before Packer rather than make an image that is not what its name says."""
+    from imagebuilder.config import CLOUD_SETTINGS
+    from imagebuilder.errors import UserError
+
+    variant = CLOUD_SETTINGS[cell.cloud].VARIANTS[cell.variant] if cell.variant else None
+    if variant is not None and variant.build:
+        settings = ", ".join(f"{name} {value}" for name, value in variant.build.items())
+        raise UserError(f"{cell.id}: the {cell.variant} variant's {settings} is not in the {cell.cloud} "
+                        f"template yet, so the image would not be {cell.variant} | fix: exclude "
+                        f"{{cloud: {cell.cloud}, variant: {cell.variant}}} until it is")
+
+
 class TargetHooks:
     """Before Packer: a qemu cell's base disk. After: its boot test. Then publishing."""
 
@@ -134,6 +149,7 @@ class TargetHooks:
         self.publish = publish
 
     def prepare(self, job: Job) -> None:
+        unbuilt_variant(job.cell)
         if job.cell.cloud == "qemu":
             from imagebuilder import local_target
 

@@ -279,3 +279,19 @@ def test_the_readme_matrix_example_plans(tmp_path: Path) -> None:
     cells = {cell.id: cell for cell in plan(load_matrix(tmp_path / "matrix.yaml"))}
     assert {"aws-ubuntu-2404-arm64-k8s-1.35", "azure-ubuntu-2204-cvm-k8s-1.35", "qemu-debian-12-efi-k8s-1.35"} <= set(cells)
     assert cells["aws-ubuntu-2404-arm64-k8s-1.35"].settings["instance_type"] == "m7g.large"
+
+
+def test_a_variant_whose_template_settings_are_not_rendered_fails_before_packer(tmp_path: Path) -> None:
+    from imagebuilder.errors import UserError
+    from imagebuilder.pipeline import unbuilt_variant
+
+    shutil.copy(DATA / "versions.lock.yaml", tmp_path / "versions.lock.yaml")
+    (tmp_path / "m.yaml").write_text(VARIANT_HEAD + "    variants: [cvm]\nexclude:\n  - {os: debian-12, variant: cvm}\n")
+    cells = {c.id: c for c in plan(load_matrix(tmp_path / "m.yaml"))}
+    unbuilt_variant(cells["azure-ubuntu-2204-k8s-1.31"])  # a default cell builds
+    with pytest.raises(UserError, match=r"^azure-ubuntu-2204-cvm-k8s-1.31: the cvm variant's security_type "
+                                        r"ConfidentialVM is not in the azure template yet, .* \| fix: exclude "
+                                        r"\{cloud: azure, variant: cvm\} until it is$"):
+        unbuilt_variant(cells["azure-ubuntu-2204-cvm-k8s-1.31"])
+    with pytest.raises(UserError, match="the efi variant's firmware efi is not in the qemu template yet"):
+        unbuilt_variant(cells["qemu-debian-12-efi-k8s-1.31"])
