@@ -40,7 +40,7 @@ from test_retention_services import aws_environment, patched_moto_server  # noqa
 
 from imagebuilder import retention  # noqa: E402
 from imagebuilder.clouds.aws import AwsImageStore  # noqa: E402
-from imagebuilder.commands_prune import CloudRun, lock_key, report  # noqa: E402
+from imagebuilder.cli.prune import CloudRun, report  # noqa: E402
 from imagebuilder.config import AwsSettings, RetentionPolicy  # noqa: E402
 
 REGIONS = ["us-east-1", "eu-west-1"]
@@ -96,7 +96,7 @@ def main() -> None:
         cpu, wall = time.process_time(), time.perf_counter()
         if profiler:
             profiler.enable()
-        key = lock_key(store)  # as the CLI does: one STS call
+        key = store.lock_key()  # as the CLI does: one STS call
         run_plan = retention.gather(store)
         decisions = retention.decide(run_plan.records, run_plan.in_use, RetentionPolicy(),
                                      unknown_reasons=run_plan.unknown_reasons)

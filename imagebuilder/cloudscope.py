@@ -77,8 +77,3 @@ class CloudScope:
 
 def explicit_clouds(named: Iterable[str | None]) -> frozenset[str]:
     return frozenset(name for name in named if name)
-
-
-strict_option = click.option(
-    "--strict", is_flag=True,
-    help="A cloud that cannot be reached (no SDK, no credentials, no answer) is an error, not a warning.")

@@ -161,7 +161,7 @@ class TargetHooks:
 
             local_target.boot_test(job, artifact)
         if self.publish:
-            from imagebuilder.commands_images import publish_artifact
+            from imagebuilder.publishing import publish_artifact
 
             return replace(artifact, ids=publish_artifact(artifact, job.cell.settings))
         return artifact
@@ -205,7 +205,7 @@ def render_jobs(jobs: list[Job], options: BuildOptions) -> None:
 def publish_existing(jobs: list[Job], dry_run: bool = False) -> list[str]:
     """Complete the publish of the cells built but not published (``State.PUBLISH_ONLY``) with the
     reconcile `imagebuilder publish` runs; no Packer. The changes made, one line each."""
-    from imagebuilder.commands_publish import StoreCache, reconcile_cell
+    from imagebuilder.publishing import StoreCache, reconcile_cell
 
     stores = StoreCache()
     lines: list[str] = []

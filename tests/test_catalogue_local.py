@@ -14,7 +14,8 @@ from services import qcow2_file, sample_metadata
 from imagebuilder.artifact import Artifact
 from imagebuilder.clouds import CloudError, ImageFilter, store_for
 from imagebuilder.clouds.local import CATALOGUE_ENV, LocalCatalogue, default_catalogue_dir
-from imagebuilder.commands_images import images, publish_artifact
+from imagebuilder.cli.images import images
+from imagebuilder.publishing import publish_artifact
 from imagebuilder.pipeline import catalogue_lookup
 from imagebuilder.errors import UserError
 

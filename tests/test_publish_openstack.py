@@ -25,7 +25,8 @@ from services import (  # noqa: F401,F811 (fixtures)
 from imagebuilder.artifact import Artifact
 from imagebuilder.clouds import CloudError, ImageFilter, newest, store_for
 from imagebuilder.clouds.openstack import STATUS_CODE_RETRIES, OpenstackImageStore
-from imagebuilder.commands_images import images, publish_artifact
+from imagebuilder.cli.images import images
+from imagebuilder.publishing import publish_artifact
 from imagebuilder.config import OpenstackSettings
 from imagebuilder.errors import UserError
 

@@ -38,7 +38,7 @@ from imagebuilder.cli import cli
 from imagebuilder.clouds import CloudError, store_for
 from imagebuilder.clouds.aws import AwsImageStore
 from imagebuilder.clouds.local import LocalCatalogue
-from imagebuilder.commands_images import images
+from imagebuilder.cli.images import images
 from imagebuilder.config import AwsSettings, OpenstackSettings, load_matrix
 from imagebuilder.errors import UserError
 from imagebuilder.metadata import PUBLISHED_TAG, metadata_for

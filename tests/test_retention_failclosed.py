@@ -18,7 +18,7 @@ from test_retention_services import aws_environment, retention_aws, retention_mo
 
 from imagebuilder import retention
 from imagebuilder.clouds import aws as aws_module
-from imagebuilder.commands_prune import prune
+from imagebuilder.cli.prune import prune
 from imagebuilder.config import RetentionPolicy
 from imagebuilder.metadata import tag_key
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from imagebuilder.commands_prune import prune
+from imagebuilder.cli.prune import prune
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKFLOW = ROOT / ".github" / "workflows" / "cleanup.yml"

@@ -82,7 +82,7 @@ def write_matrix(directory: Path, fixture: Fixture, wrong: str | None = None) ->
 
 # Runs the real CLI entry point (its error handling: one line, exit 2), with the sysext group
 # added if the CLI does not carry it yet.
-CLI = ("import sys; from imagebuilder.cli import cli, main; from imagebuilder.commands_sysext import sysext; "
+CLI = ("import sys; from imagebuilder.cli import cli, main; from imagebuilder.cli.sysext import sysext; "
        "cli.commands.setdefault('sysext', sysext); sys.argv = ['imagebuilder', *sys.argv[1:]]; main()")
 
 

@@ -16,7 +16,8 @@ import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 
 from imagebuilder.artifact import Artifact
 from imagebuilder.errors import UserError
@@ -129,6 +130,9 @@ class ImageStore(abc.ABC):
 
     cloud: str
     dry_run: bool = False
+    title: ClassVar[str] = ""  # how messages name the cloud ("AWS"); its name when empty
+    # The settings field `prune --region` replaces (a list of regions); None: not pruned by region.
+    region_setting: ClassVar[str | None] = None
 
     @property
     def changes(self) -> list[str]:
@@ -224,6 +228,38 @@ class ImageStore(abc.ABC):
         """
         self.find_by_build_key("0" * 64)
 
+    def lock_key(self) -> str:
+        """Which account a prune works on (two prunes of one key never run at once): the catalogue
+        path, else the cloud and the settings that name the account."""
+        root = getattr(self, "root", None)
+        if root is not None:
+            return f"{self.cloud}:{Path(root).resolve()}"
+        settings = getattr(self, "settings", None)
+        identity = [str(getattr(settings, name)) for name in ("cloud", "project_id", "resource_group", "gallery")
+                    if getattr(settings, name, None)]
+        return f"{self.cloud}:{'/'.join(identity) or 'default'}"
+
+    @classmethod
+    def display_name(cls) -> str:
+        return cls.title or cls.cloud
+
+    @classmethod
+    def with_regions(cls, settings: Any, regions: Sequence[str]) -> Any:
+        """The settings (a model, a dict or None) with these regions in place of the ones they name."""
+        from imagebuilder.config import CLOUD_SETTINGS
+
+        if cls.region_setting is None:
+            raise UserError(f"{cls.cloud}: its images are not pruned by region")
+        model = CLOUD_SETTINGS[cls.cloud]
+        return _settings(model, settings).model_copy(update={cls.region_setting: list(dict.fromkeys(regions))})
+
+    @classmethod
+    def default_regions(cls) -> list[str]:
+        """The regions the settings name when the matrix declares none; [] when not pruned by region."""
+        from imagebuilder.config import CLOUD_SETTINGS
+
+        return list(getattr(CLOUD_SETTINGS[cls.cloud](), cls.region_setting)) if cls.region_setting else []
+
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
@@ -245,13 +281,29 @@ def store_for(cloud: str, settings: Any = None, **options: Any) -> ImageStore:
 
     cloud = canonical_cloud(cloud)
     arguments = [] if cloud == "local" else [_settings(CLOUD_SETTINGS[cloud], settings)]
+    return store_class(cloud)(*arguments, **options)
+
+
+def store_class(cloud: str) -> type[ImageStore]:
+    """The store class of a cloud, imported now (its SDK is an optional extra)."""
+    cloud = canonical_cloud(cloud)
     module_name, class_name = STORES[cloud]
     try:
-        store_class = getattr(importlib.import_module(module_name), class_name)
+        return getattr(importlib.import_module(module_name), class_name)  # type: ignore[no-any-return]
     except ImportError as exc:
         raise UserError(f"the {cloud} image store cannot load ({exc}) "
                         f"| fix: pip install 'imagebuilder[{EXTRAS.get(cloud, cloud)}]'") from None
-    return store_class(*arguments, **options)  # type: ignore[no-any-return]
+
+
+def region_pruned_stores() -> list[type[ImageStore]]:
+    """The store classes `prune --region` applies to, of the stores whose SDK is installed."""
+    found = []
+    for cloud in STORE_CLOUDS:
+        try:
+            found.append(store_class(cloud))
+        except UserError:
+            continue
+    return [cls for cls in found if cls.region_setting is not None]
 
 
 def _settings(model: Any, settings: Any) -> Any:

@@ -68,6 +68,8 @@ PAGE_SIZES = {"describe_images": 1000, "describe_instances": 1000}
 
 class AwsImageStore(ImageStore):
     cloud = "aws"
+    title = "AWS"
+    region_setting = "regions"
 
     def __init__(self, settings: AwsSettings, session: boto3.session.Session | None = None, *,
                  waiter_delay: int = 15, waiter_max_attempts: int = 240, max_attempts: int = SDK_MAX_ATTEMPTS,
@@ -149,6 +151,16 @@ class AwsImageStore(ImageStore):
                 raise CloudError(f"aws {region}: {operation} failed: {_one_line(str(exc))} "
                                  "| fix: check the network, AWS_ENDPOINT_URL and the credentials") from None
         raise AssertionError("unreachable")
+
+    def lock_key(self) -> str:
+        """The AWS account (sts GetCallerIdentity) at this endpoint."""
+        region = self.settings.regions[0]
+        endpoint = self.client("sts", region).meta.endpoint_url
+        try:
+            account = self.call("sts", region, "get_caller_identity")["Account"]
+        except (CloudError, KeyError, TypeError):  # unreachable, or not an STS answer: the listing says why
+            account = "unknown-account"
+        return f"aws:{account}@{endpoint}"
 
     def check_access(self) -> None:
         """sts GetCallerIdentity in the build region, at the configured endpoint, with short timeouts."""

@@ -1,10 +1,9 @@
-"""`imagebuilder images list|resolve`, and the publish step the build calls for each artifact.
+"""`imagebuilder images list|resolve`.
 
 - ``images list [--cloud C] [--os O] [--k8s M] [--region R] [--output json]``: every image
   with its metadata, from the local catalogue and every cloud the matrix declares.
 - ``images resolve --cloud C --os O --k8s 1.31 [--region R] [--arch A]``: the newest image id
   that is not deprecated, as a Cluster API machine template needs it.
-- ``publish_artifact(artifact, cell_settings)``: publish one build's artifact to its store.
 """
 
 from __future__ import annotations
@@ -19,9 +18,9 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from imagebuilder.artifact import Artifact
+from imagebuilder.cli.options import (cloud_option, k8s_option, optional_matrix_option, output_format_option,
+                                      strict_option)
 from imagebuilder.clouds import (
-    CLOUD_ALIASES,
     STORE_CLOUDS,
     ImageFilter,
     ImageRecord,
@@ -31,20 +30,11 @@ from imagebuilder.clouds import (
     sort_newest_first,
     store_for,
 )
-from imagebuilder.cloudscope import CloudScope, explicit_clouds, strict_option
+from imagebuilder.cloudscope import CloudScope, explicit_clouds
 from imagebuilder.config import DEFAULT_MATRIX, load_matrix
 from imagebuilder.errors import UserError
 
 MINOR = re.compile(r"^1\.\d{1,3}$")
-
-
-def publish_artifact(artifact: Artifact, cell_settings: Any = None) -> dict[str, str]:
-    """Publish a build's artifact where its cloud keeps images; region -> image id.
-
-    ``cell_settings`` is the cell's cloud settings (``Cell.settings`` or a settings model).
-    Idempotent: a second call for the same build key finds what the first published.
-    """
-    return store_for(artifact.cloud, cell_settings).publish(artifact)
 
 
 def stores_for(cloud: str | None, matrix_path: Path | None) -> list[ImageStore]:
@@ -78,27 +68,22 @@ def _check_minor(minor: str | None) -> str | None:
     return minor
 
 
-cloud_choices = click.Choice([*STORE_CLOUDS, *CLOUD_ALIASES])
-matrix_option = click.option("-m", "--matrix", "matrix_path", type=click.Path(path_type=Path), default=None,
-                             help=f"The matrix whose cloud settings say where to look "
-                                  f"[default: {DEFAULT_MATRIX} if it exists].")
+matrix_option = optional_matrix_option("The matrix whose cloud settings say where to look")
 
 
 @click.group("images")
 def images() -> None:
-    """List and resolve published images (AWS, OpenStack, the local catalogue)."""
+    """List and resolve published images (every cloud's image store, and the local catalogue)."""
 
 
 @images.command("list")
 @matrix_option
-@click.option("--cloud", type=cloud_choices, default=None,
-              help="Only this cloud (default: local and the matrix's clouds).")
+@cloud_option(default=None, help="Only this cloud (default: local and the matrix's clouds).")
 @click.option("--os", "os_id", default=None, metavar="OS", help="Only this OS, e.g. debian-12.")
-@click.option("--k8s", "minor", default=None, metavar="MINOR", help="Only this Kubernetes minor, e.g. 1.31.")
+@k8s_option(default=None, help="Only this Kubernetes minor, e.g. 1.31.")
 @click.option("--region", default=None, help="Only this region.")
-@click.option("--output", "output_format", type=click.Choice(["table", "json"]), default=None,
-              help="A table in a terminal, JSON otherwise.")
-@strict_option
+@output_format_option(help="A table in a terminal, JSON otherwise.")
+@strict_option()
 def list_command(matrix_path: Path | None, cloud: str | None, os_id: str | None, minor: str | None,
                  region: str | None, output_format: str | None, strict: bool) -> None:
     """Every image with its metadata, newest first.
@@ -120,9 +105,9 @@ def list_command(matrix_path: Path | None, cloud: str | None, os_id: str | None,
 
 @images.command("resolve")
 @matrix_option
-@click.option("--cloud", type=cloud_choices, required=True)
+@cloud_option(required=True)
 @click.option("--os", "os_id", required=True, metavar="OS", help="e.g. debian-12")
-@click.option("--k8s", "minor", required=True, metavar="MINOR", help="e.g. 1.31")
+@k8s_option(required=True, help="e.g. 1.31")
 @click.option("--region", default=None, help="Needed when the images are in several regions.")
 @click.option("--arch", default=None, type=click.Choice(["amd64", "arm64"]), help="Needed when both exist.")
 def resolve_command(matrix_path: Path | None, cloud: str, os_id: str, minor: str, region: str | None,

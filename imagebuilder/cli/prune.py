@@ -14,7 +14,6 @@ same cloud account holds the lock (without --wait).
 from __future__ import annotations
 
 import json
-import sys
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,18 +23,21 @@ import click
 from rich.console import Console
 
 from imagebuilder import locks, retention
+from imagebuilder.cli.options import (LazyHelpOption, cloud_option, optional_matrix_option, output_format_option,
+                                      strict_option)
 from imagebuilder.clouds import (
     CLOUD_ALIASES,
     STORE_CLOUDS,
     ImageStore,
     canonical_cloud,
+    region_pruned_stores,
+    store_class,
     store_for,
 )
-from imagebuilder.config import CLOUD_SETTINGS, DEFAULT_MATRIX, PRUNE_TIMEOUT_S, RetentionPolicy, load_matrix
-from imagebuilder.cloudscope import CloudScope, explicit_clouds, strict_option
+from imagebuilder.config import DEFAULT_MATRIX, PRUNE_TIMEOUT_S, RetentionPolicy, load_matrix
+from imagebuilder.cloudscope import CloudScope, explicit_clouds
 from imagebuilder.errors import UserError
 from imagebuilder.yamlsource import InputError, read_yaml, validate
-
 
 
 @dataclass
@@ -47,37 +49,43 @@ class CloudRun:
     outcomes: list[retention.Outcome] = field(default_factory=list)
 
 
+def _region_help() -> str:
+    """`--region`'s help, worded from the stores pruned by region (their SDKs load when it is shown)."""
+    stores = region_pruned_stores()
+    return (f"{' or '.join(store.display_name() for store in stores)} regions to prune (repeatable), instead of "
+            f"{' and '.join(f'clouds.{store.cloud}.{store.region_setting}' for store in stores)} of the matrix.")
+
+
 @click.command("prune")
-@click.option("-m", "--matrix", "matrix_path", type=click.Path(path_type=Path), default=None,
-              help=f"The matrix: cloud settings and its retention policy [default: {DEFAULT_MATRIX} if it exists].")
-@click.option("--cloud", "clouds", multiple=True, type=click.Choice([*STORE_CLOUDS, *CLOUD_ALIASES]),
-              help="Only this cloud (repeatable); default: the local catalogue and the matrix's clouds.")
+@optional_matrix_option("The matrix: cloud settings and its retention policy")
+@cloud_option(multiple=True, help="Only this cloud (repeatable); default: the local catalogue and the matrix's clouds.")
 @click.option("--policy", "policy_path", type=click.Path(path_type=Path), default=None,
               help="A retention policy file (keep_newest, min_age_days, deprecate_grace_days, protect_tag).")
 @click.option("--apply", "do_apply", is_flag=True, help="Deprecate, delete and sweep for real (default: dry run).")
-@click.option("--output", "output_format", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@output_format_option(default="table", show_default=True)
 @click.option("--wait", is_flag=True, help="Wait for another prune of the same cloud account to finish.")
-@click.option("--region", "regions", multiple=True, metavar="REGION",
-              help="AWS regions to prune (repeatable), instead of clouds.aws.regions of the matrix.")
+@click.option("--region", "regions", multiple=True, metavar="REGION", cls=LazyHelpOption,
+              help_text=_region_help)
 @click.option("--timeout", "timeout", type=click.FloatRange(min=1, max=7 * 86400), default=PRUNE_TIMEOUT_S,
               show_default=True, metavar="SECONDS",
               help="The whole run's limit: what is not started by then is reported as not done.")
-@strict_option
-def prune(matrix_path: Path | None, clouds: tuple[str, ...], policy_path: Path | None, do_apply: bool,
+@strict_option()
+def prune(matrix_path: Path | None, cloud: tuple[str, ...], policy_path: Path | None, do_apply: bool,
           output_format: str, wait: bool, regions: tuple[str, ...], timeout: float, strict: bool) -> None:
     """List every image with its retention decision; with --apply, carry the decisions out.
 
     A cloud that cannot be reached is one warning line and is left alone; the others are
     pruned and the exit status is 3 (--strict, or --cloud naming it, makes it an error)."""
+    clouds = cloud
     deadline = retention.Deadline.after(timeout)
     settings, policy = _matrix_settings_and_policy(matrix_path)
     if policy_path is not None:
         policy = load_policy(policy_path)
-    settings = _scoped_settings(_store_names(clouds, settings), settings, regions)
     scope = CloudScope(strict=strict, explicit=explicit_clouds(canonical_cloud(c) for c in clouds))
+    settings = _scoped_settings(_store_names(clouds, settings), settings, regions, scope)
     stores = [store for name in _store_names(clouds, settings)
               if (store := scope.run(name, lambda: store_for(name, settings.get(name)), None)) is not None]
-    keys = {store.cloud: scope.run(store.cloud, lambda: lock_key(store), "") for store in stores}
+    keys = {store.cloud: scope.run(store.cloud, store.lock_key, "") for store in stores}
     stores = [store for store in stores if store.cloud not in scope.skipped]
     console = Console(stderr=True, highlight=False, soft_wrap=True)
     runs: list[CloudRun] = []
@@ -258,21 +266,24 @@ def _matrix_settings_and_policy(matrix_path: Path | None) -> tuple[dict[str, Any
     return settings, matrix.retention
 
 
-def _scoped_settings(names: list[str], settings: dict[str, Any], regions: tuple[str, ...]) -> dict[str, Any]:
-    """--region replaces the AWS regions; without it and without a matrix entry, say which regions are covered."""
-    if regions and "aws" not in names:
-        raise UserError("--region: only AWS images are pruned by region | fix: add --cloud aws, or drop --region")
-    if "aws" not in names:
-        return settings
-    model = CLOUD_SETTINGS["aws"]
-    current = settings.get("aws")
-    if regions:
-        base = current if isinstance(current, model) else model()
-        return {**settings, "aws": base.model_copy(update={"regions": list(dict.fromkeys(regions))})}
-    if current is None:
-        default = model()
-        click.echo(f"imagebuilder: aws: no matrix declares clouds.aws, so only its default regions are pruned: "
-                   f"{', '.join(default.regions)} (--region R, repeatable, names others)", err=True)
+def _scoped_settings(names: list[str], settings: dict[str, Any], regions: tuple[str, ...],
+                     scope: CloudScope) -> dict[str, Any]:
+    """--region replaces the regions of the clouds pruned by region; without it and without a matrix entry,
+    say which regions are covered. A store that cannot load is skipped here, as it would be when made."""
+    stores = [store for name in names if (store := scope.run(name, lambda: store_class(name), None)) is not None]
+    by_region = [store for store in stores if store.region_setting is not None]
+    if regions and not by_region and len(stores) == len(names):
+        pruned_by_region = region_pruned_stores()
+        raise UserError(f"--region: only {' or '.join(store.display_name() for store in pruned_by_region)} images "
+                        f"are pruned by region | fix: add "
+                        f"{' or '.join(f'--cloud {store.cloud}' for store in pruned_by_region)}, or drop --region")
+    for store in by_region:
+        if regions:
+            settings = {**settings, store.cloud: store.with_regions(settings.get(store.cloud), regions)}
+        elif settings.get(store.cloud) is None:
+            click.echo(f"imagebuilder: {store.cloud}: no matrix declares clouds.{store.cloud}, so only its default "
+                       f"regions are pruned: {', '.join(store.default_regions())} (--region R, repeatable, names "
+                       "others)", err=True)
     return settings
 
 
@@ -280,24 +291,3 @@ def _store_names(clouds: tuple[str, ...], settings: dict[str, Any]) -> list[str]
     if clouds:
         return list(dict.fromkeys(canonical_cloud(c) for c in clouds))
     return [name for name in STORE_CLOUDS if name == "local" or name in settings]
-
-
-def lock_key(store: ImageStore) -> str:
-    """Which account a prune works on: the AWS account (STS), the catalogue path, the cloud entry."""
-    from imagebuilder.clouds.aws import AwsImageStore
-
-    if isinstance(store, AwsImageStore):
-        region = store.settings.regions[0]
-        endpoint = store.client("sts", region).meta.endpoint_url
-        try:
-            account = store.call("sts", region, "get_caller_identity")["Account"]
-        except (UserError, KeyError, TypeError):  # unreachable, or not an STS answer: the listing says why
-            account = "unknown-account"
-        return f"aws:{account}@{endpoint}"
-    root = getattr(store, "root", None)
-    if root is not None:
-        return f"{store.cloud}:{Path(root).resolve()}"
-    settings = getattr(store, "settings", None)
-    identity = [str(getattr(settings, name)) for name in ("cloud", "project_id", "resource_group", "gallery")
-                if getattr(settings, name, None)]
-    return f"{store.cloud}:{'/'.join(identity) or 'default'}"

@@ -1,0 +1,35 @@
+"""`imagebuilder validate`: render the cells and run `packer validate` on each."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from imagebuilder import packer, render
+from imagebuilder.cli.common import packer_version as resolve_packer_version
+from imagebuilder.cli.options import (matrix_option, offline_option, only_option, output_dir_option,
+                                      packer_version_option, strict_option)
+from imagebuilder.selection import resolved_baked_cells
+
+
+@click.command("validate")
+@matrix_option()
+@only_option()
+@output_dir_option()
+@packer_version_option()
+@offline_option()
+@strict_option()
+def validate_command(matrix_path: Path, only: tuple[str, ...], output_dir: Path, packer_version: str | None,
+                     offline: bool, strict: bool) -> None:
+    """Render the cells and run `packer validate` on each."""
+    cells, scope = resolved_baked_cells(matrix_path, only, offline, strict)
+    failed = 0
+    for rendered in render.render_cells(cells, output_dir, resolve_packer_version(packer_version)):
+        result = packer.validate(rendered.directory)
+        failed += not result.ok
+        click.echo(f"{'ok' if result.ok else 'FAILED'}  {rendered.cell.id}")
+        if not result.ok:
+            click.echo("    " + result.output.replace("\n", "\n    "), err=True)
+    click.echo(f"{len(cells) - failed} valid, {failed} invalid")
+    scope.exit(failed=bool(failed))
