@@ -18,8 +18,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from imagebuilder.cli.options import (cloud_option, k8s_option, optional_matrix_option, output_format_option,
-                                      strict_option)
+from imagebuilder.cli.options import (cloud_option, k8s_option, optional_matrix_option, os_option,
+                                      output_format_option, strict_option)
 from imagebuilder.clouds import (
     STORE_CLOUDS,
     ImageFilter,
@@ -79,7 +79,7 @@ def images() -> None:
 @images.command("list")
 @matrix_option
 @cloud_option(default=None, help="Only this cloud (default: local and the matrix's clouds).")
-@click.option("--os", "os_id", default=None, metavar="OS", help="Only this OS, e.g. debian-12.")
+@os_option(default=None, help="Only this OS, e.g. debian-12.")
 @k8s_option(default=None, help="Only this Kubernetes minor, e.g. 1.31.")
 @click.option("--region", default=None, help="Only this region.")
 @output_format_option(help="A table in a terminal, JSON otherwise.")
@@ -106,7 +106,7 @@ def list_command(matrix_path: Path | None, cloud: str | None, os_id: str | None,
 @images.command("resolve")
 @matrix_option
 @cloud_option(required=True)
-@click.option("--os", "os_id", required=True, metavar="OS", help="e.g. debian-12")
+@os_option(required=True, help="e.g. debian-12")
 @k8s_option(required=True, help="e.g. 1.31")
 @click.option("--region", default=None, help="Needed when the images are in several regions.")
 @click.option("--arch", default=None, type=click.Choice(["amd64", "arm64"]), help="Needed when both exist.")

@@ -100,3 +100,5 @@ packer_version_option = _shared(
 cloud_option = _shared("cloud", "--cloud", type=click.Choice([*STORE_CLOUDS, *CLOUD_ALIASES]))
 
 k8s_option = _shared("k8s", "--k8s", "minor", metavar="MINOR")
+
+os_option = _shared("os", "--os", "os_id", metavar="OS")
