@@ -113,8 +113,8 @@ def image_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ImageRe
 def role_debian_packages() -> list[str]:
     """Every Debian package the roles install for a qemu cell, read from the role defaults."""
     node = yaml.safe_load((ROLES / "node" / "defaults" / "main.yml").read_text())
-    providers = yaml.safe_load((ROLES / "providers" / "defaults" / "main.yml").read_text())
-    return sorted(set(node["node_packages"]["debian"]) | set(providers["providers_packages"]["debian"]["qemu"]))
+    contract = yaml.safe_load((ROLES / "imagebuilder" / "defaults" / "main.yml").read_text())
+    return sorted(set(node["node_packages"]["debian"]) | set(contract["imagebuilder_agent_packages"]["debian"]["qemu"]))
 
 
 def build_debian_rootfs(dest: Path, packages: list[str]) -> None:

@@ -66,7 +66,7 @@ def cell_vars(mirror: ReleaseMirror, **overrides: object) -> dict[str, object]:
         # Offline: no Debian mirror to upgrade from (the package-method run below upgrades).
         "node_upgrade_packages": False,
         # The fixture containerd cannot pull: the package-method run below pre-pulls with Debian's.
-        "containerd_prepull_images": False,
+        "imagebuilder_prepull_images": False,
     }
     values.update(overrides)
     return values
@@ -377,7 +377,7 @@ def test_playbooks_pass_syntax_check(tmp_path: Path) -> None:
 def package_cell_vars(release_mirror: ReleaseMirror, image_registry: ImageRegistry) -> dict[str, object]:
     """A cell with Debian's containerd (real, so it pulls) and the registry mirror holding kubeadm's images."""
     return cell_vars(release_mirror, containerd_install_method="package", node_upgrade_packages=True,
-                     containerd_prepull_images=True, imagebuilder_images=image_registry.ansible_images(),
+                     imagebuilder_prepull_images=True, imagebuilder_images=image_registry.ansible_images(),
                      imagebuilder_registry_plain_http=True)
 
 
@@ -490,7 +490,7 @@ def test_validate_finds_a_missing_image_and_a_released_hold(built_package, relea
 def test_unpinned_image_is_refused(debian_rootfs: Path, release_mirror: ReleaseMirror, tmp_path: Path) -> None:
     root = copy_rootfs(debian_rootfs, tmp_path / "rootfs")
     images = [{"name": "registry.k8s.io/etcd", "tag": "3.5.16-0", "digest": None, "source": "registry.k8s.io/etcd"}]
-    run = run_playbook(root, cell_vars(release_mirror, containerd_prepull_images=True, imagebuilder_images=images),
+    run = run_playbook(root, cell_vars(release_mirror, imagebuilder_prepull_images=True, imagebuilder_images=images),
                        tmp_path)
     assert run.rc != 0
     assert "These images have no pinned digest: registry.k8s.io/etcd." in run.output
@@ -551,7 +551,8 @@ def test_azure_provider_items(debian_rootfs: Path, release_mirror: ReleaseMirror
     """Azure: wireserver blocked for non-root by a boot unit, no network config from cloud-init, the PHC clock."""
     root = copy_rootfs(debian_rootfs, tmp_path / "rootfs")
     variables = cell_vars(release_mirror, imagebuilder_cloud="azure",
-                          providers_packages={"debian": {"azure": []}}, providers_services={"debian": {}})
+                          imagebuilder_agent_packages={"debian": {"azure": []}},
+                          imagebuilder_agent_services={"debian": {}})
     run = providers_only(root, variables, tmp_path)
     assert run.rc == 0, run.output[-4000:]
     unit = (root / "etc/systemd/system/imagebuilder-azure-wireserver.service").read_text()
@@ -571,9 +572,10 @@ def test_azure_provider_items(debian_rootfs: Path, release_mirror: ReleaseMirror
 def test_provider_data_per_os() -> None:
     """Ubuntu names the Azure agent walinuxagent, Debian waagent; AWS gets the CLI (a snap on Ubuntu, with SSM)."""
     data = yaml.safe_load((ANSIBLE_DIR / "roles/providers/defaults/main.yml").read_text())
-    assert data["providers_packages"]["ubuntu"]["azure"] == ["walinuxagent"]
-    assert data["providers_packages"]["debian"]["azure"] == ["waagent"]
-    assert "awscli" in data["providers_packages"]["debian"]["aws"]
+    contract = yaml.safe_load((ANSIBLE_DIR / "roles/imagebuilder/defaults/main.yml").read_text())
+    assert contract["imagebuilder_agent_packages"]["ubuntu"]["azure"] == ["walinuxagent"]
+    assert contract["imagebuilder_agent_packages"]["debian"]["azure"] == ["waagent"]
+    assert "awscli" in contract["imagebuilder_agent_packages"]["debian"]["aws"]
     assert data["providers_snaps"]["ubuntu"]["aws"] == ["amazon-ssm-agent", "aws-cli"]
     override = data["providers_datasource_overrides"][0]
     assert (override["distribution"], override["min_version"], override["datasources"]) == ("ubuntu", "22.04", ["Ec2"])
