@@ -27,6 +27,7 @@ from typing import Any
 from imagebuilder.config import ANSIBLE_DIR
 
 ROLE = "validate"
+CONTRACT_ROLE = "imagebuilder"  # its defaults hold the node contract, which ROLE checks
 RESULTS_VAR = "validate_results"  # what the role's "Evaluate the checks" task sets
 AGENT_TIMEOUT = 300.0
 
@@ -178,6 +179,19 @@ def _init_ansible() -> None:
 
         init_plugin_loader()
         _ansible_ready = True
+
+
+def node_contract(*names: str) -> dict[str, Any]:
+    """Values of the node contract (the shared role's defaults), templated as Ansible would."""
+    from ansible.parsing.dataloader import DataLoader
+    from ansible.template import Templar
+
+    _init_ansible()
+    loader = DataLoader()
+    defaults = loader.load_from_file(str(ANSIBLE_DIR / "roles" / CONTRACT_ROLE / "defaults/main.yml"),
+                                     trusted_as_template=True) or {}
+    templar = Templar(loader=loader, variables=defaults)
+    return {name: templar.template(defaults[name]) for name in names}
 
 
 @dataclass(frozen=True)

@@ -36,8 +36,6 @@ DEFAULT_MEMORY_MB = 2048
 DEFAULT_CPUS = 2
 SSH_BOOT_TIMEOUT = 900.0  # TCG on 2 busy cores: a Debian boot takes ~25 s idle, minutes when loaded
 PROBE_TIMEOUT = 20.0
-RELEASE_FILE = "/etc/imagebuilder-release"
-GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 _accel_cache: dict[tuple[str, ...], Accel] = {}
 
@@ -362,8 +360,8 @@ class Expected:
     """What a built node image must show when it boots on its own.
 
     ``build_key`` is compared with the provenance file; ``kubernetes_version`` ("1.31.4")
-    with ``kubeadm version -o short`` and, when given, makes ``active`` default to
-    containerd and ``enabled`` to kubelet.
+    with ``kubeadm version -o short`` and, when given, makes ``active`` default to the
+    runtime's unit and ``enabled`` to the kubelet's (the node contract's, as validate checks them).
     """
 
     build_key: str | None = None
@@ -386,13 +384,18 @@ class Expected:
     def units_active(self) -> tuple[str, ...]:
         if self.active is not None:
             return self.active
-        return ("containerd",) if self.kubernetes_version else ()
+        return _contract_units("imagebuilder_runtime_service") if self.kubernetes_version else ()
 
     @property
     def units_enabled(self) -> tuple[str, ...]:
         if self.enabled is not None:
             return self.enabled
-        return ("kubelet",) if self.kubernetes_version else ()
+        return _contract_units("imagebuilder_kubelet_service") if self.kubernetes_version else ()
+
+
+def _contract_units(name: str) -> tuple[str, ...]:
+    """The unit the node contract names ``name`` (the runtime's, the kubelet's)."""
+    return (str(guestcheck.node_contract(name)[name]),)
 
 
 @dataclass(frozen=True)
@@ -452,6 +455,7 @@ def release_fields(text: str) -> dict[str, str]:
 
 def guest_checks(session: GuestSession, expected: Expected) -> list[Check]:
     """The checks a booted node image must pass, over the boot test's one connection."""
+    contract = guestcheck.node_contract("imagebuilder_path", "imagebuilder_release_file")
     checks: list[Check] = []
     cloud = session.command(["cloud-init", "status", "--wait", "--long"], timeout=600)
     checks.append(Check("cloud-init", cloud["rc"] == 0 and "status: done" in cloud["stdout"],
@@ -465,15 +469,16 @@ def guest_checks(session: GuestSession, expected: Expected) -> list[Check]:
         state = res["stdout"].strip()
         checks.append(Check(f"{unit} enabled", state == "enabled", state or res["stderr"].strip()))
     if expected.kubernetes_version:
-        res = session.command(["kubeadm", "version", "-o", "short"], env={"PATH": GUEST_PATH})
+        res = session.command(["kubeadm", "version", "-o", "short"], env={"PATH": contract["imagebuilder_path"]})
         want = "v" + expected.kubernetes_version.lstrip("v")
         got = res["stdout"].strip()
         checks.append(Check("kubeadm version", got == want, f"{got or res['stderr'].strip()} (want {want})"))
     if expected.build_key:
-        res = session.command(["cat", RELEASE_FILE])
+        release_file = contract["imagebuilder_release_file"]
+        res = session.command(["cat", release_file])
         values = release_fields(res["stdout"]).values()
         ok = res["rc"] == 0 and expected.build_key in values
-        detail = "matches" if ok else (res["stderr"].strip() or f"build key {expected.build_key} not in {RELEASE_FILE}")
+        detail = "matches" if ok else (res["stderr"].strip() or f"build key {expected.build_key} not in {release_file}")
         checks.append(Check("provenance", ok, detail))
     return checks
 
