@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
@@ -45,11 +46,10 @@ class ImageMetadata:
     def from_tags(cls, tags: dict[str, str]) -> ImageMetadata | None:
         """None unless every required key is there: images without our metadata are not ours."""
         values: dict[str, str] = {}
-        for item in fields(cls):
-            key = tag_key(item.name)
+        for name, key, optional in _tag_fields():
             if key in tags:
-                values[item.name] = str(tags[key])
-            elif item.name not in OPTIONAL_FIELDS:
+                values[name] = str(tags[key])
+            elif not optional:
                 return None
         return cls(**values)
 
@@ -102,6 +102,12 @@ def parse_build_timestamp(stamp: str, now: datetime | None = None) -> datetime:
 def is_published(tags: dict[str, str]) -> bool:
     """Whether an image's tags (labels, properties) say every publish step has completed."""
     return tags.get(PUBLISHED_TAG) == PUBLISHED_VALUE
+
+
+@functools.cache
+def _tag_fields() -> tuple[tuple[str, str, bool], ...]:
+    """(field, tag key, optional) for every ImageMetadata field: read once, not per image listed."""
+    return tuple((item.name, tag_key(item.name), item.name in OPTIONAL_FIELDS) for item in fields(ImageMetadata))
 
 
 def tag_key(name: str) -> str:

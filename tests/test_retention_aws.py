@@ -231,9 +231,14 @@ def test_orphan_snapshots_are_reported_then_swept_and_nothing_else(retention_aws
     foreign_image = publish(region, "3", 60, tag=False)
     client("ec2", region).deregister_image(ImageId=foreign_image)
     aws = store([region])
+    listed: list[list[str]] = []  # what each DescribeSnapshots answer held once parsed
+    aws.session.events.register("after-call.ec2.DescribeSnapshots", lambda parsed, **_: listed.append(
+        [snapshot["SnapshotId"] for snapshot in parsed.get("Snapshots", [])]))
 
     inventory = retention.gather(aws)
     assert [o.resource_id for o in inventory.orphans] == [orphan]
+    # one pass, and the snapshots the image listing names are skipped at their id, not read again
+    assert listed == [[orphan]] and snapshot_of(region, deprecated) in snapshots(region)
     assert snapshot_of(region, deprecated) not in {o.resource_id for o in inventory.orphans}
     outcomes = retention.sweep(inventory.orphans, inventory.sweep)
     assert [o.done for o in outcomes] == [[orphan]]
@@ -270,9 +275,12 @@ def test_in_use_is_gathered_once_per_region_not_per_image(retention_aws: str) ->
     aws = store()
     sent: list[str] = []
     aws.session.events.register("before-send", lambda request, **_: sent.append(request.url))
+    snapshot_listings: list[str] = []
+    aws.session.events.register("before-call.ec2.DescribeSnapshots", lambda **_: snapshot_listings.append("x"))
     inventory = retention.gather(aws)
     assert len(inventory.records) == 80
     assert 0 < len(sent) <= 6 * len(REGIONS) + 5 + 1, sent
+    assert len(snapshot_listings) == len(REGIONS)  # the orphan sweep's one pass per region, no second
 
 
 # -- the CLI -------------------------------------------------------------------------------
