@@ -72,9 +72,10 @@ def standin_stores(gcp: Any, arm: Any) -> Any:
     from google.auth.credentials import AnonymousCredentials
     from test_publish_azure import SUB, FakeCredential
 
-    from imagebuilder.clouds.azure import AzureImageStore
-    from imagebuilder.clouds.gcp import GcpImageStore
-    from imagebuilder.config import AzureSettings, GcpSettings
+    from imagebuilder.clouds.azure.store import AzureImageStore
+    from imagebuilder.clouds.gcp.store import GcpImageStore
+    from imagebuilder.clouds.azure.settings import AzureSettings
+    from imagebuilder.clouds.gcp.settings import GcpSettings
 
     def factory(cell: Cell) -> Any:
         if cell.cloud == "gcp":

@@ -41,9 +41,10 @@ import boto3  # noqa: E402
 from test_retention_services import aws_environment, patched_moto_server  # noqa: E402
 
 from imagebuilder import retention  # noqa: E402
-from imagebuilder.clouds.aws import AwsImageStore  # noqa: E402
 from imagebuilder.cli.prune import CloudRun, report  # noqa: E402
-from imagebuilder.config import AwsSettings, RetentionPolicy  # noqa: E402
+from imagebuilder.clouds.aws.settings import AwsSettings  # noqa: E402
+from imagebuilder.clouds.aws.store import AwsImageStore  # noqa: E402
+from imagebuilder.config import RetentionPolicy  # noqa: E402
 
 REGIONS = ["us-east-1", "eu-west-1"]
 

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from imagebuilder.clouds import registry
 from imagebuilder.errors import UserError
 from imagebuilder.metadata import ImageMetadata
 
@@ -32,14 +33,6 @@ class Artifact:
         return cls(**{**data, "metadata": ImageMetadata(**data["metadata"])})
 
 
-def parse_artifact_ids(builder_type: str, artifact_id: str) -> dict[str, str]:
-    """Packer's artifact_id: amazon-ebs gives 'us-east-1:ami-1,eu-west-1:ami-2'; others one id."""
-    if builder_type == "amazon-ebs":
-        pairs = (part.split(":", 1) for part in artifact_id.split(",") if part)
-        return {region: image_id for region, image_id in pairs}
-    return {"default": artifact_id}
-
-
 def from_packer_manifest(manifest_path: Path, cloud: str, started_at: float = 0.0,
                          finished_at: float = 0.0) -> Artifact:
     """The last build in a Packer manifest, whose custom_data we wrote at render time."""
@@ -59,7 +52,7 @@ def from_packer_manifest(manifest_path: Path, cloud: str, started_at: float = 0.
         build_key=metadata.build_key,
         image_name=custom.get("image_name", ""),
         metadata=metadata,
-        ids=parse_artifact_ids(build.get("builder_type", ""), build.get("artifact_id", "")),
+        ids=registry.get(cloud).artifact_ids(build.get("builder_type", ""), build.get("artifact_id", "")),
         files=[str(Path(manifest_path.parent, f["name"])) for f in build.get("files") or []],
         versions=versions,
         started_at=started_at,

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Protocol
 
 from imagebuilder.artifact import Artifact, from_packer_manifest
+from imagebuilder.clouds import registry
 from imagebuilder.packer import needs_init, packer_binary, packer_init_command
 from imagebuilder.procs import Cancelled
 from imagebuilder.planner import Cell
@@ -30,9 +31,6 @@ RETRYABLE = re.compile(
     re.IGNORECASE,
 )
 DEFAULT_RETRIES = 2
-# First-run duration estimates in seconds, per cloud, for ordering the queue; a cell's own
-# last duration replaces them once it has built.
-DEFAULT_ESTIMATES = {"qemu": 300.0, "aws": 900.0, "gcp": 700.0, "openstack": 600.0, "azure": 1500.0}
 LAST_DURATION_FILE = ".last-duration"
 
 
@@ -112,7 +110,8 @@ def estimate_for(cell: Cell, directory: Path) -> float:
     try:
         return float((directory / LAST_DURATION_FILE).read_text())
     except (OSError, ValueError):
-        return DEFAULT_ESTIMATES.get(cell.cloud, 600.0)
+        # The cloud's first-run estimate until the cell's own last duration replaces it.
+        return registry.get(cell.cloud).estimate_s
 
 
 Executor = Callable[[Job, threading.Event], "Outcome"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import urlsplit
@@ -19,10 +19,13 @@ from pydantic import (
     StrictBool,
     StrictInt,
     ValidationError,
+    create_model,
     field_validator,
     model_validator,
 )
 
+from imagebuilder.clouds import registry
+from imagebuilder.models import CloudSettings, RebuildAfterDays, Strict, Variant
 from imagebuilder.osinfo import ARCHES, BASE_MIRRORS, DEFAULT_ARCH, OPERATING_SYSTEMS, Arch, Strategy
 from imagebuilder.versions import COMPONENTS, VersionsLock
 from imagebuilder.yamlsource import (
@@ -42,61 +45,11 @@ PACKER_DIR = PROJECT_ROOT / "packer"
 ANSIBLE_DIR = PROJECT_ROOT / "ansible"
 DEFAULT_MATRIX = "matrix.yaml"
 
-CLOUDS: tuple[str, ...] = ("qemu", "aws", "gcp", "openstack", "azure")
 MINOR_PATTERN = re.compile(r"^1\.\d{1,3}$")
 # `mirrors:` keys: a release site per component, `registry` for the container images, and the
 # sites of the qemu base images (osinfo.BASE_MIRRORS).
 MIRROR_KEYS: tuple[str, ...] = (*COMPONENTS, "registry", *BASE_MIRRORS)
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    # Settings that say where an image is copied or shared, or how many build at once;
-    # they do not shape the image, so they stay out of the build key.
-    OUTSIDE_BUILD_KEY: ClassVar[frozenset[str]] = frozenset({"max_parallel"})
-
-
-# Days after which a cell whose newest image is older is built again though its build key exists
-# (a floor for freshness where the base image cannot be resolved). Strict: `true` is not a number.
-MAX_REBUILD_AFTER_DAYS = 36500
-
-
-def _check_days(value: Any) -> Any:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_REBUILD_AFTER_DAYS:
-        raise ValueError(f"{{raw}} is not a number of days | fix: write whole days from 1 to {MAX_REBUILD_AFTER_DAYS}, "
-                         "or leave rebuild_after_days out (off)")
-    return value
-
-
-RebuildAfterDays = Annotated[int, BeforeValidator(_check_days)]
-
-
-@dataclass(frozen=True)
-class Variant:
-    """An extra cell of a cloud per (os, minor, arch), next to the default one: what it changes.
-    Its id grows a suffix (`azure-ubuntu-2204-cvm-k8s-1.35`) and its build key hashes `build`."""
-
-    summary: str  # what it is, for the README and errors
-    settings: dict[str, Any] = field(default_factory=dict)  # merged over the cloud's (overrides still win)
-    build: dict[str, str] = field(default_factory=dict)  # what the cloud's template sets for it
-    # The variant starts from its own vendor image (osinfo OsInfo.variant_images), not the OS's usual one.
-    own_base_image: bool = False
-
-
-class _CloudSettings(_Strict):
-    """What every cloud's settings have. `rebuild_after_days` here overrides the matrix's top-level
-    one for this cloud's cells (None: the top-level value, itself None for off). `variants` plans
-    extra cells, one per variant the cloud knows (VARIANTS, next to each cloud's settings)."""
-
-    rebuild_after_days: RebuildAfterDays | None = None
-    variants: list[str] = Field(default_factory=list)
-
-    # When to rebuild, not what, and which cells there are: outside the build key on every cloud
-    # (a variant cell's key hashes its variant instead).
-    COMMON_OUTSIDE_BUILD_KEY: ClassVar[frozenset[str]] = frozenset({"max_parallel", "rebuild_after_days",
-                                                                    "variants"})
-    VARIANTS: ClassVar[dict[str, Variant]] = {}
+_Strict = Strict
 
 
 def _check_minor(value: Any) -> Any:
@@ -110,119 +63,37 @@ def _check_minor(value: Any) -> Any:
 Minor = Annotated[str, BeforeValidator(_check_minor)]
 
 
-class QemuSettings(_CloudSettings):
-    max_parallel: int = Field(1, ge=1)  # builds of this cloud at once (quotas)
-    accelerator: Literal["auto", "kvm", "tcg"] = "auto"
-    # "offline": the roles applied to the base root file system on this host, no build VM
-    # (imagebuilder/offline.py); "packer": the qemu template in a VM; "auto": Packer when KVM
-    # works, else offline. Both make the same image (tests/test_e2e_qemu.py compares them),
-    # so the choice stays out of the build key.
-    builder: Literal["auto", "offline", "packer"] = "auto"
-    disk_size_mb: int = Field(8192, ge=2048)
-    memory_mb: int = Field(2048, ge=512)
-    cpus: int = Field(2, ge=1)
-    boot_test: bool = True  # boot the qcow2 and run the validate role's checks in it before publishing
-
-    # Neither changes the image: the builders make the same one, the boot test only reads it.
-    OUTSIDE_BUILD_KEY = frozenset({"max_parallel", "builder", "boot_test"})
-    VARIANTS = {
-        "efi": Variant("boots with UEFI firmware (OVMF) instead of BIOS", build={"firmware": "efi"}),
-    }
+def cloud_settings() -> dict[str, type[CloudSettings]]:
+    """Each cloud's settings model (imagebuilder/clouds/<cloud>/settings.py), in plan order."""
+    return {name: cloud.settings_model() for name, cloud in registry.clouds().items()}
 
 
-class AwsSettings(_CloudSettings):
-    max_parallel: int = Field(10, ge=1)  # builds of this cloud at once (quotas)
-    regions: list[str] = Field(default_factory=lambda: ["us-east-1"], min_length=1)
-    instance_type: str = "t3.large"
-    volume_size_gb: int = Field(20, ge=8)
-    subnet_id: str | None = None
-    ami_users: list[str] = Field(default_factory=list)  # accounts to share with
-    ami_groups: list[str] = Field(default_factory=list)  # ["all"] makes it public
-    ssm_parameter_prefix: str | None = None
-
-    OUTSIDE_BUILD_KEY = frozenset({"max_parallel", "regions", "ami_users", "ami_groups", "ssm_parameter_prefix"})
-
-
-class GcpSettings(_CloudSettings):
-    max_parallel: int = Field(10, ge=1)  # builds of this cloud at once (quotas)
-    project_id: str
-    zone: str = "us-central1-a"
-    machine_type: str = "n2-standard-2"
-    network: str | None = None
-    subnetwork: str | None = None
-    storage_locations: list[str] = Field(default_factory=lambda: ["us"])
-    upload_bucket: str | None = None  # GCS bucket for importing locally built disks
-
-    OUTSIDE_BUILD_KEY = frozenset({"max_parallel", "storage_locations", "upload_bucket"})
-
-
-class OpenstackSettings(_CloudSettings):
-    max_parallel: int = Field(4, ge=1)  # builds of this cloud at once (quotas)
-    cloud: str | None = None  # entry in clouds.yaml; credentials stay there or in OS_* variables
-    flavor: str = "m1.medium"
-    networks: list[str] = Field(default_factory=list)
-    floating_ip_network: str | None = None
-    visibility: Literal["private", "shared", "community", "public"] = "private"
-    members: list[str] = Field(default_factory=list)  # project ids the image is shared with (visibility: shared)
-    volume_size_gb: int | None = None
-
-    OUTSIDE_BUILD_KEY = frozenset({"max_parallel", "visibility", "members"})
-
-    @model_validator(mode="after")
-    def _members_need_shared(self) -> OpenstackSettings:
-        if self.members and self.visibility != "shared":
-            raise ValueError(f"members are only honoured by Glance on shared images (visibility is "
-                             f"'{self.visibility}') | fix: set visibility: shared, or remove members")
-        return self
-
-
-class AzureSettings(_CloudSettings):
-    max_parallel: int = Field(5, ge=1)  # builds of this cloud at once (quotas)
-    resource_group: str
-    gallery: str = "capi_images"
-    location: str = "westeurope"
-    vm_size: str = "Standard_D2s_v3"
-    target_regions: list[str] = Field(default_factory=list)
-    replica_count: int = Field(1, ge=1)
-    storage_account: str | None = None  # for uploading locally built VHDs as page blobs
-
-    OUTSIDE_BUILD_KEY = frozenset({"max_parallel", "target_regions", "replica_count", "storage_account"})
-    # The default cells start from the vendors' generation 2 SKUs already, with the Standard security type.
-    VARIANTS = {
-        "cvm": Variant("a confidential VM image: the vendor's CVM SKU, security type ConfidentialVM, built on "
-                       "an AMD SEV-SNP size", settings={"vm_size": "Standard_DC2as_v5"},
-                       build={"security_type": "ConfidentialVM"}, own_base_image=True),
-        "trustedlaunch": Variant("security type TrustedLaunch (secure boot and vTPM) on the usual SKU",
-                                 build={"security_type": "TrustedLaunch"}),
-    }
-
-
-CLOUD_SETTINGS: dict[str, type[_Strict]] = {
-    "qemu": QemuSettings,
-    "aws": AwsSettings,
-    "gcp": GcpSettings,
-    "openstack": OpenstackSettings,
-    "azure": AzureSettings,
-}
-
-
-class Clouds(_Strict):
-    qemu: QemuSettings | None = None
-    aws: AwsSettings | None = None
-    gcp: GcpSettings | None = None
-    openstack: OpenstackSettings | None = None
-    azure: AzureSettings | None = None
+class CloudsBase(_Strict):
+    """`clouds:`, one optional field per cloud of the registry (clouds_model builds the class)."""
 
     @model_validator(mode="before")
     @classmethod
     def _empty_means_defaults(cls, data: Any) -> Any:
         # `qemu:` with nothing after it declares the cloud with its defaults, as `qemu: {}` does.
         if isinstance(data, dict):
-            return {name: {} if value is None and name in CLOUDS else value for name, value in data.items()}
+            return {name: {} if value is None and name in cls.model_fields else value for name, value in data.items()}
         return data
 
     def declared(self) -> list[str]:
-        return [name for name in CLOUDS if getattr(self, name) is not None]
+        return [name for name in type(self).model_fields if getattr(self, name) is not None]
+
+
+Clouds = CloudsBase  # for annotations: every matrix's `clouds` is an instance of a clouds_model()
+
+
+def clouds_model() -> type[CloudsBase]:
+    return _clouds_model(tuple((name, model) for name, model in cloud_settings().items()))
+
+
+@lru_cache(maxsize=None)
+def _clouds_model(models: tuple[tuple[str, type[CloudSettings]], ...]) -> type[CloudsBase]:
+    fields: dict[str, Any] = {name: (model | None, None) for name, model in models}
+    return create_model("Clouds", __base__=CloudsBase, **fields)
 
 
 # What `variant:` in a selector matches on a cell without one.
@@ -312,6 +183,9 @@ def _one_or_list(value: Any) -> Any:
 
 
 class Matrix(_Strict):
+    """matrix.yaml. Its `clouds` field is typed by the registry: load_matrix validates with
+    matrix_model(), this class with that one field set to the clouds of the moment."""
+
     versions_file: str = "versions.lock.yaml"
     os: list[str] = Field(min_length=1)
     kubernetes: list[Minor] = Field(min_length=1)
@@ -332,6 +206,15 @@ class Matrix(_Strict):
     rebuild_after_days: RebuildAfterDays | None = None
 
 
+def matrix_model() -> type[Matrix]:
+    return _matrix_model(clouds_model())
+
+
+@lru_cache(maxsize=None)
+def _matrix_model(clouds: type[CloudsBase]) -> type[Matrix]:
+    return create_model("Matrix", __base__=Matrix, clouds=(clouds, ...))
+
+
 class LoadedMatrix(BaseModel):
     """A validated matrix with its versions file and the source map for later errors."""
 
@@ -349,7 +232,7 @@ def load_matrix(path: Path) -> LoadedMatrix:
     if not isinstance(data, dict):
         raise InputError(source.file, 1, "", f"expected a mapping at the top, got {type(data).__name__}",
                          "see README.md for the matrix format")
-    matrix = validate(data, source, Matrix)
+    matrix = validate(data, source, matrix_model())
     versions_path = (path.parent / matrix.versions_file).resolve()
     if not versions_path.exists():
         raise source.error(("versions_file",), f"versions file {matrix.versions_file} not found",
@@ -394,7 +277,7 @@ def _check_names(matrix: Matrix, source: SourceMap, versions: VersionsLock) -> N
             raise source.error(("mirrors", component), f"'{url}' is not an http(s) URL",
                                "write the mirror's base URL, e.g. https://mirror.example/kubernetes")
     if not matrix.clouds.declared():
-        raise source.error(("clouds",), "no cloud declared", "add at least one of: " + ", ".join(CLOUDS))
+        raise source.error(("clouds",), "no cloud declared", "add at least one of: " + ", ".join(registry.names()))
 
 
 def list_item_loc(source: SourceMap, name: str, index: int) -> tuple[Any, ...]:
@@ -403,7 +286,7 @@ def list_item_loc(source: SourceMap, name: str, index: int) -> tuple[Any, ...]:
 
 
 def _check_variants(cloud: str, variants: list[str], source: SourceMap) -> None:
-    known = tuple(CLOUD_SETTINGS[cloud].VARIANTS)
+    known = tuple(cloud_settings()[cloud].VARIANTS)
     for index, variant in enumerate(variants):
         loc = ("clouds", cloud, "variants", index)
         if variant not in known:
@@ -431,7 +314,7 @@ def _is_http_url(url: str) -> bool:
 def settings_problem(cloud: str, settings: dict[str, Any], changes: dict[str, Any], loc: tuple[Any, ...],
                      source: SourceMap) -> InputError | None:
     """What is wrong with `changes` (an override's settings at loc) on top of a cloud's settings, if anything."""
-    model = CLOUD_SETTINGS[cloud]
+    model = cloud_settings()[cloud]
     for name in changes:
         if name == "variants":
             return source.error(loc + (name,), "an override cannot change which cells there are",
@@ -457,14 +340,14 @@ def _check_override_settings(matrix: Matrix, override: Override, loc: tuple[Any,
             continue
         variant = override.match.variant
         if variant is not None and not any(fnmatch.fnmatchcase(name, variant)
-                                           for name in (NO_VARIANT, *CLOUD_SETTINGS[cloud].VARIANTS)):
+                                           for name in (NO_VARIANT, *cloud_settings()[cloud].VARIANTS)):
             continue  # only another cloud has that variant
         problem = settings_problem(cloud, getattr(matrix.clouds, cloud).model_dump(), override.settings, loc, source)
         if problem is None:
             continue
-        unknown = next((name for name in override.settings if name not in CLOUD_SETTINGS[cloud].model_fields), None)
+        unknown = next((name for name in override.settings if name not in cloud_settings()[cloud].model_fields), None)
         owner = next((other for other in matrix.clouds.declared()
-                      if unknown and unknown in CLOUD_SETTINGS[other].model_fields), None)
+                      if unknown and unknown in cloud_settings()[other].model_fields), None)
         if owner and override.match.cloud is None:
             raise source.error(loc + (unknown,), f"unknown {cloud} setting '{unknown}'",
                                f"'{unknown}' belongs to {owner}: add 'cloud: {owner}' to the match")
@@ -479,7 +362,7 @@ def _check_pinned(minor: str, loc: tuple[Any, ...], source: SourceMap, known_min
 
 def _check_selector(rule: CellSelector, loc: tuple[Any, ...], source: SourceMap, known_os: tuple[str, ...],
                     known_minors: tuple[str, ...], clouds: list[str]) -> None:
-    variants = tuple(dict.fromkeys(name for cloud in clouds for name in CLOUD_SETTINGS[cloud].VARIANTS))
+    variants = tuple(dict.fromkeys(name for cloud in clouds for name in cloud_settings()[cloud].VARIANTS))
     for dimension, known in (("os", known_os), ("kubernetes", known_minors), ("cloud", tuple(clouds)),
                              ("arch", ARCHES), ("variant", (NO_VARIANT, *variants))):
         value = getattr(rule, dimension)
@@ -490,3 +373,12 @@ def _check_selector(rule: CellSelector, loc: tuple[Any, ...], source: SourceMap,
                 _check_pinned(value, loc + (dimension,), source, known_minors)
             what = "cloud not declared under clouds:" if dimension == "cloud" else f"unknown {dimension}"
             raise source.error(loc + (dimension,), f"{what} '{value}'", did_you_mean(value, known))
+
+
+def __getattr__(name: str) -> Any:
+    # The registry's tables under their old names, computed when read (PEP 562).
+    if name == "CLOUDS":
+        return registry.names()
+    if name == "CLOUD_SETTINGS":
+        return cloud_settings()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from imagebuilder.config import CLOUDS
+from imagebuilder.clouds import registry
 from imagebuilder.errors import UserError
 from imagebuilder.planner import Cell
 
@@ -44,4 +44,4 @@ def shards(cells: list[Cell], size: int = MATRIX_LIMIT) -> dict[str, Any]:
 def clouds_of(cells: list[Cell]) -> list[str]:
     """The clouds these cells live in, in the matrix's cloud order: the credentials a job needs."""
     present = {cell.cloud for cell in cells}
-    return [cloud for cloud in CLOUDS if cloud in present]
+    return [cloud for cloud in registry.names() if cloud in present]

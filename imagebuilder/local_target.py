@@ -17,6 +17,8 @@ import threading
 from pathlib import Path
 
 from imagebuilder import baseimages, offline, qemu, render
+from imagebuilder.clouds import registry
+from imagebuilder.clouds.qemu import bases
 from imagebuilder.artifact import Artifact
 from imagebuilder.build import Job
 from imagebuilder.errors import UserError
@@ -44,7 +46,7 @@ def base_files(cell: Cell, cancel: threading.Event | None = None) -> dict[str, P
 
         spec = debian.spec_for(cell.base_image, cell.base_source)
         if not debian.is_cached(spec):
-            baseimages.check_debian_releases(cell)  # the base about to be built is the one planned
+            bases.check_debian_releases(cell)  # the base about to be built is the one planned
         disk = debian.base_disk(spec, cancel=cancel)
         return {"disk.img": disk.disk, "vmlinuz": disk.kernel, "initrd.img": disk.initrd}
     from imagebuilder.distributions import ubuntu  # the vendor's cloud image, with its own GRUB
@@ -88,7 +90,7 @@ def prepare(job: Job) -> None:
         (base / stale).unlink(missing_ok=True)
     key = qemu.make_ssh_key(base)
     # The build user exists only while Packer runs: the template's shutdown removes it.
-    qemu.write_seed_dir(base / "seed", render.QEMU_BUILD_USER, [key.public], instance_id=f"build-{job.cell.id}")
+    qemu.write_seed_dir(base / "seed", str(registry.get(job.cell.cloud).ssh_user), [key.public], instance_id=f"build-{job.cell.id}")
     job.packer_args = ["-var", f"qemu_accelerator={accelerator_for(job, files)}"]
 
 

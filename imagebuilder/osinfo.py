@@ -69,7 +69,7 @@ class OsInfo:
 
 
 UBUNTU_OWNER = "099720109477"  # Canonical's AWS account
-UBUNTU_IMAGES = "https://cloud-images.ubuntu.com/releases"
+UBUNTU_IMAGES = f"{BASE_MIRRORS['ubuntu_cloud_images']}/releases"
 
 OPERATING_SYSTEMS: dict[str, OsInfo] = {
     info.id: info

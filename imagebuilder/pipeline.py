@@ -18,7 +18,7 @@ from imagebuilder.artifact import Artifact
 from imagebuilder.build import (BuilderExecutors, Executor, Job, Limits, Lookup, PackerExecutor, Scheduler, State,
                                 make_jobs, mark_existing)
 from imagebuilder.cloudscope import CloudScope, describe
-from imagebuilder.clouds import ImageFilter, ImageRecord, canonical_cloud, utcnow
+from imagebuilder.clouds import ImageFilter, ImageRecord, canonical_cloud, registry, utcnow
 from imagebuilder.planner import Cell, moved_inputs
 
 
@@ -131,10 +131,9 @@ def unbuilt_variant(cell: Cell) -> None:
     """A variant's template settings (config.py Variant.build: Azure's security type, qemu's UEFI
     firmware) are planned and keyed but not rendered into the templates yet: its cell fails
     before Packer rather than make an image that is not what its name says."""
-    from imagebuilder.config import CLOUD_SETTINGS
     from imagebuilder.errors import UserError
 
-    variant = CLOUD_SETTINGS[cell.cloud].VARIANTS[cell.variant] if cell.variant else None
+    variant = registry.get(cell.cloud).settings.VARIANTS[cell.variant] if cell.variant else None
     if variant is not None and variant.build:
         settings = ", ".join(f"{name} {value}" for name, value in variant.build.items())
         raise UserError(f"{cell.id}: the {cell.variant} variant's {settings} is not in the {cell.cloud} "
@@ -143,23 +142,18 @@ def unbuilt_variant(cell: Cell) -> None:
 
 
 class TargetHooks:
-    """Before Packer: a qemu cell's base disk. After: its boot test. Then publishing."""
+    """Before the builder and after it, the cloud's own steps (the qemu target: its base disk, then
+    its boot test). Then publishing."""
 
     def __init__(self, publish: bool = True) -> None:
         self.publish = publish
 
     def prepare(self, job: Job) -> None:
         unbuilt_variant(job.cell)
-        if job.cell.cloud == "qemu":
-            from imagebuilder import local_target
-
-            local_target.prepare(job)
+        registry.get(job.cell.cloud).prepare(job)
 
     def finish(self, job: Job, artifact: Artifact) -> Artifact:
-        if job.cell.cloud == "qemu" and job.cell.settings.get("boot_test", True):
-            from imagebuilder import local_target
-
-            local_target.boot_test(job, artifact)
+        registry.get(job.cell.cloud).finish(job, artifact)
         if self.publish:
             from imagebuilder.publishing import publish_artifact
 

@@ -10,11 +10,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from imagebuilder import azure_version
+from imagebuilder.clouds import registry
 from imagebuilder.config import (
     ANSIBLE_DIR,
-    CLOUD_SETTINGS,
-    CLOUDS,
     PACKER_DIR,
     CellSelector,
     LoadedMatrix,
@@ -23,7 +21,14 @@ from imagebuilder.config import (
     settings_problem,
 )
 from imagebuilder.osinfo import ARCHES, BASE_MIRRORS, DEFAULT_ARCH, OPERATING_SYSTEMS, OsInfo
-from imagebuilder.versions import UPSTREAM_MIRRORS, Download, downloads_for, images_for, registry_plain_http
+from imagebuilder.versions import (
+    UPSTREAM_MIRRORS,
+    UPSTREAM_REGISTRY,
+    Download,
+    downloads_for,
+    images_for,
+    registry_plain_http,
+)
 from imagebuilder.yamlsource import InputError, SourceMap
 
 BUILD_KEY_SCHEMA = 1
@@ -100,30 +105,9 @@ class Combination:
         return rule.matches(self.os, self.minor, self.cloud, self.arch, self.variant)
 
 
-def gcp_image_family(os_id: str, minor: str, arch: str = DEFAULT_ARCH, variant: str | None = None) -> str:
-    """The GCE image family consumers launch from, one per (os, minor), arch and variant: a family
-    names one image, so the vendors keep an arch per family (`ubuntu-2204-lts-arm64`; GCE's advice
-    in coreos/fedora-coreos-tracker#1377). GCE names allow no dots."""
-    return f"capi-{variant_os(os_id, arch, variant)}-k8s-{minor.replace('.', '-')}"
-
-
-def azure_image_definition(os_id: str, minor: str, arch: str, variant: str | None = None) -> str:
-    """The Compute Gallery image definition, one per (os, minor) and variant; a definition has one
-    architecture, and one security type (a CVM image needs its own)."""
-    return f"capi-{variant_os(os_id, DEFAULT_ARCH, variant)}-k8s-{minor}" + ("-arm64" if arch == "arm64" else "")
-
-
 def image_name(cloud: str, os_id: str, kubernetes_version: str, arch: str = "amd64") -> str:
-    """Cluster API provider naming; `{timestamp}` is filled by Packer at build time, and an Azure
-    version's patch by imagebuilder.azure_version."""
-    if cloud == "aws":
-        return f"capa-ami-{os_id}-v{kubernetes_version}-{{timestamp}}"
-    if cloud == "gcp":  # GCE names allow no dots
-        return f"cluster-api-{os_id}-v{kubernetes_version.replace('.', '-')}-{{timestamp}}"
-    if cloud == "azure":  # a gallery image version under the definition of its (os, minor)
-        minor = ".".join(kubernetes_version.split(".")[:2])
-        return f"{azure_image_definition(os_id, minor, arch)}/{azure_version.version_pattern(minor)}"
-    return f"{os_id}-kube-v{kubernetes_version}-{{timestamp}}"
+    """The cloud's naming (Cluster API provider conventions); `{timestamp}` is filled by Packer."""
+    return registry.get(cloud).image_name(os_id, kubernetes_version, arch)
 
 
 def base_image_for(info: OsInfo, cloud: str, arch: str, variant: str | None = None) -> dict[str, Any] | None:
@@ -210,7 +194,7 @@ def _include_candidates(matrix: Matrix, rule: CellSelector) -> list[Combination]
             for minor in ([rule.kubernetes] if named(rule.kubernetes, matrix.kubernetes) or
                           (rule.kubernetes and "*" not in rule.kubernetes) else matrix.kubernetes)
             for arch in ([rule.arch] if named(rule.arch, ARCHES) else matrix.arch)
-            for variant in ([rule.variant] if named(rule.variant, CLOUD_SETTINGS[cloud].VARIANTS)
+            for variant in ([rule.variant] if named(rule.variant, registry.get(cloud).settings.VARIANTS)
                             else _cloud_variants(matrix, cloud))]
 
 
@@ -232,7 +216,8 @@ def plan(loaded: LoadedMatrix, only: list[str] | None = None) -> list[Cell]:
     _check_distinct(loaded, cells)
     if only:
         cells = [cell for cell in cells if any(fnmatch.fnmatchcase(cell.id, pattern) for pattern in only)]
-    return sorted(cells, key=lambda cell: (CLOUDS.index(cell.cloud), cell.os, ARCHES.index(cell.arch),
+    order = registry.names()
+    return sorted(cells, key=lambda cell: (order.index(cell.cloud), cell.os, ARCHES.index(cell.arch),
                                            cell.variant or "", _minor_key(cell.kubernetes)))
 
 
@@ -259,9 +244,9 @@ def _make_cell(loaded: LoadedMatrix, combo: Combination, mirrors: dict[str, str]
     info = OPERATING_SYSTEMS[os_id]
     pins = loaded.versions.minors[minor]
     settings: dict[str, Any] = getattr(matrix.clouds, cloud).model_dump()
-    known_variant = CLOUD_SETTINGS[cloud].VARIANTS[variant] if variant else None
+    known_variant = registry.get(cloud).settings.VARIANTS[variant] if variant else None
     if known_variant is not None:
-        settings = CLOUD_SETTINGS[cloud].model_validate({**settings, **known_variant.settings}).model_dump()
+        settings = registry.get(cloud).settings.model_validate({**settings, **known_variant.settings}).model_dump()
     ansible_vars: dict[str, Any] = {}
     arch = combo.arch
     arch_loc = list_item_loc(loaded.source, "arch", matrix.arch.index(arch)) if arch in matrix.arch else ("include",)
@@ -275,7 +260,7 @@ def _make_cell(loaded: LoadedMatrix, combo: Combination, mirrors: dict[str, str]
             arch, arch_loc = override.arch, ("overrides", index, "arch")
         strategy = override.strategy or strategy
     own_image = variant if known_variant is not None and known_variant.own_base_image else None
-    base_image = base_image_for(info, cloud, arch, own_image)
+    base_image = registry.get(cloud).base_image(base_image_for(info, cloud, arch, own_image), info, arch)
     this_cell = cell_id(cloud, os_id, minor, arch, variant)
     if base_image is None and cloud not in info.images:
         raise loaded.source.error(("clouds", cloud), f"{os_id} has no base image on {cloud} ({this_cell})",
@@ -298,7 +283,7 @@ def _make_cell(loaded: LoadedMatrix, combo: Combination, mirrors: dict[str, str]
         arch=arch,
         strategy=strategy,
         versions=pins.component_versions(),
-        pause_image=f"registry.k8s.io/pause:{pins.pause}",
+        pause_image=f"{UPSTREAM_REGISTRY}/pause:{pins.pause}",
         downloads=downloads_for(pins, arch, mirrors),
         images=images_for(pins, mirrors.get("registry")),
         registry_plain_http=registry_plain_http(mirrors.get("registry")),
@@ -319,7 +304,7 @@ def _merged_settings(loaded: LoadedMatrix, cloud: str, settings: dict[str, Any],
     problem = settings_problem(cloud, settings, changes, ("overrides", index, "settings"), loaded.source)
     if problem is not None:
         raise problem
-    return CLOUD_SETTINGS[cloud].model_validate({**settings, **changes}).model_dump()
+    return registry.get(cloud).settings.model_validate({**settings, **changes}).model_dump()
 
 
 @lru_cache(maxsize=None)
@@ -336,14 +321,29 @@ def tree_digest(root: Path, prefixes: tuple[str, ...] = ("",)) -> str:
     return digest.hexdigest()
 
 
+def files_digest(files: dict[str, Path]) -> str:
+    """sha256 over each file's name and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(files):
+        digest.update(name.encode() + b"\0")
+        digest.update(hashlib.sha256(files[name].read_bytes()).digest())
+    return digest.hexdigest()
+
+
+@lru_cache(maxsize=None)
+def templates_digest(cloud_name: str) -> str:
+    """The shared templates (packer/) and the cloud's own, named as they were when all lived in
+    packer/ (`<cloud>.pkr.hcl.j2`), so moving them into the cloud's folder moved no key."""
+    cloud = registry.get(cloud_name)
+    files = {path.relative_to(PACKER_DIR).as_posix(): path for path in PACKER_DIR.rglob("*")
+             if path.is_file() and "__pycache__" not in path.parts}
+    files[cloud.template] = cloud.directory / cloud.template
+    return files_digest(files)
+
+
 def build_settings(cloud: str, settings: dict[str, Any]) -> dict[str, Any]:
     """The settings that shape the image; where it is copied or shared to does not."""
-    model = CLOUD_SETTINGS[cloud]
-    outside_key = model.OUTSIDE_BUILD_KEY | model.COMMON_OUTSIDE_BUILD_KEY
-    kept = {name: value for name, value in settings.items() if name not in outside_key}
-    if cloud == "aws":
-        kept["build_region"] = settings["regions"][0]
-    return kept
+    return registry.get(cloud).build_settings(settings)
 
 
 def build_key(cell: Cell, pins: dict[str, Any]) -> str:
@@ -355,7 +355,7 @@ def key_material(cell: Cell, pins: dict[str, Any]) -> dict[str, Any]:
     """What the build key hashes, one entry per input."""
     return {
         "schema": BUILD_KEY_SCHEMA,
-        "templates": tree_digest(PACKER_DIR, ("_", f"{cell.cloud}")),
+        "templates": templates_digest(cell.cloud),
         "roles": tree_digest(ANSIBLE_DIR),
         "pins": pins,
         "os": cell.os,
@@ -372,7 +372,7 @@ def key_material(cell: Cell, pins: dict[str, Any]) -> dict[str, Any]:
 
 def variant_material(cloud: str, variant: str) -> dict[str, Any]:
     """What a variant changes besides its settings and base image, which the key hashes already."""
-    return {"name": variant, "build": CLOUD_SETTINGS[cloud].VARIANTS[variant].build}
+    return {"name": variant, "build": registry.get(cloud).settings.VARIANTS[variant].build}
 
 
 def _digest(value: Any) -> str:

@@ -8,33 +8,21 @@ import subprocess
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jinja2
 
-from imagebuilder import __version__, azure_version, hcl
+from imagebuilder import __version__, hcl
+from imagebuilder.clouds import registry
 from imagebuilder.config import ANSIBLE_DIR, PACKER_DIR, PROJECT_ROOT
 from imagebuilder.metadata import ImageMetadata, metadata_for
-from imagebuilder.planner import Cell, azure_image_definition, gcp_image_family
+from imagebuilder.planner import Cell
 
 # Packer 1.7 moved builders into plugins; from 1.10 `required_plugins` + `packer init` are needed.
 MODERN_PACKER = (1, 7, 0)
-BUILDERS = {"qemu": "qemu", "aws": "amazon-ebs", "gcp": "googlecompute", "openstack": "openstack",
-            "azure": "azure-arm"}
-PLUGINS = {
-    "qemu": ("qemu", "github.com/hashicorp/qemu", ">= 1.1.0"),
-    "aws": ("amazon", "github.com/hashicorp/amazon", ">= 1.3.0"),
-    "gcp": ("googlecompute", "github.com/hashicorp/googlecompute", ">= 1.1.4"),
-    "openstack": ("openstack", "github.com/hashicorp/openstack", ">= 1.1.2"),
-    "azure": ("azure", "github.com/hashicorp/azure", ">= 2.1.0"),
-}
 PLAYBOOK = "node.yml"
-# The qemu build logs in as this user, made by the build's NoCloud seed and removed at shutdown.
-QEMU_BUILD_USER = "packer"
 # Before the roles: cloud-init has finished (it may restart sshd and hold the apt lock).
 WAIT_FOR_CLOUD_INIT = "cloud-init status --wait"
-# A locally built base disk has no bootloader yet: the build installs it.
-INSTALL_BOOTLOADER = ("sudo grub-install /dev/vda", "sudo update-grub")
 
 
 @dataclass(frozen=True)
@@ -44,10 +32,15 @@ class RenderedCell:
     files: tuple[str, ...]
 
 
-@lru_cache(maxsize=1)
 def _environment() -> jinja2.Environment:
+    return _environment_for(tuple(registry.template_dirs()))
+
+
+@lru_cache(maxsize=None)
+def _environment_for(cloud_dirs: tuple[Path, ...]) -> jinja2.Environment:
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(PACKER_DIR),
+        # The shared templates, then each cloud's folder (its <cloud>.pkr.hcl.j2).
+        loader=jinja2.FileSystemLoader([PACKER_DIR, *cloud_dirs]),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         trim_blocks=True,
@@ -95,139 +88,52 @@ def ansible_vars(cell: Cell) -> dict[str, Any]:
     }
 
 
-def _text(value: Any) -> str:
-    return "" if value is None else str(value)
-
-
 def _resolved(cell: Cell) -> dict[str, Any]:
     """The base image the plan resolved (baseimages.py); {} when planned --offline."""
     return dict(cell.base_image.get("resolved") or {})
 
 
-def _qemu_variables(cell: Cell) -> dict[str, Any]:
-    settings = cell.settings
-    resolved = _resolved(cell)
-    return {
-        "qemu_accelerator": settings["accelerator"] if settings["accelerator"] != "auto" else "tcg",
-        "qemu_disk_size_mb": settings["disk_size_mb"],
-        "qemu_memory_mb": settings["memory_mb"],
-        "qemu_cpus": settings["cpus"],
-        # base/disk.img is the vendor image the plan resolved; the Debian base is built here,
-        # from the InRelease files the plan resolved (distributions/debian.py BaseSpec.releases).
-        "qemu_base_checksum": f"sha256:{resolved['sha256']}" if "sha256" in resolved else "none",
-    }
-
-
-def _aws_variables(cell: Cell) -> dict[str, Any]:
-    settings = cell.settings
-    return {
-        "aws_region": settings["regions"][0],
-        "aws_instance_type": settings["instance_type"],
-        "aws_subnet_id": _text(settings["subnet_id"]),
-        "aws_volume_size_gb": settings["volume_size_gb"],
-        "aws_root_device_name": "/dev/sda1",
-        "aws_source_ami_name": cell.base_image["name_filter"],
-        "aws_source_ami_owner": cell.base_image["owner"],
-        **({"aws_source_ami": _resolved(cell)["ami"]} if _resolved(cell) else {}),
-    }
-
-
-def _gcp_variables(cell: Cell) -> dict[str, Any]:
-    settings = cell.settings
-    return {
-        "gcp_project_id": settings["project_id"],
-        "gcp_zone": settings["zone"],
-        "gcp_machine_type": settings["machine_type"],
-        "gcp_network": _text(settings["network"]),
-        "gcp_subnetwork": _text(settings["subnetwork"]),
-        "gcp_source_image_family": cell.base_image["family"],
-        "gcp_source_image_project": cell.base_image["project"],
-        **({"gcp_source_image": _resolved(cell)["image"]} if _resolved(cell) else {}),
-        "gcp_image_family": gcp_image_family(cell.os, cell.kubernetes, cell.arch, cell.variant),
-        "gcp_image_labels": cell_metadata(cell).to_gcp_labels(),
-        "gcp_storage_locations": settings["storage_locations"],
-    }
-
-
-def _openstack_variables(cell: Cell) -> dict[str, Any]:
-    settings = cell.settings
-    info = cell.os_info
-    return {
-        "openstack_cloud": _text(settings["cloud"]),
-        "openstack_flavor": settings["flavor"],
-        "openstack_networks": settings["networks"],
-        "openstack_floating_ip_network": _text(settings["floating_ip_network"]),
-        "openstack_source_image": cell.base_image["image_name"],
-        **({"openstack_source_image_id": _resolved(cell)["image_id"]} if _resolved(cell) else {}),
-        "openstack_visibility": settings["visibility"],
-        "openstack_properties": {"os_distro": info.distro, "os_version": info.version,
-                                 "hw_disk_bus": "scsi", "hw_scsi_model": "virtio-scsi",
-                                 "hw_qemu_guest_agent": "yes"},
-    }
-
-
-def _azure_variables(cell: Cell) -> dict[str, Any]:
-    settings = cell.settings
-    definition = azure_image_definition(cell.os, cell.kubernetes, cell.arch, cell.variant)
-    return {
-        "azure_resource_group": settings["resource_group"],
-        "azure_gallery": settings["gallery"],
-        "azure_location": settings["location"],
-        "azure_vm_size": settings["vm_size"],
-        "azure_target_regions": settings["target_regions"] or [settings["location"]],
-        "azure_image_publisher": cell.base_image["publisher"],
-        "azure_image_offer": cell.base_image["offer"],
-        "azure_image_sku": cell.base_image["sku"],
-        **({"azure_image_version": _resolved(cell)["version"]} if _resolved(cell) else {}),
-        "azure_image_definition": definition,
-        "azure_version_prefix": azure_version.version_prefix(cell.kubernetes),
-    }
-
-
-CLOUD_VARIABLES: dict[str, Callable[[Cell], dict[str, Any]]] = {
-    "qemu": _qemu_variables,
-    "aws": _aws_variables,
-    "gcp": _gcp_variables,
-    "openstack": _openstack_variables,
-    "azure": _azure_variables,
-}
+def render_context(cell: Cell) -> registry.RenderContext:
+    metadata = cell_metadata(cell)
+    return registry.RenderContext(metadata_tags=metadata.to_tags(), gcp_labels=metadata.to_gcp_labels(),
+                                  resolved=_resolved(cell))
 
 
 def packer_variables(cell: Cell, cell_dir: Path) -> dict[str, Any]:
     relative = Path(os.path.relpath(ANSIBLE_DIR, cell_dir.resolve())).as_posix()
-    prefix = cell.image_name.split("/")[-1].removesuffix("{timestamp}")
+    cloud = registry.get(cell.cloud)
+    context = render_context(cell)
     return {
         "cell_id": cell.id,
         "build_key": cell.build_key,
         "kubernetes_version": cell.kubernetes_version,
-        "image_name_prefix": prefix if cell.cloud != "azure" else f"{cell.id}-",
-        "ssh_username": QEMU_BUILD_USER if cell.cloud == "qemu" else cell.os_info.ssh_user,
+        "image_name_prefix": cloud.image_name_prefix(cell),
+        "ssh_username": cloud.ssh_user or cell.os_info.ssh_user,
         "ansible_playbook": f"{relative}/{PLAYBOOK}",
         "ansible_config": f"{relative}/ansible.cfg",
-        "metadata": cell_metadata(cell).to_tags(),
+        "metadata": context.metadata_tags,
         "versions": cell.versions,
-        **CLOUD_VARIABLES[cell.cloud](cell),
+        **cloud.packer_variables(cell, context),
     }
 
 
 def render_files(cell: Cell, cell_dir: Path, packer_version: tuple[int, int, int] | None) -> dict[str, str]:
     """The file name -> content of one cell's build directory."""
     env = _environment()
+    cloud = registry.get(cell.cloud)
     variables = packer_variables(cell, cell_dir)
-    direct_kernel_boot = cell.cloud == "qemu" and cell.base_image.get("source") == "local"
-    pre_provision = [WAIT_FOR_CLOUD_INIT, *(INSTALL_BOOTLOADER if direct_kernel_boot else ())]
-    context = {"cell": cell, "variables": variables, "builder": BUILDERS[cell.cloud], "base_pinned": bool(_resolved(cell)),
-               "direct_kernel_boot": direct_kernel_boot, "pre_provision": pre_provision,
-               "azure_build_minute": azure_version.hcl_patch_expression("local.timestamp")}
+    own = cloud.template_context(cell)
+    pre_provision = [WAIT_FOR_CLOUD_INIT, *own.pop("provision_first", [])]
+    context = {**own, "cell": cell, "variables": variables, "builder": cloud.builder,
+               "base_pinned": bool(_resolved(cell)), "pre_provision": pre_provision}
     files = {
         "variables.pkr.hcl": env.get_template("_common/variables.pkr.hcl.j2").render(context),
         "cell.auto.pkrvars.hcl": env.get_template("_common/cell.auto.pkrvars.hcl.j2").render(context),
-        f"{cell.cloud}.pkr.hcl": env.get_template(f"{cell.cloud}.pkr.hcl.j2").render(context),
+        f"{cell.cloud}.pkr.hcl": env.get_template(cloud.template).render(context),
         "ansible-vars.json": json.dumps(ansible_vars(cell), indent=2, sort_keys=True) + "\n",
     }
-    if packer_version is None or packer_version >= MODERN_PACKER:
-        name, source, version = PLUGINS[cell.cloud]
-        plugin = {"name": name, "source": source, "version": version}
+    if cloud.plugin is not None and (packer_version is None or packer_version >= MODERN_PACKER):
+        plugin = {"name": cloud.plugin.name, "source": cloud.plugin.source, "version": cloud.plugin.version}
         files["plugins.pkr.hcl"] = env.get_template("_common/plugins.pkr.hcl.j2").render({**context, "plugin": plugin})
     return files
 

@@ -46,7 +46,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from imagebuilder.clouds import OBSOLETE_STAGE_CLOUDS, CloudError, ImageFilter, ImageRecord, ImageStore, utcnow
+from imagebuilder.clouds import CloudError, ImageFilter, ImageRecord, ImageStore, registry, utcnow
 from imagebuilder.config import RetentionPolicy
 from imagebuilder.metadata import PREFIX, parse_build_timestamp
 
@@ -260,7 +260,7 @@ def _decide_one(record: ImageRecord, in_use: Mapping[str, list[str] | None], unk
     until = record.deprecated_at + grace
     if now < until or now < record.deprecated_at:
         return keep(f"deprecated, grace until {until:%Y-%m-%d %H:%M}")
-    if record.cloud in OBSOLETE_STAGE_CLOUDS and policy.obsolete_days > 0:
+    if registry.has_obsolete_stage(record.cloud) and policy.obsolete_days > 0:
         if record.obsoleted_at is None:
             return Decision(record, Action.OBSOLETE, f"deprecated since {record.deprecated_at:%Y-%m-%d}, grace "
                             f"over; new uses refused, delete after {policy.obsolete_days}d", end_of_life=now + obsolete)
@@ -393,13 +393,12 @@ LOCAL_ORPHAN_AGE = timedelta(hours=1)  # a publish places the file before its re
 
 def gather(store: ImageStore, min_orphan_age: timedelta = timedelta(0), deadline: Deadline = NO_DEADLINE) -> Inventory:
     """The store's images, their in-use state and orphans; per-region failures recorded, not raised."""
-    from imagebuilder.clouds.aws import AwsImageStore
     from imagebuilder.clouds.local import LocalCatalogue
 
-    if isinstance(store, AwsImageStore):
-        from imagebuilder.clouds import aws_usage
-
-        return aws_usage.gather(store, min_orphan_age, deadline)
+    cloud = registry.clouds().get(store.cloud)
+    own = cloud.gather_inventory(store, min_orphan_age, deadline) if cloud else None
+    if own is not None:  # the cloud gathers it its own way, with fewer calls
+        return own  # type: ignore[no-any-return]
     inventory = Inventory(cloud=store.cloud, store=store)
     if deadline.passed:
         inventory.errors.append(f"{store.cloud}: {deadline.reason()}")

@@ -42,6 +42,7 @@ from typing import Any
 
 import yaml
 
+from imagebuilder.clouds import registry
 from imagebuilder.downloads import fetch_all, sha256_file
 from imagebuilder.errors import UserError
 from imagebuilder.planner import Cell
@@ -507,14 +508,8 @@ def companion_files(request: SysextRequest, kubernetes_version: str, image: Path
 
 # -- plan --compare: what each strategy builds and stores ------------------------------------------
 
-# Storage assumptions, all in one place (GiB per stored copy).
-# A baked node image: an 8-20 GB root disk of which ~4 GiB is used; AWS and GCP store the used
-# blocks of the snapshot/image, Azure gallery versions and Glance images about the same, the
-# qemu target a compressed qcow2 of ~2 GiB.
-IMAGE_GIB: dict[str, float] = {"qemu": 2.0, "aws": 4.0, "gcp": 4.0, "openstack": 4.0, "azure": 4.0}
-# A stock vendor image that a cloud needs imported before use; AWS, GCP and Azure list the
-# vendors' public images, so only OpenStack (Glance) and qemu hold a copy of it.
-STOCK_IMAGE_IMPORTED: frozenset[str] = frozenset({"qemu", "openstack"})
+# Storage assumptions: GiB per stored image copy and whether a stock image is imported are each
+# cloud's (Cloud.image_gib, Cloud.imports_stock_image in imagebuilder/clouds/<cloud>/).
 # Uncompressed upstream sizes (MiB) of what a sysext holds, and the squashfs ratio of our
 # MKSQUASHFS_COMPRESSION on Kubernetes' Go binaries: measured on four real kubectl releases
 # (1.30-1.33, 216 MiB) -> 51.7 MiB, 0.24 (zstd-15 0.26, gzip 0.30); rounded up.
@@ -547,13 +542,8 @@ def sysext_targets(cells: Iterable[Cell]) -> list[tuple[str, str]]:
 
 
 def copies_per_image(cell: Cell) -> int:
-    """Stored copies of one image: AWS regions, Azure target regions x replicas; else one."""
-    if cell.cloud == "aws":
-        return max(1, len(cell.settings.get("regions", [])))
-    if cell.cloud == "azure":
-        regions = max(1, len(cell.settings.get("target_regions", [])))
-        return regions * int(cell.settings.get("replica_count", 1))
-    return 1
+    """Stored copies of one image (regions, replicas: the cloud's Cloud.copies_per_image)."""
+    return registry.get(cell.cloud).copies_per_image(cell.settings)
 
 
 def strategy_totals(name: str, cells: Iterable[Cell], strategy_of: dict[str, str]) -> StrategyTotals:
@@ -568,9 +558,9 @@ def strategy_totals(name: str, cells: Iterable[Cell], strategy_of: dict[str, str
             continue
         built += 1
         copies += copies_per_image(cell)
-        storage += copies_per_image(cell) * IMAGE_GIB[cell.cloud]
-    imported = [key for key in stock if key[0] in STOCK_IMAGE_IMPORTED]
-    storage += sum(IMAGE_GIB[cloud] for cloud, _os, _arch in imported) + len(sysexts) * SYSEXT_GIB
+        storage += copies_per_image(cell) * registry.get(cell.cloud).image_gib
+    imported = [key for key in stock if registry.get(key[0]).imports_stock_image]
+    storage += sum(registry.get(cloud).image_gib for cloud, _os, _arch in imported) + len(sysexts) * SYSEXT_GIB
     return StrategyTotals(name=name, images_built=built, image_copies_stored=copies,
                           stock_images_imported=len(imported), sysexts_built=len(sysexts),
                           storage_gib=round(storage, 1))
@@ -587,11 +577,12 @@ def compare_strategies(cells: list[Cell]) -> ComparisonReport:
             strategy_totals("sysext everywhere", cells, {cell.id: "sysext" for cell in cells}),
         ),
         assumptions=(
-            "GiB per stored image copy: " + ", ".join(f"{cloud} {size:g}" for cloud, size in IMAGE_GIB.items())
+            "GiB per stored image copy: " + ", ".join(f"{name} {cloud.image_gib:g}"
+                                                       for name, cloud in registry.clouds().items())
             + f"; sysext {SYSEXT_GIB * 1024:.0f} MiB (kubelet+kubeadm+kubectl+CNI "
             f"{sum(SYSEXT_CONTENT_MIB.values()):.0f} MiB x {SQUASHFS_RATIO}), stored once per minor and arch; "
-            "stock images cost nothing on aws/gcp/azure (vendor-published), one import on "
-            + "/".join(sorted(STOCK_IMAGE_IMPORTED))
+            "stock images cost nothing where the vendor publishes them, one import on "
+            + "/".join(sorted(name for name, cloud in registry.clouds().items() if cloud.imports_stock_image))
         ),
     )
 

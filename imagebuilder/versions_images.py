@@ -10,13 +10,11 @@ A digest that changes while its tag stays the same is flagged, as for file sums.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from imagebuilder.registry import Registry, RegistryError, manifest_digest
 from imagebuilder.versions import KUBERNETES_TAGGED_IMAGES, UPSTREAM_REGISTRY, VersionsLock
-
-if TYPE_CHECKING:
-    from imagebuilder.versions_update import Change
+from imagebuilder.versions_change import Change, VersionsUpdateError
 
 
 class _Plan(Protocol):
@@ -47,8 +45,6 @@ def planned_tags(plan: _Plan, lock: VersionsLock | None) -> dict[str, str]:
 def refresh_images(minors: dict[str, dict[str, Any]], lock: VersionsLock | None, plans: list[_Plan],
                    registry: str | None, *, timeout: float, workers: int) -> tuple[list[Change], int]:
     """Write each plan's `images` into `minors` with fresh digests; the changes and the number of requests."""
-    from imagebuilder.versions_update import Change, VersionsUpdateError
-
     target = Registry(registry or UPSTREAM_REGISTRY)
     wanted = {plan.minor: planned_tags(plan, lock) for plan in plans}
     jobs = sorted({(path, tag) for tags in wanted.values() for path, tag in tags.items()})

@@ -45,7 +45,7 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 
@@ -59,6 +59,7 @@ from imagebuilder.versions import (
     VersionsLock,
     load_versions,
 )
+from imagebuilder.versions_change import Change, VersionsUpdateError
 from imagebuilder.versions_images import refresh_images
 
 DEFAULT_TIMEOUT = 30.0  # seconds per request
@@ -93,30 +94,6 @@ _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 _MINOR = re.compile(r"[0-9]+\.[0-9]+")
 _VERSION = re.compile(r"[0-9]+(\.[0-9]+)+")
 _STABLE = re.compile(r"v([0-9]+\.[0-9]+)\.([0-9]+)")
-
-
-class VersionsUpdateError(UserError):
-    """One line naming the file or URL and what is wrong; the CLI prints it and exits 2."""
-
-
-@dataclass(frozen=True)
-class Change:
-    """One difference between the old and the new lock file."""
-
-    minor: str
-    item: str  # a component or "pause" (kind "version"); "kubeadm amd64" (kind "sha256")
-    old: str | None  # None: not pinned before
-    new: str
-    kind: Literal["version", "sha256"] = "version"
-    suspicious: bool = False  # a sum changed while its file's version did not
-
-    def line(self) -> str:
-        if self.suspicious:
-            return (f"! {self.minor}: {self.item} sha256 changed although its version did not "
-                    f"({_short(self.old)} -> {_short(self.new)}): find out why before committing")
-        if self.kind == "sha256":
-            return f"{self.minor}: {self.item} sha256 {_short(self.old)} -> {_short(self.new)}"
-        return f"{self.minor}: {self.item} {self.old or '(new)'} -> {self.new}"
 
 
 @dataclass
@@ -156,10 +133,6 @@ class UpdateReport:
         else:
             out.append(f"{self.path} not written: dry run ({checked})")
         return out
-
-
-def _short(digest: str | None) -> str:
-    return f"{digest[:12]}..." if digest else "(new)"
 
 
 def _version_key(version: str) -> tuple[int, ...]:

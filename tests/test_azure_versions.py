@@ -1,4 +1,4 @@
-"""Azure gallery image versions: one scheme (imagebuilder.azure_version) that fits Azure's int32 parts,
+"""Azure gallery image versions: one scheme (imagebuilder.clouds.azure.versions) that fits Azure's int32 parts,
 sorts by build time and differs for builds a minute apart; the same in the Packer template and the store."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
-from imagebuilder import azure_version
-from imagebuilder.azure_version import INT32_MAX, gallery_version, hcl_patch_expression, is_valid
+from imagebuilder.clouds.azure import versions as azure_version
+from imagebuilder.clouds.azure.versions import INT32_MAX, gallery_version, hcl_patch_expression, is_valid
 
 pytest.importorskip("azure.mgmt.compute")
 
@@ -24,8 +24,9 @@ from azure.core.exceptions import HttpResponseError  # noqa: E402
 from azure.mgmt.compute import models as m  # noqa: E402
 
 from imagebuilder.artifact import Artifact  # noqa: E402
-from imagebuilder.clouds.azure import AzureImageStore, version_name  # noqa: E402
-from imagebuilder.config import AzureSettings, load_matrix  # noqa: E402
+from imagebuilder.clouds.azure.store import AzureImageStore, version_name  # noqa: E402
+from imagebuilder.clouds.azure.settings import AzureSettings  # noqa: E402
+from imagebuilder.config import load_matrix  # noqa: E402
 from imagebuilder.metadata import ImageMetadata  # noqa: E402
 from imagebuilder.planner import plan  # noqa: E402
 from imagebuilder.render import render_cells  # noqa: E402

@@ -33,6 +33,7 @@ from mirror import serve_directory
 from services import VENDOR_AMI_DATE, aws_env, glance_url, moto_url, openstack_env  # noqa: F401 (fixtures)
 
 from imagebuilder import baseimages
+from imagebuilder.clouds.qemu import bases
 from imagebuilder.cloudscope import CloudScope
 from imagebuilder.clouds import store_for
 from imagebuilder.config import PROJECT_ROOT, LoadedMatrix, load_matrix
@@ -293,8 +294,8 @@ def gcp_base(server: Any, project: str, family: str, name: str, created: str) ->
 def test_gcp_family_resolves_to_its_current_image(gcp: Any, tmp_path: Path) -> None:
     from google.auth.credentials import AnonymousCredentials
 
-    from imagebuilder.clouds.gcp import GcpImageStore
-    from imagebuilder.config import GcpSettings
+    from imagebuilder.clouds.gcp.store import GcpImageStore
+    from imagebuilder.clouds.gcp.settings import GcpSettings
 
     gcp_base(gcp, *UBUNTU_GCP, "ubuntu-2204-jammy-v20250101", "2025-01-01T00:00:00Z")
     gcp_base(gcp, *DEBIAN_GCP, "debian-12-bookworm-v20250101", "2025-01-01T00:00:00Z")
@@ -330,8 +331,8 @@ def arm() -> Iterator[Any]:
 def test_azure_latest_resolves_to_the_highest_marketplace_version(arm: Any, tmp_path: Path) -> None:
     from test_publish_azure import SUB, FakeCredential
 
-    from imagebuilder.clouds.azure import AzureImageStore
-    from imagebuilder.config import AzureSettings
+    from imagebuilder.clouds.azure.store import AzureImageStore
+    from imagebuilder.clouds.azure.settings import AzureSettings
 
     ubuntu, debian = (OPERATING_SYSTEMS[o].images["azure"]["amd64"] for o in ("ubuntu-2204", "debian-12"))
     arm.marketplace[("westeurope", *ubuntu.values())] = ["22.04.202501010", "22.04.202412100"]
@@ -402,7 +403,7 @@ def test_a_debian_base_is_not_built_from_a_mirror_that_moved_since_the_plan(
     monkeypatch.setenv("IMAGEBUILDER_CACHE", str(tmp_path / "cache"))
     loaded = load_matrix(write_matrix(tmp_path, ["debian-12"], {"qemu": {}}, mirrors=base_mirrors(url)))
     (cell, _) = baseimages.resolve_cells(plan(loaded), loaded, baseimages.Resolver())
-    baseimages.check_debian_releases(cell)  # as planned: nothing to say
+    bases.check_debian_releases(cell)  # as planned: nothing to say
 
     publish_debian(root, "Sat, 01 Mar 2025 10:00:00 UTC", security_stamp="Mon, 03 Mar 2025 08:00:00 UTC")
     with pytest.raises(UserError, match=r"qemu-debian-12-k8s-1.34: the Debian mirror published a new "

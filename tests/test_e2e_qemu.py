@@ -36,6 +36,7 @@ from conftest import REPO, process_alive
 from conftest import test_cache_dir as shared_test_cache
 from imagebuilder import procs, qemu, render
 from imagebuilder.distributions import debian
+from imagebuilder.clouds.qemu import BUILD_USER
 from imagebuilder.guestcheck import GuestSession
 from mirror import fixture_lock
 
@@ -297,7 +298,7 @@ def runs_a_container(archive: bytes):
 
 def booted_by_itself(session: GuestSession) -> list[qemu.Check]:
     cmdline = session.command(["cat", "/proc/cmdline"])["stdout"].strip()
-    build_user = session.command(["id", render.QEMU_BUILD_USER])
+    build_user = session.command(["id", BUILD_USER])
     return [qemu.Check("grub booted it", cmdline.startswith("BOOT_IMAGE=") and "root=UUID=" in cmdline, cmdline),
             qemu.Check("build user removed", build_user["rc"] != 0, build_user["stdout"].strip())]
 

@@ -305,8 +305,8 @@ def test_gcp_access_reads_one_image_of_the_project(monkeypatch: pytest.MonkeyPat
     from google.auth.credentials import AnonymousCredentials
 
     from imagebuilder.clouds import CloudError
-    from imagebuilder.clouds.gcp import GcpImageStore
-    from imagebuilder.config import GcpSettings
+    from imagebuilder.clouds.gcp.store import GcpImageStore
+    from imagebuilder.clouds.gcp.settings import GcpSettings
     from standins.gcp_compute import GcpComputeStandin
 
     compute = GcpComputeStandin()
@@ -329,8 +329,8 @@ def test_azure_access_needs_a_token_and_tolerates_a_missing_gallery(monkeypatch:
     from azure.identity import EnvironmentCredential
 
     from imagebuilder.clouds import CloudError
-    from imagebuilder.clouds.azure import AzureImageStore
-    from imagebuilder.config import AzureSettings
+    from imagebuilder.clouds.azure.store import AzureImageStore
+    from imagebuilder.clouds.azure.settings import AzureSettings
     from standins.azure_compute import AzureComputeStandin
 
     class FixedToken:  # a TokenCredential, as DefaultAzureCredential is once signed in

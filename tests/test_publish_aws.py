@@ -20,10 +20,10 @@ from services import aws_env, moto_url, sample_metadata  # noqa: F401,F811 (fixt
 
 from imagebuilder.artifact import Artifact, from_packer_manifest
 from imagebuilder.clouds import CloudError, ImageFilter, newest, store_for
-from imagebuilder.clouds.aws import AwsImageStore, parameter_name
 from imagebuilder.cli.images import images
+from imagebuilder.clouds.aws.settings import AwsSettings
+from imagebuilder.clouds.aws.store import AwsImageStore, parameter_name
 from imagebuilder.publishing import publish_artifact
-from imagebuilder.config import AwsSettings
 from imagebuilder.errors import UserError
 from imagebuilder.metadata import PUBLISHED_TAG
 

@@ -29,8 +29,8 @@ from conftest import test_cache_dir as cache_dir  # noqa: E402
 from imagebuilder.artifact import Artifact  # noqa: E402
 from imagebuilder.clouds import CloudError, ImageFilter, store_for  # noqa: E402
 from azure.mgmt.compute import models as m  # noqa: E402
-from imagebuilder.clouds.azure import AzureImageStore, definition_name, version_name, version_update  # noqa: E402
-from imagebuilder.config import AzureSettings  # noqa: E402
+from imagebuilder.clouds.azure.settings import AzureSettings  # noqa: E402
+from imagebuilder.clouds.azure.store import AzureImageStore, definition_name, version_name, version_update  # noqa: E402
 from imagebuilder.metadata import ImageMetadata  # noqa: E402
 from standins.azure_compute import AzureComputeStandin  # noqa: E402
 from standins.azurite import Azurite, running_azurite  # noqa: E402

@@ -27,14 +27,14 @@ from google.cloud import storage  # noqa: E402
 
 from imagebuilder.artifact import Artifact  # noqa: E402
 from imagebuilder.clouds import CloudError, ImageFilter, store_for  # noqa: E402
-from imagebuilder.clouds.gcp import (  # noqa: E402
+from imagebuilder.clouds.gcp.store import (  # noqa: E402
     GcpImageStore,
     describe,
     image_family,
     image_name_for,
     metadata_of,
 )
-from imagebuilder.config import GcpSettings  # noqa: E402
+from imagebuilder.clouds.gcp.settings import GcpSettings  # noqa: E402
 from imagebuilder.metadata import ImageMetadata  # noqa: E402
 from standins.gcp_compute import GcpComputeStandin  # noqa: E402
 

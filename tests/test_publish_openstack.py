@@ -24,10 +24,10 @@ from services import (  # noqa: F401,F811 (fixtures)
 
 from imagebuilder.artifact import Artifact
 from imagebuilder.clouds import CloudError, ImageFilter, newest, store_for
-from imagebuilder.clouds.openstack import STATUS_CODE_RETRIES, OpenstackImageStore
 from imagebuilder.cli.images import images
+from imagebuilder.clouds.openstack.settings import OpenstackSettings
+from imagebuilder.clouds.openstack.store import STATUS_CODE_RETRIES, OpenstackImageStore
 from imagebuilder.publishing import publish_artifact
-from imagebuilder.config import OpenstackSettings
 from imagebuilder.errors import UserError
 
 

@@ -36,17 +36,19 @@ from imagebuilder import baseimages
 from imagebuilder.artifact import Artifact
 from imagebuilder.cli import cli
 from imagebuilder.clouds import CloudError, store_for
-from imagebuilder.clouds.aws import AwsImageStore
+from imagebuilder.clouds.aws.store import AwsImageStore
 from imagebuilder.clouds.local import LocalCatalogue
 from imagebuilder.cli.images import images
-from imagebuilder.config import AwsSettings, OpenstackSettings, load_matrix
+from imagebuilder.clouds.aws.settings import AwsSettings
+from imagebuilder.clouds.openstack.settings import OpenstackSettings
+from imagebuilder.config import load_matrix
 from imagebuilder.errors import UserError
 from imagebuilder.metadata import PUBLISHED_TAG, metadata_for
 from imagebuilder.planner import Cell, plan
 
 pytest.importorskip("google.cloud.compute_v1")
 pytest.importorskip("azure.mgmt.compute")
-from imagebuilder.clouds.azure import AzureImageStore  # noqa: E402
+from imagebuilder.clouds.azure.store import AzureImageStore  # noqa: E402
 from standins.azure_compute import AzureComputeStandin  # noqa: E402
 from standins.azurite import Azurite  # noqa: E402
 from standins.gcp_compute import GcpComputeStandin  # noqa: E402

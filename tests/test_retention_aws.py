@@ -24,8 +24,9 @@ from services import sample_metadata
 from test_retention_services import aws_environment, retention_aws, retention_moto_url  # noqa: F401,F811 (fixtures)
 
 from imagebuilder import locks, retention
-from imagebuilder.clouds.aws import AwsImageStore
-from imagebuilder.config import AwsSettings, RetentionPolicy
+from imagebuilder.clouds.aws.store import AwsImageStore
+from imagebuilder.clouds.aws.settings import AwsSettings
+from imagebuilder.config import RetentionPolicy
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).parent / "data"

@@ -17,8 +17,8 @@ from test_retention_aws import cli_env, images, matrix, publish, run_prune, stam
 from test_retention_services import aws_environment, retention_aws, retention_moto_url  # noqa: F401,F811 (fixtures)
 
 from imagebuilder import retention
-from imagebuilder.clouds import aws as aws_module
 from imagebuilder.cli.prune import prune
+from imagebuilder.clouds.aws import store as aws_module
 from imagebuilder.config import RetentionPolicy
 from imagebuilder.metadata import tag_key
 

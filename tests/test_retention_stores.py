@@ -24,7 +24,7 @@ from services import glance_url, openstack_env, qcow2_file, sample_metadata  # n
 from imagebuilder.artifact import Artifact
 from imagebuilder.clouds import store_for
 from imagebuilder.clouds.local import LocalCatalogue
-from imagebuilder.config import OpenstackSettings
+from imagebuilder.clouds.openstack.settings import OpenstackSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = datetime.now(timezone.utc)

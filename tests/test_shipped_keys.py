@@ -14,9 +14,10 @@ import pytest
 import yaml
 
 from imagebuilder import osinfo
-from imagebuilder.config import ANSIBLE_DIR, CLOUDS, PACKER_DIR, PROJECT_ROOT, load_matrix
+from imagebuilder.clouds import registry
+from imagebuilder.config import ANSIBLE_DIR, PROJECT_ROOT, load_matrix
 from imagebuilder.osinfo import OPERATING_SYSTEMS, LocalBase, OsInfo
-from imagebuilder.planner import _digest, base_image_for, key_material, plan, tree_digest
+from imagebuilder.planner import _digest, base_image_for, key_material, plan, templates_digest, tree_digest
 from imagebuilder.yamlsource import InputError
 
 DATA = Path(__file__).parent / "data"
@@ -40,7 +41,7 @@ def test_every_base_reference_is_the_one_of_before_the_table() -> None:
     pinned = yaml.safe_load(PINNED.read_text())["base_images"]
     assert set(pinned) == set(OPERATING_SYSTEMS)
     for os_id, clouds in pinned.items():
-        for cloud in CLOUDS:
+        for cloud in registry.names():
             for arch in osinfo.ARCHES:
                 want = clouds.get(cloud, {}).get(arch)
                 have = base_image_for(OPERATING_SYSTEMS[os_id], cloud, arch)
@@ -98,13 +99,13 @@ def _pinned_text() -> str:
     loaded = load_matrix(PROJECT_ROOT / "matrix.yaml")
     header = [line for line in PINNED.read_text().splitlines() if line.startswith("#")][:8]
     lines = [*header, f"roles: {tree_digest(ANSIBLE_DIR)}", "templates:",
-             *(f"  {cloud}: {tree_digest(PACKER_DIR, ('_', cloud))}" for cloud in CLOUDS),
+             *(f"  {cloud}: {templates_digest(cloud)}" for cloud in registry.names()),
              "build_keys:", *(f"  {cell.id}: {cell.build_key}" for cell in plan(loaded)),
              "# What planner.base_image_for returned at 8b5345f for every OS, cloud and arch (absent: none),",
              "# one JSON reference a line: the OS table must give the same dicts.", "base_images:"]
     for os_id, info in OPERATING_SYSTEMS.items():
         lines.append(f"  {os_id}:")
-        for cloud in CLOUDS:
+        for cloud in registry.names():
             lines.append(f"    {cloud}:")
             lines += [f"      {arch}: {json.dumps(info.image(cloud, arch))}"
                       for arch in osinfo.ARCHES if info.image(cloud, arch) is not None]

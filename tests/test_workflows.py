@@ -36,7 +36,9 @@ from imagebuilder import baseimages, render
 from imagebuilder.artifact import Artifact
 from imagebuilder.build import Job, PackerExecutor
 from imagebuilder.clouds import store_for
-from imagebuilder.config import AwsSettings, OpenstackSettings, load_matrix
+from imagebuilder.clouds.aws.settings import AwsSettings
+from imagebuilder.clouds.openstack.settings import OpenstackSettings
+from imagebuilder.config import load_matrix
 from imagebuilder.github import MATRIX_LIMIT
 from imagebuilder.packer import needs_init
 from imagebuilder.planner import Cell, plan

@@ -12,34 +12,18 @@ are ``CloudError``: a ``UserError`` with one line naming the image, the call and
 from __future__ import annotations
 
 import abc
-import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from imagebuilder.artifact import Artifact
 from imagebuilder.errors import UserError
+from imagebuilder.clouds import registry
 from imagebuilder.metadata import PUBLISHED_TAG, PUBLISHED_VALUE, ImageMetadata, is_published
 
-# Each cloud's store: module and class, imported only when used (their SDKs are optional
-# extras). A store class takes the cloud's settings model first; the local catalogue takes none.
-STORES: dict[str, tuple[str, str]] = {
-    "local": ("imagebuilder.clouds.local", "LocalCatalogue"),
-    "aws": ("imagebuilder.clouds.aws", "AwsImageStore"),
-    "openstack": ("imagebuilder.clouds.openstack", "OpenstackImageStore"),
-    "gcp": ("imagebuilder.clouds.gcp", "GcpImageStore"),
-    "azure": ("imagebuilder.clouds.azure", "AzureImageStore"),
-}
-STORE_CLOUDS: tuple[str, ...] = tuple(STORES)
-# "qemu" builds publish into the local catalogue.
-CLOUD_ALIASES: dict[str, str] = {"qemu": "local"}
-# The pip extra (pyproject) that brings each store's SDK.
-EXTRAS: dict[str, str] = {"aws": "aws", "openstack": "openstack", "gcp": "gcp", "azure": "azure"}
-# Stores with a stage between deprecated and deleted in which new uses are refused and running
-# ones go on (GCE's OBSOLETE); retention passes through it (ImageStore.obsolete) before deleting.
-OBSOLETE_STAGE_CLOUDS: frozenset[str] = frozenset({"gcp"})
+if TYPE_CHECKING:
+    from imagebuilder.artifact import Artifact
 
 
 class CloudError(UserError):
@@ -206,7 +190,7 @@ class ImageStore(abc.ABC):
         stores with a field for it (Azure's endOfLifeDate, GCE's deprecated.obsolete) record it."""
 
     def obsolete(self, image: ImageRecord, when: datetime, end_of_life: datetime | None = None) -> None:
-        """Refuse new uses of the deprecated image from `when` on (OBSOLETE_STAGE_CLOUDS only)."""
+        """Refuse new uses of the deprecated image from `when` on (clouds with `Cloud.obsolete_stage` only)."""
         raise CloudError(f"{self.cloud}: images have no obsolete stage | fix: this is a bug, please report it")
 
     @abc.abstractmethod
@@ -246,29 +230,31 @@ class ImageStore(abc.ABC):
     @classmethod
     def with_regions(cls, settings: Any, regions: Sequence[str]) -> Any:
         """The settings (a model, a dict or None) with these regions in place of the ones they name."""
-        from imagebuilder.config import CLOUD_SETTINGS
-
         if cls.region_setting is None:
             raise UserError(f"{cls.cloud}: its images are not pruned by region")
-        model = CLOUD_SETTINGS[cls.cloud]
+        model = registry.get(cls.cloud).settings
         return _settings(model, settings).model_copy(update={cls.region_setting: list(dict.fromkeys(regions))})
 
     @classmethod
     def default_regions(cls) -> list[str]:
         """The regions the settings name when the matrix declares none; [] when not pruned by region."""
-        from imagebuilder.config import CLOUD_SETTINGS
-
-        return list(getattr(CLOUD_SETTINGS[cls.cloud](), cls.region_setting)) if cls.region_setting else []
+        return list(getattr(registry.get(cls.cloud).settings(), cls.region_setting)) if cls.region_setting else []
 
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def store_clouds() -> tuple[str, ...]:
+    """Every image catalogue: the local one and each cloud's (clouds whose images live in another
+    catalogue, such as qemu's in the local one, are aliases of it)."""
+    return tuple(registry.stores())
+
+
 def canonical_cloud(cloud: str) -> str:
-    cloud = CLOUD_ALIASES.get(cloud, cloud)
-    if cloud not in STORE_CLOUDS:
-        raise UserError(f"cloud '{cloud}' has no image store | fix: use one of {', '.join(STORE_CLOUDS)}")
+    cloud = registry.aliases().get(cloud, cloud)
+    if cloud not in registry.stores():
+        raise UserError(f"cloud '{cloud}' has no image store | fix: use one of {', '.join(store_clouds())}")
     return cloud
 
 
@@ -277,28 +263,27 @@ def store_for(cloud: str, settings: Any = None, **options: Any) -> ImageStore:
 
     Credentials come from the environment or the SDK's own config files, never from here.
     """
-    from imagebuilder.config import CLOUD_SETTINGS
-
     cloud = canonical_cloud(cloud)
-    arguments = [] if cloud == "local" else [_settings(CLOUD_SETTINGS[cloud], settings)]
+    owner = next((c for c in registry.clouds().values() if c.catalogue == cloud and c.name == cloud), None)
+    arguments = [] if owner is None else [_settings(owner.settings_model(), settings)]
     return store_class(cloud)(*arguments, **options)
 
 
 def store_class(cloud: str) -> type[ImageStore]:
     """The store class of a cloud, imported now (its SDK is an optional extra)."""
     cloud = canonical_cloud(cloud)
-    module_name, class_name = STORES[cloud]
     try:
-        return getattr(importlib.import_module(module_name), class_name)  # type: ignore[no-any-return]
+        return registry.load_object(registry.stores()[cloud])  # type: ignore[no-any-return]
     except ImportError as exc:
+        extra = registry.extras().get(cloud, cloud)
         raise UserError(f"the {cloud} image store cannot load ({exc}) "
-                        f"| fix: pip install 'imagebuilder[{EXTRAS.get(cloud, cloud)}]'") from None
+                        f"| fix: pip install 'imagebuilder[{extra}]'") from None
 
 
 def region_pruned_stores() -> list[type[ImageStore]]:
     """The store classes `prune --region` applies to, of the stores whose SDK is installed."""
     found = []
-    for cloud in STORE_CLOUDS:
+    for cloud in store_clouds():
         try:
             found.append(store_class(cloud))
         except UserError:
@@ -332,3 +317,13 @@ def newest(records: Sequence[ImageRecord], include_deprecated: bool = False) -> 
 
 def sort_newest_first(records: list[ImageRecord]) -> list[ImageRecord]:
     return sorted(records, key=lambda r: (r.build_time, r.created_at, r.image_id), reverse=True)
+
+
+def __getattr__(name: str) -> Any:
+    # The registry's tables under their old names, computed when first read (PEP 562): the
+    # cloud folders load lazily, after this package.
+    if name == "STORE_CLOUDS":
+        return store_clouds()
+    if name == "CLOUD_ALIASES":
+        return registry.aliases()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -41,7 +41,7 @@ from typing import Any
 from xml.sax.saxutils import escape
 
 from imagebuilder.clouds import CloudError
-from imagebuilder.clouds.aws import (
+from imagebuilder.clouds.aws.store import (
     BUILD_KEY_TAG,
     LIVE_INSTANCE_STATES,
     AwsImageStore,

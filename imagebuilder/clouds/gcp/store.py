@@ -47,8 +47,8 @@ from google.cloud import compute_v1, storage  # type: ignore[attr-defined]
 from imagebuilder.artifact import Artifact
 from imagebuilder.clouds.disks import aligned_raw, one_line, run_tool
 from imagebuilder.clouds import CloudError, ImageFilter, ImageRecord, ImageStore, sort_newest_first, utcnow
-from imagebuilder.config import GcpSettings
-from imagebuilder.planner import gcp_image_family
+from imagebuilder.clouds.gcp.settings import GcpSettings
+from imagebuilder.clouds.gcp.naming import image_family as gcp_image_family
 from imagebuilder.metadata import ImageMetadata, gcp_label_value, tag_key
 
 log = logging.getLogger(__name__)

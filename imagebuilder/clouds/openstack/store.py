@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 from imagebuilder.artifact import Artifact
 from imagebuilder.clouds import CloudError, ImageFilter, ImageRecord, ImageStore, sort_newest_first, utcnow
 from imagebuilder.clouds.local import image_file_of
-from imagebuilder.config import OpenstackSettings
+from imagebuilder.clouds.openstack.settings import OpenstackSettings
 from imagebuilder.metadata import ImageMetadata, tag_key
 from imagebuilder.osinfo import OPERATING_SYSTEMS
 

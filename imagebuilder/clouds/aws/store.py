@@ -39,13 +39,8 @@ from botocore.parsers import ResponseParserError
 
 from imagebuilder.artifact import Artifact
 from imagebuilder.clouds import CloudError, ImageFilter, ImageRecord, ImageStore, sort_newest_first, utcnow
-from imagebuilder.config import (
-    SDK_BACKOFF_S,
-    SDK_CONNECT_TIMEOUT_S,
-    SDK_MAX_ATTEMPTS,
-    SDK_READ_TIMEOUT_S,
-    AwsSettings,
-)
+from imagebuilder.clouds.aws.settings import AwsSettings
+from imagebuilder.config import SDK_BACKOFF_S, SDK_CONNECT_TIMEOUT_S, SDK_MAX_ATTEMPTS, SDK_READ_TIMEOUT_S
 from imagebuilder.metadata import PUBLISHED_TAG, ImageMetadata, tag_key
 
 log = logging.getLogger(__name__)

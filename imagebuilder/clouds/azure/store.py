@@ -2,7 +2,7 @@
 
 One image definition per (os, minor) — ``capi-<os>-k8s-<minor>`` as the planner names it,
 ``-arm64`` appended for arm64 since a definition has one architecture — and one image version
-per build, ``<major>.<minor>.<build minute>`` (imagebuilder.azure_version), tagged with the metadata (Azure
+per build, ``<major>.<minor>.<build minute>`` (imagebuilder.clouds.azure.versions), tagged with the metadata (Azure
 tags hold the values whole), replicated to the configured target regions with the configured
 replica count. Retention uses the gallery's own levers: ``excludeFromLatest`` and
 ``endOfLifeDate`` (``deprecate``) and a plain delete.
@@ -52,11 +52,11 @@ from azure.mgmt.compute import models as m
 from azure.mgmt.compute._version import VERSION as SDK_VERSION
 
 from imagebuilder.artifact import Artifact
-from imagebuilder.azure_version import gallery_version
+from imagebuilder.clouds.azure.versions import gallery_version
 from imagebuilder.clouds.disks import aligned_raw, one_line, run_tool
 from imagebuilder.clouds import CloudError, ImageFilter, ImageRecord, ImageStore, sort_newest_first, utcnow
-from imagebuilder.config import AzureSettings
-from imagebuilder.planner import azure_image_definition
+from imagebuilder.clouds.azure.settings import AzureSettings
+from imagebuilder.clouds.azure.naming import image_definition as azure_image_definition
 from imagebuilder.metadata import ImageMetadata, tag_key
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ def security_features(metadata: ImageMetadata) -> list[m.GalleryImageFeature]:
 
 
 def version_name(metadata: ImageMetadata) -> str:
-    """The build's gallery version (imagebuilder.azure_version); an image without a recorded
+    """The build's gallery version (imagebuilder.clouds.azure.versions); an image without a recorded
     build time (made before the metadata had one) takes the time it is published."""
     return gallery_version(metadata.kubernetes_minor, metadata.built_at() or utcnow())
 

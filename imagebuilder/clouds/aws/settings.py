@@ -1,0 +1,20 @@
+"""The settings of `clouds.aws` in the matrix, with their defaults."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from imagebuilder.models import CloudSettings
+
+
+class AwsSettings(CloudSettings):
+    max_parallel: int = Field(10, ge=1)  # builds of this cloud at once (quotas)
+    regions: list[str] = Field(default_factory=lambda: ["us-east-1"], min_length=1)
+    instance_type: str = "t3.large"
+    volume_size_gb: int = Field(20, ge=8)
+    subnet_id: str | None = None
+    ami_users: list[str] = Field(default_factory=list)  # accounts to share with
+    ami_groups: list[str] = Field(default_factory=list)  # ["all"] makes it public
+    ssm_parameter_prefix: str | None = None
+
+    OUTSIDE_BUILD_KEY = frozenset({"max_parallel", "regions", "ami_users", "ami_groups", "ssm_parameter_prefix"})

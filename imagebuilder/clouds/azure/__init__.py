@@ -1,0 +1,88 @@
+"""Azure: Compute Gallery image versions built with azure-arm, replicated to target regions."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from imagebuilder.clouds.azure import versions
+from imagebuilder.clouds.azure.naming import image_definition
+from imagebuilder.clouds.azure.settings import AzureSettings
+from imagebuilder.clouds.registry import Cloud, Plugin, RenderContext
+
+if TYPE_CHECKING:
+    from imagebuilder.baseimages import Resolver
+    from imagebuilder.planner import Cell
+
+
+def _version_key(name: str) -> tuple[int, ...]:
+    return tuple(int(part) if part.isdigit() else -1 for part in name.split("."))
+
+
+class Azure(Cloud):
+    name = "azure"
+    settings = AzureSettings
+    order = 4
+    builder = "azure-arm"
+    plugin = Plugin("azure", "github.com/hashicorp/azure", ">= 2.1.0")
+    store_path = "imagebuilder.clouds.azure.store:AzureImageStore"
+    sdk_extra = "azure"
+    estimate_s = 1500.0
+
+    def copies_per_image(self, settings: dict[str, Any]) -> int:
+        regions = max(1, len(settings.get("target_regions", [])))
+        return regions * int(settings.get("replica_count", 1))
+
+    def image_name(self, os_id: str, kubernetes_version: str, arch: str) -> str:
+        """A gallery image version under the definition of its (os, minor); the patch is the
+        build minute (versions.py)."""
+        minor = ".".join(kubernetes_version.split(".")[:2])
+        return f"{image_definition(os_id, minor, arch)}/{versions.version_pattern(minor)}"
+
+    def image_name_prefix(self, cell: Cell) -> str:
+        return f"{cell.id}-"
+
+    def packer_variables(self, cell: Cell, context: RenderContext) -> dict[str, Any]:
+        settings = cell.settings
+        return {
+            "azure_resource_group": settings["resource_group"],
+            "azure_gallery": settings["gallery"],
+            "azure_location": settings["location"],
+            "azure_vm_size": settings["vm_size"],
+            "azure_target_regions": settings["target_regions"] or [settings["location"]],
+            "azure_image_publisher": cell.base_image["publisher"],
+            "azure_image_offer": cell.base_image["offer"],
+            "azure_image_sku": cell.base_image["sku"],
+            **({"azure_image_version": context.resolved["version"]} if context.resolved else {}),
+            "azure_image_definition": image_definition(cell.os, cell.kubernetes, cell.arch, cell.variant),
+            "azure_version_prefix": versions.version_prefix(cell.kubernetes),
+        }
+
+    def template_context(self, cell: Cell) -> dict[str, Any]:
+        return {"azure_build_minute": versions.hcl_patch_expression("local.timestamp")}
+
+    def resolve_base(self, resolver: Resolver, cell: Cell) -> dict[str, Any]:
+        """The marketplace versions of publisher/offer/sku: the highest."""
+        location = cell.settings["location"]
+        reference = {name: cell.base_image[name] for name in ("publisher", "offer", "sku")}
+        store = resolver.store(cell, location)
+
+        def ask() -> dict[str, Any]:
+            from imagebuilder.clouds.azure.store import Missing
+
+            try:
+                found = store.call("list image versions", "/".join(reference.values()),
+                                   lambda: store.client.virtual_machine_images.list(
+                                       location, reference["publisher"], reference["offer"], reference["sku"]))
+            except Missing:
+                return {}
+            names = [version.name for version in found or []]
+            return {"version": max(names, key=_version_key)} if names else {}
+
+        found = resolver.lookup(self.name, location, reference, ask)
+        if not found:
+            raise resolver.unresolvable(cell, f"the marketplace has no version of it in {location}",
+                                        "check publisher/offer/sku in imagebuilder/osinfo.py")
+        return found
+
+
+CLOUD = Azure()

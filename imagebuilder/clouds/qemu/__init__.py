@@ -1,0 +1,75 @@
+"""qemu: the local image, a qcow2 built on this host and boot-tested in QEMU, catalogued locally.
+
+The local build's machinery (the base disk, the offline builder, QEMU) lives in
+imagebuilder/local_target.py, offline.py, qemu.py and distributions/, shared with the other
+local outputs; this folder is what the matrix's `clouds.qemu` means.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from imagebuilder.clouds.qemu.settings import QemuSettings
+from imagebuilder.clouds.registry import Cloud, Plugin, RenderContext
+
+if TYPE_CHECKING:
+    from imagebuilder.artifact import Artifact
+    from imagebuilder.baseimages import Resolver
+    from imagebuilder.build import Job
+    from imagebuilder.planner import Cell
+
+# The Packer build logs in as this user, made by the build's NoCloud seed and removed at shutdown.
+BUILD_USER = "packer"
+# A locally built base disk has no bootloader yet: the build installs it.
+INSTALL_BOOTLOADER = ("sudo grub-install /dev/vda", "sudo update-grub")
+
+
+class Qemu(Cloud):
+    name = "qemu"
+    settings = QemuSettings
+    order = 0
+    builder = "qemu"
+    plugin = Plugin("qemu", "github.com/hashicorp/qemu", ">= 1.1.0")
+    store_path = "imagebuilder.clouds.local:LocalCatalogue"
+    store_name = "local"
+    ssh_user = BUILD_USER
+    estimate_s = 300.0
+    image_gib = 2.0  # a compressed qcow2
+    imports_stock_image = True  # the vendor's cloud image is downloaded and kept
+
+    def packer_variables(self, cell: Cell, context: RenderContext) -> dict[str, Any]:
+        settings = cell.settings
+        resolved = context.resolved
+        return {
+            "qemu_accelerator": settings["accelerator"] if settings["accelerator"] != "auto" else "tcg",
+            "qemu_disk_size_mb": settings["disk_size_mb"],
+            "qemu_memory_mb": settings["memory_mb"],
+            "qemu_cpus": settings["cpus"],
+            # base/disk.img is the vendor image the plan resolved; the Debian base is built here,
+            # from the InRelease files the plan resolved (distributions/debian.py BaseSpec.releases).
+            "qemu_base_checksum": f"sha256:{resolved['sha256']}" if "sha256" in resolved else "none",
+        }
+
+    def template_context(self, cell: Cell) -> dict[str, Any]:
+        direct_kernel_boot = cell.base_image.get("source") == "local"
+        return {"direct_kernel_boot": direct_kernel_boot,
+                "provision_first": list(INSTALL_BOOTLOADER) if direct_kernel_boot else []}
+
+    def resolve_base(self, resolver: Resolver, cell: Cell) -> dict[str, Any]:
+        from imagebuilder.clouds.qemu import bases
+
+        return bases.resolve(resolver, cell)
+
+    def prepare(self, job: Job) -> None:
+        from imagebuilder import local_target
+
+        local_target.prepare(job)
+
+    def finish(self, job: Job, artifact: Artifact) -> None:
+        if job.cell.settings.get("boot_test", True):
+            from imagebuilder import local_target
+
+            local_target.boot_test(job, artifact)
+
+
+CLOUD = Qemu()
