@@ -17,15 +17,14 @@ from click.testing import CliRunner
 
 from imagebuilder.cli import cli
 from imagebuilder.cli.options import SharedOption
-from imagebuilder.clouds import CLOUD_ALIASES, STORE_CLOUDS
-from imagebuilder.config import CLOUD_SETTINGS
+from imagebuilder.clouds import registry, store_clouds
 from imagebuilder.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 CLI_PACKAGE = REPO / "imagebuilder" / "cli"
 CLOUDS_PACKAGE = REPO / "imagebuilder" / "clouds"
 # Every cloud the project knows (the local catalogue is the CLI's default store, not a cloud).
-CLOUD_NAMES = frozenset({*STORE_CLOUDS, *CLOUD_ALIASES, *CLOUD_SETTINGS}) - {"local"}
+CLOUD_NAMES = frozenset({*store_clouds(), *registry.aliases(), *registry.names()}) - {"local"}
 # The clouds' SDKs (the pyproject extras): a CLI module importing one works on a cloud itself.
 SDK_PACKAGES = frozenset({"boto3", "botocore", "google", "googleapiclient", "azure", "msrest", "openstack",
                           "keystoneauth1", "glanceclient"})
