@@ -14,7 +14,7 @@ import click
 from imagebuilder import __version__, procs
 from imagebuilder.cli import build, images, plan, prune, publish, render, sysext, validate, versions
 from imagebuilder.cli import vars as cell_vars
-from imagebuilder.clouds import registry
+from imagebuilder.clouds import check_clouds
 from imagebuilder.errors import UserError
 
 
@@ -34,7 +34,7 @@ for _verb in (plan.plan_command, render.render_command, validate.validate_comman
 def main() -> None:
     procs.interrupt_on_signals()
     try:
-        registry.check()
+        check_clouds()
         cli.main(standalone_mode=False)
     except UserError as error:
         click.echo(f"imagebuilder: {error}", err=True)

@@ -245,6 +245,11 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def check_clouds() -> None:
+    """One line for the first cloud folder that does not load (registry.check)."""
+    registry.check()
+
+
 def store_clouds() -> tuple[str, ...]:
     """Every image catalogue: the local one and each cloud's (clouds whose images live in another
     catalogue, such as qemu's in the local one, are aliases of it)."""

@@ -48,7 +48,9 @@ class Aws(Cloud):
         }
 
     def artifact_ids(self, builder_type: str, artifact_id: str) -> dict[str, str]:
-        """amazon-ebs gives 'us-east-1:ami-1,eu-west-1:ami-2'."""
+        """amazon-ebs gives 'us-east-1:ami-1,eu-west-1:ami-2'; another builder (a test's null) one id."""
+        if builder_type != self.builder:
+            return super().artifact_ids(builder_type, artifact_id)
         pairs = (part.split(":", 1) for part in artifact_id.split(",") if part)
         return {region: image_id for region, image_id in pairs}
 
