@@ -7,6 +7,7 @@ gcp-storage-emulator package from PyPI (a real server speaking the JSON and uplo
 
 from __future__ import annotations
 
+import contextlib
 import io
 import socket
 import subprocess
@@ -460,6 +461,7 @@ def test_retention_stages_deprecated_obsolete_then_delete(store: GcpImageStore, 
     from google.api_core import exceptions as gexc
     from google.cloud import compute_v1
 
+    from imagebuilder.cli.prune import CloudRun, report
     from imagebuilder.clouds import utcnow
     from imagebuilder.config import RetentionPolicy
     from imagebuilder.retention import Action, apply, decide, gather
@@ -469,15 +471,21 @@ def test_retention_stages_deprecated_obsolete_then_delete(store: GcpImageStore, 
     deprecated_at = compute.images[(PROJECT, old)]["deprecated"]["deprecated"]  # publish deprecated the older builds
     policy = RetentionPolicy(keep_newest=1, min_age_days=0, deprecate_grace_days=1, obsolete_days=2)
 
+    shown: list[str] = []
+
     def run(days: float) -> dict[str, tuple[Action, str]]:
         now = utcnow() + timedelta(days=days)
         inventory = gather(store)
         decisions = decide(inventory.records, inventory.in_use, policy, now=now)
+        with contextlib.redirect_stdout(io.StringIO()) as table:
+            report([CloudRun(inventory, decisions)], policy, False, "table")
+        shown.append(table.getvalue().splitlines()[-1])
         assert all(o.error is None for o in apply(decisions, store, now=now))
         return {d.record.image_id: (d.action, d.reason) for d in decisions}
 
     assert run(0.5)[old][1].startswith("deprecated, grace until")
     first = run(1.5)  # grace over: OBSOLETE, not deleted
+    assert shown[-1].startswith("3 images: 1 kept, 0 would deprecate, 2 would make obsolete, 0 would delete;")
     assert first[old][0] is Action.OBSOLETE and first[older][0] is Action.OBSOLETE and first[new][0] is Action.KEEP
     status = compute.images[(PROJECT, old)]["deprecated"]
     assert status["state"] == "OBSOLETE" and status["deprecated"] == deprecated_at  # the deprecation time kept

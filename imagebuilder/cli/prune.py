@@ -60,7 +60,7 @@ def _region_help() -> str:
 @optional_matrix_option("The matrix: cloud settings and its retention policy")
 @cloud_option(multiple=True, help="Only this cloud (repeatable); default: the local catalogue and the matrix's clouds.")
 @click.option("--policy", "policy_path", type=click.Path(path_type=Path), default=None,
-              help="A retention policy file (keep_newest, min_age_days, deprecate_grace_days, protect_tag).")
+              help=f"A retention policy file ({', '.join(RetentionPolicy.model_fields)}).")
 @click.option("--apply", "do_apply", is_flag=True, help="Deprecate, delete and sweep for real (default: dry run).")
 @output_format_option(default="table", show_default=True)
 @click.option("--wait", is_flag=True, help="Wait for another prune of the same cloud account to finish.")
@@ -214,8 +214,9 @@ def _print_table(decisions: list[retention.Decision], orphans: list[retention.Or
             for o in orphans])
     lines += [f"error {error}" for error in errors]
     done = (lambda verb, past: past) if applied else (lambda verb, past: f"would {verb}")
+    obsoleted = f"{summary.obsolete} {done('make obsolete', 'made obsolete')}, " if summary.obsolete else ""
     lines.append(f"{summary.images} images: {summary.keep} kept, {summary.deprecate} {done('deprecate', 'deprecated')}, "
-                 f"{summary.delete} {done('delete', 'deleted')}; {summary.orphans} orphans "
+                 f"{obsoleted}{summary.delete} {done('delete', 'deleted')}; {summary.orphans} orphans "
                  f"{'swept' if applied else 'to sweep'}; {summary.unchecked} kept unchecked; "
                  f"{summary.kept_at_recheck} kept at the re-check; {summary.failed} failed; "
                  f"{foreign} images of others untouched")
@@ -247,7 +248,7 @@ def load_policy(path: Path) -> RetentionPolicy:
         data, prefix = data["retention"], ("retention",)
     if not isinstance(data, dict):
         raise InputError(source.file, 1, "", "expected a mapping of retention settings",
-                         "write keep_newest, min_age_days, deprecate_grace_days, protect_tag")
+                         f"write {', '.join(RetentionPolicy.model_fields)}")
     if prefix:
         source.lines = {loc[1:]: line for loc, line in source.lines.items() if loc[:1] == prefix} or source.lines
     return validate(data, source, RetentionPolicy)
