@@ -226,7 +226,8 @@ def prepared_run(tmp_path: Path, services: Services, values: dict[str, str]) -> 
     }
     clouds_yaml = yaml.safe_dump({"clouds": {"glance": {
         "auth_type": "none", "image_endpoint_override": services.glance + "/",
-        "compute_endpoint_override": services.nova.url}}})
+        "compute_endpoint_override": services.nova.url,
+        "block_storage_endpoint_override": services.nova.cinder_url}}})
 
     def aws_credentials(inputs: dict[str, str]) -> dict[str, str]:
         assert inputs["role-to-assume"].startswith("arn:aws:iam::"), inputs
@@ -403,6 +404,7 @@ def test_cleanup_lists_its_plan_and_applies_only_on_schedule(tmp_path: Path, ser
     assert f"| aws | us-east-1 | {ami} | keep |" in summary
     assert boto3.client("ec2", region_name="us-east-1").describe_images(ImageIds=[ami])["Images"]
     assert any("image=" in request for request in services.nova.requests)  # in-use checked through clouds.yaml
+    assert any("/volumes/detail" in request for request in services.nova.requests)  # boot-from-volume servers too
 
 
 # -- plan's GitHub formats -------------------------------------------------------------------
