@@ -16,7 +16,7 @@ GCP_LABEL_VALUE = re.compile(r"[^a-z0-9_-]")
 PUBLISHED_TAG = PREFIX + "published"
 PUBLISHED_VALUE = "true"
 # Fields an image may lack and still be ours (made before they existed).
-OPTIONAL_FIELDS = frozenset({"build_timestamp", "build_inputs", "variant"})
+OPTIONAL_FIELDS = frozenset({"build_timestamp", "build_inputs", "variant", "sbom_sha256"})
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,9 @@ class ImageMetadata:
     # The cloud's variant (config.py VARIANTS) the image is of; "" for the default cell, which
     # then carries no tag for it, as before variants existed.
     variant: str = ""
+    # sha256 (hex) of the image's SBOM (imagebuilder/sbom.py) as the build wrote it; "" where the
+    # build wrote none (Packer builds, images made before). 64 hex digits: a GCE label keeps 63.
+    sbom_sha256: str = ""
 
     def to_tags(self) -> dict[str, str]:
         """As AWS tags, OpenStack properties, Azure tags and local catalogue records carry it."""

@@ -31,11 +31,13 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
-from imagebuilder import procs, render
+from imagebuilder import attest, procs, render
 from imagebuilder.build import Job, Outcome
+from imagebuilder.clouds.local import local_image_id
 from imagebuilder.config import ANSIBLE_DIR
 from imagebuilder.distributions import debian
 from imagebuilder.errors import UserError
+from imagebuilder.metadata import tag_key
 
 BUILDER = "offline"
 BUILDER_TYPE = "imagebuilder-offline"  # builder_type in the manifest (Packer's is "qemu")
@@ -161,6 +163,7 @@ class OfflineBuild:
 
     def build(self) -> Path:
         cell = self.job.cell
+        began = datetime.now(timezone.utc)
         started = time.monotonic()
         base = base_for(cell.os, self.cancel, debian.spec_for(cell.base_image, cell.base_source))
         self.timer.stage("base", started)
@@ -178,6 +181,13 @@ class OfflineBuild:
         self.timer.stage("ansible", started)
 
         started = time.monotonic()
+        name = f"{render.packer_variables(cell, self.job.directory)['image_name_prefix']}{timestamp}"
+        sbom_file = self.work / f"{name}.sbom"
+        self.say("SBOM from the tree's package database and installed release files")
+        sbom_sha256 = attest.write_sbom_of_tree(self.tree, sbom_file, cell, name, timestamp)
+        self.timer.stage("sbom", started)
+
+        started = time.monotonic()
         self.install_grub(base.root_uuid)
         self.timer.stage("grub", started)
 
@@ -191,7 +201,6 @@ class OfflineBuild:
         self.timer.stage("disk", started)
 
         started = time.monotonic()
-        name = f"{render.packer_variables(cell, self.job.directory)['image_name_prefix']}{timestamp}"
         output = self.job.directory / "output"
         shutil.rmtree(output, ignore_errors=True)
         output.mkdir()
@@ -201,7 +210,21 @@ class OfflineBuild:
                  "qemu-img convert")
         raw.unlink()
         self.timer.stage("qcow2", started)
-        write_manifest(self.job, qcow2, name, timestamp)
+
+        started = time.monotonic()
+        sbom_target = attest.sbom_path(output, name)
+        sbom_file.replace(sbom_target)
+        metadata = image_metadata(self.job, timestamp, sbom_sha256)
+        invocation = str(uuid.uuid4())
+        statement = attest.build_statement(
+            cell, image=qcow2, image_ids={"local": local_image_id(cell.build_key)}, metadata=metadata,
+            sbom_file=sbom_target, sbom_sha256=sbom_sha256, git_commit=render.git_commit(), base_key=base.key,
+            invocation_id=invocation, started=began, finished=datetime.now(timezone.utc), builder=BUILDER)
+        signed = attest.write_provenance(statement, attest.provenance_path(output, name))
+        self.say(f"provenance signed with key {signed.key_id[:16]}" if signed.signed else attest.UNSIGNED_NOTE)
+        self.timer.stage("provenance", started)
+        write_manifest(self.job, qcow2, name, timestamp, metadata=metadata, run_uuid=invocation,
+                       side_files=[sbom_target, signed.path])
         self.clean()
         return qcow2
 
@@ -273,17 +296,28 @@ class OfflineBuild:
         debian.remove_tree(self.work)
 
 
-def write_manifest(job: Job, qcow2: Path, image_name: str, timestamp: str) -> Path:
-    """packer-manifest.json as Packer's manifest post-processor writes it for the qemu template."""
+def image_metadata(job: Job, timestamp: str, sbom_sha256: str = "") -> dict[str, str]:
+    """The image's metadata tags: the cell's, the build time and the SBOM's digest."""
+    tags = {**render.cell_metadata(job.cell).to_tags(), "imagebuilder-build-timestamp": timestamp}
+    if sbom_sha256:
+        tags[tag_key("sbom_sha256")] = sbom_sha256
+    return tags
+
+
+def write_manifest(job: Job, qcow2: Path, image_name: str, timestamp: str, metadata: dict[str, str] | None = None,
+                   run_uuid: str | None = None, side_files: Sequence[Path] = ()) -> Path:
+    """packer-manifest.json as Packer's manifest post-processor writes it for the qemu template
+    (plus the SBOM and provenance files beside the image, when the build wrote them)."""
     cell = job.cell
-    metadata = {**render.cell_metadata(cell).to_tags(), "imagebuilder-build-timestamp": timestamp}
-    run_uuid = str(uuid.uuid4())
+    metadata = metadata or image_metadata(job, timestamp)
+    run_uuid = run_uuid or str(uuid.uuid4())
     manifest = {
         "builds": [{
             "name": "node",
             "builder_type": BUILDER_TYPE,
             "build_time": int(time.time()),
-            "files": [{"name": str(qcow2.relative_to(job.directory)), "size": qcow2.stat().st_size}],
+            "files": [{"name": str(path.relative_to(job.directory)), "size": path.stat().st_size}
+                      for path in (qcow2, *side_files)],
             "artifact_id": image_name,
             "packer_run_uuid": run_uuid,
             "custom_data": {"metadata": json.dumps(metadata, separators=(",", ":")),

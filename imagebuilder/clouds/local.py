@@ -3,7 +3,8 @@
 Layout under the catalogue directory ($IMAGEBUILDER_CATALOGUE, else the user's cache dir):
 
     records/<image id>.json    metadata (as tags), name, creation and deprecation times, file
-    images/<image id>/<file>   the qcow2, hard-linked from the build output when it can be, else copied
+    images/<image id>/<file>   the qcow2, hard-linked from the build output when it can be, else copied,
+                               with the build's SBOM and provenance beside it when it wrote them
 
 The image id derives from the build key, so publishing the same build twice finds the
 first record and changes nothing. Every write goes to a temporary file first and is
@@ -26,11 +27,15 @@ from platformdirs import user_cache_dir
 from imagebuilder.artifact import Artifact
 from imagebuilder.clouds import CloudError, ImageFilter, ImageRecord, ImageStore, sort_newest_first, utcnow
 from imagebuilder.metadata import ImageMetadata
+from imagebuilder.provenance import PROVENANCE_SUFFIX
+from imagebuilder.sbom import SBOM_SUFFIX
 
 CATALOGUE_ENV = "IMAGEBUILDER_CATALOGUE"
 RECORD_SCHEMA = 1
 REGION = "local"
 IMAGE_SUFFIXES = (".qcow2", ".img", ".raw")
+# The files a build writes beside its image (attest.py), by the record field that names them.
+SIDE_FILES = {"sbom": SBOM_SUFFIX, "provenance": PROVENANCE_SUFFIX}
 
 
 def default_catalogue_dir() -> Path:
@@ -74,6 +79,12 @@ class LocalCatalogue(ImageStore):
             return None
         target = self.images_dir / image_id / source.name
         place_file(source, target)
+        side_files: dict[str, str] = {}
+        for field, suffix in SIDE_FILES.items():
+            found = next((Path(f) for f in artifact.files if f.endswith(suffix) and Path(f).is_file()), None)
+            if found is not None:
+                place_file(found, target.parent / found.name)
+                side_files[field] = str((target.parent / found.name).relative_to(self.root))
         record = {
             "schema": RECORD_SCHEMA,
             "image_id": image_id,
@@ -86,6 +97,7 @@ class LocalCatalogue(ImageStore):
             "size": target.stat().st_size,
             "cell": artifact.cell_id,
             "versions": artifact.versions,
+            **side_files,
         }
         self._write(image_id, record)
         return self._load(image_id)
@@ -203,7 +215,8 @@ class LocalCatalogue(ImageStore):
             deprecated_at=datetime.fromisoformat(data["deprecated_at"]) if data.get("deprecated_at") else None,
             tags=dict(data["tags"]),
             extra={"path": str(path), "format": data.get("format", ""), "size": data.get("size", 0),
-                   "cell": data.get("cell", ""), "versions": data.get("versions", {})},
+                   "cell": data.get("cell", ""), "versions": data.get("versions", {}),
+                   **{field: str(self.root / data[field]) if data.get(field) else "" for field in SIDE_FILES}},
         )
 
     def _write(self, image_id: str, data: dict[str, Any]) -> None:

@@ -1,0 +1,204 @@
+"""What a build writes beside its image to say what is in it and how it was made.
+
+- ``<image name>.sbom.cdx.json``: the SBOM, read from the built root tree (sbom.py);
+- ``<image name>.provenance.dsse.json``: the in-toto statement of the build (provenance.py),
+  signed when a key is configured.
+
+The offline build calls ``write_sbom_of_tree`` once the roles have run, then ``write_provenance``
+once the disk is written. The local catalogue keeps both next to the qcow2; the image's metadata
+carries the SBOM's sha256 (``imagebuilder-sbom-sha256``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from imagebuilder import __version__, provenance, sbom
+from imagebuilder.config import ANSIBLE_DIR
+from imagebuilder.errors import UserError
+
+UNSIGNED_NOTE = (f"provenance written unsigned (no signing key: set ${provenance.KEY_ENV} to a PEM private key, "
+                 f"or ${provenance.KEY_FILE_ENV} to its file); 'images verify' will refuse it")
+
+
+@dataclass(frozen=True)
+class Attestation:
+    path: Path
+    signed: bool
+    key_id: str = ""
+
+
+def sbom_path(output_dir: Path, image_name: str) -> Path:
+    return output_dir / f"{image_name}{sbom.SBOM_SUFFIX}"
+
+
+def provenance_path(output_dir: Path, image_name: str) -> Path:
+    return output_dir / f"{image_name}{provenance.PROVENANCE_SUFFIX}"
+
+
+def write_sbom_of_tree(tree: Path, target: Path, cell: Any, image_name: str, timestamp: str) -> str:
+    """The SBOM of the built tree written to ``target``; its sha256."""
+    document = sbom.sbom_document(tree, image_name=image_name, build_key=cell.build_key, timestamp=timestamp,
+                                  downloads=cell.downloads)
+    return sbom.write_sbom(document, target)
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def build_statement(cell: Any, *, image: Path, image_ids: dict[str, str], metadata: dict[str, str],
+                    sbom_file: Path, sbom_sha256: str, git_commit: str, base_key: str, invocation_id: str,
+                    started: datetime, finished: datetime, builder: str) -> dict[str, Any]:
+    """The in-toto statement of one cell's build: its inputs, and the image and SBOM it made."""
+    from imagebuilder.planner import templates_digest, tree_digest
+
+    subjects = [
+        provenance.Subject(image.name, sha256_of(image),
+                           {provenance.IMAGE_IDS: image_ids, provenance.IMAGE_METADATA: metadata}),
+        provenance.Subject(sbom_file.name, sbom_sha256),
+    ]
+    dependencies: list[dict[str, Any]] = [
+        {"name": f"download:{name}", "uri": download.url, "digest": {"sha256": download.sha256}}
+        for name, download in sorted(cell.downloads.items())
+    ]
+    dependencies += [
+        {"name": f"image:{image_ref['name']}", "digest": {"sha256": str(image_ref["digest"]).removeprefix("sha256:")}}
+        for image_ref in cell.images if image_ref.get("digest")
+    ]
+    base = {key: value for key, value in cell.base_image.items() if key != "resolved"}
+    dependencies += [
+        {"name": "base-image", "uri": cell.base_source.get("url", "") or str(base.get("url", "")),
+         # the digest of the reference and what it resolved to (canonical JSON), as the build key hashes it
+         "digest": {"sha256": hashlib.sha256(json.dumps(cell.base_image, sort_keys=True).encode()).hexdigest()},
+         "annotations": {"reference": base, "resolved": cell.base_image.get("resolved"), "baseDiskKey": base_key}},
+        {"name": "templates", "digest": {"sha256": templates_digest(cell.cloud)}},
+        {"name": "ansible", "digest": {"sha256": tree_digest(ANSIBLE_DIR)}},
+        {"name": "imagebuilder", "uri": "git+imagebuilder", "digest": {"gitCommit": git_commit}},
+    ]
+    external = {"cell": cell.id, "buildKey": cell.build_key, "buildInputs": dict(cell.inputs), "cloud": cell.cloud,
+                "os": cell.os, "arch": cell.arch, "variant": cell.variant or "", "versions": dict(cell.versions),
+                "ansibleVars": cell.ansible_vars}
+    internal = {"imagebuilderVersion": __version__, "builder": builder}
+    return provenance.statement(subjects, external, internal, dependencies,
+                                builder_id=f"urn:imagebuilder:{builder}:{platform.node() or 'host'}",
+                                invocation_id=invocation_id, started_on=_iso(started), finished_on=_iso(finished))
+
+
+def write_provenance(statement: dict[str, Any], target: Path) -> Attestation:
+    """The statement in a DSSE envelope, signed with the configured key if there is one."""
+    key = provenance.configured_key()
+    provenance.write_envelope(provenance.envelope(statement, key), target)
+    if key is None:
+        return Attestation(target, signed=False)
+    return Attestation(target, signed=True, key_id=provenance.key_id(key.public_key()))
+
+
+def _iso(when: datetime) -> str:
+    return when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# --- finding an image's SBOM and provenance -------------------------------------------------
+# Only the local catalogue keeps them so far; the clouds' places are in the README.
+
+
+def attested_image(target: str, matrix_path: Path | None = None) -> Any:
+    """An image of the local catalogue by id, or the newest one of a cell (an ImageRecord).
+
+    ``matrix_path``: where the clouds' stores are configured, for when they keep SBOMs too;
+    the local catalogue needs no settings."""
+    from imagebuilder.clouds import newest, store_for
+
+    records = store_for("local").list_images()
+    found = next((r for r in records if r.image_id == target), None)
+    if found is None:
+        found = newest([r for r in records if r.metadata is not None and r.metadata.cell == target])
+    if found is None:
+        raise UserError(f"{target}: no image or cell of that name in the local catalogue "
+                        "| fix: see 'imagebuilder images list --cloud local' (SBOMs are kept for local images so far)")
+    return found
+
+
+def sbom_of(target: str, matrix_path: Path | None = None) -> tuple[Any, dict[str, Any]]:
+    """(the image, its SBOM document) of an image id or a cell's newest image."""
+    record = attested_image(target, matrix_path)
+    where = record.extra.get("sbom") or ""
+    if not where:
+        raise UserError(f"{record.image_id}: its build wrote no SBOM (built before SBOMs, or by Packer) "
+                        "| fix: build the cell again with the offline builder")
+    return record, sbom.load_sbom(Path(where))
+
+
+# --- verification -------------------------------------------------------------------------
+
+
+def verify_image(record: Any, public_key: Any) -> str:
+    """Check an image (an ImageRecord of the local catalogue) against its signed provenance.
+
+    The signature, then that the image's metadata, SBOM and file are what the statement says.
+    Returns the key id that signed; raises ProvenanceError with one line naming what differs.
+    """
+    fail = provenance.ProvenanceError
+    where = record.extra.get("provenance") or ""
+    if not where:
+        raise fail(f"{record.image_id}: no provenance recorded beside the image | fix: build and publish it again")
+    statement = provenance.open_envelope(Path(where), public_key)
+    if statement.get("_type") != provenance.STATEMENT_TYPE or statement.get("predicateType") != provenance.PREDICATE_TYPE:
+        raise fail(f"{where}: not an in-toto v1 statement with a SLSA v1 predicate")
+    subjects = [s for s in statement.get("subject", []) if isinstance(s, dict)]
+    image_subject = next((s for s in subjects if provenance.IMAGE_IDS in s.get("annotations", {})), None)
+    if image_subject is None:
+        raise fail(f"{where}: the statement names no image subject")
+    annotations = image_subject["annotations"]
+    if record.image_id not in annotations[provenance.IMAGE_IDS].values():
+        raise fail(f"{record.image_id}: not an image id the provenance names "
+                   f"({', '.join(annotations[provenance.IMAGE_IDS].values())})")
+
+    if record.metadata is None:
+        raise fail(f"{record.image_id}: the image has no imagebuilder metadata")
+    recorded = {key: value for key, value in record.tags.items() if key in _metadata_keys()}
+    attested = dict(annotations.get(provenance.IMAGE_METADATA, {}))
+    for key in sorted(recorded.keys() | attested.keys()):
+        if recorded.get(key) != attested.get(key):
+            raise fail(f"{record.image_id}: metadata {key} is {recorded.get(key, '(absent)')!r}, "
+                       f"the provenance says {attested.get(key, '(absent)')!r}")
+
+    sbom_where = record.extra.get("sbom") or ""
+    if not sbom_where or not Path(sbom_where).is_file():
+        raise fail(f"{record.image_id}: no SBOM beside the image ({sbom_where or 'none recorded'})")
+    sbom_file = Path(sbom_where)
+    actual = sha256_of(sbom_file)
+    sbom_subject = next((s for s in subjects if s.get("name") == sbom_file.name), None)
+    attested_sbom = (sbom_subject or {}).get("digest", {}).get("sha256", "(absent)")
+    if actual != attested_sbom:
+        raise fail(f"{sbom_file}: the SBOM has sha256 {actual}, the provenance says {attested_sbom}")
+    if record.metadata.sbom_sha256 != actual:
+        raise fail(f"{record.image_id}: metadata imagebuilder-sbom-sha256 is {record.metadata.sbom_sha256!r}, "
+                   f"the SBOM's sha256 is {actual}")
+
+    image_file = Path(record.extra.get("path", ""))
+    attested_image = image_subject.get("digest", {}).get("sha256", "(absent)")
+    if image_file.name != image_subject.get("name"):
+        raise fail(f"{image_file}: the provenance is of {image_subject.get('name')}, not this file")
+    actual_image = sha256_of(image_file) if image_file.is_file() else "(missing)"
+    if actual_image != attested_image:
+        raise fail(f"{image_file}: the image has sha256 {actual_image}, the provenance says {attested_image}")
+    return provenance.key_id(public_key)
+
+
+def _metadata_keys() -> frozenset[str]:
+    from dataclasses import fields
+
+    from imagebuilder.metadata import ImageMetadata, tag_key
+
+    return frozenset(tag_key(item.name) for item in fields(ImageMetadata))
