@@ -289,6 +289,26 @@ def test_provenance_file(built, release_mirror: ReleaseMirror) -> None:
 
 
 @pytest.mark.slow
+def test_sbom_of_the_built_tree(built, release_mirror: ReleaseMirror) -> None:
+    """The SBOM the offline build writes, from the tree the roles built: the release files the roles
+    installed at their pinned sums, and dpkg's packages as dpkg-query lists them."""
+    from imagebuilder import sbom
+
+    root, _, _ = built
+    document = sbom.sbom_document(root, image_name="roles", build_key=BUILD_KEY, timestamp="20261204000000")
+    v = release_mirror.versions
+    hashes = {c["name"]: c["hashes"][0]["content"] for c in document["components"] if "hashes" in c}
+    assert hashes == {sbom.RELEASE_NAMES.get(name, name): f.sha256 for name, f in release_mirror.files.items()}
+    versions = sbom.package_versions(document)
+    assert versions["kubelet"] == v["kubernetes"] and versions["containerd"] == v["containerd"]
+    assert versions["runc"] == v["runc"] and versions["cni-plugins"] == v["cni_plugins"]
+    listed = subprocess.run(["dpkg-query", f"--admindir={root / 'var/lib/dpkg'}", *sbom.DPKG_QUERY[1:]],
+                            capture_output=True, text=True, check=True).stdout
+    assert sbom.dpkg_versions(document) == sbom.parse_dpkg_query(listed)
+    assert "chrony:amd64" in sbom.dpkg_versions(document)
+
+
+@pytest.mark.slow
 def test_image_is_generalised(built) -> None:
     root, _, _ = built
     assert (root / "etc/machine-id").read_text() == ""
