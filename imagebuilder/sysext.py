@@ -10,9 +10,11 @@ symlink ``/etc/extensions/kubernetes.raw``.
 
 Beside each image, in the output directory (everything served from one ``--base-url``):
 
-- ``SHA256SUMS`` over every file there: the manifest systemd-sysupdate downloads;
+- ``SHA256SUMS`` over every file there: the manifest systemd-sysupdate downloads, and
+  ``SHA256SUMS.gpg``, its detached signature with the user's key (``sysext_signing``);
 - ``kubernetes-1.31.conf``: a sysupdate.d transfer file that follows patch releases of one
-  minor only;
+  minor only, with ``Verify=yes`` (nodes check SHA256SUMS.gpg against the public key the node
+  configs install as /etc/systemd/import-pubring.gpg); ``Verify=no`` only with ``--insecure``;
 - ``kubernetes-v1.31.4-x86-64.bu`` (Butane, variant flatcar 1.0.0) and ``.ign`` (the same
   as Ignition spec 3.3.0 JSON), for a Flatcar node; ``.clc.yaml`` (Container Linux Config),
   for Cluster API's ``KubeadmConfig.spec.ignition.containerLinuxConfig.additionalConfig``.
@@ -20,11 +22,12 @@ Beside each image, in the output directory (everything served from one ``--base-
 
 Reproducible: files are owned by root, every time stamp is SOURCE_DATE_EPOCH, modes are
 normalised, squashfs sorts directory entries itself, compression is fixed. Two builds of
-the same pins give the same bytes.
+the same pins give the same bytes (all but SHA256SUMS.gpg, whose signature carries its time).
 """
 
 from __future__ import annotations
 
+import base64
 import copy
 import hashlib
 import json
@@ -42,6 +45,7 @@ from typing import Any
 
 import yaml
 
+from imagebuilder import sysext_signing as signing
 from imagebuilder.clouds import registry
 from imagebuilder.downloads import fetch_all, sha256_file
 from imagebuilder.errors import UserError
@@ -129,6 +133,8 @@ class SysextRequest:
     mirrors: dict[str, str] = field(default_factory=dict)
     updates: bool = True  # nodes get the sysupdate transfer file and systemd-sysupdate.timer
     source_date_epoch: int | None = None  # None: $SOURCE_DATE_EPOCH, else DEFAULT_SOURCE_DATE_EPOCH
+    public_keyring: bytes | None = None  # the signing key's public part: nodes verify updates with it
+    insecure: bool = False  # allow an http:// base URL and, without a key, unverified updates (Verify=no)
 
 
 @dataclass(frozen=True)
@@ -200,9 +206,18 @@ def check_request(request: SysextRequest, versions: VersionsLock) -> None:
     if request.os_id != ANY_OS and not request.sysext_level:
         raise UserError(f"--os-id {request.os_id} needs --sysext-level: systemd-sysext matches SYSEXT_LEVEL "
                         "against the host's os-release | fix: pass --sysext-level, or drop --os-id for ID=_any")
-    if request.base_url is not None and urllib.parse.urlsplit(request.base_url).scheme not in ("http", "https"):
+    if request.base_url is None:
+        return
+    scheme = urllib.parse.urlsplit(request.base_url).scheme
+    if scheme not in ("http", "https"):
         raise UserError(f"--base-url {request.base_url}: systemd-sysupdate and Ignition fetch over http(s) "
-                        "| fix: give an http:// or https:// URL")
+                        "| fix: give an https:// URL")
+    if scheme == "http" and not request.insecure:
+        raise UserError(f"--base-url {request.base_url}: plain http lets anyone on the path replace what nodes "
+                        "fetch | fix: serve it over https://, or pass --insecure to accept that")
+    if request.updates and request.public_keyring is None and not request.insecure:
+        raise UserError(f"--base-url {request.base_url}: nodes would take updates unverified (no signing key) "
+                        f"| fix: {signing.NO_KEY_FIX}; or --no-updates, or --insecure for Verify=no")
 
 
 def sysext_downloads(request: SysextRequest, versions: VersionsLock) -> tuple[str, dict[str, Download]]:
@@ -219,8 +234,9 @@ def sysext_downloads(request: SysextRequest, versions: VersionsLock) -> tuple[st
 
 
 def build(request: SysextRequest, versions: VersionsLock, output_dir: Path,
-          cache: Path | None = None) -> SysextResult:
-    """Fetch and verify the pinned files, pack the image, and write it with its companions.
+          cache: Path | None = None, signer: signing.Signer | None = None) -> SysextResult:
+    """Fetch and verify the pinned files, pack the image, and write it with its companions;
+    SHA256SUMS is signed when a ``signer`` is given.
 
     Nothing is written in ``output_dir`` unless everything before succeeded.
     """
@@ -245,10 +261,9 @@ def build(request: SysextRequest, versions: VersionsLock, output_dir: Path,
         for file_name, text in companions.items():
             (staged / file_name).write_text(text)
         written = publish_into(staged, output_dir)
-    write_sha256sums(output_dir)
+    sums = write_signed_sums(output_dir, signer)
     return SysextResult(image=output_dir / name, kubernetes_version=kubernetes_version, sha256=digest,
-                        size=(output_dir / name).stat().st_size,
-                        files=(*written, output_dir / "SHA256SUMS"))
+                        size=(output_dir / name).stat().st_size, files=(*written, *sums))
 
 
 def populate_tree(root: Path, request: SysextRequest, local: dict[str, Path]) -> None:
@@ -341,7 +356,8 @@ def publish_into(staged: Path, output_dir: Path) -> tuple[Path, ...]:
     return tuple(output_dir / file_name for file_name in names)
 
 
-def publish_local(result: SysextResult, catalogue_root: Path | None = None) -> list[Path]:
+def publish_local(result: SysextResult, catalogue_root: Path | None = None,
+                  signer: signing.Signer | None = None) -> list[Path]:
     """The image and its companions in the local catalogue's sysext/ directory, with SHA256SUMS:
     a directory a node can be pointed at (--base-url) as it is."""
     from imagebuilder.clouds.local import default_catalogue_dir, place_file
@@ -349,10 +365,23 @@ def publish_local(result: SysextResult, catalogue_root: Path | None = None) -> l
     target = (catalogue_root or default_catalogue_dir()) / "sysext"
     placed = []
     for path in result.files:
-        if path.name != "SHA256SUMS":
+        if path.name not in MANIFEST_NAMES:
             place_file(path, target / path.name)
             placed.append(target / path.name)
-    return [*placed, write_sha256sums(target)]
+    return [*placed, *write_signed_sums(target, signer)]
+
+
+MANIFEST_NAMES = (signing.SUMS_NAME, signing.SIGNATURE_NAME)  # not listed in SHA256SUMS themselves
+
+
+def write_signed_sums(directory: Path, signer: signing.Signer | None) -> tuple[Path, ...]:
+    """SHA256SUMS, and its signature when there is a signer; a signature left from an earlier
+    build is removed otherwise, since it no longer matches."""
+    sums = write_sha256sums(directory)
+    if signer is None:
+        (directory / signing.SIGNATURE_NAME).unlink(missing_ok=True)
+        return (sums,)
+    return sums, signing.sign_sums(signer, directory)
 
 
 def write_sha256sums(output_dir: Path) -> Path:
@@ -360,7 +389,7 @@ def write_sha256sums(output_dir: Path) -> Path:
     lines = [
         f"{sha256_file(path)}  {path.name}\n"
         for path in sorted(output_dir.iterdir())
-        if path.is_file() and path.name != "SHA256SUMS" and not path.name.startswith(".")
+        if path.is_file() and path.name not in MANIFEST_NAMES and not path.name.startswith(".")
     ]
     sums = output_dir / "SHA256SUMS"
     partial = output_dir / ".SHA256SUMS.part"
@@ -372,15 +401,18 @@ def write_sha256sums(output_dir: Path) -> Path:
 # -- companions: sysupdate transfer file and node configs ---------------------------------------
 
 
-def transfer_file(minor: str, base_url: str) -> str:
+def transfer_file(minor: str, base_url: str, verify: bool) -> str:
     """sysupdate.d(5) transfer: patch releases of one minor, for this node's architecture (%a)."""
     pattern = f"{NAME}-v{minor}.@v-%a.raw"
+    verification = (
+        f"# SHA256SUMS.gpg must verify against {signing.NODE_KEYRING}, then each image against SHA256SUMS.\n"
+        "Verify=yes" if verify else
+        "# --insecure: SHA256SUMS is not signed; each image is still checked against its sum in it.\nVerify=no")
     return f"""\
 # imagebuilder: Kubernetes {minor} patch updates as a systemd-sysext image.
 # Run by `systemd-sysupdate -C {NAME} update` from {NODE_SYSUPDATE_DIR}/.
 [Transfer]
-# SHA256SUMS is not GPG-signed; each image is still checked against its sum in SHA256SUMS.
-Verify=false
+{verification}
 
 [Source]
 Type=url-file
@@ -416,8 +448,16 @@ def node_config(request: SysextRequest, kubernetes_version: str, image_url: str,
         files.append({
             "path": f"{NODE_SYSUPDATE_DIR}/{transfer_file_name(request.minor)}",
             "mode": 0o644,
-            "contents": {"inline": transfer_file(request.minor, request.base_url)},
+            "contents": {"inline": transfer_file(request.minor, request.base_url,
+                                                 verify=request.public_keyring is not None)},
         })
+        if request.public_keyring is not None:
+            # Binary keyring (gpg --export): what systemd's gpg --keyring= reads.
+            files.append({
+                "path": signing.NODE_KEYRING,
+                "mode": 0o644,
+                "contents": {"source": "data:;base64," + base64.b64encode(request.public_keyring).decode()},
+            })
         config["systemd"] = {"units": [
             {"name": "systemd-sysupdate.timer", "enabled": True},
             {"name": "systemd-sysupdate.service",
@@ -455,6 +495,8 @@ def to_container_linux_config(butane: dict[str, Any]) -> dict[str, Any]:
         clc_file: dict[str, Any] = {"filesystem": "root", "path": entry["path"], "mode": entry["mode"]}
         if "inline" in contents:
             clc_file["contents"] = {"inline": contents["inline"]}
+        elif "verification" not in contents:
+            clc_file["contents"] = {"remote": {"url": contents["source"]}}
         else:
             function, _, digest = contents["verification"]["hash"].partition("-")
             clc_file["contents"] = {"remote": {"url": contents["source"],
@@ -502,7 +544,8 @@ def companion_files(request: SysextRequest, kubernetes_version: str, image: Path
             "KubeadmConfig.spec.ignition.containerLinuxConfig.additionalConfig (format: ignition).\n")),
     }
     if request.updates:
-        files[transfer_file_name(request.minor)] = transfer_file(request.minor, base)
+        files[transfer_file_name(request.minor)] = transfer_file(request.minor, base,
+                                                                 verify=request.public_keyring is not None)
     return files
 
 

@@ -1,8 +1,10 @@
-"""Kubernetes sysext images: contents, reproducibility, checksums, sysupdate and node configs,
-downloads, the S3 upload (moto server) and the strategy comparison."""
+"""Kubernetes sysext images: contents, reproducibility, checksums, signed SHA256SUMS and the check
+systemd-sysupdate makes, sysupdate and node configs, downloads, the S3 upload (moto server) and the
+strategy comparison."""
 
 from __future__ import annotations
 
+import base64
 import configparser
 import hashlib
 import http.server
@@ -25,6 +27,7 @@ import yaml
 from mirror import DEFAULT_FIXTURE_VERSIONS, FixtureFile, build_fixture_release, mirrors_for, serve_directory
 
 from imagebuilder import sysext as sx
+from imagebuilder import sysext_signing as signing
 from imagebuilder.clouds import registry
 from imagebuilder.config import load_matrix
 from imagebuilder.downloads import fetch
@@ -41,9 +44,44 @@ IMAGE = f"kubernetes-v{K8S}-x86-64.raw"
 
 
 @dataclass(frozen=True)
+class SigningKey:
+    """A throwaway GnuPG home with one ed25519 signing key, no passphrase."""
+    home: Path
+    fingerprint: str
+    armored_secret: str
+    keyring: Path  # the public key, binary, as nodes have it in /etc/systemd/import-pubring.gpg
+
+
+def gpg(home: Path, *args: str) -> str:
+    return subprocess.run(["gpg", "--batch", "--homedir", str(home), *args], capture_output=True,
+                          check=True).stdout.decode()
+
+
+@contextmanager
+def signing_key(home: Path, name: str) -> Iterator[SigningKey]:
+    home.mkdir(mode=0o700)
+    try:
+        gpg(home, "--passphrase", "", "--quick-gen-key", f"{name} <{name}@example.org>", "ed25519", "sign", "never")
+        fingerprint = next(line.split(":")[9] for line in gpg(home, "--with-colons", "--list-secret-keys").splitlines()
+                           if line.startswith("fpr:"))
+        secret = gpg(home, "--pinentry-mode", "loopback", "--passphrase", "", "--armor",
+                     "--export-secret-keys", fingerprint)
+        keyring = home.parent / f"{name}-pubring.gpg"
+        gpg(home, "--output", str(keyring), "--export", fingerprint)
+        yield SigningKey(home=home, fingerprint=fingerprint, armored_secret=secret, keyring=keyring)
+    finally:
+        signing.stop_agent(home)
+
+
+@dataclass(frozen=True)
 class Fixture:
     base_url: str
     files: dict[str, dict[str, FixtureFile]]  # arch -> download name -> file
+    key: SigningKey
+
+    @property
+    def signing_env(self) -> dict[str, str]:
+        return {signing.SIGNING_KEY_ENV: self.key.armored_secret}
 
     def lock(self, wrong: str | None = None) -> dict:
         """A versions lock pinning the fixture sums; ``wrong`` names a file whose sum is falsified."""
@@ -62,8 +100,9 @@ class Fixture:
 def fixture_mirror(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fixture]:
     root = tmp_path_factory.mktemp("sysext-mirror")
     files = {arch: build_fixture_release(root, DEFAULT_FIXTURE_VERSIONS, arch) for arch in ("amd64", "arm64")}
-    with serve_directory(root) as base_url:
-        yield Fixture(base_url=base_url, files=files)
+    gnupg = tmp_path_factory.mktemp("gnupg")
+    with serve_directory(root) as base_url, signing_key(gnupg / "home", "sysext") as key:
+        yield Fixture(base_url=base_url, files=files, key=key)
 
 
 def write_matrix(directory: Path, fixture: Fixture, wrong: str | None = None) -> Path:
@@ -97,12 +136,15 @@ def run_cli(*args: str, cwd: Path, cache: Path, extra_env: dict[str, str] | None
                           timeout=300, preexec_fn=preexec)
 
 
-def build_cli(work: Path, fixture: Fixture, *extra: str, base_url: str | None = BASE_URL,
+def build_cli(work: Path, fixture: Fixture, *extra: str, base_url: str | None = BASE_URL, signed: bool = True,
               **kwargs) -> subprocess.CompletedProcess[str]:
+    """`sysext build`, signed by default with the fixture key given as the environment variable."""
     matrix = write_matrix(work / "in", fixture)
     args = ["sysext", "build", "-m", str(matrix), "--k8s", MINOR, "-o", str(work / "out"), *extra]
     if base_url:
         args += ["--base-url", base_url]
+    if signed:
+        kwargs["extra_env"] = {**fixture.signing_env, **kwargs.get("extra_env", {})}
     result = run_cli(*args, cwd=work, cache=kwargs.pop("cache", work / "cache"), **kwargs)
     assert result.returncode == 0, result.stderr
     return result
@@ -214,6 +256,9 @@ def test_reproducible_across_directories_times_and_umask(fixture_mirror: Fixture
     names = sorted(path.name for path in built.iterdir())
     assert names == sorted(path.name for path in again.iterdir())
     for name in names:
+        if name == "SHA256SUMS.gpg":  # carries its signing time: a new signature of the same SHA256SUMS
+            assert signing.verify_directory(again, fixture_mirror.key.keyring)
+            continue
         assert (built / name).read_bytes() == (again / name).read_bytes(), name
 
 
@@ -235,7 +280,7 @@ def test_wrong_checksum_fails_clearly_and_writes_nothing(fixture_mirror: Fixture
     matrix = write_matrix(tmp_path / "in", fixture_mirror, wrong="kubelet")
     out = tmp_path / "out"
     result = run_cli("sysext", "build", "-m", str(matrix), "--k8s", MINOR, "-o", str(out), "--base-url", BASE_URL,
-                     cwd=tmp_path, cache=tmp_path / "cache")
+                     cwd=tmp_path, cache=tmp_path / "cache", extra_env=fixture_mirror.signing_env)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr
@@ -252,7 +297,7 @@ def test_sha256sums_lists_every_published_file(built: Path) -> None:
     for line in (built / "SHA256SUMS").read_text().splitlines():
         digest, name = line.split("  ", 1)
         listed[name] = digest
-    published = {path.name for path in built.iterdir() if path.name != "SHA256SUMS"}
+    published = {path.name for path in built.iterdir() if path.name not in ("SHA256SUMS", "SHA256SUMS.gpg")}
     assert set(listed) == published
     for name, digest in listed.items():
         assert hashlib.sha256((built / name).read_bytes()).hexdigest() == digest
@@ -268,7 +313,7 @@ def test_second_minor_in_same_directory_keeps_the_first_in_sha256sums(fixture_mi
 
 def test_without_base_url_only_the_image_and_sums(fixture_mirror: Fixture, tmp_path: Path) -> None:
     result = build_cli(tmp_path, fixture_mirror, base_url=None)
-    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["SHA256SUMS", IMAGE]
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["SHA256SUMS", "SHA256SUMS.gpg", IMAGE]
     assert "--base-url" in result.stdout
 
 
@@ -323,6 +368,7 @@ def test_sysupdate_transfer_file(built: Path) -> None:
     transfer = read_transfer(built / f"kubernetes-{MINOR}.conf")
     assert transfer.sections() == ["Transfer", "Source", "Target"]
     source, target = transfer["Source"], transfer["Target"]
+    assert transfer["Transfer"]["Verify"] == "yes"  # SHA256SUMS.gpg checked against the node's keyring
     assert source["Type"] == "url-file" and target["Type"] == "regular-file"
     assert source["Path"].rstrip("/") == BASE_URL
     assert target["Path"] == "/opt/extensions/kubernetes"
@@ -576,6 +622,12 @@ def test_upload_to_s3_merges_sha256sums(fixture_mirror: Fixture, built: Path, tm
         build_cli(tmp_path, fixture_mirror, "--s3-bucket", "sysext", "--s3-prefix", "k8s", extra_env=env)
         keys = {obj["Key"] for obj in s3.list_objects_v2(Bucket="sysext")["Contents"]}
         assert keys == {f"k8s/{path.name}" for path in built.iterdir()}
+        downloaded = tmp_path / "bucket"
+        downloaded.mkdir()
+        for name in ("SHA256SUMS", "SHA256SUMS.gpg"):
+            (downloaded / name).write_bytes(s3.get_object(Bucket="sysext", Key=f"k8s/{name}")["Body"].read())
+        # the merged manifest is the one signed
+        signing.check_signature(downloaded / "SHA256SUMS", downloaded / "SHA256SUMS.gpg", fixture_mirror.key.keyring)
         remote = s3.get_object(Bucket="sysext", Key=f"k8s/{IMAGE}")["Body"].read()
         assert remote == (built / IMAGE).read_bytes()
         sums = s3.get_object(Bucket="sysext", Key="k8s/SHA256SUMS")["Body"].read().decode()
@@ -632,3 +684,146 @@ def test_published_to_the_local_catalogue(fixture_mirror: Fixture, tmp_path: Pat
     sums = dict(reversed(line.split("  ")) for line in (catalogue / "sysext" / "SHA256SUMS").read_text().splitlines())
     assert sums[image.name] == hashlib.sha256(image.read_bytes()).hexdigest()
     assert (catalogue / "sysext" / f"kubernetes-{MINOR}.conf").exists()
+    assert signing.verify_directory(catalogue / "sysext", fixture_mirror.key.keyring)
+
+
+# -- signed updates: SHA256SUMS.gpg and the check systemd-sysupdate makes ------------------------------
+# sysupdate.d(5) Verify=yes: SHA256SUMS.gpg must verify against /etc/systemd/import-pubring.gpg, then
+# each downloaded image against SHA256SUMS. Debian 12 has no systemd-sysupdate: `sysext verify` makes
+# both checks with gpg, as systemd-sysupdate does.
+
+
+def verify_cli(directory: Path, keyring: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return run_cli("sysext", "verify", str(directory), "--keyring", str(keyring), cwd=cwd, cache=cwd / "cache")
+
+
+def test_signature_verifies_with_the_public_key(built: Path, fixture_mirror: Fixture, tmp_path: Path) -> None:
+    result = verify_cli(built, fixture_mirror.key.keyring, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "SHA256SUMS.gpg verifies" in result.stdout
+    # gpgv, the other verifier, agrees: a plain detached OpenPGP signature of SHA256SUMS
+    gpgv = subprocess.run(["gpgv", "--keyring", str(fixture_mirror.key.keyring), str(built / "SHA256SUMS.gpg"),
+                           str(built / "SHA256SUMS")], capture_output=True, text=True)
+    assert gpgv.returncode == 0, gpgv.stderr
+
+
+def tampered_copy(built: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "served"
+    shutil.copytree(built, copy)
+    return copy
+
+
+def refusal(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 1, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr
+    assert "the update is refused" in lines[0]
+    return lines[0].removeprefix("imagebuilder: ")
+
+
+def test_altered_sha256sums_after_signing_is_refused(built: Path, fixture_mirror: Fixture, tmp_path: Path) -> None:
+    served = tampered_copy(built, tmp_path)
+    sums = served / "SHA256SUMS"
+    evil = hashlib.sha256(b"someone else's kubelet").hexdigest()
+    sums.write_text(re.sub(r"^[0-9a-f]{64}(?=  " + re.escape(IMAGE) + "$)", evil, sums.read_text(), flags=re.M))
+    (served / IMAGE).write_bytes(b"someone else's kubelet")  # and the image that matches the new sum
+    assert "SHA256SUMS.gpg: does not verify" in refusal(verify_cli(served, fixture_mirror.key.keyring, tmp_path))
+
+
+def test_altered_image_after_signing_is_refused(built: Path, fixture_mirror: Fixture, tmp_path: Path) -> None:
+    served = tampered_copy(built, tmp_path)
+    image = bytearray((served / IMAGE).read_bytes())
+    image[-1] ^= 0xFF
+    (served / IMAGE).write_bytes(bytes(image))
+    line = refusal(verify_cli(served, fixture_mirror.key.keyring, tmp_path))
+    assert f"{IMAGE}: sha256 {hashlib.sha256(image).hexdigest()} but SHA256SUMS says" in line
+
+
+def test_unsigned_or_foreign_key_is_refused(built: Path, fixture_mirror: Fixture, tmp_path: Path) -> None:
+    with signing_key(tmp_path / "other", "other") as other:
+        assert "does not verify" in refusal(verify_cli(built, other.keyring, tmp_path))
+    served = tampered_copy(built, tmp_path)
+    (served / "SHA256SUMS.gpg").unlink()
+    assert "SHA256SUMS.gpg: missing" in refusal(verify_cli(served, fixture_mirror.key.keyring, tmp_path))
+
+
+def node_keyring(config: dict) -> bytes:
+    entry = next(e for e in config["storage"]["files"] if e["path"] == "/etc/systemd/import-pubring.gpg")
+    assert entry["mode"] == 0o644
+    source = entry["contents"]["source"]
+    assert source.startswith("data:;base64,")
+    return base64.b64decode(source.removeprefix("data:;base64,"))
+
+
+def test_node_configs_install_the_public_key(built: Path, fixture_mirror: Fixture, tmp_path: Path) -> None:
+    ignition = json.loads((built / IMAGE.replace(".raw", ".ign")).read_text())
+    butane = yaml.safe_load((built / IMAGE.replace(".raw", ".bu")).read_text())
+    clc = yaml.safe_load((built / IMAGE.replace(".raw", ".clc.yaml")).read_text())
+    clc_entry = next(e for e in clc["storage"]["files"] if e["path"] == "/etc/systemd/import-pubring.gpg")
+    installed = node_keyring(ignition)
+    assert installed == node_keyring(butane) == base64.b64decode(
+        clc_entry["contents"]["remote"]["url"].removeprefix("data:;base64,"))
+    assert installed == fixture_mirror.key.keyring.read_bytes()
+    assert b"PRIVATE KEY" not in installed
+    # the keyring a node gets is the one that verifies the update
+    (tmp_path / "node-pubring.gpg").write_bytes(installed)
+    assert signing.verify_directory(built, tmp_path / "node-pubring.gpg") == sorted(
+        line.split("  ", 1)[1] for line in (built / "SHA256SUMS").read_text().splitlines())
+
+
+def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr
+    return lines[0].removeprefix("imagebuilder: ")
+
+
+def try_build(work: Path, fixture: Fixture, *extra: str, env: dict[str, str] | None = None
+              ) -> subprocess.CompletedProcess[str]:
+    matrix = write_matrix(work / "in", fixture)
+    return run_cli("sysext", "build", "-m", str(matrix), "--k8s", MINOR, "-o", str(work / "out"), *extra,
+                   cwd=work, cache=work / "cache", extra_env=env)
+
+
+def test_http_base_url_needs_insecure(fixture_mirror: Fixture, tmp_path: Path) -> None:
+    plain = "http://sysext.example.org/kubernetes"
+    line = one_line_error(try_build(tmp_path, fixture_mirror, "--base-url", plain, env=fixture_mirror.signing_env))
+    assert line.startswith(f"--base-url {plain}") and "https://" in line and "--insecure" in line
+    assert not (tmp_path / "out").exists()
+    build_cli(tmp_path, fixture_mirror, "--insecure", base_url=plain)
+    assert read_transfer(tmp_path / "out" / f"kubernetes-{MINOR}.conf")["Transfer"]["Verify"] == "yes"
+
+
+def test_updates_without_a_signing_key_need_insecure(fixture_mirror: Fixture, tmp_path: Path) -> None:
+    line = one_line_error(try_build(tmp_path, fixture_mirror, "--base-url", BASE_URL))
+    assert "--signing-key" in line and "--insecure" in line and signing.SIGNING_KEY_ENV in line
+    assert not (tmp_path / "out").exists()
+    build_cli(tmp_path / "insecure", fixture_mirror, "--insecure", signed=False)
+    out = tmp_path / "insecure" / "out"
+    assert read_transfer(out / f"kubernetes-{MINOR}.conf")["Transfer"]["Verify"] == "no"
+    assert not (out / "SHA256SUMS.gpg").exists()
+    ignition = json.loads((out / IMAGE.replace(".raw", ".ign")).read_text())
+    assert "/etc/systemd/import-pubring.gpg" not in {entry["path"] for entry in ignition["storage"]["files"]}
+    build_cli(tmp_path / "pinned", fixture_mirror, "--no-updates", signed=False)  # the sha512 in the config suffices
+
+
+def test_signing_key_from_the_users_keyring(fixture_mirror: Fixture, tmp_path: Path) -> None:
+    key = fixture_mirror.key
+    result = build_cli(tmp_path, fixture_mirror, "--signing-key", key.fingerprint, signed=False,
+                       extra_env={"GNUPGHOME": str(key.home)})
+    out = tmp_path / "out"
+    assert signing.verify_directory(out, key.keyring)
+    secret_body = key.armored_secret.splitlines()[3]  # a line of the key itself, past the armor header
+    for path in out.iterdir():
+        assert secret_body.encode() not in path.read_bytes() and b"PRIVATE KEY" not in path.read_bytes()
+    assert secret_body not in result.stdout + result.stderr
+    missing = one_line_error(try_build(tmp_path / "nokey", fixture_mirror, "--base-url", BASE_URL,
+                                       "--signing-key", "0" * 40, env={"GNUPGHOME": str(key.home)}))
+    assert missing.startswith(f"--signing-key {'0' * 40}: no secret keys match |")
+
+
+def test_rebuilding_unsigned_removes_a_stale_signature(fixture_mirror: Fixture, tmp_path: Path) -> None:
+    build_cli(tmp_path, fixture_mirror, base_url=None)
+    assert (tmp_path / "out" / "SHA256SUMS.gpg").exists()
+    build_cli(tmp_path, fixture_mirror, base_url=None, signed=False)
+    assert not (tmp_path / "out" / "SHA256SUMS.gpg").exists()

@@ -33,6 +33,7 @@ from test_sysext import Fixture, fixture_mirror  # noqa: F401 (fixture: release 
 from test_sysext import write_matrix as write_sysext_matrix
 
 from imagebuilder import baseimages, render
+from imagebuilder import sysext_signing as signing
 from imagebuilder.artifact import Artifact
 from imagebuilder.build import Job, PackerExecutor
 from imagebuilder.clouds import store_for
@@ -317,7 +318,8 @@ def test_nightly_sysext_job_builds_and_uploads_the_sysext_cells(tmp_path: Path, 
     job_run = prepared_run(tmp_path, services, {
         "vars.AWS_ROLE_ARN": "arn:aws:iam::123456789012:role/nightly", "vars.SYSEXT_S3_BUCKET != ''": "true",
         "vars.SYSEXT_BASE_URL": "https://sysext.example.com/", "vars.SYSEXT_S3_BUCKET": bucket,
-        "vars.SYSEXT_S3_PREFIX": "sysext/"})
+        "vars.SYSEXT_S3_PREFIX": "sysext/", "secrets.SYSEXT_SIGNING_KEY": fixture_mirror.key.armored_secret,
+        "secrets.SYSEXT_SIGNING_PASSPHRASE": ""})
     write_sysext_matrix(job_run.workspace, fixture_mirror)
     planned = subprocess.run([str(tmp_path / "bin" / "imagebuilder"), "plan", "--strategy", "sysext", "--format",
                               "github-matrix"], cwd=job_run.workspace, capture_output=True, text=True, check=True)
@@ -331,7 +333,12 @@ def test_nightly_sysext_job_builds_and_uploads_the_sysext_cells(tmp_path: Path, 
     assert re.fullmatch(r"kubernetes-v[\d.]+-x86-64\.raw", image) and "SHA256SUMS" in built
     keys = {item["Key"] for item in boto3.client("s3", region_name="us-east-1").list_objects_v2(
         Bucket=bucket, Prefix="sysext/")["Contents"]}
-    assert {f"sysext/{image}", "sysext/SHA256SUMS"} <= keys
+    assert {f"sysext/{image}", "sysext/SHA256SUMS", "sysext/SHA256SUMS.gpg"} <= keys
+    served = tmp_path / "served"
+    served.mkdir()
+    for name in ("SHA256SUMS", "SHA256SUMS.gpg"):
+        boto3.client("s3", region_name="us-east-1").download_file(bucket, f"sysext/{name}", str(served / name))
+    signing.check_signature(served / "SHA256SUMS", served / "SHA256SUMS.gpg", fixture_mirror.key.keyring)
 
 
 def test_nightly_jobs_consume_the_plan() -> None:
