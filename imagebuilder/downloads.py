@@ -23,6 +23,7 @@ from pathlib import Path
 from imagebuilder import __version__
 from imagebuilder.cache import cache_dir as imagebuilder_cache
 from imagebuilder.errors import UserError
+from imagebuilder.retry import retrying
 from imagebuilder.versions import Download
 
 RETRIES = 3  # attempts per file for transient failures (connection errors, HTTP 5xx, timeouts)
@@ -67,17 +68,13 @@ def fetch(download: Download, *, cache: Path | None = None, retries: int = RETRI
             return target
         target.unlink()  # a damaged cache entry: fetch it again
     target.parent.mkdir(parents=True, exist_ok=True)
-    delay = RETRY_BACKOFF_SECONDS
-    for attempt in range(1, retries + 1):
-        try:
-            return _fetch_once(download.url, expected, target)
-        except _Transient as error:
-            if attempt == retries:
-                raise UserError(f"{download.url}: download failed after {retries} attempts ({error}) "
-                                "| fix: check the mirror URL and the network, or set mirrors: in the matrix") from None
-            sleep(delay)
-            delay *= 2
-    raise AssertionError("unreachable")
+    try:
+        return retrying(lambda: _fetch_once(download.url, expected, target), attempts=retries,
+                        first_delay=RETRY_BACKOFF_SECONDS, retryable=lambda error: isinstance(error, _Transient),
+                        sleep=sleep, jitter=False)
+    except _Transient as error:
+        raise UserError(f"{download.url}: download failed after {retries} attempts ({error}) "
+                        "| fix: check the mirror URL and the network, or set mirrors: in the matrix") from None
 
 
 def fetch_all(downloads: dict[str, Download], *, cache: Path | None = None) -> dict[str, Path]:

@@ -49,6 +49,7 @@ from typing import Any
 from imagebuilder.clouds import CloudError, ImageFilter, ImageRecord, ImageStore, registry, utcnow
 from imagebuilder.config import RetentionPolicy
 from imagebuilder.metadata import PREFIX, parse_build_timestamp
+from imagebuilder.textline import one_line
 
 log = logging.getLogger(__name__)
 
@@ -305,15 +306,15 @@ def keep_shared(decisions: Sequence[Decision], store: ImageStore, policy: Retent
         try:
             reason = shared_reason(decision.record, store)
         except Exception as error:  # noqa: BLE001 - cannot tell who may use it: keep it
-            result.append(Decision(decision.record, Action.KEEP, f"in-use check failed: sharing: {_one_line(error)}"))
+            result.append(Decision(decision.record, Action.KEEP, f"in-use check failed: sharing: {_error_line(error)}"))
             continue
         result.append(decision if reason is None else Decision(
             decision.record, Action.KEEP, f"{reason} (prune_shared: true prunes shared images)"))
     return result
 
 
-def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split())
+def _error_line(error: BaseException) -> str:
+    text = one_line(error)
     return text if isinstance(error, CloudError) else f"{type(error).__name__}: {text}"[:400]
 
 
@@ -326,7 +327,7 @@ def recheck(record: ImageRecord, store: ImageStore, prune_shared: bool) -> str |
     try:
         users = store.in_use(record)
     except Exception as error:  # noqa: BLE001
-        return f"re-check failed: {_one_line(error)}"
+        return f"re-check failed: {_error_line(error)}"
     if users is None:
         return "re-check failed: cannot tell whether it is in use"
     if users:
@@ -336,7 +337,7 @@ def recheck(record: ImageRecord, store: ImageStore, prune_shared: bool) -> str |
         try:
             shared = shared_reason(record, store)
         except Exception as error:  # noqa: BLE001
-            return f"re-check failed: sharing: {_one_line(error)}"
+            return f"re-check failed: sharing: {_error_line(error)}"
         if shared:
             return f"{shared} since the plan"
     return None

@@ -50,6 +50,7 @@ from typing import Any
 import yaml
 
 from imagebuilder.errors import UserError
+from imagebuilder.retry import retrying
 from imagebuilder.versions import (
     ARCHES,
     COMPONENTS,
@@ -203,37 +204,43 @@ def _check_minors(minors: list[str] | None, lock: VersionsLock | None, path: Pat
 # ---------------------------------------------------------------- fetching
 
 
+class _TryFailed(Exception):
+    """One try's failure: the problem in one line, and whether another try may help."""
+
+    def __init__(self, problem: str, passing: bool) -> None:
+        super().__init__(problem)
+        self.passing = passing
+
+
 def fetch_text(url: str, *, timeout: float = DEFAULT_TIMEOUT, attempts: int = DEFAULT_ATTEMPTS) -> str:
     """GET a small text file. Retries connection errors, timeouts and HTTP 408/429/5xx."""
-    problem = ""
     tries = 0
-    for attempt in range(max(1, attempts)):
-        if attempt:
-            time.sleep(RETRY_DELAY * 2 ** (attempt - 1))
+
+    def once() -> bytes:
+        nonlocal tries
         tries += 1
         request = urllib.request.Request(url, headers={"User-Agent": "imagebuilder-versions-update"})
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:
-                body = response.read(MAX_RESPONSE_BYTES + 1)
+                return bytes(response.read(MAX_RESPONSE_BYTES + 1))
         except urllib.error.HTTPError as error:
-            problem = f"HTTP {error.code} {error.reason}"
             error.close()
-            if error.code not in RETRY_STATUS:
-                break
-            continue
+            raise _TryFailed(f"HTTP {error.code} {error.reason}", error.code in RETRY_STATUS) from None
         except (urllib.error.URLError, OSError) as error:
-            problem = str(getattr(error, "reason", None) or error)
-            if url.startswith("file://"):
-                break
-            continue
-        if len(body) > MAX_RESPONSE_BYTES:
-            raise VersionsUpdateError(f"{url}: larger than {MAX_RESPONSE_BYTES} bytes, not a sum or version file")
-        try:
-            return body.decode("utf-8")
-        except UnicodeDecodeError:
-            raise VersionsUpdateError(f"{url}: not UTF-8 text, not a sum or version file") from None
-    suffix = f" (after {tries} tries)" if tries > 1 else ""
-    raise VersionsUpdateError(f"{url}: {problem}{suffix}")
+            raise _TryFailed(str(getattr(error, "reason", None) or error), not url.startswith("file://")) from None
+
+    try:
+        body = retrying(once, attempts=attempts, first_delay=RETRY_DELAY, sleep=time.sleep, jitter=False,
+                        retryable=lambda error: isinstance(error, _TryFailed) and error.passing)
+    except _TryFailed as failure:
+        suffix = f" (after {tries} tries)" if tries > 1 else ""
+        raise VersionsUpdateError(f"{url}: {failure}{suffix}") from None
+    if len(body) > MAX_RESPONSE_BYTES:
+        raise VersionsUpdateError(f"{url}: larger than {MAX_RESPONSE_BYTES} bytes, not a sum or version file")
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise VersionsUpdateError(f"{url}: not UTF-8 text, not a sum or version file") from None
 
 
 def fetch_all(urls: Iterable[str], *, timeout: float, attempts: int, workers: int) -> dict[str, str]:

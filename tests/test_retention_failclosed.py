@@ -18,6 +18,7 @@ from test_retention_services import aws_environment, retention_aws, retention_mo
 
 from imagebuilder import retention
 from imagebuilder.cli.prune import prune
+from imagebuilder import retry as retry_module
 from imagebuilder.clouds.aws import store as aws_module
 from imagebuilder.config import RetentionPolicy
 from imagebuilder.metadata import tag_key
@@ -105,7 +106,7 @@ def error_page() -> Iterator[str]:
 
 
 def _cli(args: list[str], env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> tuple[int, str, str]:
-    monkeypatch.setattr(aws_module.random, "uniform", lambda a, b: 0.0)  # retries without the backoff's wait
+    monkeypatch.setattr(retry_module.random, "uniform", lambda a, b: 0.0)  # retries without the backoff's wait
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     result = CliRunner().invoke(prune, args, catch_exceptions=True)

@@ -8,10 +8,7 @@ import subprocess
 from pathlib import Path
 
 from imagebuilder.clouds import CloudError
-
-
-def one_line(text: object) -> str:
-    return " ".join(str(text).split())
+from imagebuilder.textline import one_line
 
 
 def run_tool(command: list[str], subject: Path) -> str:

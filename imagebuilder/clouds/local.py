@@ -18,7 +18,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from imagebuilder.clouds import CloudError, ImageFilter, ImageRecord, ImageStore
 from imagebuilder.metadata import ImageMetadata
 from imagebuilder.provenance import PROVENANCE_SUFFIX
 from imagebuilder.sbom import SBOM_SUFFIX
+from imagebuilder.timeparse import as_utc
 
 CATALOGUE_ENV = "IMAGEBUILDER_CATALOGUE"
 RECORD_SCHEMA = 1
@@ -158,7 +159,7 @@ class LocalCatalogue(ImageStore):
 
     def deprecate(self, image: ImageRecord, when: datetime, end_of_life: datetime | None = None) -> None:
         data = self._raw(image.image_id)
-        data["deprecated_at"] = _utc(when).isoformat()
+        data["deprecated_at"] = as_utc(when).isoformat()
         self._write(image.image_id, data)
 
     def delete(self, image: ImageRecord) -> list[str]:
@@ -261,7 +262,3 @@ def _atomic_write(path: Path, text: str) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-
-
-def _utc(when: datetime) -> datetime:
-    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)

@@ -26,7 +26,6 @@ exponential backoff and jitter; other failures become one-line CloudErrors.
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta, timezone
@@ -42,6 +41,9 @@ from imagebuilder.clouds import CloudError, ImageFilter, ImageRecord, ImageStore
 from imagebuilder.clouds.aws.settings import AwsSettings
 from imagebuilder.config import SDK_BACKOFF_S, SDK_CONNECT_TIMEOUT_S, SDK_MAX_ATTEMPTS, SDK_READ_TIMEOUT_S
 from imagebuilder.metadata import PUBLISHED_TAG, ImageMetadata, tag_key
+from imagebuilder.retry import retrying
+from imagebuilder.textline import one_line
+from imagebuilder.timeparse import EPOCH, parse_time
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -92,7 +94,7 @@ class AwsImageStore(ImageStore):
             try:
                 self._clients[key] = self.session.client(service, region_name=region, config=config)
             except ValueError as exc:  # botocore: "Invalid endpoint: ..." (AWS_ENDPOINT_URL, a profile's endpoint_url)
-                raise CloudError(f"aws {region}: {service}: {_one_line(str(exc))} "
+                raise CloudError(f"aws {region}: {service}: {one_line(str(exc))} "
                                  "| fix: set AWS_ENDPOINT_URL to an http(s) URL such as https://ec2.example:443, "
                                  "or unset it") from None
         return self._clients[key]
@@ -115,37 +117,32 @@ class AwsImageStore(ImageStore):
         return self._retrying(run, region, operation, subject)
 
     def _retrying(self, run: Callable[[], T], region: str, operation: str, subject: str) -> T:
-        for attempt in range(1, self.max_attempts + 1):
-            try:
-                return run()
-            except ClientError as exc:
-                if attempt < self.max_attempts and _retryable(exc):
-                    delay = self.backoff * (2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
-                    log.info("aws %s: %s throttled (%s), retrying in %.1fs", region, operation, _code(exc), delay)
-                    self.sleep(delay)
-                    continue
-                raise aws_error(exc, region, operation, subject) from None
-            except ResponseParserError as exc:  # an HTML or empty page (proxy, captive portal, 503): transient
-                if attempt < self.max_attempts:
-                    delay = self.backoff * (2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
-                    log.info("aws %s: %s answered something unparseable, retrying in %.1fs", region, operation, delay)
-                    self.sleep(delay)
-                    continue
-                first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
-                raise CloudError(f"aws {region}: {operation}" + (f" {subject}" if subject else "")
-                                 + f": the endpoint answered something that is not an AWS response, "
-                                 f"{self.max_attempts} times ({first[:160]}) "
-                                 "| fix: check AWS_ENDPOINT_URL, proxies (HTTPS_PROXY) and the network") from None
-            except WaiterError:
-                raise
-            except NoCredentialsError:
-                raise CloudError(f"aws {region}: {operation}: no AWS credentials found "
-                                 "| fix: export AWS_PROFILE (or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY), "
-                                 "or run where an instance role applies") from None
-            except BotoCoreError as exc:
-                raise CloudError(f"aws {region}: {operation} failed: {_one_line(str(exc))} "
-                                 "| fix: check the network, AWS_ENDPOINT_URL and the credentials") from None
-        raise AssertionError("unreachable")
+        def retrying_in(exc: Exception, delay: float) -> None:
+            if isinstance(exc, ClientError):
+                log.info("aws %s: %s throttled (%s), retrying in %.1fs", region, operation, _code(exc), delay)
+            else:
+                log.info("aws %s: %s answered something unparseable, retrying in %.1fs", region, operation, delay)
+
+        try:
+            return retrying(run, attempts=self.max_attempts, first_delay=self.backoff, retryable=_retryable,
+                            sleep=self.sleep, on_retry=retrying_in)
+        except ClientError as exc:
+            raise aws_error(exc, region, operation, subject) from None
+        except ResponseParserError as exc:
+            first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+            raise CloudError(f"aws {region}: {operation}" + (f" {subject}" if subject else "")
+                             + f": the endpoint answered something that is not an AWS response, "
+                             f"{self.max_attempts} times ({first[:160]}) "
+                             "| fix: check AWS_ENDPOINT_URL, proxies (HTTPS_PROXY) and the network") from None
+        except WaiterError:
+            raise
+        except NoCredentialsError:
+            raise CloudError(f"aws {region}: {operation}: no AWS credentials found "
+                             "| fix: export AWS_PROFILE (or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY), "
+                             "or run where an instance role applies") from None
+        except BotoCoreError as exc:
+            raise CloudError(f"aws {region}: {operation} failed: {one_line(str(exc))} "
+                             "| fix: check the network, AWS_ENDPOINT_URL and the credentials") from None
 
     def lock_key(self) -> str:
         """The AWS account (sts GetCallerIdentity) at this endpoint."""
@@ -303,7 +300,7 @@ class AwsImageStore(ImageStore):
         state = images[0].get("State", "?")
         reason = images[0].get("StateReason", {}).get("Message", "")
         if state == "failed":
-            return CloudError(f"aws {region}: image {image_id} failed: {_one_line(reason) or 'no reason given'} "
+            return CloudError(f"aws {region}: image {image_id} failed: {one_line(reason) or 'no reason given'} "
                               "| fix: deregister it and run publish again")
         return CloudError(f"aws {region}: image {image_id} still '{state}' after "
                           f"{self.waiter_delay * self.waiter_max_attempts}s | fix: run publish again later")
@@ -517,10 +514,10 @@ def record_of(region: str, image: dict[str, Any]) -> ImageRecord:
         region=region,
         image_id=image["ImageId"],
         name=image.get("Name", ""),
-        created_at=_parse_time(image.get("CreationDate")) or datetime.fromtimestamp(0, timezone.utc),
+        created_at=parse_time(image.get("CreationDate")) or EPOCH,
         metadata=ImageMetadata.from_tags(tags),
         state=str(image.get("State", "")).lower(),
-        deprecated_at=_parse_time(image.get("DeprecationTime")),
+        deprecated_at=parse_time(image.get("DeprecationTime")),
         public=bool(image.get("Public")),
         tags=tags,
         extra={"snapshots": snapshots, "owner": image.get("OwnerId", ""),
@@ -530,7 +527,7 @@ def record_of(region: str, image: dict[str, Any]) -> ImageRecord:
 
 def aws_error(exc: ClientError, region: str, operation: str, subject: str) -> CloudError:
     code = _code(exc)
-    message = _one_line(exc.response.get("Error", {}).get("Message", ""))[:300]
+    message = one_line(exc.response.get("Error", {}).get("Message", ""))[:300]
     what = f"aws {region}: {operation}" + (f" {subject}" if subject else "")
     if code in DENIED_CODES:
         return CloudError(f"{what} was denied ({code}: {message}) "
@@ -557,18 +554,11 @@ def _code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
 
-def _retryable(exc: ClientError) -> bool:
+def _retryable(exc: Exception) -> bool:
+    """Throttling and 5xx answers, and an HTML or empty page (proxy, captive portal, 503): passing."""
+    if isinstance(exc, ResponseParserError):
+        return True
+    if not isinstance(exc, ClientError):
+        return False
     status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
     return _code(exc) in RETRYABLE_CODES or status in RETRYABLE_STATUS
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
-def _parse_time(value: Any) -> datetime | None:
-    if not value:
-        return None
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-    return datetime.fromisoformat(str(value).replace("Z", "+00:00"))

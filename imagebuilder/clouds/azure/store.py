@@ -34,7 +34,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -53,11 +53,13 @@ from azure.mgmt.compute._version import VERSION as SDK_VERSION
 
 from imagebuilder.artifact import Artifact
 from imagebuilder.clouds.azure.versions import gallery_version
-from imagebuilder.clouds.disks import aligned_raw, one_line, run_tool
+from imagebuilder.clouds.disks import aligned_raw, run_tool
 from imagebuilder.clouds import CloudError, ImageFilter, ImageRecord, ImageStore, sort_newest_first, utcnow
 from imagebuilder.clouds.azure.settings import AzureSettings
 from imagebuilder.clouds.azure.naming import image_definition as azure_image_definition
 from imagebuilder.metadata import ImageMetadata, tag_key
+from imagebuilder.textline import one_line
+from imagebuilder.timeparse import EPOCH, as_utc, parse_time
 
 log = logging.getLogger(__name__)
 # azure.identity logs each failed credential chain as a multi-line warning; our CloudError says it in one line.
@@ -515,8 +517,8 @@ class AzureImageStore(ImageStore):
         time (a tag), and `end_of_life` (retention's now plus the grace) as its endOfLifeDate.
 
         Azure rejects an endOfLifeDate that is not in the future, so it is at least an hour ahead."""
-        when = _utc(when)
-        end_of_life = max(_utc(end_of_life or when), utcnow() + MIN_END_OF_LIFE_AHEAD)
+        when = as_utc(when)
+        end_of_life = max(as_utc(end_of_life or when), utcnow() + MIN_END_OF_LIFE_AHEAD)
         profile = m.GalleryImageVersionPublishingProfile(exclude_from_latest=True, end_of_life_date=end_of_life)
         current = self.get_version(image.extra["definition"], image.extra["version"])
         if current is None:
@@ -585,9 +587,9 @@ def record_of(version: m.GalleryImageVersion, location: str) -> ImageRecord:
     props = version.properties or m.GalleryImageVersionProperties({})
     profile = props.publishing_profile or m.GalleryImageVersionPublishingProfile()
     regions = [r.name for r in profile.target_regions or []]
-    end_of_life = _parse_time(profile.end_of_life_date)
+    end_of_life = parse_time(profile.end_of_life_date)
     excluded = bool(profile.exclude_from_latest)
-    created = _parse_time(profile.published_date) or datetime.fromtimestamp(0, timezone.utc)
+    created = parse_time(profile.published_date) or EPOCH
     deprecated_tag = _deprecated_tag(tags)
     parts = (version.id or "").split("/")
     definition = parts[-3] if len(parts) >= 3 else ""
@@ -612,13 +614,10 @@ def record_of(version: m.GalleryImageVersion, location: str) -> ImageRecord:
 def _deprecated_tag(tags: dict[str, str]) -> datetime | None:
     """Our deprecation time; a tag that does not parse counts as none (end of life decides then)."""
     try:
-        return _parse_time(tags.get(DEPRECATED_TAG))
+        return parse_time(tags.get(DEPRECATED_TAG))
     except ValueError:
         return None
 
-
-def _utc(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 def _state(version: m.GalleryImageVersion) -> str:
@@ -666,12 +665,3 @@ def azure_error(exc: HttpResponseError, operation: str, subject: str) -> CloudEr
     if status == 404:
         return CloudError(f"{what}: not found ({code}: {message})")
     return CloudError(f"{what} failed ({code or status}: {message})")
-
-
-def _parse_time(value: Any) -> datetime | None:
-    if not value:
-        return None
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-    moment = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)

@@ -30,13 +30,12 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import re
 import tempfile
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -45,11 +44,14 @@ from google.auth import exceptions as auth_exceptions
 from google.cloud import compute_v1, storage  # type: ignore[attr-defined]
 
 from imagebuilder.artifact import Artifact
-from imagebuilder.clouds.disks import aligned_raw, one_line, run_tool
+from imagebuilder.clouds.disks import aligned_raw, run_tool
 from imagebuilder.clouds import CloudError, ImageFilter, ImageRecord, ImageStore, sort_newest_first, utcnow
 from imagebuilder.clouds.gcp.settings import GcpSettings
 from imagebuilder.clouds.gcp.naming import image_family as gcp_image_family
 from imagebuilder.metadata import ImageMetadata, gcp_label_value, tag_key
+from imagebuilder.retry import retrying
+from imagebuilder.textline import one_line
+from imagebuilder.timeparse import EPOCH, as_utc, parse_time
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -166,23 +168,20 @@ class GcpImageStore(ImageStore):
 
     def call(self, operation: str, subject: str, run: Callable[[], T]) -> T:
         """run(), retried on throttling and 5xx; failures become one-line CloudErrors."""
-        for attempt in range(1, self.max_attempts + 1):
-            try:
-                return run()
-            except gexc.NotFound as exc:
-                raise Missing(gcp_error(exc, self.project, operation, subject)) from None
-            except gexc.GoogleAPICallError as exc:
-                if attempt < self.max_attempts and _retryable(exc):
-                    delay = self.backoff * (2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
-                    log.info("gcp %s: %s %s throttled or unavailable (%s), retrying in %.1fs",
-                             self.project, operation, subject, exc.code, delay)
-                    self.sleep(delay)
-                    continue
-                raise gcp_error(exc, self.project, operation, subject) from None
-            except (auth_exceptions.GoogleAuthError, OSError) as exc:
-                raise CloudError(f"gcp {self.project}: {operation} {subject} failed: {one_line(str(exc))} "
-                                 "| fix: check the network, the endpoint and the credentials") from None
-        raise AssertionError("unreachable")
+        def retrying_in(exc: Exception, delay: float) -> None:
+            log.info("gcp %s: %s %s throttled or unavailable (%s), retrying in %.1fs",
+                     self.project, operation, subject, getattr(exc, "code", ""), delay)
+
+        try:
+            return retrying(run, attempts=self.max_attempts, first_delay=self.backoff, retryable=_retryable,
+                            sleep=self.sleep, on_retry=retrying_in)
+        except gexc.NotFound as exc:
+            raise Missing(gcp_error(exc, self.project, operation, subject)) from None
+        except gexc.GoogleAPICallError as exc:
+            raise gcp_error(exc, self.project, operation, subject) from None
+        except (auth_exceptions.GoogleAuthError, OSError) as exc:
+            raise CloudError(f"gcp {self.project}: {operation} {subject} failed: {one_line(str(exc))} "
+                             "| fix: check the network, the endpoint and the credentials") from None
 
     def wait(self, operation: compute_v1.Operation, subject: str) -> None:
         """Wait (global operations' wait, bounded by operation_timeout) and raise if it failed."""
@@ -428,9 +427,9 @@ class GcpImageStore(ImageStore):
         """
         if replacement is None and image.metadata is not None:
             replacement = self._family_head(image)
-        status = compute_v1.DeprecationStatus(state="DEPRECATED", deprecated=_utc(when).isoformat())
+        status = compute_v1.DeprecationStatus(state="DEPRECATED", deprecated=as_utc(when).isoformat())
         if end_of_life is not None:
-            status.obsolete = _utc(end_of_life).isoformat()
+            status.obsolete = as_utc(end_of_life).isoformat()
         if replacement:
             status.replacement = replacement
         self._set_deprecation(image, status)
@@ -440,10 +439,10 @@ class GcpImageStore(ImageStore):
         deprecation time and replacement stay; `when` is the obsolete time, `end_of_life` when it is
         to be deleted (informational: GCE deletes nothing by itself)."""
         deprecated = image.deprecated_at or when
-        status = compute_v1.DeprecationStatus(state="OBSOLETE", deprecated=_utc(deprecated).isoformat(),
-                                              obsolete=_utc(when).isoformat())
+        status = compute_v1.DeprecationStatus(state="OBSOLETE", deprecated=as_utc(deprecated).isoformat(),
+                                              obsolete=as_utc(when).isoformat())
         if end_of_life is not None:
-            status.deleted = _utc(end_of_life).isoformat()
+            status.deleted = as_utc(end_of_life).isoformat()
         if image.extra.get("replacement"):
             status.replacement = image.extra["replacement"]
         self._set_deprecation(image, status)
@@ -514,16 +513,16 @@ def record_of(image: compute_v1.Image) -> ImageRecord:
     state = deprecation.state if deprecation else ""
     deprecated_at = obsoleted_at = None
     if state in INACTIVE_STATES:
-        deprecated_at = _parse_time(deprecation.deprecated if deprecation else "") or _parse_time(
+        deprecated_at = parse_time(deprecation.deprecated if deprecation else "") or parse_time(
             image.creation_timestamp)
     if state in OBSOLETE_STATES:  # its obsolete time, else (set by hand without one) its deprecation time
-        obsoleted_at = _parse_time(deprecation.obsolete if deprecation else "") or deprecated_at
+        obsoleted_at = parse_time(deprecation.obsolete if deprecation else "") or deprecated_at
     return ImageRecord(
         cloud="gcp",
         region=REGION,
         image_id=image.name,
         name=image.name,
-        created_at=_parse_time(image.creation_timestamp) or datetime.fromtimestamp(0, timezone.utc),
+        created_at=parse_time(image.creation_timestamp) or EPOCH,
         metadata=metadata_of(labels, image.description),
         state=STATES.get(image.status, image.status.lower()),
         deprecated_at=deprecated_at,
@@ -552,7 +551,9 @@ def _reasons(exc: gexc.GoogleAPICallError) -> set[str]:
     return reasons
 
 
-def _retryable(exc: gexc.GoogleAPICallError) -> bool:
+def _retryable(exc: Exception) -> bool:
+    if not isinstance(exc, gexc.GoogleAPICallError) or isinstance(exc, gexc.NotFound):
+        return False
     return isinstance(exc, RETRYABLE) or bool(_reasons(exc) & RATE_LIMIT_REASONS)
 
 
@@ -586,14 +587,3 @@ def operation_error(project: str, operation: compute_v1.Operation, subject: str,
     if code == "RESOURCE_ALREADY_EXISTS":
         return CloudError(f"{what}: alreadyExists ({message})")
     return CloudError(f"{what} ({code}: {message}) | fix: run publish again; it removes a failed image first")
-
-
-def _utc(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
-
-
-def _parse_time(value: str) -> datetime | None:
-    if not value:
-        return None
-    moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)

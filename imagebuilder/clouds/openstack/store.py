@@ -30,6 +30,8 @@ from imagebuilder.clouds.local import image_file_of
 from imagebuilder.clouds.openstack.settings import OpenstackSettings
 from imagebuilder.metadata import ImageMetadata, tag_key
 from imagebuilder.osinfo import OPERATING_SYSTEMS
+from imagebuilder.textline import one_line
+from imagebuilder.timeparse import EPOCH, parse_time
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -75,7 +77,7 @@ class OpenstackImageStore(ImageStore):
                                                      connect_retries=self.connect_retries)
             except Exception as exc:  # openstacksdk raises several config errors
                 where = f"cloud '{self.settings.cloud}' in clouds.yaml" if self.settings.cloud else "the OS_* variables"
-                raise CloudError(f"openstack: cannot configure a connection from {where}: {_one_line(exc)} "
+                raise CloudError(f"openstack: cannot configure a connection from {where}: {one_line(exc)[:300]} "
                                  "| fix: set clouds.openstack.cloud to an entry of clouds.yaml, or export OS_*"
                                  ) from None
         return self._connection
@@ -98,7 +100,7 @@ class OpenstackImageStore(ImageStore):
             raise CloudError(f"openstack {self.region}: {what}: not found or vanished ({_status(exc)}) "
                              "| fix: run publish again; it finds or uploads the image anew") from None
         except (exceptions.SDKException, keystone_exceptions.ClientException) as exc:
-            raise CloudError(f"openstack {self.region}: {what} failed: {_one_line(exc)} "
+            raise CloudError(f"openstack {self.region}: {what} failed: {one_line(exc)[:300]} "
                              "| fix: check that the image endpoint is up and reachable, then run it again") from None
 
     def check_access(self) -> None:
@@ -294,7 +296,7 @@ class OpenstackImageStore(ImageStore):
             try:
                 servers = list(self.conn.compute.servers(details=False, all_projects=True, image=image_id))
             except Exception as exc:  # no compute endpoint, or not allowed: cannot tell
-                raise CloudError(f"openstack {self.region}: cannot list the servers (Nova): {_one_line(exc)} "
+                raise CloudError(f"openstack {self.region}: cannot list the servers (Nova): {one_line(exc)[:300]} "
                                  "| fix: give the credentials a compute endpoint and the right to list servers"
                                  ) from None
             users[image_id] += [f"server {server.id}" for server in servers]
@@ -311,7 +313,7 @@ class OpenstackImageStore(ImageStore):
             volumes = list(self.conn.block_storage.volumes(details=True, all_projects=True))
         except Exception as exc:  # no block-storage endpoint, or not allowed: cannot tell
             raise CloudError(f"openstack {self.region}: cannot list the volumes (Cinder), which servers booted from "
-                             f"volume are found by: {_one_line(exc)} | fix: give the credentials a block-storage "
+                             f"volume are found by: {one_line(exc)[:300]} | fix: give the credentials a block-storage "
                              "endpoint and the right to list volumes") from None
         found: list[tuple[str, str]] = []
         for volume in volumes:
@@ -335,7 +337,7 @@ class OpenstackImageStore(ImageStore):
             region=self.region,
             image_id=image.id,
             name=image.name or "",
-            created_at=_parse_time(image.created_at),
+            created_at=parse_time(image.created_at) or EPOCH,
             metadata=ImageMetadata.from_tags(properties),
             state=str(image.status or "").lower(),
             deprecated_at=datetime.fromisoformat(deprecated) if deprecated else None,
@@ -385,14 +387,3 @@ def _is_qcow2(path: Path) -> bool:
 def _status(exc: Any) -> str:
     code = getattr(exc, "status_code", None)
     return f"HTTP {code}" if code else type(exc).__name__
-
-
-def _one_line(exc: Any) -> str:
-    return " ".join(str(exc).split())[:300]
-
-
-def _parse_time(value: Any) -> datetime:
-    if not value:
-        return datetime.fromtimestamp(0, timezone.utc)
-    parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
