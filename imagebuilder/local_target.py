@@ -94,7 +94,7 @@ def prepare(job: Job) -> None:
     job.packer_args = ["-var", f"qemu_accelerator={accelerator_for(job, files)}"]
 
 
-def _qcow2(artifact: Artifact, job: Job) -> Path:
+def qcow2_of(artifact: Artifact, job: Job) -> Path:
     for name in artifact.files:
         path = Path(name)
         path = path if path.is_absolute() else job.directory / path
@@ -110,13 +110,14 @@ def validate_hook(job: Job) -> qemu.ValidateHook:
     return qemu.role_check({**cell_vars, **BOOTED_VARS})
 
 
-def boot_test(job: Job, artifact: Artifact) -> None:
-    image = _qcow2(artifact, job)
+def boot_test(job: Job, artifact: Artifact, image: Path | None = None, disk_format: str = "qcow2") -> None:
+    """Boot the build's qcow2 (or ``image``, another form of the same disk) and check it."""
+    image = image or qcow2_of(artifact, job)
     expected = {"build_key": job.cell.build_key, "kubernetes_version": job.cell.kubernetes_version}
     workdir = job.directory / "boot-test"
     shutil.rmtree(workdir, ignore_errors=True)
     result = qemu.boot_test(image, expected, user=job.cell.os_info.ssh_user, workdir=workdir,
-                            validate=validate_hook(job), cancel=job.cancel)
+                            validate=validate_hook(job), cancel=job.cancel, disk_format=disk_format)
     (job.directory / "boot-test.json").write_text(json.dumps(
         {"ok": result.ok, "seconds": result.seconds,
          "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in result.checks]}, indent=2))

@@ -64,7 +64,8 @@ class ValidateResult:
 def prepare_for_validate(cell_dir: Path) -> None:
     """The qemu build's inputs that `imagebuilder build` links in are checked by validate:
     a throw-away key stands in for them until a build links the real ones."""
-    if (cell_dir / "qemu.pkr.hcl").exists() and not (cell_dir / "base" / "id_ed25519").exists():
+    local_build = any("base/id_ed25519" in path.read_text() for path in cell_dir.glob("*.pkr.hcl"))
+    if local_build and not (cell_dir / "base" / "id_ed25519").exists():
         (cell_dir / "base" / "seed").mkdir(parents=True, exist_ok=True)
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "imagebuilder-validate",
                         "-f", str(cell_dir / "base" / "id_ed25519")], check=True, capture_output=True)

@@ -153,7 +153,7 @@ class TargetHooks:
         registry.get(job.cell.cloud).prepare(job)
 
     def finish(self, job: Job, artifact: Artifact) -> Artifact:
-        registry.get(job.cell.cloud).finish(job, artifact)
+        artifact = registry.get(job.cell.cloud).finish(job, artifact) or artifact
         if self.publish:
             from imagebuilder.publishing import publish_artifact
 

@@ -337,7 +337,7 @@ def templates_digest(cloud_name: str) -> str:
     cloud = registry.get(cloud_name)
     files = {path.relative_to(PACKER_DIR).as_posix(): path for path in PACKER_DIR.rglob("*")
              if path.is_file() and "__pycache__" not in path.parts}
-    files[cloud.template] = cloud.directory / cloud.template
+    files[cloud.template] = cloud.template_path
     return files_digest(files)
 
 

@@ -485,8 +485,9 @@ def guest_checks(session: GuestSession, expected: Expected) -> list[Check]:
 
 def boot_test(image: Path, expected: dict | Expected, *, user: str = "debian", workdir: Path | None = None,
               accel: Accel | None = None, validate: ValidateHook | Sequence[ValidateHook] | None = None,
-              ssh_timeout: float = SSH_BOOT_TIMEOUT, cancel: threading.Event | None = None) -> BootTestResult:
-    """Boot ``image`` (qcow2) on its own firmware and bootloader, no ``-kernel``, and check it.
+              ssh_timeout: float = SSH_BOOT_TIMEOUT, cancel: threading.Event | None = None,
+              disk_format: str = "qcow2") -> BootTestResult:
+    """Boot ``image`` (qcow2, or ``disk_format``) on its own firmware and bootloader, no ``-kernel``, and check it.
 
     Login is a throw-away key given to ``user`` by a NoCloud seed; the image file is not
     modified (``-snapshot``). Every check runs over one SSH connection to a small agent
@@ -505,7 +506,7 @@ def boot_test(image: Path, expected: dict | Expected, *, user: str = "debian", w
         key = make_ssh_key(keydir)
         try:
             with boot(image, user=user, key=key, workdir=workdir, accel=accel, ssh_timeout=ssh_timeout,
-                      cancel=cancel) as vm:
+                      cancel=cancel, disk_format=disk_format) as vm:
                 seconds["ssh_up"] = round(vm.timings["ssh_up"], 1)
                 checks.append(Check("ssh login", True, f"{user} via NoCloud seed key"))
                 t = time.monotonic()

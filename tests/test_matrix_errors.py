@@ -46,7 +46,7 @@ QEMU = 'clouds:\n  qemu: {}\n'  # lines 3-4
 CASES = {
     "float minor": ('os: [debian-12]\nkubernetes: [1.30]\nclouds: {qemu: {}}\n', 2, "kubernetes[0]", 'quotes'),
     "unknown os": ('os: [debain-12]\nkubernetes: ["1.31"]\nclouds: {qemu: {}}\n', 1, "os[0]", "did you mean 'debian-12'"),
-    "unknown cloud": ('os: [debian-12]\nkubernetes: ["1.31"]\nclouds:\n  qemu: {}\n  awz: {}\n', 5, "clouds.awz",
+    "unknown cloud": ('os: [debian-12]\nkubernetes: ["1.31"]\nclouds:\n  qemu: {}\n  awss: {}\n', 5, "clouds.awss",
                       "did you mean 'aws'"),
     "unknown minor": ('os: [debian-12]\nkubernetes: ["1.39"]\nclouds: {qemu: {}}\n', 2, "kubernetes[0]", "versions update"),
     "unknown key": ('os: [debian-12]\nkubernetes: ["1.31"]\nclouds: {qemu: {}}\nexcludes: []\n', 4, "excludes",

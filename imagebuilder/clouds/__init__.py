@@ -80,6 +80,8 @@ class ImageRecord:
             "build_key": meta.build_key if meta else None,
             "published": self.published,
             "metadata": meta.to_tags() if meta else {},
+            # a local output's files (the local catalogue: the disk, then the files beside it)
+            **({"files": [self.extra["path"], *self.extra.get("other_files", [])]} if "path" in self.extra else {}),
         }
 
 

@@ -5,6 +5,12 @@ Layout under the catalogue directory ($IMAGEBUILDER_CATALOGUE, else the user's c
     records/<image id>.json    metadata (as tags), name, creation and deprecation times, file
     images/<image id>/<file>   the qcow2, hard-linked from the build output when it can be, else copied,
                                with the build's SBOM and provenance beside it when it wrote them
+                               (and the other files of a local output: the raw disk's compressed
+                               form and sha256 files)
+
+Each local output keeps its images apart in the one catalogue: a record names the store that
+wrote it ("output": the store's cloud; records without one are the qcow2's, "local"), and a store
+lists only its own, so retention never takes a raw disk for an older copy of the qcow2.
 
 The image id derives from the build key, so publishing the same build twice finds the
 first record and changes nothing. Every write goes to a temporary file first and is
@@ -49,7 +55,7 @@ def local_image_id(build_key: str) -> str:
 
 
 class LocalCatalogue(ImageStore):
-    cloud = "local"
+    cloud = "local"  # also the records' "output": which store of the catalogue they belong to
 
     def __init__(self, root: Path | str | None = None) -> None:
         self.root = Path(root) if root is not None else default_catalogue_dir()
@@ -86,6 +92,11 @@ class LocalCatalogue(ImageStore):
             if found is not None:
                 place_file(found, target.parent / found.name)
                 side_files[field] = str((target.parent / found.name).relative_to(self.root))
+        placed_sides = {Path(f).name for f in side_files.values()}
+        others = [path for path in (Path(name) for name in artifact.files)
+                  if path != source and path.is_file() and path.name not in placed_sides]
+        for other in others:
+            place_file(other, target.with_name(other.name))
         record = {
             "schema": RECORD_SCHEMA,
             "image_id": image_id,
@@ -94,6 +105,8 @@ class LocalCatalogue(ImageStore):
             "deprecated_at": None,
             "tags": artifact.metadata.to_tags(),
             "file": str(target.relative_to(self.root)),
+            "output": self.cloud,
+            "other_files": [str(target.with_name(other.name).relative_to(self.root)) for other in others],
             "format": source.suffix.lstrip(".") or "raw",
             "size": target.stat().st_size,
             "cell": artifact.cell_id,
@@ -137,7 +150,7 @@ class LocalCatalogue(ImageStore):
         record = self._load(image_id)
         if record is None:
             raise CloudError(f"local catalogue {self.root}: no image {image_id} "
-                             "| fix: see 'imagebuilder images list --cloud local'")
+                             "| fix: see 'imagebuilder images list --cloud {self.cloud}'")
         return record
 
     def tag(self, image: ImageRecord, tags: dict[str, str]) -> None:
@@ -191,7 +204,7 @@ class LocalCatalogue(ImageStore):
             data = json.loads(path.read_text())
         except FileNotFoundError:
             raise CloudError(f"local catalogue {self.root}: no image {image_id} "
-                             "| fix: see 'imagebuilder images list --cloud local'") from None
+                             "| fix: see 'imagebuilder images list --cloud {self.cloud}'") from None
         except ValueError as exc:
             raise CloudError(f"{path}: not a catalogue record ({exc}) "
                              "| fix: delete the file and publish again") from None
@@ -204,7 +217,10 @@ class LocalCatalogue(ImageStore):
         if not (self.records_dir / f"{image_id}.json").exists():
             return None
         data = self._raw(image_id)
+        if data.get("output", LocalCatalogue.cloud) != self.cloud:
+            return None  # another local output's image
         path = self.root / data["file"]
+        others = [self.root / name for name in data.get("other_files", [])]
         return ImageRecord(
             cloud=self.cloud,
             region=REGION,
@@ -212,10 +228,11 @@ class LocalCatalogue(ImageStore):
             name=data["name"],
             created_at=datetime.fromisoformat(data["created_at"]),
             metadata=ImageMetadata.from_tags(data["tags"]),
-            state="available" if path.is_file() else "missing",
+            state="available" if all(p.is_file() for p in (path, *others)) else "missing",
             deprecated_at=datetime.fromisoformat(data["deprecated_at"]) if data.get("deprecated_at") else None,
             tags=dict(data["tags"]),
-            extra={"path": str(path), "format": data.get("format", ""), "size": data.get("size", 0),
+            extra={"path": str(path), "other_files": [str(other) for other in others],
+                   "format": data.get("format", ""), "size": data.get("size", 0),
                    "cell": data.get("cell", ""), "versions": data.get("versions", {}),
                    **{field: str(self.root / data[field]) if data.get(field) else "" for field in SIDE_FILES}},
         )

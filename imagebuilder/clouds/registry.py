@@ -111,6 +111,11 @@ class Cloud:
         """The Packer template's name in the render's template search path."""
         return f"{self.name}.pkr.hcl.j2"
 
+    @property
+    def template_path(self) -> Path:
+        """The template's file (a local output may build with another folder's template)."""
+        return self.directory / self.template
+
     def packer_variables(self, cell: Cell, context: RenderContext) -> dict[str, Any]:
         return {}
 
@@ -131,8 +136,9 @@ class Cloud:
     def prepare(self, job: Job) -> None:
         """Before the builder runs (the qemu target builds its base disk here)."""
 
-    def finish(self, job: Job, artifact: Artifact) -> None:
-        """After the build, before publishing (the qemu target boot-tests the image here)."""
+    def finish(self, job: Job, artifact: Artifact) -> Artifact | None:
+        """After the build, before publishing (the qemu target boot-tests the image here); the
+        artifact to publish when the step made other files of it (the raw output's disks), else None."""
 
     # -- images ----------------------------------------------------------------------------
     @property

@@ -1,0 +1,13 @@
+"""The settings of `clouds.raw` in the matrix: the qemu build's, and how the raw disk is compressed."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from imagebuilder.clouds.qemu.settings import QemuSettings
+
+
+class RawSettings(QemuSettings):
+    # The compressed form beside the raw disk, as Metal3's image URLs name it (`<name>.raw.gz` or
+    # `.raw.xz`; image-builder's raw target writes gz). It is in the build key: the files differ.
+    compression: Literal["gz", "xz"] = "gz"
