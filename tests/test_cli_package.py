@@ -33,6 +33,9 @@ SHARED_FLAGS = frozenset({"--matrix", "--only", "--output", "--format", "--stric
                           "--packer-version", "--cloud", "--k8s", "--os"})
 
 
+FILE_SUFFIX = re.compile(r"\.(raw|ova|ovf|vmdk)\b")
+
+
 def _words(text: str) -> list[str]:
     """The words of a string or an identifier: snake_case, CamelCase, kebab-case and prose all split."""
     return [word.lower() for word in re.findall(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+", text)]
@@ -68,6 +71,8 @@ def cloud_mentions(source: str) -> list[str]:
         elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
             texts = [node.name]
         for text in texts:
+            # A file name's suffix is a format, not the cloud of that name (sysext's "<name>.raw").
+            text = FILE_SUFFIX.sub("", text)
             named = CLOUD_NAMES.intersection(_words(text)) | {
                 cloud for cloud in CLOUD_NAMES if re.search(rf"(?<![a-z]){cloud}(?![a-z])", text.lower())}
             if named:
@@ -104,6 +109,8 @@ def test_the_check_finds_a_cloud_however_it_is_named() -> None:
     for source, expected in samples.items():
         assert len(cloud_mentions(source)) >= expected, source
     assert cloud_mentions("from imagebuilder.clouds import ImageStore, store_for\nHELP = 'the draws and laws'") == []
+    assert cloud_mentions("HELP = 'writes kubernetes-v1.31.4-x86-64.raw'") == []
+    assert len(cloud_mentions("HELP = 'a raw disk'")) == 1
 
 
 def leaf_commands(group: click.Group, path: tuple[str, ...] = ()) -> Iterator[tuple[str, click.Command]]:
