@@ -110,7 +110,20 @@ def _signer(home: Path | None, key_id: str | None, source: str) -> Signer:
     if exported.returncode != 0 or not exported.stdout:
         raise UserError(f"{source}: cannot export the public key of {fingerprints[0]} ({_last_line(exported)}) "
                         "| fix: check the key with 'gpg --list-keys'")
-    return Signer(gnupg_home=home, fingerprint=fingerprints[0], public_keyring=exported.stdout)
+    signer = Signer(gnupg_home=home, fingerprint=fingerprints[0], public_keyring=exported.stdout)
+    _detach_sign(signer, os.devnull, "-", f"{source}: gpg cannot sign with {signer.fingerprint}")  # before anything is built
+    return signer
+
+
+def _detach_sign(signer: Signer, data: str, output: str, failure: str) -> None:
+    """gpg --detach-sign of the file ``data`` into ``output`` (- for stdout); the passphrase,
+    if any, goes through a pipe, never the command line."""
+    passphrase = os.environ.get(PASSPHRASE_ENV, "").encode()
+    result = _gpg(["--yes", "--pinentry-mode", "loopback", "--passphrase-fd", "0", "--local-user", signer.fingerprint,
+                   "--output", output, "--detach-sign", data], signer.gnupg_home, stdin=passphrase + b"\n")
+    if result.returncode != 0:
+        raise UserError(f"{failure} ({_last_line(result)}) | fix: check the key, and set {PASSPHRASE_ENV} "
+                        "if it has a passphrase")
 
 
 @contextmanager
@@ -144,14 +157,12 @@ def signer_from(key_id: str | None, key_file: Path | None) -> Iterator[Signer | 
 def sign_sums(signer: Signer, directory: Path) -> Path:
     """Write ``SHA256SUMS.gpg``, a detached signature of ``directory/SHA256SUMS``, atomically."""
     partial = directory / f".{SIGNATURE_NAME}.part"
-    passphrase = os.environ.get(PASSPHRASE_ENV, "").encode()
-    result = _gpg(["--yes", "--pinentry-mode", "loopback", "--passphrase-fd", "0", "--local-user", signer.fingerprint,
-                   "--output", str(partial), "--detach-sign", str(directory / SUMS_NAME)],
-                  signer.gnupg_home, stdin=passphrase + b"\n")
-    if result.returncode != 0:
+    try:
+        _detach_sign(signer, str(directory / SUMS_NAME), str(partial),
+                     f"gpg could not sign {directory / SUMS_NAME} with {signer.fingerprint}")
+    except UserError:
         partial.unlink(missing_ok=True)
-        raise UserError(f"gpg could not sign {directory / SUMS_NAME} with {signer.fingerprint} "
-                        f"({_last_line(result)}) | fix: check the key, and set {PASSPHRASE_ENV} if it has a passphrase")
+        raise
     signature = directory / SIGNATURE_NAME
     os.replace(partial, signature)
     return signature

@@ -827,3 +827,26 @@ def test_rebuilding_unsigned_removes_a_stale_signature(fixture_mirror: Fixture, 
     assert (tmp_path / "out" / "SHA256SUMS.gpg").exists()
     build_cli(tmp_path, fixture_mirror, base_url=None, signed=False)
     assert not (tmp_path / "out" / "SHA256SUMS.gpg").exists()
+
+
+def test_signing_key_file_with_a_passphrase(fixture_mirror: Fixture, tmp_path: Path) -> None:
+    home = tmp_path / "locked"
+    home.mkdir(mode=0o700)
+    try:
+        gpg(home, "--pinentry-mode", "loopback", "--passphrase", "s3cret", "--quick-gen-key",
+            "locked <locked@example.org>", "ed25519", "sign", "never")
+        secret_file = tmp_path / "signing.asc"
+        secret_file.write_text(gpg(home, "--pinentry-mode", "loopback", "--passphrase", "s3cret", "--armor",
+                                   "--export-secret-keys"))
+        gpg(home, "--output", str(tmp_path / "locked.gpg"), "--export")
+    finally:
+        signing.stop_agent(home)
+    wrong = one_line_error(try_build(tmp_path / "wrong", fixture_mirror, "--base-url", BASE_URL,
+                                     "--signing-key-file", str(secret_file),
+                                     env={signing.PASSPHRASE_ENV: "not it"}))
+    assert wrong.startswith(f"--signing-key-file {secret_file}: gpg cannot sign")
+    assert signing.PASSPHRASE_ENV in wrong and "not it" not in wrong
+    assert not (tmp_path / "wrong" / "out").exists()  # found out before anything was built
+    build_cli(tmp_path, fixture_mirror, "--signing-key-file", str(secret_file), signed=False,
+              extra_env={signing.PASSPHRASE_ENV: "s3cret"})
+    assert signing.verify_directory(tmp_path / "out", tmp_path / "locked.gpg")
