@@ -31,7 +31,10 @@ from imagebuilder.errors import UserError
 
 SIGNATURE_NAME = "SHA256SUMS.gpg"
 SUMS_NAME = "SHA256SUMS"
-# Where systemd-sysupdate (through systemd-importd's keyring lookup) finds the keys it trusts.
+# Where systemd-sysupdate finds the keys it trusts (systemd src/import/pull-common.c, verify_gpg: the
+# first of /etc/systemd/import-pubring.pgp, /etc/systemd/import-pubring.gpg, the vendor's
+# /usr/lib/systemd/import-pubring.pgp). The .gpg name is the one systemd before 256 reads, and newer
+# ones still read while no .pgp keyring is in /etc.
 NODE_KEYRING = "/etc/systemd/import-pubring.gpg"
 SIGNING_KEY_ENV = "IMAGEBUILDER_SYSEXT_SIGNING_KEY"  # an armored secret key (text), e.g. a CI secret
 PASSPHRASE_ENV = "IMAGEBUILDER_SYSEXT_SIGNING_PASSPHRASE"  # only for keys that have one
@@ -179,7 +182,8 @@ def read_sums(text: str) -> dict[str, str]:
 
 
 def check_signature(sums: Path, signature: Path, keyring: Path) -> None:
-    """gpg --verify as systemd-sysupdate runs it: only ``keyring`` trusted, no user config, no trustdb."""
+    """gpg --verify with the options systemd's verify_gpg passes: only ``keyring`` trusted, no user
+    config, no key lookup, no trustdb, a throwaway home."""
     if not signature.is_file():
         raise VerificationFailed(f"{signature}: missing (Verify=yes) | the update is refused; fix: sign "
                                  "SHA256SUMS with 'imagebuilder sysext build --signing-key'")
