@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import os
 import re
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -21,6 +19,7 @@ from pathlib import Path
 
 
 from imagebuilder import __version__
+from imagebuilder.atomicfile import replacing
 from imagebuilder.cache import cache_dir as imagebuilder_cache
 from imagebuilder.errors import UserError
 from imagebuilder.retry import retrying
@@ -84,31 +83,24 @@ def fetch_all(downloads: dict[str, Download], *, cache: Path | None = None) -> d
 
 def _fetch_once(url: str, expected: str, target: Path) -> Path:
     request = urllib.request.Request(url, headers={"User-Agent": f"imagebuilder/{__version__}"})
-    handle, partial_name = tempfile.mkstemp(dir=target.parent, prefix=f".{expected[:16]}.", suffix=".part")
-    partial = Path(partial_name)
-    try:
+    with replacing(target, binary=True) as out:
         digest = hashlib.sha256()
-        with os.fdopen(handle, "wb") as out:
-            try:
-                with urllib.request.urlopen(request, timeout=TIMEOUT_SECONDS) as response:
-                    for chunk in iter(lambda: response.read(CHUNK), b""):
-                        digest.update(chunk)
-                        out.write(chunk)
-            except urllib.error.HTTPError as error:
-                if error.code >= 500 or error.code == 429:
-                    raise _Transient(f"HTTP {error.code}") from None
-                raise UserError(f"{url}: HTTP {error.code} {error.reason} "
-                                "| fix: check the path in the versions file and the mirror in the matrix") from None
-            except (urllib.error.URLError, http.client.HTTPException, OSError) as error:
-                # refused or unreachable, a timeout, a connection cut mid-body (IncompleteRead)
-                raise _Transient(str(getattr(error, "reason", error))) from None
+        try:
+            with urllib.request.urlopen(request, timeout=TIMEOUT_SECONDS) as response:
+                for chunk in iter(lambda: response.read(CHUNK), b""):
+                    digest.update(chunk)
+                    out.write(chunk)
+        except urllib.error.HTTPError as error:
+            if error.code >= 500 or error.code == 429:
+                raise _Transient(f"HTTP {error.code}") from None
+            raise UserError(f"{url}: HTTP {error.code} {error.reason} "
+                            "| fix: check the path in the versions file and the mirror in the matrix") from None
+        except (urllib.error.URLError, http.client.HTTPException, OSError) as error:
+            # refused or unreachable, a timeout, a connection cut mid-body (IncompleteRead)
+            raise _Transient(str(getattr(error, "reason", error))) from None
         actual = digest.hexdigest()
         if actual != expected:
             raise UserError(f"{url}: sha256 mismatch: expected {expected}, got {actual} "
                             "| fix: the mirror serves different bytes than the versions file pins; "
                             "check the mirror, or update the pin if the release really changed")
-        partial.chmod(0o644)
-        os.replace(partial, target)
-        return target
-    finally:
-        partial.unlink(missing_ok=True)
+    return target

@@ -32,6 +32,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from imagebuilder import attest, procs, render
+from imagebuilder.atomicfile import write_atomically
 from imagebuilder.build import Job, Outcome
 from imagebuilder.clouds.local import local_image_id
 from imagebuilder.config import ANSIBLE_DIR
@@ -327,9 +328,7 @@ def write_manifest(job: Job, qcow2: Path, image_name: str, timestamp: str, metad
         "last_run_uuid": run_uuid,
     }
     path = job.directory / "packer-manifest.json"
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(manifest, indent=2) + "\n")
-    temporary.replace(path)
+    write_atomically(path, json.dumps(manifest, indent=2) + "\n")
     return path
 
 

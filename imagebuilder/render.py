@@ -13,6 +13,7 @@ from typing import Any
 import jinja2
 
 from imagebuilder import __version__, hcl
+from imagebuilder.atomicfile import write_atomically
 from imagebuilder.clouds import registry
 from imagebuilder.config import ANSIBLE_DIR, PACKER_DIR, PROJECT_ROOT
 from imagebuilder.metadata import ImageMetadata, metadata_for
@@ -151,9 +152,7 @@ def write_cell(cell: Cell, cell_dir: Path, files: dict[str, str]) -> RenderedCel
 def _write_if_changed(path: Path, content: str) -> None:
     if path.exists() and path.read_text() == content:
         return
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(content)
-    temporary.replace(path)
+    write_atomically(path, content)
 
 
 def render_cells(cells: list[Cell], output_dir: Path,

@@ -46,6 +46,7 @@ from typing import Any
 import yaml
 
 from imagebuilder import sysext_signing as signing
+from imagebuilder.atomicfile import write_atomically
 from imagebuilder.clouds import registry
 from imagebuilder.downloads import fetch_all, sha256_file
 from imagebuilder.errors import UserError
@@ -392,9 +393,7 @@ def write_sha256sums(output_dir: Path) -> Path:
         if path.is_file() and path.name not in MANIFEST_NAMES and not path.name.startswith(".")
     ]
     sums = output_dir / "SHA256SUMS"
-    partial = output_dir / ".SHA256SUMS.part"
-    partial.write_text("".join(lines))
-    os.replace(partial, sums)
+    write_atomically(sums, "".join(lines))
     return sums
 
 

@@ -33,11 +33,7 @@ report, because upstream never republishes a release under the same name.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
-import stat
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -49,6 +45,7 @@ from typing import Any
 
 import yaml
 
+from imagebuilder.atomicfile import write_atomically
 from imagebuilder.errors import UserError
 from imagebuilder.retry import retrying
 from imagebuilder.versions import (
@@ -502,30 +499,6 @@ def render_lock(lock: VersionsLock, header: str = "") -> str:
     return header + yaml.safe_dump(data, sort_keys=False, default_flow_style=False, width=200, allow_unicode=False)
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Replace `path` with `text` in one rename; on any failure the old file stays as it was."""
-    mode = stat.S_IMODE(path.stat().st_mode) if path.exists() else 0o644
-    try:
-        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as error:
-        raise VersionsUpdateError(f"{path}: cannot write next to it: {error.strerror}") from None
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="\n") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(temporary, mode)
-        os.replace(temporary, path)
-    except OSError as error:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise VersionsUpdateError(f"{path}: cannot write: {error.strerror or error}") from None
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
-
-
 def _order(existing: list[str], added: list[str]) -> list[str]:
     """Keep the file's order; new minors join a sorted file in sorted place, else go last."""
     if not added:
@@ -605,7 +578,10 @@ def update_versions(
     if lock is not None and new_lock == lock:  # nothing changed: leave the file, and its formatting, alone
         return report
     if write:
-        write_atomically(lock_path, text)
+        try:
+            write_atomically(lock_path, text)
+        except OSError as error:
+            raise VersionsUpdateError(f"{lock_path}: cannot write: {error.strerror or error}") from None
         report.written = True
     return report
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import stat
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 
+from imagebuilder.atomicfile import NEW_FILE_MODE, place_file, replacing, write_atomically
 from imagebuilder.retry import backoff_delay, retrying
 from imagebuilder.textline import one_line
 from imagebuilder.timeparse import EPOCH, as_utc, parse_time
@@ -81,3 +84,36 @@ def test_retrying_raises_the_last_error_after_the_attempts_and_others_at_once() 
         retrying(run, attempts=5, first_delay=0.1, retryable=lambda e: isinstance(e, Passing), sleep=lambda _: None)
     assert calls == [1, 2]
     assert backoff_delay(0.5, 3, jitter=False) == 2.0
+
+
+def test_write_atomically_replaces_the_file_whole_and_keeps_its_mode(tmp_path: Path) -> None:
+    target = tmp_path / "versions.lock"
+    write_atomically(target, "first\n")
+    assert target.read_text() == "first\n" and stat.S_IMODE(target.stat().st_mode) == NEW_FILE_MODE
+    target.chmod(0o600)
+    write_atomically(target, b"second\r\n")
+    assert target.read_bytes() == b"second\r\n" and stat.S_IMODE(target.stat().st_mode) == 0o600
+    assert [path.name for path in tmp_path.iterdir()] == ["versions.lock"]
+
+
+def test_a_failure_in_the_block_leaves_the_old_file_and_no_temporary(tmp_path: Path) -> None:
+    target = tmp_path / "disk.raw"
+    target.write_bytes(b"old")
+    with pytest.raises(ValueError, match="sha256 mismatch"):
+        with replacing(target, binary=True) as out:
+            out.write(b"half of the new")
+            raise ValueError("sha256 mismatch")
+    assert target.read_bytes() == b"old"
+    assert [path.name for path in tmp_path.iterdir()] == ["disk.raw"]
+    with pytest.raises(FileNotFoundError):
+        write_atomically(tmp_path / "missing-dir" / "file", "text")
+
+
+def test_place_file_links_or_copies_whole(tmp_path: Path) -> None:
+    source = tmp_path / "image.qcow2"
+    source.write_bytes(b"QFI\xfb disk")
+    target = tmp_path / "catalogue" / "images" / "image.qcow2"
+    place_file(source, target)
+    place_file(source, target)  # placing it again replaces it
+    assert target.read_bytes() == source.read_bytes()
+    assert [path.name for path in target.parent.iterdir()] == ["image.qcow2"]

@@ -31,6 +31,7 @@ from typing import Any
 from platformdirs import user_cache_dir
 
 from imagebuilder.artifact import Artifact
+from imagebuilder.atomicfile import place_file, write_atomically
 from imagebuilder.clouds import CloudError, ImageFilter, ImageRecord, ImageStore, sort_newest_first, utcnow
 from imagebuilder.metadata import ImageMetadata
 from imagebuilder.provenance import PROVENANCE_SUFFIX
@@ -239,7 +240,7 @@ class LocalCatalogue(ImageStore):
 
     def _write(self, image_id: str, data: dict[str, Any]) -> None:
         self.records_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_write(self.records_dir / f"{image_id}.json", json.dumps(data, indent=2, sort_keys=True) + "\n")
+        write_atomically(self.records_dir / f"{image_id}.json", json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def image_file_of(artifact: Artifact) -> Path:
@@ -251,31 +252,3 @@ def image_file_of(artifact: Artifact) -> Path:
     listed = ", ".join(str(p) for p in candidates) or "none"
     raise CloudError(f"{artifact.cell_id}: the artifact has no image file to catalogue (files: {listed}) "
                      "| fix: rebuild the cell; its qcow2 is missing")
-
-
-def place_file(source: Path, target: Path) -> None:
-    """Hard-link (or copy) source to target, atomically: target is whole or absent."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    temporary.unlink(missing_ok=True)
-    try:
-        try:
-            os.link(source, temporary)
-        except OSError:
-            shutil.copyfile(source, temporary)
-        os.replace(temporary, target)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise

@@ -8,7 +8,6 @@ published next to it) and cached under ``<cache>/base/ubuntu/<sha256>/``.
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import urllib.error
 import urllib.parse
@@ -16,6 +15,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from imagebuilder.atomicfile import replacing
 from imagebuilder.cache import cache_dir
 from imagebuilder.errors import UserError
 from imagebuilder.osinfo import OPERATING_SYSTEMS
@@ -74,21 +74,16 @@ def fetch_checksum(image_url: str) -> str:
 def download_verified(url: str, sha256: str, dest: Path) -> Path:
     """Download ``url`` to ``dest`` only if its content has ``sha256``; nothing is left behind otherwise."""
     sha256 = sha256.lower()
-    partial = dest.with_name(f".{dest.name}.part-{os.getpid()}")
     digest = hashlib.sha256()
-    try:
-        with _open(url) as response, open(partial, "wb") as out:
-            while chunk := response.read(CHUNK):
-                digest.update(chunk)
-                out.write(chunk)
+    with _open(url) as response, replacing(dest, binary=True) as out:
+        while chunk := response.read(CHUNK):
+            digest.update(chunk)
+            out.write(chunk)
         if digest.hexdigest() != sha256:
             raise UserError(
                 f"{url}: sha256 is {digest.hexdigest()}, expected {sha256}; "
                 "fix the image's sha256 (or its URL) in the configuration"
             )
-        partial.rename(dest)
-    finally:
-        partial.unlink(missing_ok=True)
     return dest
 
 
