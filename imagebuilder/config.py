@@ -75,9 +75,17 @@ class CloudsBase(_Strict):
     @classmethod
     def _empty_means_defaults(cls, data: Any) -> Any:
         # `qemu:` with nothing after it declares the cloud with its defaults, as `qemu: {}` does.
-        if isinstance(data, dict):
-            return {name: {} if value is None and name in cls.model_fields else value for name, value in data.items()}
-        return data
+        # image-builder's provider names (`ami:`, `gce:`, `azure-sig:`) declare the cloud they are.
+        if not isinstance(data, dict):
+            return data
+        aliases = registry.image_builder_aliases()
+        declared: dict[str, Any] = {}
+        for name, value in data.items():
+            cloud = name if name in cls.model_fields else aliases.get(name, name)
+            if cloud in declared:
+                raise ValueError(f"'{name}' is image-builder's name for {cloud}, declared twice: keep one of them")
+            declared[cloud] = {} if value is None and cloud in cls.model_fields else value
+        return declared
 
     def declared(self) -> list[str]:
         return [name for name in type(self).model_fields if getattr(self, name) is not None]

@@ -10,6 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from imagebuilder import targets
 from imagebuilder.clouds import registry
 from imagebuilder.config import (
     ANSIBLE_DIR,
@@ -215,7 +216,7 @@ def plan(loaded: LoadedMatrix, only: list[str] | None = None) -> list[Cell]:
     cells = [_make_cell(loaded, combo, mirrors) for combo in combos]
     _check_distinct(loaded, cells)
     if only:
-        cells = [cell for cell in cells if any(fnmatch.fnmatchcase(cell.id, pattern) for pattern in only)]
+        cells = targets.select(cells, only)  # cell id globs, or image-builder's target names
     order = registry.names()
     return sorted(cells, key=lambda cell: (order.index(cell.cloud), cell.os, ARCHES.index(cell.arch),
                                            cell.variant or "", _minor_key(cell.kubernetes)))

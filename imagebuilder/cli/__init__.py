@@ -12,7 +12,7 @@ import sys
 import click
 
 from imagebuilder import __version__, procs
-from imagebuilder.cli import build, images, plan, prune, publish, render, sysext, validate, versions
+from imagebuilder.cli import build, images, plan, prune, publish, render, sysext, targets, validate, versions
 from imagebuilder.cli import vars as cell_vars
 from imagebuilder.clouds import check_clouds
 from imagebuilder.errors import UserError
@@ -27,7 +27,7 @@ def cli() -> None:
 # The package's names stay its modules (imagebuilder.cli.prune is the module, its command is .prune).
 for _verb in (plan.plan_command, render.render_command, validate.validate_command, build.build_command,
               cell_vars.vars_command, versions.versions_group, sysext.sysext, images.images, prune.prune,
-              publish.publish):
+              publish.publish, targets.targets_command):
     cli.add_command(_verb)
 
 

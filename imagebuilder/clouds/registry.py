@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from imagebuilder.errors import UserError
 from imagebuilder.models import CloudSettings
+from imagebuilder.osinfo import DEFAULT_ARCH
 
 if TYPE_CHECKING:
     from imagebuilder.artifact import Artifact
@@ -75,6 +76,9 @@ class Cloud:
     # A stage between deprecated and deleted in which new uses are refused and running ones go on
     # (GCE's OBSOLETE); retention passes through it (ImageStore.obsolete) before deleting.
     obsolete_stage: ClassVar[bool] = False
+    # kubernetes-sigs/image-builder's provider names for this cloud (images/capi/Makefile): accepted
+    # for it under `clouds:` in the matrix; the first names its make targets (image_builder_target).
+    image_builder_names: ClassVar[tuple[str, ...]] = ()
     directory: Path  # set by the registry: the cloud's folder
 
     # -- settings --------------------------------------------------------------------------
@@ -101,6 +105,13 @@ class Cloud:
     def image_name(self, os_id: str, kubernetes_version: str, arch: str) -> str:
         """`{timestamp}` is filled by Packer at build time."""
         return f"{os_id}-kube-v{kubernetes_version}-{{timestamp}}"
+
+    def image_builder_target(self, os_id: str, arch: str, variant: str | None) -> str:
+        """image-builder's make target of a cell, `build-<provider>-<os>[-<arch>][-<variant>]`
+        (`build-ami-ubuntu-2404`); the arch only where it is not the default, as in cell ids."""
+        provider = self.image_builder_names[0] if self.image_builder_names else self.name
+        return "-".join(["build", provider, os_id, *([arch] if arch != DEFAULT_ARCH else []),
+                         *([variant] if variant else [])])
 
     def image_name_prefix(self, cell: Cell) -> str:
         return cell.image_name.split("/")[-1].removesuffix("{timestamp}")
@@ -260,6 +271,12 @@ def stores() -> dict[str, str]:
 def aliases() -> dict[str, str]:
     """A cloud whose images live in another catalogue -> that catalogue ("qemu" -> "local")."""
     return {cloud.name: cloud.catalogue for cloud in clouds().values() if cloud.catalogue != cloud.name}
+
+
+def image_builder_aliases() -> dict[str, str]:
+    """image-builder's provider name -> our cloud ("ami" -> "aws"): the one table, from the folders."""
+    return {alias: cloud.name for cloud in clouds().values() for alias in cloud.image_builder_names
+            if alias != cloud.name}
 
 
 def extras() -> dict[str, str]:

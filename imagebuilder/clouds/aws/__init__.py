@@ -18,6 +18,7 @@ class Aws(Cloud):
     settings = AwsSettings
     order = 1
     builder = "amazon-ebs"
+    image_builder_names = ("ami",)
     plugin = Plugin("amazon", "github.com/hashicorp/amazon", ">= 1.3.0")
     store_path = "imagebuilder.clouds.aws.store:AwsImageStore"
     sdk_extra = "aws"

@@ -23,10 +23,16 @@ class Azure(Cloud):
     settings = AzureSettings
     order = 4
     builder = "azure-arm"
+    image_builder_names = ("azure-sig",)
     plugin = Plugin("azure", "github.com/hashicorp/azure", ">= 2.1.0")
     store_path = "imagebuilder.clouds.azure.store:AzureImageStore"
     sdk_extra = "azure"
     estimate_s = 1500.0
+
+    def image_builder_target(self, os_id: str, arch: str, variant: str | None) -> str:
+        # Our gallery images are Hyper-V generation 2 (store.py): image-builder's `-gen2` targets;
+        # the cvm variant is its `-cvm` one.
+        return super().image_builder_target(os_id, arch, variant or "gen2")
 
     def copies_per_image(self, settings: dict[str, Any]) -> int:
         regions = max(1, len(settings.get("target_regions", [])))

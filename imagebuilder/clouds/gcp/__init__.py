@@ -18,6 +18,7 @@ class Gcp(Cloud):
     settings = GcpSettings
     order = 2
     builder = "googlecompute"
+    image_builder_names = ("gce",)
     plugin = Plugin("googlecompute", "github.com/hashicorp/googlecompute", ">= 1.1.4")
     store_path = "imagebuilder.clouds.gcp.store:GcpImageStore"
     sdk_extra = "gcp"

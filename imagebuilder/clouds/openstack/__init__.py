@@ -20,6 +20,7 @@ class Openstack(Cloud):
     settings = OpenstackSettings
     order = 3
     builder = "openstack"
+    image_builder_names = ("openstack",)
     plugin = Plugin("openstack", "github.com/hashicorp/openstack", ">= 1.1.2")
     store_path = "imagebuilder.clouds.openstack.store:OpenstackImageStore"
     sdk_extra = "openstack"

@@ -7,6 +7,7 @@ local outputs; this folder is what the matrix's `clouds.qemu` means.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from imagebuilder.clouds.qemu.settings import QemuSettings
@@ -29,6 +30,7 @@ class Qemu(Cloud):
     settings = QemuSettings
     order = 0
     builder = "qemu"
+    image_builder_names = ("qemu",)
     plugin = Plugin("qemu", "github.com/hashicorp/qemu", ">= 1.1.0")
     store_path = "imagebuilder.clouds.local:LocalCatalogue"
     store_name = "local"
@@ -70,6 +72,21 @@ class Qemu(Cloud):
             from imagebuilder import local_target
 
             local_target.boot_test(job, artifact)
+
+
+class LocalOutput(Qemu):
+    """A local output (raw, ova): cells built exactly as qemu's (its base images, template,
+    builders and boot test), whose qcow2 the output's `finish` turns into its own files."""
+
+    store_name = None  # its own store in the local catalogue: its images are not the qcow2's
+    template = "qemu.pkr.hcl.j2"  # type: ignore[assignment]
+
+    @property
+    def template_path(self) -> Path:
+        return Path(__file__).parent / self.template
+
+    def base_image(self, reference: dict[str, Any] | None, os_info: Any, arch: str) -> dict[str, Any] | None:
+        return os_info.image(Qemu.name, arch)
 
 
 CLOUD = Qemu()

@@ -11,34 +11,23 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import imagebuilder.clouds.qemu as qemu_folder
-from imagebuilder.clouds.qemu import Qemu
+from imagebuilder.clouds.qemu import LocalOutput
 from imagebuilder.clouds.raw.settings import RawSettings
 
 if TYPE_CHECKING:
     from imagebuilder.artifact import Artifact
     from imagebuilder.build import Job
 
-BUILT_LIKE = "qemu"  # the cloud whose cells these build exactly like (base images, template)
 
-
-class Raw(Qemu):
+class Raw(LocalOutput):
     name = "raw"
     settings = RawSettings
     order = 1
+    image_builder_names = ("raw",)
     store_path = "imagebuilder.clouds.raw.store:RawCatalogue"
-    store_name = None  # its own store in the local catalogue: its images are not the qcow2's
     image_gib = 3.0  # the compressed raw disk beside the sparse raw one
-    template = f"{BUILT_LIKE}.pkr.hcl.j2"  # type: ignore[assignment]
-
-    @property
-    def template_path(self) -> Path:
-        return Path(qemu_folder.__file__).parent / self.template
-
-    def base_image(self, reference: dict[str, Any] | None, os_info: Any, arch: str) -> dict[str, Any] | None:
-        return os_info.image(BUILT_LIKE, arch)
 
     def finish(self, job: Job, artifact: Artifact) -> Artifact:
         from imagebuilder import local_target
