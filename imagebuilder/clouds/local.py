@@ -41,7 +41,7 @@ from imagebuilder.timeparse import as_utc
 CATALOGUE_ENV = "IMAGEBUILDER_CATALOGUE"
 RECORD_SCHEMA = 1
 REGION = "local"
-IMAGE_SUFFIXES = (".qcow2", ".img", ".raw")
+IMAGE_SUFFIXES = (".qcow2", ".img", ".raw", ".ova")
 # The files a build writes beside its image (attest.py), by the record field that names them.
 SIDE_FILES = {"sbom": SBOM_SUFFIX, "provenance": PROVENANCE_SUFFIX}
 
