@@ -1,5 +1,8 @@
 # imagebuilder: `make build-<cloud>-<os>` builds that pair for every Kubernetes minor in the
 # matrix; K8S=1.31 narrows it. Pattern rules only: the matrix is the list of targets.
+# image-builder's target names work too (`make build-ami-ubuntu-2404`, `build-raw-debian-12`):
+# `--only` reads a name no cell id matches as one (imagebuilder/targets.py); `imagebuilder
+# targets` lists them.
 MATRIX ?= matrix.yaml
 K8S ?= *
 # The checkout's virtual environment (.ci/run and the README make it), else the python3 on PATH.
