@@ -22,6 +22,7 @@ from imagebuilder.clouds import registry
 from imagebuilder.packer import needs_init, packer_binary, packer_init_command
 from imagebuilder.procs import Cancelled
 from imagebuilder.planner import Cell
+from imagebuilder.textline import one_line
 
 # Packer output that means "try again": cloud throttling, capacity and transient network faults.
 RETRYABLE = re.compile(
@@ -317,7 +318,7 @@ def _marked_error(line: str) -> str | None:
             message, _ = json.JSONDecoder().raw_decode(line, start + len('"msg": '))
         except ValueError:
             message = line[start + len('"msg": "'):]
-        return " ".join(str(message).split())[len(ERROR_MARKER):]
+        return one_line(message)[len(ERROR_MARKER):]
     bare = PACKER_PREFIX.sub("", line, count=1)
     return bare[len(ERROR_MARKER):].strip() if bare.startswith(ERROR_MARKER) else None
 

@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 from imagebuilder import __version__
 from imagebuilder.errors import UserError
 from imagebuilder.planner import Cell
+from imagebuilder.textline import one_line
 from imagebuilder.versions import UPSTREAM_FILES, UPSTREAM_MIRRORS, Download
 
 TIMEOUT_SECONDS = 5.0  # per socket operation (connect, each read) of one check
@@ -187,7 +188,7 @@ def _reason(reason: Any, timeout: float) -> str:
     if isinstance(reason, ssl.SSLCertVerificationError):
         return f"TLS certificate not trusted: {reason.verify_message}"
     text = str(getattr(reason, "strerror", None) or reason)
-    return " ".join(text.split())[:120] or reason.__class__.__name__
+    return one_line(text)[:120] or reason.__class__.__name__
 
 
 def url_problem(check: UrlCheck, failure: str, matrix_name: str) -> Problem:
@@ -234,7 +235,7 @@ def _cloud_problem(cloud: str, settings: dict[str, Any], check: AccessCheck) -> 
     except UserError as error:
         return Problem(subject=cloud, message=str(error))
     except Exception as error:  # an SDK failure nobody mapped: still one line, never a traceback
-        text = " ".join(str(error).split())[:300]
+        text = one_line(error)[:300]
         return Problem(subject=cloud, message=f"credentials check failed: {error.__class__.__name__}: {text} "
                                               "| fix: check this cloud's credentials and endpoint")
     return None

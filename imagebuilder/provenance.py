@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from imagebuilder.atomicfile import write_atomically
 from imagebuilder.errors import UserError
 
 PAYLOAD_TYPE = "application/vnd.in-toto+json"
@@ -171,9 +172,7 @@ def configured_key() -> Any | None:
 
 
 def write_envelope(value: dict[str, Any], path: Path) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(value, indent=2) + "\n")
-    temporary.replace(path)
+    write_atomically(path, json.dumps(value, indent=2) + "\n")
 
 
 # --- verification -------------------------------------------------------------------------

@@ -426,7 +426,7 @@ def gather(store: ImageStore, min_orphan_age: timedelta = timedelta(0), deadline
             why = str(error) if isinstance(error, CloudError) else f"{type(error).__name__}: {error}"
             for record in inventory.records:
                 inventory.in_use[record.image_id] = None
-                inventory.unknown_reasons[record.image_id] = " ".join(why.split())
+                inventory.unknown_reasons[record.image_id] = one_line(why)
             return inventory
     for record in inventory.records:
         if record.image_id in inventory.in_use or record.metadata is None:

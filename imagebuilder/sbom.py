@@ -24,6 +24,7 @@ from typing import Any
 from urllib.parse import quote
 
 from imagebuilder import __version__
+from imagebuilder.atomicfile import write_atomically
 from imagebuilder.errors import UserError
 
 SPEC_VERSION = "1.5"
@@ -218,9 +219,7 @@ def encode(document: dict[str, Any]) -> bytes:
 def write_sbom(document: dict[str, Any], path: Path) -> str:
     """Write the document atomically; its sha256 (of the bytes written)."""
     data = encode(document)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_bytes(data)
-    temporary.replace(path)
+    write_atomically(path, data)
     return hashlib.sha256(data).hexdigest()
 
 

@@ -16,6 +16,7 @@ from yaml.reader import ReaderError
 from pydantic import BaseModel, ValidationError
 
 from imagebuilder.errors import UserError
+from imagebuilder.textline import one_line
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -162,7 +163,7 @@ def read_yaml(path: Path) -> tuple[Any, SourceMap]:
         raise InputError(name, line, "", f"character U+{exc.character:04X} is not allowed in YAML",
                          "remove it or write it as an escape in a double-quoted string") from None
     except yaml.YAMLError as exc:
-        problem = " ".join(str(exc).split())
+        problem = one_line(exc)
         raise InputError(name, 1, "", f"YAML error: {problem}", "fix the YAML syntax") from None
     except RecursionError:
         raise InputError(name, 1, "", "the document is nested too deeply", "flatten the structure") from None

@@ -340,7 +340,7 @@ class OpenstackImageStore(ImageStore):
             created_at=parse_time(image.created_at) or EPOCH,
             metadata=ImageMetadata.from_tags(properties),
             state=str(image.status or "").lower(),
-            deprecated_at=datetime.fromisoformat(deprecated) if deprecated else None,
+            deprecated_at=parse_time(deprecated),
             public=image.visibility == "public",
             tags=properties,
             extra={"visibility": image.visibility, "owner": image.owner, "size": image.size,
