@@ -18,6 +18,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
+from imagebuilder.atomicfile import replacing, write_atomically
 from imagebuilder.clouds.disks import disk_format, run_tool
 
 OVF = "http://schemas.dmtf.org/ovf/envelope/1"
@@ -207,16 +208,14 @@ def build_ova(source: Path, name: str, hardware: Hardware, product: Product) -> 
     ovf = descriptor(name, vmdk.name, vmdk.stat().st_size, capacity, hardware, product)
     mf = manifest({f"{name}.ovf": ovf, vmdk.name: vmdk})
     ova = work / f"{name}.ova"
-    partial = ova.with_name(f".{ova.name}.tmp")
     try:
-        with tarfile.open(partial, "w", format=tarfile.USTAR_FORMAT) as archive:
+        with replacing(ova, binary=True) as out, \
+                tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as archive:
             _add(archive, f"{name}.ovf", ovf)
             _add(archive, f"{name}.mf", mf)
             _add(archive, vmdk.name, vmdk)
-        partial.replace(ova)
     finally:
-        partial.unlink(missing_ok=True)
         vmdk.unlink(missing_ok=True)
     sums = ova.with_name(ova.name + ".sha256sum")
-    sums.write_text(f"{_file_sha256(ova)}  {ova.name}\n")
+    write_atomically(sums, f"{_file_sha256(ova)}  {ova.name}\n")
     return OvaFiles(ova=ova, sums=sums)

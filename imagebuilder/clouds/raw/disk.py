@@ -5,11 +5,11 @@ from __future__ import annotations
 import gzip
 import hashlib
 import lzma
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from imagebuilder.atomicfile import replacing, write_atomically
 from imagebuilder.clouds.disks import disk_format, run_tool
 
 CHUNK = 4 * 1024**2
@@ -53,9 +53,7 @@ def _compressor(compression: str, sink: _HashingWriter) -> BinaryIO:
 
 def write_sums(path: Path, digest: str) -> Path:
     sums = path.with_name(path.name + SUMS_SUFFIX)
-    temporary = sums.with_name(f".{sums.name}.tmp")
-    temporary.write_text(f"{digest}  {path.name}\n")
-    temporary.replace(sums)
+    write_atomically(sums, f"{digest}  {path.name}\n")
     return sums
 
 
@@ -69,19 +67,12 @@ def raw_outputs(source: Path, compression: str) -> RawFiles:
     run_tool(["qemu-img", "convert", "-f", disk_format(source), "-O", "raw", str(source), str(partial_raw)], source)
     partial_raw.replace(raw)
     compressed = raw.with_name(f"{raw.name}.{compression}")
-    partial = compressed.with_name(f".{compressed.name}.tmp")
     raw_digest = hashlib.sha256()
-    try:
-        with raw.open("rb") as disk, partial.open("wb") as target:
-            sink = _HashingWriter(target)
-            with _compressor(compression, sink) as stream:
-                while chunk := disk.read(CHUNK):
-                    raw_digest.update(chunk)
-                    stream.write(chunk)
-            target.flush()
-            os.fsync(target.fileno())
-        partial.replace(compressed)
-    finally:
-        partial.unlink(missing_ok=True)
+    with raw.open("rb") as disk, replacing(compressed, binary=True) as target:
+        sink = _HashingWriter(target)
+        with _compressor(compression, sink) as stream:
+            while chunk := disk.read(CHUNK):
+                raw_digest.update(chunk)
+                stream.write(chunk)
     sums = (write_sums(raw, raw_digest.hexdigest()), write_sums(compressed, sink.digest.hexdigest()))
     return RawFiles(raw=raw, compressed=compressed, sums=sums)
