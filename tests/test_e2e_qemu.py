@@ -28,13 +28,18 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
+from cyclonedx.schema import SchemaVersion
+from cyclonedx.validation.json import JsonStrictValidator
 
 from conftest import REPO, process_alive
 from conftest import test_cache_dir as shared_test_cache
-from imagebuilder import procs, qemu, render
+from imagebuilder import procs, qemu, render, sbom
 from imagebuilder.distributions import debian
 from imagebuilder.clouds.qemu import BUILD_USER
 from imagebuilder.guestcheck import GuestSession
@@ -151,8 +156,26 @@ def cell_build(work: Path, release_mirror, image_registry, builder: str) -> Cell
               "mirrors": mirrors, "overrides": [{"match": {"os": "debian-12"}, "ansible_vars": CELL_VARS}]}
     (work / "matrix.yaml").write_text(yaml.safe_dump(matrix))
     env = {**os.environ, "CI": "true", "IMAGEBUILDER_CACHE": str(shared_test_cache()),
-           "IMAGEBUILDER_CATALOGUE": str(work / "catalogue"), "IMAGEBUILDER_QEMU_ACCEL": "tcg"}
+           "IMAGEBUILDER_CATALOGUE": str(work / "catalogue"), "IMAGEBUILDER_QEMU_ACCEL": "tcg",
+           "IMAGEBUILDER_SIGNING_KEY": signing_key_pem(work)}
     return CellBuild(builder=builder, work=work, env=env, cell_id=f"qemu-debian-12-k8s-{minor}")
+
+
+def signing_key_pem(work: Path) -> str:
+    """A throw-away Ed25519 key the build signs its provenance with; its public half beside it."""
+    key = Ed25519PrivateKey.generate()
+    (work / "signing.pub").write_bytes(key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
+    return key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()).decode()
+
+
+def sbom_matches_dpkg(document: dict[str, Any]):
+    """A boot-test hook: the SBOM's dpkg entries are what dpkg-query lists in the booted image."""
+
+    def hook(session: GuestSession) -> list[qemu.Check]:
+        differ = sorted(set(sbom.guest_dpkg_packages(session).items()) ^ set(sbom.dpkg_versions(document).items()))
+        return [qemu.Check("SBOM lists the guest's dpkg packages", not differ, str(differ[:10]))]
+
+    return hook
 
 
 class BackgroundBuild:
@@ -352,16 +375,30 @@ def test_offline_build_boots_runs_containers_and_is_skipped_next_time(
     stages = json.loads((build.cell_dir / "offline-stages.json").read_text())
     print(f"offline stages: {stages}; boot test {boot['seconds']}", file=sys.stderr)
 
+    # Its SBOM (CycloneDX 1.5, read from the built tree) validates, names the runtime and
+    # Kubernetes, and its signed provenance verifies against the catalogued image.
+    (record,) = json.loads(run_cli("images", "list", "--cloud", "local", "--output", "json", env=build.env,
+                                   timeout=120).stdout)
+    shown = run_cli("images", "sbom", record["image_id"], env=build.env, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    assert JsonStrictValidator(SchemaVersion.V1_5).validate_str(shown.stdout) is None
+    document = json.loads(shown.stdout)
+    assert {"containerd", "kubelet", "kubeadm"} <= {component["name"] for component in document["components"]}
+    verified = run_cli("images", "verify", record["image_id"], "--key", str(build.work / "signing.pub"),
+                       env=build.env, timeout=120)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+
     # The same image booted again: it runs a container from an image built here, booted
-    # through its own GRUB without a build user, and a wrong build key fails the boot test.
+    # through its own GRUB without a build user, its packages are the SBOM's, and a wrong
+    # build key fails the boot test.
     archive = busybox_oci_archive(busybox_binary(shared_test_cache()))
     wrong = qemu.boot_test(build.image(), {"build_key": "0" * 64}, user="debian", workdir=tmp_path / "wrong-boot",
-                           validate=[booted_by_itself, runs_a_container(archive)])
+                           validate=[booted_by_itself, runs_a_container(archive), sbom_matches_dpkg(document)])
     by_name = {check.name: check for check in wrong.checks}
     assert not wrong.ok
     assert not by_name["provenance"].ok
     for name in ("grub booted it", "build user removed", "container image imported", "container ran",
-                 "runtime is runc"):
+                 "runtime is runc", "SBOM lists the guest's dpkg packages"):
         assert by_name[name].ok, (name, by_name[name].detail)
 
     attempts_before = build.log.read_text().count("=== attempt")
