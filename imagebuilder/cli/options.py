@@ -102,3 +102,11 @@ cloud_option = _shared("cloud", "--cloud", type=click.Choice([*STORE_CLOUDS, *CL
 k8s_option = _shared("k8s", "--k8s", "minor", metavar="MINOR")
 
 os_option = _shared("os", "--os", "os_id", metavar="OS")
+
+
+def rendering_options(command: F) -> F:
+    """The options of the verbs that render cells (render, validate), in their --help order."""
+    for option in reversed((matrix_option(), only_option(), output_dir_option(), packer_version_option(),
+                            offline_option(), strict_option())):
+        command = option(command)
+    return command

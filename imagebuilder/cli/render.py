@@ -8,18 +8,12 @@ import click
 
 from imagebuilder import render
 from imagebuilder.cli.common import packer_version as resolve_packer_version
-from imagebuilder.cli.options import (matrix_option, offline_option, only_option, output_dir_option,
-                                      packer_version_option, strict_option)
+from imagebuilder.cli.options import rendering_options
 from imagebuilder.selection import resolved_baked_cells
 
 
 @click.command("render")
-@matrix_option()
-@only_option()
-@output_dir_option()
-@packer_version_option()
-@offline_option()
-@strict_option()
+@rendering_options
 def render_command(matrix_path: Path, only: tuple[str, ...], output_dir: Path, packer_version: str | None,
                    offline: bool, strict: bool) -> None:
     """Write one self-contained Packer HCL2 directory per cell."""
