@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -73,11 +74,15 @@ def prepare_for_validate(cell_dir: Path) -> None:
             (cell_dir / "base" / "seed" / name).touch()
 
 
+_INIT_LOCK = threading.Lock()
+
+
 def validate(cell_dir: Path, env: dict[str, str] | None = None) -> ValidateResult:
     prepare_for_validate(cell_dir)
     if needs_init(cell_dir):
-        init = subprocess.run(packer_init_command(), cwd=cell_dir, capture_output=True, text=True, timeout=600,
-                              env=env)
+        with _INIT_LOCK:  # one `packer init` at a time: they install into the same plugin directory
+            init = subprocess.run(packer_init_command(), cwd=cell_dir, capture_output=True, text=True, timeout=600,
+                                  env=env)
         if init.returncode != 0:
             return ValidateResult(directory=cell_dir, ok=False, output=(init.stdout + init.stderr).strip())
     result = subprocess.run([packer_binary(), "validate", "."], cwd=cell_dir, capture_output=True, text=True,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import click
@@ -18,9 +20,12 @@ def validate_command(matrix_path: Path, only: tuple[str, ...], output_dir: Path,
                      offline: bool, strict: bool) -> None:
     """Render the cells and run `packer validate` on each."""
     cells, scope = resolved_baked_cells(matrix_path, only, offline, strict)
+    rendered_cells = render.render_cells(cells, output_dir, resolve_packer_version(packer_version))
+    # One `packer validate` per cell, a few at once (each is a process of its own); reported in plan order.
+    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
+        results = list(pool.map(lambda rendered: packer.validate(rendered.directory), rendered_cells))
     failed = 0
-    for rendered in render.render_cells(cells, output_dir, resolve_packer_version(packer_version)):
-        result = packer.validate(rendered.directory)
+    for rendered, result in zip(rendered_cells, results):
         failed += not result.ok
         click.echo(f"{'ok' if result.ok else 'FAILED'}  {rendered.cell.id}")
         if not result.ok:
