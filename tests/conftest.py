@@ -192,3 +192,14 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         return 0 if STARTS_BACKGROUND_WORK in fixtures else 2 if WAITS_FOR_BACKGROUND_WORK in fixtures else 1
 
     items.sort(key=rank)  # stable: the order within each group stays as collected
+
+
+@pytest.fixture(scope="session", autouse=True)
+def container_image_started_early(request: pytest.FixtureRequest) -> None:
+    """The Containerfile's image (tests/test_container.py) builds in the background from the first
+    test on, when a selected test needs it."""
+    if any("built_image" in getattr(item, "fixturenames", ()) for item in request.session.items):
+        import test_container
+
+        if test_container.CAN_BUILD:
+            test_container.start_image_build()

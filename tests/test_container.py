@@ -14,6 +14,8 @@ import json
 import os
 import shutil
 import subprocess
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -26,8 +28,9 @@ BASE_PACKAGES = ("python3", "python3-venv", "python3-pip", "passwd", "ca-certifi
 IMAGE = "localhost/imagebuilder:test"  # + "-" and the digest of the build context
 
 BUILD_COMMAND = "podman build -t REGISTRY/imagebuilder:VERSION -f Containerfile ."
+CAN_BUILD = os.geteuid() == 0 and all(shutil.which(t) for t in ("buildah", "mmdebstrap", "unshare"))
 needs_buildah = pytest.mark.skipif(
-    os.geteuid() != 0 or not all(shutil.which(t) for t in ("buildah", "mmdebstrap", "unshare")),
+    not CAN_BUILD,
     reason="needs root, buildah, mmdebstrap and unshare (.ci/apt-packages.txt)")
 
 
@@ -104,8 +107,8 @@ def context_key() -> str:
     return digest.hexdigest()[:16]
 
 
-@pytest.fixture(scope="module")
-def built_image() -> tuple[Buildah, dict, str]:
+def build_image() -> tuple[Buildah, dict, str]:
+    """The image from the Containerfile, built on the base tarball (reused while the context is the same)."""
     try:
         tarball = base_tarball()
     except subprocess.CalledProcessError as error:
@@ -125,6 +128,24 @@ def built_image() -> tuple[Buildah, dict, str]:
                 "-t", image, str(REPO))
     config = json.loads(buildah("inspect", "--type", "image", image))["OCIv1"]["config"]
     return buildah, config, image
+
+
+_BUILD: list[Future] = []
+_BUILD_LOCK = threading.Lock()
+
+
+def start_image_build() -> Future:
+    """The session's one image build, in a background thread: tests/conftest.py starts it with the
+    first test, so the rest of the suite runs while it builds (mostly pip waiting on PyPI)."""
+    with _BUILD_LOCK:
+        if not _BUILD:
+            _BUILD.append(ThreadPoolExecutor(max_workers=1, thread_name_prefix="container-build").submit(build_image))
+        return _BUILD[0]
+
+
+@pytest.fixture(scope="module")
+def built_image() -> tuple[Buildah, dict, str]:
+    return start_image_build().result()
 
 
 def run_in_image(built: tuple[Buildah, dict, str], args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
