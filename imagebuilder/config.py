@@ -381,12 +381,3 @@ def _check_selector(rule: CellSelector, loc: tuple[Any, ...], source: SourceMap,
                 _check_pinned(value, loc + (dimension,), source, known_minors)
             what = "cloud not declared under clouds:" if dimension == "cloud" else f"unknown {dimension}"
             raise source.error(loc + (dimension,), f"{what} '{value}'", did_you_mean(value, known))
-
-
-def __getattr__(name: str) -> Any:
-    # The registry's tables under their old names, computed when read (PEP 562).
-    if name == "CLOUDS":
-        return registry.names()
-    if name == "CLOUD_SETTINGS":
-        return cloud_settings()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

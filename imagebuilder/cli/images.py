@@ -27,13 +27,13 @@ from rich.table import Table
 from imagebuilder.cli.options import (cloud_option, k8s_option, optional_matrix_option, os_option,
                                       output_format_option, strict_option)
 from imagebuilder.clouds import (
-    STORE_CLOUDS,
     ImageFilter,
     ImageRecord,
     ImageStore,
     canonical_cloud,
     newest,
     sort_newest_first,
+    store_clouds,
     store_for,
 )
 from imagebuilder.cloudscope import CloudScope, explicit_clouds
@@ -54,7 +54,7 @@ def store_settings(cloud: str | None, matrix_path: Path | None) -> list[tuple[st
     if cloud is not None:
         name = canonical_cloud(cloud)
         return [(name, settings.get(name))]
-    return [(name, settings.get(name)) for name in STORE_CLOUDS if name == "local" or name in settings]
+    return [(name, settings.get(name)) for name in store_clouds() if name == "local" or name in settings]
 
 
 def _matrix_settings(matrix_path: Path | None, required: bool) -> dict[str, Any]:
@@ -65,7 +65,7 @@ def _matrix_settings(matrix_path: Path | None, required: bool) -> dict[str, Any]
             raise UserError(f"{path}: no such matrix file | fix: pass -m with the path of your matrix.yaml")
         return {}
     clouds = load_matrix(path).matrix.clouds
-    return {name: getattr(clouds, name) for name in clouds.declared() if name in STORE_CLOUDS}
+    return {name: getattr(clouds, name) for name in clouds.declared() if name in store_clouds()}
 
 
 def _check_minor(minor: str | None) -> str | None:

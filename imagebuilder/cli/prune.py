@@ -26,12 +26,12 @@ from imagebuilder import locks, retention
 from imagebuilder.cli.options import (LazyHelpOption, cloud_option, optional_matrix_option, output_format_option,
                                       strict_option)
 from imagebuilder.clouds import (
-    CLOUD_ALIASES,
-    STORE_CLOUDS,
     ImageStore,
     canonical_cloud,
+    cloud_aliases,
     region_pruned_stores,
     store_class,
+    store_clouds,
     store_for,
 )
 from imagebuilder.config import DEFAULT_MATRIX, PRUNE_TIMEOUT_S, RetentionPolicy, load_matrix
@@ -263,7 +263,7 @@ def _matrix_settings_and_policy(matrix_path: Path | None) -> tuple[dict[str, Any
     matrix = load_matrix(path).matrix
     clouds = matrix.clouds
     settings = {canonical: getattr(clouds, name) for name in clouds.declared()
-                if (canonical := CLOUD_ALIASES.get(name, name)) in STORE_CLOUDS and canonical != "local"}
+                if (canonical := cloud_aliases().get(name, name)) in store_clouds() and canonical != "local"}
     return settings, matrix.retention
 
 
@@ -291,4 +291,4 @@ def _scoped_settings(names: list[str], settings: dict[str, Any], regions: tuple[
 def _store_names(clouds: tuple[str, ...], settings: dict[str, Any]) -> list[str]:
     if clouds:
         return list(dict.fromkeys(canonical_cloud(c) for c in clouds))
-    return [name for name in STORE_CLOUDS if name == "local" or name in settings]
+    return [name for name in store_clouds() if name == "local" or name in settings]

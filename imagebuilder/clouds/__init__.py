@@ -258,6 +258,11 @@ def store_clouds() -> tuple[str, ...]:
     return tuple(registry.stores())
 
 
+def cloud_aliases() -> dict[str, str]:
+    """A cloud whose images live in another catalogue -> that catalogue ("qemu" -> "local")."""
+    return registry.aliases()
+
+
 def canonical_cloud(cloud: str) -> str:
     cloud = registry.aliases().get(cloud, cloud)
     if cloud not in registry.stores():
@@ -324,13 +329,3 @@ def newest(records: Sequence[ImageRecord], include_deprecated: bool = False) -> 
 
 def sort_newest_first(records: list[ImageRecord]) -> list[ImageRecord]:
     return sorted(records, key=lambda r: (r.build_time, r.created_at, r.image_id), reverse=True)
-
-
-def __getattr__(name: str) -> Any:
-    # The registry's tables under their old names, computed when first read (PEP 562): the
-    # cloud folders load lazily, after this package.
-    if name == "STORE_CLOUDS":
-        return store_clouds()
-    if name == "CLOUD_ALIASES":
-        return registry.aliases()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
