@@ -203,7 +203,7 @@ def _load(name: str, folder: Path) -> Cloud:
 
 def clouds() -> dict[str, Cloud]:
     """Every cloud, in plan order."""
-    return _clouds(os.environ.get(CLOUD_PATH_VARIABLE, ""))
+    return _loaded(os.environ.get(CLOUD_PATH_VARIABLE, ""))[0]
 
 
 def check() -> None:
@@ -212,11 +212,6 @@ def check() -> None:
     problems = _loaded(os.environ.get(CLOUD_PATH_VARIABLE, ""))[1]
     if problems:
         raise UserError(problems[0])
-
-
-@lru_cache(maxsize=None)
-def _clouds(search_path: str) -> dict[str, Cloud]:
-    return _loaded(search_path)[0]
 
 
 @lru_cache(maxsize=None)
