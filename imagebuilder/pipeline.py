@@ -22,6 +22,8 @@ from imagebuilder.clouds import ImageFilter, ImageRecord, canonical_cloud, regis
 from imagebuilder.planner import Cell, moved_inputs
 
 
+# Why a cell of a cloud whose images are not managed is built (CatalogueLookup.why).
+NOT_MANAGED = "images not managed: built every run"
 # The settings that say where a cloud's images are listed; cells agreeing on them share one listing.
 LISTING_SETTINGS = ("regions", "project_id", "cloud", "resource_group", "gallery", "location")
 
@@ -31,7 +33,8 @@ class CatalogueLookup:
     against every cell's build key locally, instead of one search per cell and region.
 
     A cloud that cannot be listed is skipped through the scope (one warning); its cells are
-    reported by ``unreachable`` and are neither built nor called changed.
+    reported by ``unreachable`` and are neither built nor called changed. A cloud whose images are
+    not managed (registry.Cloud.store_path None) is not listed: its cells are built every run.
     """
 
     def __init__(self, scope: CloudScope | None = None, rebuild_after_days: int | None = None) -> None:
@@ -42,10 +45,14 @@ class CatalogueLookup:
     @staticmethod
     def listing_key(cell: Cell) -> tuple[str, str]:
         where = {name: cell.settings.get(name) for name in LISTING_SETTINGS if name in cell.settings}
-        return canonical_cloud(cell.cloud), json.dumps(where, sort_keys=True)
+        cloud = cell.cloud if cell.cloud in registry.unmanaged() else canonical_cloud(cell.cloud)
+        return cloud, json.dumps(where, sort_keys=True)
 
     def prefetch(self, cells: list[Cell]) -> None:
         """List each store the cells need once (the stores in parallel)."""
+        for cell in cells:
+            if cell.cloud in registry.unmanaged():  # nothing to list: no image is ever found
+                self.listings[self.listing_key(cell)] = {}
         todo = {self.listing_key(cell): cell for cell in cells if self.listing_key(cell) not in self.listings}
         with ThreadPoolExecutor(max_workers=max(1, min(8, len(todo)))) as pool:
             listed = list(pool.map(self._list, todo.values()))
@@ -96,6 +103,8 @@ class CatalogueLookup:
         """Why the cell is built (or published): "new" when it has no image yet, "unpublished",
         "age" (rebuild_after_days), else what moved since its newest image (published first):
         "pins", "roles/templates", "base image", "settings", … from the inputs recorded on it."""
+        if cell.cloud in registry.unmanaged():
+            return (NOT_MANAGED,)
         records = self.records(cell)
         if records:
             return ("unpublished",) if self.unpublished(cell) else ("age",) if self.too_old(cell, records) else ()
@@ -153,8 +162,9 @@ class TargetHooks:
         registry.get(job.cell.cloud).prepare(job)
 
     def finish(self, job: Job, artifact: Artifact) -> Artifact:
-        artifact = registry.get(job.cell.cloud).finish(job, artifact) or artifact
-        if self.publish:
+        cloud = registry.get(job.cell.cloud)
+        artifact = cloud.finish(job, artifact) or artifact
+        if self.publish and cloud.managed:  # an unmanaged cloud's image stays where Packer left it
             from imagebuilder.publishing import publish_artifact
 
             return replace(artifact, ids=publish_artifact(artifact, job.cell.settings))

@@ -222,9 +222,13 @@ def check_cloud(cloud: str, settings: dict[str, Any]) -> None:
 
 
 def cloud_checks(cells: Iterable[Cell]) -> list[tuple[str, dict[str, Any]]]:
-    """Each selected cloud once per distinct settings (overrides may change regions or projects)."""
+    """Each selected cloud once per distinct settings (overrides may change regions or projects); not
+    the clouds whose images are not managed (no store to ask: Packer's own credentials are checked
+    when it runs)."""
+    from imagebuilder.clouds import registry
+
     seen: dict[tuple[str, str], dict[str, Any]] = {}
-    for cell in cells:
+    for cell in [cell for cell in cells if cell.cloud not in registry.unmanaged()]:
         seen.setdefault((cell.cloud, json.dumps(cell.settings, sort_keys=True, default=str)), cell.settings)
     return [(cloud, settings) for (cloud, _), settings in seen.items()]
 

@@ -14,6 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from imagebuilder.build import Job, State
+from imagebuilder.clouds import registry
 
 
 def _counts(jobs: list[Job]) -> str:
@@ -111,3 +112,5 @@ def print_summary(jobs: list[Job], console: Console | None = None) -> None:
     if skipped:
         console.print(f"{len(skipped)} cells skipped: their build keys are already images "
                       "(--dry-run lists them, --force rebuilds)")
+    for cloud in sorted({job.cell.cloud for job in jobs if job.state == State.DONE} & set(registry.unmanaged())):
+        console.print(f"not published: {registry.get(cloud).not_managed()}")

@@ -24,6 +24,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from imagebuilder.cli import common
 from imagebuilder.cli.options import (cloud_option, k8s_option, optional_matrix_option, os_option,
                                       output_format_option, strict_option)
 from imagebuilder.clouds import (
@@ -50,21 +51,24 @@ def stores_for(cloud: str | None, matrix_path: Path | None) -> list[ImageStore]:
 
 def store_settings(cloud: str | None, matrix_path: Path | None) -> list[tuple[str, Any]]:
     """(store cloud, its matrix settings) to ask: one cloud, or local plus every cloud the matrix declares."""
-    settings = _matrix_settings(matrix_path, required=matrix_path is not None)
     if cloud is not None:
         name = canonical_cloud(cloud)
-        return [(name, settings.get(name))]
+        return [(name, _matrix_settings(matrix_path, required=matrix_path is not None).get(name))]
+    settings = _matrix_settings(matrix_path, required=matrix_path is not None, say_unmanaged=True)
     return [(name, settings.get(name)) for name in store_clouds() if name == "local" or name in settings]
 
 
-def _matrix_settings(matrix_path: Path | None, required: bool) -> dict[str, Any]:
-    """Cloud name -> settings from the matrix; {} when there is no matrix to read."""
+def _matrix_settings(matrix_path: Path | None, required: bool, say_unmanaged: bool = False) -> dict[str, Any]:
+    """Cloud name -> settings from the matrix; {} when there is no matrix to read. With say_unmanaged,
+    one line on stderr for each declared cloud whose images are not managed yet."""
     path = matrix_path or Path(DEFAULT_MATRIX)
     if not path.exists():
         if required:
             raise UserError(f"{path}: no such matrix file | fix: pass -m with the path of your matrix.yaml")
         return {}
     clouds = load_matrix(path).matrix.clouds
+    if say_unmanaged:
+        common.say_unmanaged(clouds.declared())
     return {name: getattr(clouds, name) for name in clouds.declared() if name in store_clouds()}
 
 

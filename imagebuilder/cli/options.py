@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import click
 
-from imagebuilder.clouds import cloud_aliases, store_clouds
+from imagebuilder.clouds import cloud_aliases, store_clouds, unmanaged_clouds
 from imagebuilder.config import DEFAULT_MATRIX
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -97,7 +97,9 @@ packer_version_option = _shared(
     "packer_version", "--packer-version", default=None, metavar="X.Y.Z",
     help="Emit templates for this Packer version; default: the one on PATH.")
 
-cloud_option = _shared("cloud", "--cloud", type=click.Choice([*store_clouds(), *cloud_aliases()]))
+# The unmanaged clouds are choices too, so that naming one says why in one line (clouds.canonical_cloud).
+cloud_option = _shared("cloud", "--cloud",
+                       type=click.Choice([*store_clouds(), *cloud_aliases(), *unmanaged_clouds()]))
 
 k8s_option = _shared("k8s", "--k8s", "minor", metavar="MINOR")
 

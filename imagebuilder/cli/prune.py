@@ -23,6 +23,7 @@ import click
 from rich.console import Console
 
 from imagebuilder import locks, retention
+from imagebuilder.cli import common
 from imagebuilder.cli.options import (LazyHelpOption, cloud_option, optional_matrix_option, output_format_option,
                                       strict_option)
 from imagebuilder.clouds import (
@@ -78,7 +79,7 @@ def prune(matrix_path: Path | None, cloud: tuple[str, ...], policy_path: Path | 
     pruned and the exit status is 3 (--strict, or --cloud naming it, makes it an error)."""
     clouds = cloud
     deadline = retention.Deadline.after(timeout)
-    settings, policy = _matrix_settings_and_policy(matrix_path)
+    settings, policy = _matrix_settings_and_policy(matrix_path, say_unmanaged=not clouds)
     if policy_path is not None:
         policy = load_policy(policy_path)
     scope = CloudScope(strict=strict, explicit=explicit_clouds(canonical_cloud(c) for c in clouds))
@@ -254,7 +255,8 @@ def load_policy(path: Path) -> RetentionPolicy:
     return validate(data, source, RetentionPolicy)
 
 
-def _matrix_settings_and_policy(matrix_path: Path | None) -> tuple[dict[str, Any], RetentionPolicy]:
+def _matrix_settings_and_policy(matrix_path: Path | None,
+                                say_unmanaged: bool = True) -> tuple[dict[str, Any], RetentionPolicy]:
     path = matrix_path or Path(DEFAULT_MATRIX)
     if not path.exists():
         if matrix_path is not None:
@@ -262,6 +264,8 @@ def _matrix_settings_and_policy(matrix_path: Path | None) -> tuple[dict[str, Any
         return {}, RetentionPolicy.model_validate({})
     matrix = load_matrix(path).matrix
     clouds = matrix.clouds
+    if say_unmanaged:
+        common.say_unmanaged(clouds.declared())
     settings = {canonical: getattr(clouds, name) for name in clouds.declared()
                 if (canonical := cloud_aliases().get(name, name)) in store_clouds() and canonical != "local"}
     return settings, matrix.retention

@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from imagebuilder.cli.options import dry_run_option, matrix_option, offline_option, only_option, strict_option
+from imagebuilder.clouds import not_managed_notice, unmanaged_clouds
 from imagebuilder.errors import UserError
 from imagebuilder.pipeline import CatalogueLookup
 from imagebuilder.publishing import StoreCache, reconcile_cell
@@ -39,7 +40,10 @@ def publish(matrix_path: Path, only: tuple[str, ...], dry_run: bool, offline: bo
     stores = StoreCache()
     unbuilt: list[str] = []
     failed: list[tuple[str, str]] = []
-    for cell in cells:
+    unmanaged = sorted({cell.cloud for cell in cells} & set(unmanaged_clouds()))
+    for cloud in unmanaged:
+        click.echo(not_managed_notice(cloud, "publish"), err=True)
+    for cell in [cell for cell in cells if cell.cloud not in unmanaged]:
         if lookup.unreachable(cell):  # its cloud was skipped with one warning: its cells wait
             continue
         try:

@@ -263,8 +263,22 @@ def cloud_aliases() -> dict[str, str]:
     return registry.aliases()
 
 
+def unmanaged_clouds() -> tuple[str, ...]:
+    """The clouds whose images imagebuilder does not manage yet (registry.Cloud.store_path)."""
+    return tuple(registry.unmanaged())
+
+
+def not_managed_notice(cloud: str, verbs: str = "list and prune") -> str:
+    """What a verb prints for an unmanaged cloud it skips (`images list` and `prune` for each one the
+    matrix declares, `publish` for each one of its cells), before going on with the others."""
+    return f"imagebuilder: {registry.get(cloud).not_managed()}; {verbs} skip{'' if ' and ' in verbs else 's'} it"
+
+
 def canonical_cloud(cloud: str) -> str:
     cloud = registry.aliases().get(cloud, cloud)
+    if cloud in registry.unmanaged():
+        raise UserError(f"{registry.get(cloud).not_managed()}; list, resolve and prune cannot ask it "
+                        f"| fix: look there, or name another cloud: {', '.join(store_clouds())}")
     if cloud not in registry.stores():
         raise UserError(f"cloud '{cloud}' has no image store | fix: use one of {', '.join(store_clouds())}")
     return cloud

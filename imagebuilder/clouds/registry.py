@@ -66,7 +66,12 @@ class Cloud:
     order: ClassVar[int] = 100  # where its cells sort in a plan (built-in clouds first)
     builder: ClassVar[str]  # Packer builder type
     plugin: ClassVar[Plugin | None] = None
-    store_path: ClassVar[str]  # "module:Class" of its ImageStore
+    # "module:Class" of its ImageStore. None: imagebuilder does not manage this cloud's images yet
+    # (no API, emulator or stand-in to test a store against). Then `build` builds its cells every run
+    # (no lookup of an existing image) and publishes nothing: the image stays where Packer leaves it,
+    # `image_location`; `images` and `prune` say so and skip the cloud. This is the one place it is set.
+    store_path: ClassVar[str | None]
+    image_location: ClassVar[str] = "the place its builder writes to"  # where Packer leaves an unmanaged image
     store_name: ClassVar[str | None] = None  # the catalogue its images go to, when not its own name
     sdk_extra: ClassVar[str | None] = None  # the pip extra (pyproject) that brings its SDK
     ssh_user: ClassVar[str | None] = None  # the build's SSH user; None: the OS's default user
@@ -80,6 +85,15 @@ class Cloud:
     # for it under `clouds:` in the matrix; the first names its make targets (image_builder_target).
     image_builder_names: ClassVar[tuple[str, ...]] = ()
     directory: Path  # set by the registry: the cloud's folder
+
+    @property
+    def managed(self) -> bool:
+        """Its images have a store (list, skip, publish, prune); see `store_path`."""
+        return self.store_path is not None
+
+    def not_managed(self) -> str:
+        """The one line that says an unmanaged cloud's images are left where Packer puts them."""
+        return f"{self.name}: images are not managed yet (Packer leaves them in {self.image_location})"
 
     # -- settings --------------------------------------------------------------------------
     def settings_model(self) -> type[CloudSettings]:
@@ -259,13 +273,20 @@ def stores() -> dict[str, str]:
     """catalogue name -> "module:Class" of its store ("local" is the local catalogue)."""
     found = {"local": "imagebuilder.clouds.local:LocalCatalogue"}
     for cloud in clouds().values():
-        found.setdefault(cloud.catalogue, cloud.store_path)
+        if cloud.store_path is not None:
+            found.setdefault(cloud.catalogue, cloud.store_path)
     return found
+
+
+def unmanaged() -> dict[str, Cloud]:
+    """The clouds whose images imagebuilder does not manage yet (`store_path = None`)."""
+    return {name: cloud for name, cloud in clouds().items() if not cloud.managed}
 
 
 def aliases() -> dict[str, str]:
     """A cloud whose images live in another catalogue -> that catalogue ("qemu" -> "local")."""
-    return {cloud.name: cloud.catalogue for cloud in clouds().values() if cloud.catalogue != cloud.name}
+    return {cloud.name: cloud.catalogue for cloud in clouds().values()
+            if cloud.managed and cloud.catalogue != cloud.name}
 
 
 def image_builder_aliases() -> dict[str, str]:
