@@ -5,8 +5,14 @@
   signed when a key is configured.
 
 The offline build calls ``write_sbom_of_tree`` once the roles have run, then ``write_provenance``
-once the disk is written. The local catalogue keeps both next to the qcow2; the image's metadata
-carries the SBOM's sha256 (``imagebuilder-sbom-sha256``).
+once the disk is written. A Packer build gathers the same contents in the image and downloads them
+(sbom.py); once Packer is done, ``attest_packer_build`` writes both from that file, beside the image
+file where the build made one (qemu) and in the cell directory otherwise (the clouds). The local
+catalogue keeps both next to the qcow2, the clouds' stores where their settings say; the image's
+metadata carries the SBOM's sha256 (``imagebuilder-sbom-sha256``).
+
+A cloud image has no file to digest: its subject in the statement is the image's name, with the
+sha256 of its ids (canonical JSON, ``image_ids_digest``) and the ids themselves as an annotation.
 """
 
 from __future__ import annotations
@@ -14,7 +20,9 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
-from dataclasses import dataclass
+import time
+import uuid
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -23,6 +31,7 @@ from imagebuilder import __version__, provenance, sbom
 from imagebuilder.config import ANSIBLE_DIR
 from imagebuilder.errors import UserError
 
+MANIFEST = "packer-manifest.json"
 UNSIGNED_NOTE = (f"provenance written unsigned (no signing key: set ${provenance.KEY_ENV} to a PEM private key, "
                  f"or ${provenance.KEY_FILE_ENV} to its file); 'images verify' will refuse it")
 
@@ -42,11 +51,21 @@ def provenance_path(output_dir: Path, image_name: str) -> Path:
     return output_dir / f"{image_name}{provenance.PROVENANCE_SUFFIX}"
 
 
-def write_sbom_of_tree(tree: Path, target: Path, cell: Any, image_name: str, timestamp: str) -> str:
-    """The SBOM of the built tree written to ``target``; its sha256."""
-    document = sbom.sbom_document(tree, image_name=image_name, build_key=cell.build_key, timestamp=timestamp,
+def write_sbom_of(contents: sbom.ImageContents, target: Path, cell: Any, image_name: str, timestamp: str) -> str:
+    """The SBOM of an image's contents written to ``target``; its sha256."""
+    document = sbom.sbom_document(contents, image_name=image_name, build_key=cell.build_key, timestamp=timestamp,
                                   downloads=cell.downloads)
     return sbom.write_sbom(document, target)
+
+
+def write_sbom_of_tree(tree: Path, target: Path, cell: Any, image_name: str, timestamp: str) -> str:
+    """The SBOM of the built tree written to ``target``; its sha256."""
+    return write_sbom_of(sbom.contents_of_tree(tree), target, cell, image_name, timestamp)
+
+
+def image_ids_digest(image_ids: dict[str, str]) -> str:
+    """The digest a cloud image's subject carries: of its ids (region -> id) as canonical JSON."""
+    return hashlib.sha256(json.dumps(image_ids, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def sha256_of(path: Path) -> str:
@@ -57,14 +76,18 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def build_statement(cell: Any, *, image: Path, image_ids: dict[str, str], metadata: dict[str, str],
+def build_statement(cell: Any, *, image: Path | None, image_ids: dict[str, str], metadata: dict[str, str],
                     sbom_file: Path, sbom_sha256: str, git_commit: str, base_key: str, invocation_id: str,
-                    started: datetime, finished: datetime, builder: str) -> dict[str, Any]:
-    """The in-toto statement of one cell's build: its inputs, and the image and SBOM it made."""
+                    started: datetime, finished: datetime, builder: str, image_name: str = "") -> dict[str, Any]:
+    """The in-toto statement of one cell's build: its inputs, and the image and SBOM it made.
+
+    ``image``: the image's file, or None for a cloud image (named ``image_name``, see the module)."""
     from imagebuilder.planner import templates_digest, tree_digest
 
+    subject_name, subject_sha256 = ((image.name, sha256_of(image)) if image is not None
+                                    else (image_name, image_ids_digest(image_ids)))
     subjects = [
-        provenance.Subject(image.name, sha256_of(image),
+        provenance.Subject(subject_name, subject_sha256,
                            {provenance.IMAGE_IDS: image_ids, provenance.IMAGE_METADATA: metadata}),
         provenance.Subject(sbom_file.name, sbom_sha256),
     ]
@@ -102,6 +125,80 @@ def write_provenance(statement: dict[str, Any], target: Path) -> Attestation:
     if key is None:
         return Attestation(target, signed=False)
     return Attestation(target, signed=True, key_id=provenance.key_id(key.public_key()))
+
+
+def attest_packer_build(job: Any, artifact: Any) -> Any:
+    """The SBOM and provenance of a Packer build, from the contents its image gathered (sbom.INPUT_FILE
+    in the cell directory); the artifact with their digest in its metadata and the files added.
+
+    Unchanged when the build downloaded no such file (a template without the SBOM step)."""
+    source = job.directory / sbom.INPUT_FILE
+    if not source.is_file():
+        _log(job, f"no {sbom.INPUT_FILE} from the image (its template has no SBOM step): no SBOM or provenance")
+        return artifact
+    image = _image_file(artifact, job.directory)
+    output = image.parent if image is not None else job.directory
+    name = artifact.image_name
+    timestamp = artifact.metadata.build_timestamp
+    sbom_file = sbom_path(output, name)
+    sbom_sha256 = write_sbom_of(sbom.contents_of_file(source), sbom_file, job.cell, name, timestamp)
+    metadata = replace(artifact.metadata, sbom_sha256=sbom_sha256)
+    tags = metadata.to_tags()
+    statement = build_statement(
+        job.cell, image=image, image_name=name, image_ids=_image_ids(artifact, image), metadata=tags, sbom_file=sbom_file,
+        sbom_sha256=sbom_sha256, git_commit=metadata.git_commit, base_key="",
+        invocation_id=_packer_run_uuid(job.directory) or str(uuid.uuid4()),
+        started=datetime.fromtimestamp(artifact.started_at or time.time(), timezone.utc),
+        finished=datetime.fromtimestamp(artifact.finished_at or time.time(), timezone.utc), builder="packer")
+    signed = write_provenance(statement, provenance_path(output, name))
+    _log(job, f"SBOM {sbom_file.name} from the image's package database ({sbom_sha256[:16]}); "
+              + (f"provenance signed with key {signed.key_id[:16]}" if signed.signed else UNSIGNED_NOTE))
+    _record_in_manifest(job.directory, tags, [sbom_file, signed.path])
+    return replace(artifact, metadata=metadata, files=[*artifact.files, str(sbom_file), str(signed.path)])
+
+
+def _image_file(artifact: Any, directory: Path) -> Path | None:
+    """The image file a local build wrote (the first file of the manifest), None for a cloud image."""
+    for name in artifact.files:
+        path = Path(name) if Path(name).is_absolute() else directory / name
+        if path.is_file():
+            return path
+    return None
+
+
+def _image_ids(artifact: Any, image: Path | None) -> dict[str, str]:
+    """The ids the image will have: a local file's in the local catalogue (as the offline build names
+    it), a cloud image's as Packer made it."""
+    from imagebuilder.clouds.local import REGION, local_image_id
+
+    return {REGION: local_image_id(artifact.build_key)} if image is not None else dict(artifact.ids)
+
+
+def _packer_run_uuid(directory: Path) -> str:
+    try:
+        return str(json.loads((directory / MANIFEST).read_text()).get("last_run_uuid") or "")
+    except (OSError, ValueError, AttributeError):
+        return ""
+
+
+def _record_in_manifest(directory: Path, tags: dict[str, str], side_files: list[Path]) -> None:
+    """Packer's manifest as the offline build writes it: the metadata with the SBOM digest, the side files listed."""
+    from imagebuilder.atomicfile import write_atomically
+
+    path = directory / MANIFEST
+    manifest = json.loads(path.read_text())
+    build = manifest["builds"][-1]
+    build["custom_data"]["metadata"] = json.dumps(tags, separators=(",", ":"))
+    listed = {entry.get("name") for entry in build.get("files") or []}
+    build["files"] = [*(build.get("files") or []),
+                      *({"name": str(p.relative_to(directory)) if p.is_relative_to(directory) else str(p),
+                         "size": p.stat().st_size} for p in side_files if str(p) not in listed)]
+    write_atomically(path, json.dumps(manifest, indent=2) + "\n")
+
+
+def _log(job: Any, text: str) -> None:
+    with job.log_path.open("a") as log:
+        log.write(f"==> imagebuilder: {text}\n")
 
 
 def _iso(when: datetime) -> str:

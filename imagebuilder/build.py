@@ -21,6 +21,7 @@ from imagebuilder.artifact import Artifact, from_packer_manifest
 from imagebuilder.clouds import registry
 from imagebuilder.packer import needs_init, packer_binary, packer_init_command
 from imagebuilder.procs import Cancelled
+from imagebuilder.sbom import INPUT_FILE as SBOM_INPUT_FILE
 from imagebuilder.planner import Cell
 from imagebuilder.textline import one_line
 
@@ -133,6 +134,7 @@ class PackerExecutor:
         self.extra_args = extra_args
 
     def __call__(self, job: Job, cancel: threading.Event) -> Outcome:
+        (job.directory / SBOM_INPUT_FILE).unlink(missing_ok=True)  # an earlier build's: this one downloads its own
         commands = [packer_init_command()] if needs_init(job.directory) else []
         commands.append([packer_binary(), "build", "-color=false", "-timestamp-ui", *self.extra_args,
                          *job.packer_args, "."])
@@ -285,9 +287,15 @@ class Scheduler:
 
 
 def manifest_artifact(job: Job) -> Artifact:
+    """The build's artifact record; a Packer build's SBOM and provenance are written here (attest.py)."""
     finished = time.time()
-    return from_packer_manifest(job.directory / "packer-manifest.json", job.cell.cloud,
-                                started_at=finished - job.elapsed, finished_at=finished)
+    artifact = from_packer_manifest(job.directory / "packer-manifest.json", job.cell.cloud,
+                                    started_at=finished - job.elapsed, finished_at=finished)
+    if job.builder == "packer":
+        from imagebuilder.attest import attest_packer_build
+
+        artifact = attest_packer_build(job, artifact)
+    return artifact
 
 
 # Our own failure messages (the roles' `fail` tasks, our scripts) start with this marker: the

@@ -12,7 +12,7 @@ from typing import Any
 
 import jinja2
 
-from imagebuilder import __version__, hcl
+from imagebuilder import __version__, hcl, sbom
 from imagebuilder.atomicfile import write_atomically
 from imagebuilder.clouds import registry
 from imagebuilder.config import ANSIBLE_DIR, PACKER_DIR, PROJECT_ROOT
@@ -118,6 +118,20 @@ def packer_variables(cell: Cell, cell_dir: Path) -> dict[str, Any]:
     }
 
 
+def sbom_context() -> dict[str, Any]:
+    """What the SBOM step of the templates and its gathering script are rendered with (sbom.py's names)."""
+    return {"script": sbom.INPUT_SCRIPT, "remote": sbom.INPUT_REMOTE, "file": sbom.INPUT_FILE,
+            "header": sbom.INPUT_HEADER, "end": sbom.INPUT_END, "os_release_files": sbom.OS_RELEASE_FILES,
+            "release_file": sbom.RELEASE_FILE, "dpkg_status": sbom.DPKG_STATUS, "dpkg_admin_dir": sbom.DPKG_ADMIN_DIR,
+            "dpkg_format": sbom.DPKG_FORMAT, "rpm_db_dirs": sbom.RPM_DB_DIRS, "rpm_format": sbom.RPM_FORMAT,
+            "artifacts_dir": sbom.ARTIFACTS_DIR}
+
+
+def render_sbom_script() -> str:
+    """The gathering script a Packer build runs in the image (packer/_common/sbom-input.sh.j2)."""
+    return _environment().get_template("_common/sbom-input.sh.j2").render({"sbom": sbom_context()})
+
+
 def render_files(cell: Cell, cell_dir: Path, packer_version: tuple[int, int, int] | None) -> dict[str, str]:
     """The file name -> content of one cell's build directory."""
     env = _environment()
@@ -126,12 +140,13 @@ def render_files(cell: Cell, cell_dir: Path, packer_version: tuple[int, int, int
     own = cloud.template_context(cell)
     pre_provision = [WAIT_FOR_CLOUD_INIT, *own.pop("provision_first", [])]
     context = {**own, "cell": cell, "variables": variables, "builder": cloud.builder,
-               "base_pinned": bool(_resolved(cell)), "pre_provision": pre_provision}
+               "base_pinned": bool(_resolved(cell)), "pre_provision": pre_provision, "sbom": sbom_context()}
     files = {
         "variables.pkr.hcl": env.get_template("_common/variables.pkr.hcl.j2").render(context),
         "cell.auto.pkrvars.hcl": env.get_template("_common/cell.auto.pkrvars.hcl.j2").render(context),
         f"{cell.cloud}.pkr.hcl": env.get_template(cloud.template).render(context),
         "ansible-vars.json": json.dumps(ansible_vars(cell), indent=2, sort_keys=True) + "\n",
+        sbom.INPUT_SCRIPT: render_sbom_script(),
     }
     if cloud.plugin is not None and (packer_version is None or packer_version >= MODERN_PACKER):
         plugin = {"name": cloud.plugin.name, "source": cloud.plugin.source, "version": cloud.plugin.version}

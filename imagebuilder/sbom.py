@@ -1,11 +1,18 @@
-"""The SBOM of a built image, read from its root tree, as CycloneDX 1.5 JSON.
+"""The SBOM of a built image as CycloneDX 1.5 JSON, from what the image holds.
 
-What is in the image is what its package database says (dpkg's status file for Debian and
-Ubuntu, rpm's database for the Red Hat family where the host has ``rpm``), plus the release
-files the roles installed outside it: their versions from the image's provenance file
-(``/etc/imagebuilder-release``) and their sums from the roles' record of what they installed
-(``/var/lib/imagebuilder/artifacts/<download>.sha256``, the pinned sha256 checked at fetch).
-Nothing here comes from a list of what ought to be there.
+What is in the image is what its package database says (dpkg's for Debian and Ubuntu, rpm's for
+the Red Hat family), plus the release files the roles installed outside it: their versions from
+the image's provenance file (``/etc/imagebuilder-release``) and their sums from the roles' record
+of what they installed (``/var/lib/imagebuilder/artifacts/<download>.sha256``, the pinned sha256
+checked at fetch). Nothing here comes from a list of what ought to be there.
+
+Two builds, one reading: both make an ``ImageContents`` and the SBOM is made from that alone.
+
+- the offline build reads the built root tree on the host (``contents_of_tree``);
+- a Packer build runs the gathering script in the image once the roles are done
+  (``packer/_common/sbom-input.sh.j2``: dpkg-query or rpm -qa, the provenance file, the recorded
+  sums, into one file), Packer's file provisioner downloads it into the cell directory, and
+  ``contents_of_file`` reads it.
 
 CycloneDX 1.5: https://cyclonedx.org/docs/1.5/json/ (bomFormat, specVersion, components with
 purl and hashes); package URLs: https://github.com/package-url/purl-spec.
@@ -18,7 +25,7 @@ import json
 import shutil
 import subprocess
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -29,10 +36,23 @@ from imagebuilder.errors import UserError
 
 SPEC_VERSION = "1.5"
 SBOM_SUFFIX = ".sbom.cdx.json"  # beside the image: <image name>.sbom.cdx.json
-DPKG_STATUS = "var/lib/dpkg/status"
+DPKG_ADMIN_DIR = "var/lib/dpkg"
+DPKG_STATUS = f"{DPKG_ADMIN_DIR}/status"
 RPM_DB_DIRS = ("var/lib/rpm", "usr/lib/sysimage/rpm")
+OS_RELEASE_FILES = ("etc/os-release", "usr/lib/os-release")
 RELEASE_FILE = "etc/imagebuilder-release"
 ARTIFACTS_DIR = "var/lib/imagebuilder/artifacts"
+# What each package manager is asked for, the same in the image (sbom-input.sh), on a tree and in a booted guest.
+DPKG_FORMAT = "${db:Status-Status}\\t${Package}\\t${Version}\\t${Architecture}\\n"
+RPM_FORMAT = r"%{NAME}\t%{EPOCHNUM}\t%{VERSION}-%{RELEASE}\t%{ARCH}\n"
+# Operating systems whose image has no package database to read (the SBOM then lists the release files).
+NO_PACKAGE_DATABASE = frozenset({"flatcar"})
+# The file a Packer build gathers in the image and downloads (see contents_of_file for its form).
+INPUT_HEADER = "imagebuilder-sbom-input 1"
+INPUT_END = "--- end"
+INPUT_SCRIPT = "sbom-input.sh"  # rendered into the cell directory from packer/_common/sbom-input.sh.j2
+INPUT_REMOTE = "/tmp/imagebuilder-sbom-input.txt"  # where the script writes it in the image
+INPUT_FILE = "sbom-input.txt"  # where Packer downloads it: the cell directory
 # The release files the roles install (download name -> the provenance file's version field).
 RELEASE_VERSION_FIELDS = {
     "kubelet": "KUBERNETES_VERSION", "kubeadm": "KUBERNETES_VERSION", "kubectl": "KUBERNETES_VERSION",
@@ -61,12 +81,22 @@ class Package:
         return f"{self.name}:{self.arch}" if self.arch else self.name
 
 
-def os_release(root: Path) -> dict[str, str]:
-    for relative in ("etc/os-release", "usr/lib/os-release"):
-        path = root / relative
-        if path.is_file():
-            return _key_values(path.read_text(errors="replace"))
-    return {}
+@dataclass(frozen=True)
+class ImageContents:
+    """What an SBOM is made of, however it was read (a root tree, or the file gathered in the image)."""
+
+    where: str  # the tree or file it was read from, for messages
+    os_release: dict[str, str]
+    release: dict[str, str]  # /etc/imagebuilder-release
+    package_manager: str  # "dpkg", "rpm" or "none"
+    # dpkg: (state, name, version, arch) as dpkg-query -f DPKG_FORMAT lists them;
+    # rpm: (name, epoch, version-release, arch) as rpm -qa --queryformat RPM_FORMAT lists them
+    package_rows: tuple[tuple[str, ...], ...]
+    artifact_sums: dict[str, str] = field(default_factory=dict)  # download name -> recorded sha256
+
+    @property
+    def distro(self) -> str:
+        return "-".join(v for v in (self.os_release.get("ID", ""), self.os_release.get("VERSION_ID", "")) if v)
 
 
 def _key_values(text: str) -> dict[str, str]:
@@ -78,21 +108,49 @@ def _key_values(text: str) -> dict[str, str]:
     return values
 
 
-def dpkg_packages(root: Path, distro: str) -> list[Package]:
-    """Every package dpkg's status file says is installed (dpkg-query's "installed" state)."""
-    status = root / DPKG_STATUS
-    packages: list[Package] = []
+def _rows(text: str, width: int = 4) -> tuple[tuple[str, ...], ...]:
+    return tuple(tuple((line.split("\t") + [""] * width)[:width]) for line in text.splitlines() if line.strip())
+
+
+# --- reading a root tree (the offline build) -----------------------------------------------
+
+
+def os_release(root: Path) -> dict[str, str]:
+    for relative in OS_RELEASE_FILES:
+        path = root / relative
+        if path.is_file():
+            return _key_values(path.read_text(errors="replace"))
+    return {}
+
+
+def contents_of_tree(root: Path) -> ImageContents:
+    """The contents of a built root tree, read on the host."""
+    info = os_release(root)
+    if (root / DPKG_STATUS).is_file():
+        manager, rows = "dpkg", _dpkg_status_rows(root / DPKG_STATUS)
+    elif any((root / d).is_dir() and any((root / d).iterdir()) for d in RPM_DB_DIRS):
+        manager, rows = "rpm", _rows(_rpm_query(root))
+    else:
+        manager, rows = "none", ()
+    release = root / RELEASE_FILE
+    artifacts = root / ARTIFACTS_DIR
+    sums = {path.name.removesuffix(".sha256"): path.read_text().strip().lower()
+            for path in sorted(artifacts.glob("*.sha256"))} if artifacts.is_dir() else {}
+    return ImageContents(str(root), info, _key_values(release.read_text(errors="replace")) if release.is_file() else {},
+                         manager, rows, sums)
+
+
+def _dpkg_status_rows(status: Path) -> tuple[tuple[str, ...], ...]:
+    """dpkg's status file as dpkg-query lists it: (state, name, version, arch) per paragraph."""
+    rows = []
     for paragraph in status.read_text(errors="replace").split("\n\n"):
         fields = _deb822(paragraph)
-        state = fields.get("Status", "").split()
-        if "Package" not in fields or len(state) != 3 or state[2] != "installed":
+        if "Package" not in fields:
             continue
-        name, version, arch = fields["Package"], fields.get("Version", ""), fields.get("Architecture", "")
-        namespace = distro.split("-")[0] or "debian"
-        qualifiers = "&".join(q for q in (f"arch={arch}" if arch else "", f"distro={distro}" if distro else "") if q)
-        purl = f"pkg:deb/{namespace}/{quote(name, safe='')}@{quote(version, safe='')}" + (f"?{qualifiers}" if qualifiers else "")
-        packages.append(Package(name, version, arch, "dpkg", purl))
-    return packages
+        state = fields.get("Status", "").split()
+        rows.append((state[2] if len(state) == 3 else "", fields["Package"], fields.get("Version", ""),
+                     fields.get("Architecture", "")))
+    return tuple(rows)
 
 
 def _deb822(paragraph: str) -> dict[str, str]:
@@ -105,21 +163,84 @@ def _deb822(paragraph: str) -> dict[str, str]:
     return fields
 
 
-def rpm_packages(root: Path, distro: str) -> list[Package]:
-    """Every package in the tree's rpm database, read with the host's rpm."""
+def _rpm_query(root: Path) -> str:
+    """rpm -qa of the tree's database, read with the host's rpm."""
     rpm = shutil.which("rpm")
     if rpm is None:
         raise UserError(f"{root}: the image has an rpm database but this host has no rpm to read it "
                         "| fix: install rpm on the build host")
-    result = subprocess.run([rpm, "--root", str(root), "-qa", "--qf", r"%{NAME}\t%{EPOCHNUM}\t%{VERSION}-%{RELEASE}\t%{ARCH}\n"],
+    result = subprocess.run([rpm, "--root", str(root), "-qa", "--qf", RPM_FORMAT],
                             capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise UserError(f"{root}: rpm could not read the image's package database ({result.stderr.strip()[:200]}) "
                         "| fix: check the build's root tree")
+    return result.stdout
+
+
+# --- reading the file gathered in the image (a Packer build) --------------------------------
+
+
+def contents_of_file(path: Path) -> ImageContents:
+    """The contents the gathering script wrote in the image (sbom-input.sh), as Packer downloaded them.
+
+    The file: the header line, then sections each opened by a line ``--- <kind> [name]``:
+    ``os-release`` and ``imagebuilder-release`` (the files), ``packages dpkg|rpm|none`` (the package
+    manager's listing in DPKG_FORMAT or RPM_FORMAT), ``artifact <download>`` (its recorded sha256),
+    and ``--- end`` last: a file cut short is refused, not read as an image with fewer packages.
+    """
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        raise UserError(f"{path}: no SBOM input (the image's gathering step did not run) "
+                        "| fix: render the cell again and rebuild it") from None
+    lines = text.splitlines()
+    if not lines or lines[0] != INPUT_HEADER or INPUT_END not in lines:
+        raise UserError(f"{path}: not a complete SBOM input (expected '{INPUT_HEADER}' first and '{INPUT_END}' last) "
+                        "| fix: build the cell again")
+    sections: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in lines[1:lines.index(INPUT_END)]:
+        if line.startswith("--- "):
+            current = sections.setdefault(line[4:].strip(), [])
+        elif current is not None:
+            current.append(line)
+    managers = [name.split()[1] for name in sections if name.startswith("packages ") and len(name.split()) == 2]
+    if len(managers) != 1 or managers[0] not in ("dpkg", "rpm", "none"):
+        raise UserError(f"{path}: one 'packages dpkg|rpm|none' section expected, found {managers or 'none'} "
+                        "| fix: build the cell again")
+    manager = managers[0]
+    rows = _rows("\n".join(sections[f"packages {manager}"]))
+    sums = {name.split(" ", 1)[1]: "".join(body).strip().lower() for name, body in sections.items()
+            if name.startswith("artifact ")}
+    return ImageContents(str(path), _key_values("\n".join(sections.get("os-release", []))),
+                         _key_values("\n".join(sections.get("imagebuilder-release", []))), manager, rows, sums)
+
+
+# --- the packages ------------------------------------------------------------------------
+
+
+def dpkg_packages(contents: ImageContents) -> list[Package]:
+    """Every package dpkg says is installed (dpkg-query's "installed" state)."""
+    distro = contents.distro
+    namespace = distro.split("-")[0] or "debian"
+    packages: list[Package] = []
+    for state, name, version, arch in contents.package_rows:
+        if state != "installed" or not name:
+            continue
+        qualifiers = "&".join(q for q in (f"arch={arch}" if arch else "", f"distro={distro}" if distro else "") if q)
+        purl = f"pkg:deb/{namespace}/{quote(name, safe='')}@{quote(version, safe='')}" + (f"?{qualifiers}" if qualifiers else "")
+        packages.append(Package(name, version, arch, "dpkg", purl))
+    return packages
+
+
+def rpm_packages(contents: ImageContents) -> list[Package]:
+    """Every package in the rpm database."""
+    distro = contents.distro
     namespace = distro.split("-")[0] or "redhat"
     packages = []
-    for line in result.stdout.splitlines():
-        name, epoch, version, arch = line.split("\t")
+    for name, epoch, version, arch in contents.package_rows:
+        if not name:
+            continue
         full = f"{epoch}:{version}" if epoch not in ("", "0") else version
         purl = f"pkg:rpm/{namespace}/{quote(name, safe='')}@{quote(version, safe='')}?arch={arch}" + (
             f"&epoch={epoch}" if epoch not in ("", "0") else "") + (f"&distro={distro}" if distro else "")
@@ -127,26 +248,21 @@ def rpm_packages(root: Path, distro: str) -> list[Package]:
     return packages
 
 
-def release_packages(root: Path, downloads: dict[str, Any] | None = None) -> list[Package]:
+def release_packages(contents: ImageContents, downloads: dict[str, Any] | None = None) -> list[Package]:
     """The release files the roles installed: each with its version and the pinned sha256 it was installed at.
 
     ``downloads`` (the cell's, name -> Download) adds each file's URL and must agree with the
     sum the image records: an image whose files are not the cell's pins is not described as if they were.
     """
-    release = root / RELEASE_FILE
-    artifacts = root / ARTIFACTS_DIR
-    if not release.is_file() or not artifacts.is_dir():
+    if not contents.release or not contents.artifact_sums:
         return []
-    fields = _key_values(release.read_text(errors="replace"))
     packages = []
-    for record in sorted(artifacts.glob("*.sha256")):
-        name = record.name.removesuffix(".sha256")
-        sha256 = record.read_text().strip().lower()
-        version = fields.get(RELEASE_VERSION_FIELDS.get(name, f"{name.upper()}_VERSION"), "").removeprefix("v")
+    for name, sha256 in sorted(contents.artifact_sums.items()):
+        version = contents.release.get(RELEASE_VERSION_FIELDS.get(name, f"{name.upper()}_VERSION"), "").removeprefix("v")
         download = (downloads or {}).get(name)
         if download is not None and download.sha256.lower() != sha256:
-            raise UserError(f"{record}: the image's {name} has sha256 {sha256}, the cell pins {download.sha256} "
-                            "| fix: build the cell again from a clean base")
+            raise UserError(f"{contents.where}: {ARTIFACTS_DIR}/{name}.sha256: the image's {name} has sha256 {sha256}, "
+                            f"the cell pins {download.sha256} | fix: build the cell again from a clean base")
         url = download.url if download is not None else ""
         upstream = RELEASE_NAMES.get(name, name)
         purl = f"pkg:generic/{upstream}@{quote(version, safe='')}" + (f"?download_url={quote(url, safe='')}" if url else "")
@@ -154,25 +270,24 @@ def release_packages(root: Path, downloads: dict[str, Any] | None = None) -> lis
     return packages
 
 
-def packages_of(root: Path, downloads: dict[str, Any] | None = None) -> list[Package]:
-    info = os_release(root)
-    distro = "-".join(v for v in (info.get("ID", ""), info.get("VERSION_ID", "")) if v)
-    found: list[Package] = []
-    if (root / DPKG_STATUS).is_file():
-        found += dpkg_packages(root, distro)
-    elif any((root / d).is_dir() and any((root / d).iterdir()) for d in RPM_DB_DIRS):
-        found += rpm_packages(root, distro)
+def packages_of(contents: ImageContents, downloads: dict[str, Any] | None = None) -> list[Package]:
+    if contents.package_manager == "dpkg":
+        found = dpkg_packages(contents)
+    elif contents.package_manager == "rpm":
+        found = rpm_packages(contents)
+    elif contents.os_release.get("ID", "") in NO_PACKAGE_DATABASE:
+        found = []
     else:
-        raise UserError(f"{root}: no package database (neither {DPKG_STATUS} nor an rpm database) "
+        raise UserError(f"{contents.where}: no package database (neither {DPKG_STATUS} nor an rpm database) "
                         "| fix: point at the root of a built image")
-    return found + release_packages(root, downloads)
+    return found + release_packages(contents, downloads)
 
 
-def sbom_document(root: Path, *, image_name: str, build_key: str, timestamp: str,
+def sbom_document(contents: ImageContents, *, image_name: str, build_key: str, timestamp: str,
                   downloads: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The CycloneDX 1.5 document of the image whose root tree is ``root``."""
-    info = os_release(root)
-    packages = packages_of(root, downloads)
+    """The CycloneDX 1.5 document of the image whose contents these are."""
+    info = contents.os_release
+    packages = packages_of(contents, downloads)
     components = []
     for package in sorted(packages, key=lambda p: (p.name, p.arch, p.version)):
         component: dict[str, Any] = {
@@ -273,7 +388,7 @@ def diff(before: dict[str, Any], after: dict[str, Any]) -> PackageDiff:
 
 # --- the boot test's view --------------------------------------------------------------
 
-DPKG_QUERY = ["dpkg-query", "-W", "-f", "${db:Status-Status}\\t${Package}\\t${Version}\\t${Architecture}\\n"]
+DPKG_QUERY = ["dpkg-query", "-W", "-f", DPKG_FORMAT]
 
 
 def guest_dpkg_packages(session: Any) -> dict[str, str]:

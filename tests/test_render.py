@@ -73,11 +73,18 @@ def test_every_cloud_renders_its_builder_and_metadata(tmp_path: Path) -> None:
         build = template["build"][0]
         manifest = build["post-processor"][0]["manifest"]
         assert "custom_data" in manifest
-        provisioners = {name: body for block in build["provisioner"] for name, body in block.items()}
+        steps = [(name, body) for block in build["provisioner"] for name, body in block.items()]
+        provisioners = dict(steps[:2])
+        assert [name for name, _ in steps] == ["shell", "ansible", "shell", "file", "shell"]
         assert provisioners["ansible"]["use_proxy"] is False
         assert "cloud-init status --wait" in provisioners["shell"]["inline"]
         assert ("sudo grub-install /dev/vda" in provisioners["shell"]["inline"]) == (
             rendered.cell.cloud == "qemu" and rendered.cell.os == "debian-12")
+        # After the roles: the SBOM's contents gathered in the image and downloaded beside the manifest.
+        gather, download, remove = (body for _, body in steps[2:])
+        assert gather["script"] == "${path.root}/sbom-input.sh" and (rendered.directory / "sbom-input.sh").is_file()
+        assert download["direction"] == "download" and download["destination"] == "${path.root}/sbom-input.txt"
+        assert remove["inline"] == [f"rm -f {download['source']}"]
         ansible_vars = json.loads((rendered.directory / "ansible-vars.json").read_text())
         assert ansible_vars["imagebuilder_build_key"] == rendered.cell.build_key
         assert ansible_vars["imagebuilder_downloads"]["kubeadm"]["sha256"] == rendered.cell.downloads["kubeadm"].sha256

@@ -95,7 +95,7 @@ def validate_cyclonedx(document: dict) -> None:
 
 def test_sbom_of_a_tree_validates_and_lists_what_is_installed(tmp_path: Path, qemu_cell) -> None:
     root = fake_root(tmp_path / "root", qemu_cell)
-    document = sbom.sbom_document(root, image_name="img", build_key=qemu_cell.build_key, timestamp=TIMESTAMP,
+    document = sbom.sbom_document(sbom.contents_of_tree(root), image_name="img", build_key=qemu_cell.build_key, timestamp=TIMESTAMP,
                                   downloads=qemu_cell.downloads)
     validate_cyclonedx(document)
     versions = sbom.package_versions(document)
@@ -109,16 +109,16 @@ def test_sbom_of_a_tree_validates_and_lists_what_is_installed(tmp_path: Path, qe
     vim = next(c for c in document["components"] if c["name"] == "vim-tiny")
     assert vim["purl"] == "pkg:deb/debian/vim-tiny@2%3A9.0.1378-2?arch=amd64&distro=debian-12"
     assert sbom.encode(document) == sbom.encode(sbom.sbom_document(
-        root, image_name="img", build_key=qemu_cell.build_key, timestamp=TIMESTAMP, downloads=qemu_cell.downloads))
+        sbom.contents_of_tree(root), image_name="img", build_key=qemu_cell.build_key, timestamp=TIMESTAMP, downloads=qemu_cell.downloads))
 
 
 def test_a_tree_whose_release_file_is_not_the_pin_is_refused(tmp_path: Path, qemu_cell) -> None:
     root = fake_root(tmp_path / "root", qemu_cell)
     (root / "var/lib/imagebuilder/artifacts/kubelet.sha256").write_text("0" * 64 + "\n")
     with pytest.raises(UserError, match="kubelet has sha256 0000"):
-        sbom.sbom_document(root, image_name="img", build_key="k", timestamp=TIMESTAMP, downloads=qemu_cell.downloads)
+        sbom.sbom_document(sbom.contents_of_tree(root), image_name="img", build_key="k", timestamp=TIMESTAMP, downloads=qemu_cell.downloads)
     with pytest.raises(UserError, match="no package database"):
-        sbom.sbom_document(tmp_path, image_name="img", build_key="k", timestamp=TIMESTAMP)
+        sbom.sbom_document(sbom.contents_of_tree(tmp_path), image_name="img", build_key="k", timestamp=TIMESTAMP)
 
 
 class TreeSession:
@@ -134,7 +134,7 @@ class TreeSession:
 
 
 def test_sbom_of_the_debian_rootfs_is_what_dpkg_query_lists(debian_rootfs: Path) -> None:
-    document = sbom.sbom_document(debian_rootfs, image_name="rootfs", build_key="k", timestamp=TIMESTAMP)
+    document = sbom.sbom_document(sbom.contents_of_tree(debian_rootfs), image_name="rootfs", build_key="k", timestamp=TIMESTAMP)
     validate_cyclonedx(document)
     listed = sbom.guest_dpkg_packages(TreeSession(debian_rootfs))
     assert len(listed) > 100 and "libc6:amd64" in listed
