@@ -10,6 +10,12 @@ from typing import Any
 
 PREFIX = "imagebuilder-"
 GCP_LABEL_VALUE = re.compile(r"[^a-z0-9_-]")
+GCP_LABEL_MAX = 63  # characters of a GCE label value
+# Values a GCE label cannot hold whole (a sha256 is 64 hex digits), kept in two labels: <key> the
+# first half, <key>-2 the second; the image description keeps every value whole as well (gcp/store.py).
+# The build key stays one label cut at 63 (its lookups filter on that label, on images made before).
+GCP_SPLIT_FIELDS = frozenset({"sbom_sha256"})
+GCP_SECOND_PART = "-2"
 # Set last, on every copy of an image, once every publish step (copies, sharing, tags, SSM,
 # replication) has succeeded. It is state, not build identity: it stays out of ImageMetadata
 # (and out of the build key), so a record read back still equals the artifact's metadata.
@@ -38,7 +44,7 @@ class ImageMetadata:
     # then carries no tag for it, as before variants existed.
     variant: str = ""
     # sha256 (hex) of the image's SBOM (imagebuilder/sbom.py) as the build wrote it; "" where the
-    # build wrote none (Packer builds, images made before). 64 hex digits: a GCE label keeps 63.
+    # build wrote none (images made before). 64 hex digits: GCE keeps it in two labels (to_gcp_labels).
     sbom_sha256: str = ""
 
     def to_tags(self) -> dict[str, str]:
@@ -74,8 +80,27 @@ class ImageMetadata:
             return None
 
     def to_gcp_labels(self) -> dict[str, str]:
-        """GCE labels allow [a-z0-9_-] up to 63 characters; dots become dashes."""
-        return {key: gcp_label_value(value) for key, value in self.to_tags().items()}
+        """GCE labels allow [a-z0-9_-] up to 63 characters; dots become dashes, and a GCP_SPLIT_FIELDS
+        value too long for one label is cut in two (``from_gcp_labels`` joins them)."""
+        split = {tag_key(name) for name in GCP_SPLIT_FIELDS}
+        labels: dict[str, str] = {}
+        for key, value in self.to_tags().items():
+            if key in split and len(value) > GCP_LABEL_MAX:
+                half = (len(value) + 1) // 2
+                labels[key], labels[key + GCP_SECOND_PART] = gcp_label_value(value[:half]), gcp_label_value(value[half:])
+            else:
+                labels[key] = gcp_label_value(value)
+        return labels
+
+    @classmethod
+    def from_gcp_labels(cls, labels: dict[str, str]) -> ImageMetadata | None:
+        """The metadata GCE labels hold (label-safe values; split values joined again)."""
+        joined = dict(labels)
+        for name in GCP_SPLIT_FIELDS:
+            key = tag_key(name)
+            if key in joined and key + GCP_SECOND_PART in joined:
+                joined[key] += joined.pop(key + GCP_SECOND_PART)
+        return cls.from_tags(joined)
 
 
 def parse_build_timestamp(stamp: str, now: datetime | None = None) -> datetime:
@@ -118,7 +143,7 @@ def tag_key(name: str) -> str:
 
 
 def gcp_label_value(value: str) -> str:
-    return GCP_LABEL_VALUE.sub("-", value.lower())[:63]
+    return GCP_LABEL_VALUE.sub("-", value.lower())[:GCP_LABEL_MAX]
 
 
 def metadata_for(cell: Any, version: str, git_commit: str) -> ImageMetadata:

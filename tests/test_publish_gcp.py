@@ -234,6 +234,29 @@ def test_a_packer_built_image_is_labelled_described_and_put_in_its_family(
     assert len(compute.calls("POST", "/setLabels")) == 2 and len(compute.calls("PATCH")) == 1
 
 
+def test_the_sbom_digest_fits_gce_labels_and_comes_back_whole(store: GcpImageStore, compute: GcpComputeStandin) -> None:
+    """A sha256 is 64 hex digits, a label value 63 characters: two labels, joined again on reading,
+    and whole in the description (the stand-in refuses a 64-character value, on insert and setLabels, as GCE does)."""
+    digest = "0123456789abcdef" * 4
+    meta = replace(metadata("1764064800"), sbom_sha256=digest)
+    labels = meta.to_gcp_labels()
+    assert (labels["imagebuilder-sbom-sha256"], labels["imagebuilder-sbom-sha256-2"]) == (digest[:32], digest[32:])
+    assert ImageMetadata.from_gcp_labels(labels).sbom_sha256 == digest  # the other values label-safe, as before
+    name = "cluster-api-debian-12-v1-31-4-1764064800"
+    compute.images[(PROJECT, name)] = {
+        "kind": "compute#image", "id": "78", "name": name, "status": "READY",
+        "creationTimestamp": "2026-11-25T10:00:00.000+00:00", "selfLink": compute.link(PROJECT, "images", name),
+        "labels": {}, "labelFingerprint": "fp0", "family": "", "description": "",
+    }
+    store.publish(Artifact(cell_id="gcp-debian-12-k8s-1.31", cloud="gcp", build_key=meta.build_key, image_name=name,
+                           metadata=meta, ids={"default": name}))
+    (record,) = store.find_by_build_key(meta.build_key)
+    assert record.metadata is not None and record.metadata.sbom_sha256 == digest  # from the description
+    assert ImageMetadata.from_gcp_labels(record.tags).sbom_sha256 == digest  # from the labels alone
+    for call in compute.calls("POST", "/setLabels"):  # what was sent, each value as GCE takes it
+        assert all(len(value) <= 63 for value in call.body["labels"].values())
+
+
 def test_a_missing_packer_image_is_a_clear_error(store: GcpImageStore) -> None:
     meta = metadata("1764064800")
     artifact = Artifact(cell_id="gcp-debian-12-k8s-1.31", cloud="gcp", build_key=meta.build_key,

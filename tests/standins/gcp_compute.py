@@ -195,10 +195,9 @@ class GcpComputeStandin(StandinServer):
         if (project, name) in self.images:
             return Response(409, google_error(409, "alreadyExists",
                                               f"The resource 'projects/{project}/global/images/{name}' already exists"))
-        for key, value in (body.get("labels") or {}).items():
-            if not re.fullmatch(r"[a-z][a-z0-9_-]{0,62}", key) or not re.fullmatch(r"[a-z0-9_-]{0,63}", value):
-                return Response(400, google_error(400, "invalid", f"Invalid value for field 'resource.labels': "
-                                                                  f"'{key}={value}'"))
+        refused = invalid_labels(body.get("labels") or {}, "resource.labels")
+        if refused is not None:
+            return refused
         number = next(self._ids)
         image = {
             **body,
@@ -267,6 +266,9 @@ class GcpComputeStandin(StandinServer):
             return Response(412, google_error(412, "conditionNotMet",
                                               "Labels fingerprint either invalid or resource labels have changed"))
         labels = dict(body.get("labels") or {})
+        refused = invalid_labels(labels, "labels")
+        if refused is not None:
+            return refused
 
         def done(_op: Operation) -> None:
             image["labels"] = labels
@@ -355,6 +357,14 @@ def valid_rfc3339(value: Any) -> bool:
     except ValueError:
         return False
     return True
+
+
+def invalid_labels(labels: dict[str, str], field: str) -> Response | None:
+    """GCE's label rules (keys [a-z][a-z0-9_-], values [a-z0-9_-], both at most 63 characters): a 400, or None."""
+    for key, value in labels.items():
+        if not re.fullmatch(r"[a-z][a-z0-9_-]{0,62}", key) or not re.fullmatch(r"[a-z0-9_-]{0,63}", value):
+            return Response(400, google_error(400, "invalid", f"Invalid value for field '{field}': '{key}={value}'"))
+    return None
 
 
 def fingerprint(labels: dict[str, str]) -> str:

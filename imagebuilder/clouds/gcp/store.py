@@ -107,7 +107,7 @@ def metadata_of(labels: dict[str, str], description: str) -> ImageMetadata | Non
         from_description = None
     if from_description and gcp_label_value(from_description.build_key) == labels.get(BUILD_KEY_LABEL):
         return from_description
-    return ImageMetadata.from_tags(labels)
+    return ImageMetadata.from_gcp_labels(labels)
 
 
 class Missing(CloudError):
