@@ -206,50 +206,117 @@ def _iso(when: datetime) -> str:
 
 
 # --- finding an image's SBOM and provenance -------------------------------------------------
-# Only the local catalogue keeps them so far; the clouds' places are in the README.
+# The local catalogue keeps them beside the image file; a cloud's store in its object store where its
+# settings name one (ImageStore.read_attestation), else it says where they would be.
 
 
-def attested_image(target: str, matrix_path: Path | None = None) -> Any:
-    """An image of the local catalogue by id, or the newest one of a cell (an ImageRecord).
+@dataclass(frozen=True)
+class Attested:
+    """An image with what was kept beside it: each document's bytes (None when absent) and where it is."""
 
-    ``matrix_path``: where the clouds' stores are configured, for when they keep SBOMs too;
-    the local catalogue needs no settings."""
+    record: Any  # ImageRecord
+    store: Any  # its ImageStore
+    sbom: bytes | None
+    sbom_where: str
+    provenance: bytes | None
+    provenance_where: str
+    image_file: Path | None = None  # a local image's file; None for a cloud image
+
+
+def attested_image(target: str, stores: list[Any] | None = None) -> Attested:
+    """An image by id, or the newest one of a cell, with its SBOM and provenance.
+
+    ``stores``: where to look, the local catalogue first (``images`` asks the matrix's clouds too);
+    a cloud that cannot be asked is skipped when the image is found elsewhere, named otherwise."""
     from imagebuilder.clouds import newest, store_for
 
-    records = store_for("local").list_images()
-    found = next((r for r in records if r.image_id == target), None)
-    if found is None:
-        found = newest([r for r in records if r.metadata is not None and r.metadata.cell == target])
-    if found is None:
-        raise UserError(f"{target}: no image or cell of that name in the local catalogue "
-                        "| fix: see 'imagebuilder images list --cloud local' (SBOMs are kept for local images so far)")
-    return found
+    stores = stores if stores is not None else [store_for("local")]
+    unreachable: list[str] = []
+    for store in stores:
+        try:
+            records = store.list_images()
+        except UserError as error:
+            unreachable.append(str(error).split(" | ")[0])
+            continue
+        found = next((r for r in records if r.image_id == target), None)
+        if found is None:
+            found = newest([r for r in records if r.metadata is not None and r.metadata.cell == target])
+        if found is not None:
+            return _attested(store, found)
+    where = ", ".join(store.display_name() for store in stores)
+    skipped = f"; not asked: {'; '.join(unreachable)}" if unreachable else ""
+    raise UserError(f"{target}: no image or cell of that name in {where}{skipped} "
+                    "| fix: see 'imagebuilder images list' (pass -m with the matrix whose clouds keep it)")
 
 
-def sbom_of(target: str, matrix_path: Path | None = None) -> tuple[Any, dict[str, Any]]:
+def stores_to_ask(target: str, declared: list[tuple[str, Any]]) -> list[Any]:
+    """Where an image's SBOM may be: the local catalogue, then (unless the id is the local catalogue's)
+    each declared (store cloud, settings) whose SDK is installed."""
+    from imagebuilder.clouds import store_for
+    from imagebuilder.clouds.local import local_image_id
+
+    stores = [store_for("local")]
+    if target.startswith(local_image_id("")):
+        return stores
+    for name, settings in declared:
+        if name == "local":
+            continue
+        try:
+            stores.append(store_for(name, settings))
+        except UserError:  # its SDK is not installed: its images cannot be asked
+            continue
+    return stores
+
+
+def _attested(store: Any, record: Any) -> Attested:
+    if "path" in record.extra:  # the local catalogue: the files beside the image
+        found = {kind: (Path(record.extra[kind]) if record.extra.get(kind) else None) for kind in ("sbom", "provenance")}
+        return Attested(record, store,
+                        *_read(found["sbom"], f"{record.image_id}: its build wrote no SBOM (built before SBOMs) "
+                                              "| fix: build the cell again"),
+                        *_read(found["provenance"], "none recorded"), image_file=Path(record.extra["path"]))
+    sbom_data, sbom_where = store.read_attestation(record, "sbom")
+    provenance_data, provenance_where = store.read_attestation(record, "provenance")
+    return Attested(record, store, sbom_data, sbom_where, provenance_data, provenance_where)
+
+
+def _read(path: Path | None, absent: str) -> tuple[bytes | None, str]:
+    if path is None:
+        return None, absent
+    return (path.read_bytes() if path.is_file() else None), str(path)
+
+
+def sbom_of(target: str, stores: list[Any] | None = None) -> tuple[Any, dict[str, Any]]:
     """(the image, its SBOM document) of an image id or a cell's newest image."""
-    record = attested_image(target, matrix_path)
-    where = record.extra.get("sbom") or ""
-    if not where:
-        raise UserError(f"{record.image_id}: its build wrote no SBOM (built before SBOMs, or by Packer) "
-                        "| fix: build the cell again with the offline builder")
-    return record, sbom.load_sbom(Path(where))
+    found = attested_image(target, stores)
+    if found.sbom is None:
+        where = found.sbom_where
+        if " | fix: " in where:  # the store's reason: not kept, and how to keep it
+            raise UserError(where)
+        raise UserError(f"{found.record.image_id}: no SBOM at {where} (built or published before SBOMs were kept) "
+                        "| fix: build the cell again")
+    return found.record, sbom.parse_sbom(found.sbom, found.sbom_where)
 
 
 # --- verification -------------------------------------------------------------------------
 
 
-def verify_image(record: Any, public_key: Any) -> str:
-    """Check an image (an ImageRecord of the local catalogue) against its signed provenance.
+def verify_image(found: Attested, public_key: Any) -> str:
+    """Check an image against its signed provenance.
 
-    The signature, then that the image's metadata, SBOM and file are what the statement says.
-    Returns the key id that signed; raises ProvenanceError with one line naming what differs.
+    The signature, then that the image's metadata, SBOM and file (a local image's) or ids (a cloud
+    image's) are what the statement says. Returns the key id that signed; raises ProvenanceError
+    with one line naming what differs.
     """
     fail = provenance.ProvenanceError
-    where = record.extra.get("provenance") or ""
-    if not where:
-        raise fail(f"{record.image_id}: no provenance recorded beside the image | fix: build and publish it again")
-    statement = provenance.open_envelope(Path(where), public_key)
+    record = found.record
+    if found.provenance is None:
+        where = found.provenance_where
+        raise fail(where if " | fix: " in where else
+                   f"{record.image_id}: no provenance recorded beside the image ({where}) "
+                   "| fix: build and publish it again")
+    where = found.provenance_where
+    statement = provenance.open_envelope_bytes(found.provenance, where, public_key)
     if statement.get("_type") != provenance.STATEMENT_TYPE or statement.get("predicateType") != provenance.PREDICATE_TYPE:
         raise fail(f"{where}: not an in-toto v1 statement with a SLSA v1 predicate")
     subjects = [s for s in statement.get("subject", []) if isinstance(s, dict)]
@@ -257,45 +324,41 @@ def verify_image(record: Any, public_key: Any) -> str:
     if image_subject is None:
         raise fail(f"{where}: the statement names no image subject")
     annotations = image_subject["annotations"]
-    if record.image_id not in annotations[provenance.IMAGE_IDS].values():
-        raise fail(f"{record.image_id}: not an image id the provenance names "
-                   f"({', '.join(annotations[provenance.IMAGE_IDS].values())})")
+    ids = dict(annotations[provenance.IMAGE_IDS])
+    # a cloud's copies in other regions are made at publish, after the statement: same name, same metadata
+    copy = found.image_file is None and record.name == image_subject.get("name")
+    if record.image_id not in ids.values() and not copy:
+        raise fail(f"{record.image_id}: not an image id the provenance names ({', '.join(ids.values())})")
 
     if record.metadata is None:
         raise fail(f"{record.image_id}: the image has no imagebuilder metadata")
-    recorded = {key: value for key, value in record.tags.items() if key in _metadata_keys()}
+    recorded = record.metadata.to_tags()
     attested = dict(annotations.get(provenance.IMAGE_METADATA, {}))
     for key in sorted(recorded.keys() | attested.keys()):
         if recorded.get(key) != attested.get(key):
             raise fail(f"{record.image_id}: metadata {key} is {recorded.get(key, '(absent)')!r}, "
                        f"the provenance says {attested.get(key, '(absent)')!r}")
 
-    sbom_where = record.extra.get("sbom") or ""
-    if not sbom_where or not Path(sbom_where).is_file():
-        raise fail(f"{record.image_id}: no SBOM beside the image ({sbom_where or 'none recorded'})")
-    sbom_file = Path(sbom_where)
-    actual = sha256_of(sbom_file)
-    sbom_subject = next((s for s in subjects if s.get("name") == sbom_file.name), None)
+    if found.sbom is None:
+        raise fail(f"{record.image_id}: no SBOM beside the image ({found.sbom_where})")
+    actual = hashlib.sha256(found.sbom).hexdigest()
+    sbom_subject = next((s for s in subjects if str(s.get("name", "")).endswith(sbom.SBOM_SUFFIX)), None)
     attested_sbom = (sbom_subject or {}).get("digest", {}).get("sha256", "(absent)")
     if actual != attested_sbom:
-        raise fail(f"{sbom_file}: the SBOM has sha256 {actual}, the provenance says {attested_sbom}")
+        raise fail(f"{found.sbom_where}: the SBOM has sha256 {actual}, the provenance says {attested_sbom}")
     if record.metadata.sbom_sha256 != actual:
         raise fail(f"{record.image_id}: metadata imagebuilder-sbom-sha256 is {record.metadata.sbom_sha256!r}, "
                    f"the SBOM's sha256 is {actual}")
 
-    image_file = Path(record.extra.get("path", ""))
     attested_image = image_subject.get("digest", {}).get("sha256", "(absent)")
+    if found.image_file is None:
+        if attested_image != image_ids_digest(ids):
+            raise fail(f"{where}: the image subject's digest is not that of the ids it names")
+        return provenance.key_id(public_key)
+    image_file = found.image_file
     if image_file.name != image_subject.get("name"):
         raise fail(f"{image_file}: the provenance is of {image_subject.get('name')}, not this file")
     actual_image = sha256_of(image_file) if image_file.is_file() else "(missing)"
     if actual_image != attested_image:
         raise fail(f"{image_file}: the image has sha256 {actual_image}, the provenance says {attested_image}")
     return provenance.key_id(public_key)
-
-
-def _metadata_keys() -> frozenset[str]:
-    from dataclasses import fields
-
-    from imagebuilder.metadata import ImageMetadata, tag_key
-
-    return frozenset(tag_key(item.name) for item in fields(ImageMetadata))

@@ -181,12 +181,19 @@ def write_envelope(value: dict[str, Any], path: Path) -> None:
 def open_envelope(path: Path, public_key: Any) -> dict[str, Any]:
     """The statement of a DSSE envelope whose signature the key verifies; ProvenanceError otherwise."""
     try:
-        value = json.loads(path.read_text())
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ProvenanceError(f"{path}: no provenance | fix: build the image again") from None
+    return open_envelope_bytes(data, str(path), public_key)
+
+
+def open_envelope_bytes(data: bytes, path: str, public_key: Any) -> dict[str, Any]:
+    """open_envelope of an envelope's bytes (a file, an object store's object); ``path`` names it in errors."""
+    try:
+        value = json.loads(data)
         payload = base64.b64decode(value["payload"], validate=True)
         payload_type = value["payloadType"]
         signatures = value["signatures"]
-    except FileNotFoundError:
-        raise ProvenanceError(f"{path}: no provenance | fix: build the image again") from None
     except (ValueError, KeyError, TypeError) as exc:
         raise ProvenanceError(f"{path}: not a DSSE envelope ({exc.__class__.__name__}: {exc})") from None
     if payload_type != PAYLOAD_TYPE:

@@ -343,13 +343,20 @@ def write_sbom(document: dict[str, Any], path: Path) -> str:
 
 def load_sbom(path: Path) -> dict[str, Any]:
     try:
-        document = json.loads(path.read_text())
+        data = path.read_bytes()
     except FileNotFoundError:
         raise UserError(f"{path}: no SBOM | fix: build the image again with this imagebuilder") from None
+    return parse_sbom(data, str(path))
+
+
+def parse_sbom(data: bytes, where: str) -> dict[str, Any]:
+    """An SBOM document from its bytes (a file, an object store's object); ``where`` names it in errors."""
+    try:
+        document = json.loads(data)
     except ValueError as exc:
-        raise UserError(f"{path}: not JSON ({exc}) | fix: build the image again") from None
+        raise UserError(f"{where}: not JSON ({exc}) | fix: build the image again") from None
     if not isinstance(document, dict) or document.get("bomFormat") != "CycloneDX":
-        raise UserError(f"{path}: not a CycloneDX SBOM (bomFormat) | fix: build the image again")
+        raise UserError(f"{where}: not a CycloneDX SBOM (bomFormat) | fix: build the image again")
     return document
 
 

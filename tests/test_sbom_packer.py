@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from nullcells import null_cells
 from services import qcow2_file
-from test_sbom import TIMESTAMP, ed25519_keys, fake_root, run_cli, validate_cyclonedx
+from test_sbom import DPKG_STATUS, TIMESTAMP, ed25519_keys, fake_root, run_cli, validate_cyclonedx
 
 from imagebuilder import attest, provenance, sbom
 from imagebuilder.build import Job, manifest_artifact
@@ -73,12 +73,13 @@ def test_a_gathered_file_cut_short_or_without_packages_is_refused(tmp_path: Path
         sbom.contents_of_file(tmp_path / "absent.txt")
 
 
-def packer_job(tmp_path: Path, cell, builder_type: str, artifact_id: str, files: list[str]) -> Job:
+def packer_job(tmp_path: Path, cell, builder_type: str, artifact_id: str, files: list[str],
+               status: str = DPKG_STATUS, timestamp: str = TIMESTAMP) -> Job:
     """A cell directory as `packer build` leaves it: the manifest and the downloaded SBOM input."""
     directory = tmp_path / cell.id
     directory.mkdir(parents=True, exist_ok=True)
-    name = f"{cell.id}-{TIMESTAMP}"
-    tags = {**cell_metadata(cell).to_tags(), "imagebuilder-build-timestamp": TIMESTAMP}
+    name = f"{cell.id}-{timestamp}"
+    tags = {**cell_metadata(cell).to_tags(), "imagebuilder-build-timestamp": timestamp}
     manifest = {"builds": [{"name": "node", "builder_type": builder_type, "build_time": 1,
                             "files": [{"name": f, "size": 1} for f in files] or None, "artifact_id": artifact_id,
                             "packer_run_uuid": "run-7", "custom_data": {
@@ -86,7 +87,7 @@ def packer_job(tmp_path: Path, cell, builder_type: str, artifact_id: str, files:
                                 "image_name": name}}],
                 "last_run_uuid": "run-7"}
     (directory / "packer-manifest.json").write_text(json.dumps(manifest))
-    gather(fake_root(tmp_path / f"root-{cell.cloud}", cell), directory / sbom.INPUT_FILE)
+    gather(fake_root(tmp_path / f"root-{cell.cloud}", cell, status), directory / sbom.INPUT_FILE)
     (directory / "build.log").write_text("")
     return Job(cell=cell, directory=directory, estimate=1.0)
 

@@ -4,7 +4,8 @@
   with its metadata, from the local catalogue and every cloud the matrix declares.
 - ``images resolve --cloud C --os O --k8s 1.31 [--region R] [--arch A]``: the newest image id
   that is not deprecated, as a Cluster API machine template needs it.
-- ``images sbom CELL|IMAGE_ID``: the image's SBOM (CycloneDX 1.5 JSON), as its build wrote it.
+- ``images sbom CELL|IMAGE_ID``: the image's SBOM (CycloneDX 1.5 JSON), as its build wrote it, from
+  the local catalogue or the object store a cloud's settings name (``sbom_bucket``).
 - ``images diff A B``: the package changes from image A to image B (added, removed, changed versions).
 - ``images verify IMAGE_ID --key PUB``: the image's signed provenance checked against the image,
   its metadata and its SBOM.
@@ -164,6 +165,13 @@ def _table(records: list[ImageRecord]) -> Table:
 # --- SBOM and provenance ---------------------------------------------------
 
 
+def attestation_stores(target: str, matrix_path: Path | None) -> list[ImageStore]:
+    """Where an image's SBOM may be (attest.stores_to_ask): local first, then the matrix's clouds."""
+    from imagebuilder.attest import stores_to_ask
+
+    return stores_to_ask(target, store_settings(None, matrix_path))
+
+
 @images.command("sbom")
 @matrix_option
 @click.argument("target", metavar="CELL|IMAGE_ID")
@@ -172,7 +180,7 @@ def sbom_command(matrix_path: Path | None, target: str) -> None:
     from imagebuilder.attest import sbom_of
     from imagebuilder.sbom import encode
 
-    _, document = sbom_of(target, matrix_path)
+    _, document = sbom_of(target, attestation_stores(target, matrix_path))
     click.echo(encode(document).decode(), nl=False)
 
 
@@ -186,8 +194,8 @@ def diff_command(matrix_path: Path | None, before: str, after: str, output_forma
     from imagebuilder.attest import sbom_of
     from imagebuilder.sbom import diff
 
-    first, old = sbom_of(before, matrix_path)
-    second, new = sbom_of(after, matrix_path)
+    first, old = sbom_of(before, attestation_stores(before, matrix_path))
+    second, new = sbom_of(after, attestation_stores(after, matrix_path))
     changes = diff(old, new)
     if output_format == "json":
         click.echo(json.dumps({"from": first.image_id, "to": second.image_id, "added": changes.added,
@@ -214,6 +222,7 @@ def verify_command(matrix_path: Path | None, image_id: str, key_path: Path) -> N
     from imagebuilder.provenance import load_public_key
 
     key = load_public_key(key_path)
-    record = attested_image(image_id, matrix_path)
-    signer = verify_image(record, key)
+    found = attested_image(image_id, attestation_stores(image_id, matrix_path))
+    signer = verify_image(found, key)
+    record = found.record
     click.echo(f"{record.image_id}: verified (signed by key {signer[:16]}; image, metadata and SBOM match the provenance)")

@@ -21,9 +21,15 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from imagebuilder.errors import UserError
 from imagebuilder.clouds import registry
 from imagebuilder.metadata import PUBLISHED_TAG, PUBLISHED_VALUE, ImageMetadata, is_published
+from imagebuilder.provenance import PROVENANCE_SUFFIX
+from imagebuilder.sbom import SBOM_SUFFIX
 
 if TYPE_CHECKING:
     from imagebuilder.artifact import Artifact
+
+
+# The documents a build writes beside its image (attest.py): kind -> the suffix after the image's name.
+ATTESTATION_FILES = {"sbom": SBOM_SUFFIX, "provenance": PROVENANCE_SUFFIX}
 
 
 class CloudError(UserError):
@@ -224,6 +230,64 @@ class ImageStore(abc.ABC):
         identity = [str(getattr(settings, name)) for name in ("cloud", "project_id", "resource_group", "gallery")
                     if getattr(settings, name, None)]
         return f"{self.cloud}:{'/'.join(identity) or 'default'}"
+
+    # -- the SBOM and provenance beside the image (attest.py) -----------------------------
+    # A store that keeps them names its settings field (an object store's bucket) and its URL scheme,
+    # and implements _put_object and _get_object; the object's key is <sbom_prefix><image name><suffix>.
+    attestation_setting: ClassVar[str | None] = None
+    attestation_scheme: ClassVar[str] = ""
+
+    def attestation_bucket(self) -> str | None:
+        settings = getattr(self, "settings", None)
+        return getattr(settings, self.attestation_setting, None) if self.attestation_setting else None
+
+    def attestation_key(self, image_name: str, kind: str) -> str:
+        prefix = str(getattr(getattr(self, "settings", None), "sbom_prefix", "") or "")
+        return f"{prefix}{image_name}{ATTESTATION_FILES[kind]}"
+
+    def attestation_url(self, image_name: str, kind: str) -> str:
+        bucket = self.attestation_bucket() or f"<{self.attestation_setting}>"
+        return f"{self.attestation_scheme}://{bucket}/{self.attestation_key(image_name, kind)}"
+
+    def attestation_unset(self, image: str) -> str:
+        """One line: this image's SBOM is not kept, where it would be and how to configure it."""
+        if self.attestation_setting is None:
+            return (f"{image}: {self.display_name()} keeps no SBOM beside its images yet (the build's is in its cell "
+                    "directory) | fix: take it from the build's output directory")
+        return (f"{image}: no SBOM kept: clouds.{self.cloud}.{self.attestation_setting} is not set (it would be at "
+                f"{self.attestation_url(image, 'sbom')}) | fix: set clouds.{self.cloud}.{self.attestation_setting} "
+                "in the matrix, pass it with -m, and build or publish again")
+
+    def store_attestations(self, artifact: Artifact, region: str) -> None:
+        """The artifact's SBOM and provenance (its files with those suffixes) into the configured bucket;
+        nothing when none is configured or the build wrote none."""
+        if self.attestation_bucket() is None:
+            return
+        for kind, suffix in ATTESTATION_FILES.items():
+            found = next((Path(f) for f in artifact.files if f.endswith(suffix) and Path(f).is_file()), None)
+            if found is None:
+                continue
+            url = self.attestation_url(artifact.image_name, kind)
+            data = found.read_bytes()
+            if self._get_object(self.attestation_key(artifact.image_name, kind)) == data:
+                continue
+            if self.change(region, artifact.image_name, f"{kind} stored at {url}"):
+                self._put_object(self.attestation_key(artifact.image_name, kind), data)
+
+    def read_attestation(self, record: ImageRecord, kind: str) -> tuple[bytes | None, str]:
+        """(the document, where it is kept) of an image; (None, the one-line reason) when it is not kept."""
+        name = record.name
+        if self.attestation_bucket() is None:
+            return None, self.attestation_unset(name)
+        url = self.attestation_url(name, kind)
+        return self._get_object(self.attestation_key(name, kind)), url
+
+    def _put_object(self, key: str, data: bytes) -> None:
+        raise CloudError(f"{self.cloud}: stores no objects | fix: this is a bug, please report it")
+
+    def _get_object(self, key: str) -> bytes | None:
+        """The object's bytes, None when there is no such object."""
+        raise CloudError(f"{self.cloud}: stores no objects | fix: this is a bug, please report it")
 
     @classmethod
     def display_name(cls) -> str:

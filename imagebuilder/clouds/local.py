@@ -32,10 +32,9 @@ from platformdirs import user_cache_dir
 
 from imagebuilder.artifact import Artifact
 from imagebuilder.atomicfile import place_file, write_atomically
-from imagebuilder.clouds import CloudError, ImageFilter, ImageRecord, ImageStore, sort_newest_first, utcnow
+from imagebuilder.clouds import (ATTESTATION_FILES, CloudError, ImageFilter, ImageRecord, ImageStore, sort_newest_first,
+                                 utcnow)
 from imagebuilder.metadata import ImageMetadata
-from imagebuilder.provenance import PROVENANCE_SUFFIX
-from imagebuilder.sbom import SBOM_SUFFIX
 from imagebuilder.timeparse import as_utc
 
 CATALOGUE_ENV = "IMAGEBUILDER_CATALOGUE"
@@ -43,7 +42,7 @@ RECORD_SCHEMA = 1
 REGION = "local"
 IMAGE_SUFFIXES = (".qcow2", ".img", ".raw", ".ova")
 # The files a build writes beside its image (attest.py), by the record field that names them.
-SIDE_FILES = {"sbom": SBOM_SUFFIX, "provenance": PROVENANCE_SUFFIX}
+SIDE_FILES = ATTESTATION_FILES
 
 
 def default_catalogue_dir() -> Path:

@@ -16,5 +16,10 @@ class AwsSettings(CloudSettings):
     ami_users: list[str] = Field(default_factory=list)  # accounts to share with
     ami_groups: list[str] = Field(default_factory=list)  # ["all"] makes it public
     ssm_parameter_prefix: str | None = None
+    # S3 bucket for each image's SBOM and provenance (s3://<sbom_bucket>/<sbom_prefix><AMI name>.sbom.cdx.json);
+    # none: not kept in AWS (`images sbom` says so)
+    sbom_bucket: str | None = None
+    sbom_prefix: str = "sbom/"
 
-    OUTSIDE_BUILD_KEY = frozenset({"max_parallel", "regions", "ami_users", "ami_groups", "ssm_parameter_prefix"})
+    OUTSIDE_BUILD_KEY = frozenset({"max_parallel", "regions", "ami_users", "ami_groups", "ssm_parameter_prefix",
+                                   "sbom_bucket", "sbom_prefix"})

@@ -11,7 +11,9 @@ After Packer's amazon-ebs build the AMI exists in the build region. `publish`:
 4. waits for every copy, tags it and its snapshots;
 5. sets launch permissions exactly as configured: private unless `ami_users` or
    `ami_groups: [all]` say otherwise (image-builder defaults to public; we do not);
-6. optionally points an SSM parameter `<prefix>/<os>/<minor>/<arch>` at the newest AMI.
+6. optionally points an SSM parameter `<prefix>/<os>/<minor>/<arch>` at the newest AMI;
+   stores the build's SBOM and provenance in S3 when `sbom_bucket` is set (the SBOM's
+   sha256 is in the tags: `imagebuilder-sbom-sha256`);
 7. last, once every step above succeeded, tags every copy `imagebuilder-published=true`.
 
 `reconcile` runs the same steps from the copies that exist (no artifact needed): a region
@@ -67,6 +69,8 @@ class AwsImageStore(ImageStore):
     cloud = "aws"
     title = "AWS"
     region_setting = "regions"
+    attestation_setting = "sbom_bucket"
+    attestation_scheme = "s3"
 
     def __init__(self, settings: AwsSettings, session: boto3.session.Session | None = None, *,
                  waiter_delay: int = 15, waiter_max_attempts: int = 240, max_attempts: int = SDK_MAX_ATTEMPTS,
@@ -196,8 +200,25 @@ class AwsImageStore(ImageStore):
         if self.settings.ssm_parameter_prefix:
             for region, image_id in ids.items():
                 self.update_parameter(region, image_id, artifact.metadata)
+        self.store_attestations(artifact, source_region)
         self.mark_published(done)
         return ids
+
+    def _put_object(self, key: str, data: bytes) -> None:
+        bucket = str(self.settings.sbom_bucket)
+        self.call("s3", self.settings.regions[0], "put_object", f"s3://{bucket}/{key}", Bucket=bucket, Key=key,
+                  Body=data, ContentType="application/json")
+
+    def _get_object(self, key: str) -> bytes | None:
+        bucket = str(self.settings.sbom_bucket)
+        try:
+            answer = self.call("s3", self.settings.regions[0], "get_object", f"s3://{bucket}/{key}", Bucket=bucket,
+                               Key=key)
+        except CloudError as error:
+            if "NoSuchKey" in str(error) or "Not Found" in str(error) or "404" in str(error):
+                return None
+            raise
+        return bytes(answer["Body"].read())
 
     def _reconcile(self, records: list[ImageRecord]) -> None:
         """publish again from the copies that exist: the copy in the first configured region is the source."""
@@ -546,7 +567,8 @@ def aws_error(exc: ClientError, region: str, operation: str, subject: str) -> Cl
 
 
 def _iam_action(operation: str) -> str:
-    service = "ssm" if operation in ("get_parameter", "put_parameter") else "ec2"
+    service = ("ssm" if operation in ("get_parameter", "put_parameter") else
+               "s3" if operation in ("get_object", "put_object") else "ec2")
     return f"{service}:" + "".join(part.capitalize() for part in operation.split("_"))
 
 
