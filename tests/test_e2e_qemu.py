@@ -41,9 +41,12 @@ from conftest import REPO, process_alive
 from conftest import test_cache_dir as shared_test_cache
 from imagebuilder import procs, qemu, render, sbom
 from imagebuilder.distributions import debian
+from imagebuilder.clouds.ova.ovf import Hardware, Product, build_ova
 from imagebuilder.clouds.qemu import BUILD_USER
+from imagebuilder.clouds.raw.disk import raw_outputs
 from imagebuilder.guestcheck import GuestSession
 from mirror import fixture_lock
+from test_ova_output import check_ova, ova_properties
 
 pytestmark = pytest.mark.slow
 
@@ -319,6 +322,14 @@ def runs_a_container(archive: bytes):
     return hook
 
 
+def linked(image: Path, directory: Path) -> Path:
+    """The catalogued image hard-linked into a directory of the test's, for an output to be made beside it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / image.name
+    os.link(image, target)
+    return target
+
+
 def booted_by_itself(session: GuestSession) -> list[qemu.Check]:
     cmdline = session.command(["cat", "/proc/cmdline"])["stdout"].strip()
     build_user = session.command(["id", BUILD_USER])
@@ -388,24 +399,60 @@ def test_offline_build_boots_runs_containers_and_is_skipped_next_time(
                        env=build.env, timeout=120)
     assert verified.returncode == 0, verified.stdout + verified.stderr
 
-    # The same image booted again: it runs a container from an image built here, booted
-    # through its own GRUB without a build user, its packages are the SBOM's, and a wrong
-    # build key fails the boot test.
+    # The same image booted again, as the raw output makes it (clouds/raw: the raw disk for bare
+    # metal, its gzip and sha256 files): the boot test runs on the raw disk. It runs a container
+    # from an image built here, booted through its own GRUB without a build user, its packages are
+    # the SBOM's, and a wrong build key fails the boot test (only that check).
+    started = time.monotonic()
+    raw_files = raw_outputs(linked(build.image(), tmp_path / "raw"), "gz", level=1)
+    print(f"raw output of the built image: {time.monotonic() - started:.1f} s", file=sys.stderr)
+    assert [path.name for path in raw_files.sums] == [raw_files.raw.name + ".sha256sum",
+                                                      raw_files.compressed.name + ".sha256sum"]
+    with gzip.open(raw_files.compressed) as unpacked:
+        assert unpacked.read(1024**2) == raw_files.raw.read_bytes()[:1024**2]  # the same disk, its MBR first
     archive = busybox_oci_archive(busybox_binary(shared_test_cache()))
-    wrong = qemu.boot_test(build.image(), {"build_key": "0" * 64}, user="debian", workdir=tmp_path / "wrong-boot",
-                           validate=[booted_by_itself, runs_a_container(archive), sbom_matches_dpkg(document)])
+    wrong = qemu.boot_test(raw_files.raw, {"build_key": "0" * 64}, user="debian", workdir=tmp_path / "wrong-boot",
+                           validate=[booted_by_itself, runs_a_container(archive), sbom_matches_dpkg(document)],
+                           disk_format="raw")
     by_name = {check.name: check for check in wrong.checks}
     assert not wrong.ok
-    assert not by_name["provenance"].ok
-    for name in ("grub booted it", "build user removed", "container image imported", "container ran",
-                 "runtime is runc", "SBOM lists the guest's dpkg packages"):
+    assert [check.name for check in wrong.checks if not check.ok] == ["provenance"]
+    for name in ("ssh login", "grub booted it", "build user removed", "container image imported",
+                 "container ran", "runtime is runc", "SBOM lists the guest's dpkg packages"):
         assert by_name[name].ok, (name, by_name[name].detail)
+    for path in raw_files.all:
+        path.unlink()
 
     attempts_before = build.log.read_text().count("=== attempt")
     again = run_cli(*build.command()[3:], env=build.env, timeout=300)
     assert again.returncode == 0, again.stderr
     assert "skipped" in again.stdout
     assert build.log.read_text().count("=== attempt") == attempts_before  # nothing built again
+
+
+def test_the_ova_of_the_built_image_checks_out(offline_build: CellBuild, tmp_path: Path) -> None:
+    """The ova output (clouds/ova) of the image the offline build made: the descriptor and manifest
+    check out as test_ova_output checks them on a small disk, and the VMDK holds this disk."""
+    build = offline_build
+    if build.result is None or build.result.returncode != 0:
+        pytest.fail(build.failure(), pytrace=False)
+    (record,) = json.loads(run_cli("images", "list", "--cloud", "local", "--output", "json", env=build.env,
+                                   timeout=120).stdout)
+    qcow2 = linked(build.image(), tmp_path / "ova")
+    product = Product(name=qcow2.stem, kubernetes_semver=record["kubernetes_version"], distro_name="debian",
+                      distro_version="12", distro_arch="amd64", build_key=record["build_key"],
+                      build_timestamp=qcow2.stem.rsplit("-", 1)[-1], versions={"kubernetes": record["kubernetes_version"]},
+                      imagebuilder_version="0.1.0")
+    started = time.monotonic()
+    files = build_ova(qcow2, qcow2.stem, Hardware(version=15, cpus=2, memory_mb=2048, network="VM Network"), product)
+    print(f"ova of the built image: {time.monotonic() - started:.1f} s", file=sys.stderr)
+    vmdk_info = check_ova(files.ova, files.sums)
+    virtual_size = json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(qcow2)], capture_output=True,
+                                             text=True, check=True).stdout)["virtual-size"]
+    assert vmdk_info["virtual-size"] == virtual_size
+    properties = ova_properties(files.ova)
+    assert properties["IMAGEBUILDER_BUILD_KEY"] == record["build_key"]
+    assert properties["KUBERNETES_SEMVER"] == record["kubernetes_version"]
 
 
 # --- Ctrl-C and SIGTERM -----------------------------------------------------------------------

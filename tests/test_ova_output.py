@@ -50,29 +50,58 @@ def published(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[dict, Pa
     return record, tmp_path, content
 
 
+def check_ova(ova: Path, sums: Path) -> dict:
+    """An OVA as vSphere reads it: a POSIX ustar archive, the descriptor first, then the manifest whose
+    sha256 sums match the members, then a streamOptimized VMDK; the .sha256sum beside it checks. Returns
+    `qemu-img info` of the VMDK (the end-to-end test compares it with the built disk)."""
+    assert ova.read_bytes()[257:265] == b"ustar\x0000"  # POSIX ustar, as OVF 1.x requires
+    stem = ova.stem
+    digests: dict[str, str] = {}
+    with tarfile.open(ova) as archive:
+        members = archive.getmembers()
+        assert all(m.isfile() for m in members)
+        names = [m.name for m in members]
+        assert names == [f"{stem}.ovf", f"{stem}.mf", f"{stem}-disk1.vmdk"]  # the descriptor first
+        for member in members:
+            stream = archive.extractfile(member)
+            assert stream is not None
+            digests[member.name] = hashlib.file_digest(stream, "sha256").hexdigest()
+            if member.name.endswith(".mf"):
+                manifest_text = archive.extractfile(member).read().decode()  # type: ignore[union-attr]
+        vmdk = sums.parent / f".{stem}-check.vmdk"
+        with vmdk.open("wb") as out:
+            out.write(archive.extractfile(members[2]).read())  # type: ignore[union-attr]
+    manifest = dict(line.removeprefix("SHA256(").split(")= ") for line in manifest_text.splitlines())
+    assert manifest == {name: digests[name] for name in (names[0], names[2])}
+    assert sums.name == f"{ova.name}.sha256sum"
+    assert subprocess.run(["sha256sum", "--check", "--strict", sums.name], cwd=sums.parent).returncode == 0
+    try:
+        info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(vmdk)], capture_output=True,
+                                         text=True, check=True).stdout)
+        assert info["format"] == "vmdk" and info["format-specific"]["data"]["create-type"] == "streamOptimized"
+    finally:
+        vmdk.unlink()
+    return info
+
+
+def ova_properties(ova: Path) -> dict[str, str]:
+    """The descriptor's product properties (the vApp properties image-builder sets)."""
+    with tarfile.open(ova) as archive:
+        descriptor = archive.extractfile(archive.getmembers()[0]).read()  # type: ignore[union-attr]
+    system = ET.fromstring(descriptor).find("ovf:VirtualSystem", NS)
+    assert system is not None
+    return {p.get(q(OVF, "key")): p.get(q(OVF, "value")) for p in system.findall("ovf:ProductSection/ovf:Property", NS)}
+
+
 def test_the_ova_is_descriptor_first_with_a_manifest_that_matches(published: tuple[dict, Path, bytes]) -> None:
     record, tmp_path, content = published
     ova = Path(record["files"][0])
     assert ova.suffix == ".ova" and record["cloud"] == "ova"
+    check_ova(ova, Path(record["files"][1]))
     with tarfile.open(ova) as archive:
-        members = archive.getmembers()
-        names = [m.name for m in members]
-        contents = {m.name: archive.extractfile(m).read() for m in members}  # type: ignore[union-attr]
-        assert all(m.isfile() for m in members)
-    assert ova.read_bytes()[257:265] == b"ustar\x0000"  # POSIX ustar, as OVF 1.x requires
-    stem = ova.stem
-    assert names == [f"{stem}.ovf", f"{stem}.mf", f"{stem}-disk1.vmdk"]  # the descriptor first
-    manifest = dict(line.removeprefix("SHA256(").split(")= ") for line in contents[f"{stem}.mf"].decode().splitlines())
-    assert manifest == {name: hashlib.sha256(contents[name]).hexdigest() for name in (names[0], names[2])}
-    sums = Path(record["files"][1])
-    assert sums.name == f"{ova.name}.sha256sum"
-    assert subprocess.run(["sha256sum", "--check", "--strict", sums.name], cwd=sums.parent).returncode == 0
-
+        vmdk_bytes = archive.extractfile(archive.getmembers()[2]).read()  # type: ignore[union-attr]
     vmdk = tmp_path / "disk1.vmdk"
-    vmdk.write_bytes(contents[f"{stem}-disk1.vmdk"])
-    info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(vmdk)], capture_output=True,
-                                     text=True, check=True).stdout)
-    assert info["format"] == "vmdk" and info["format-specific"]["data"]["create-type"] == "streamOptimized"
+    vmdk.write_bytes(vmdk_bytes)
     back = tmp_path / "back.raw"
     subprocess.run(["qemu-img", "convert", "-f", "vmdk", "-O", "raw", str(vmdk), str(back)], check=True)
     assert back.read_bytes() == content  # the VMDK holds the disk
@@ -124,8 +153,7 @@ def test_the_descriptor_has_what_vsphere_requires(published: tuple[dict, Path, b
     assert items[17].findtext("rasd:Parent", namespaces=NS) == items[6].findtext("rasd:InstanceID", namespaces=NS)
     assert items[10].findtext("rasd:Connection", namespaces=NS) == network.get(q(OVF, "name"))
 
-    properties = {p.get(q(OVF, "key")): p.get(q(OVF, "value"))
-                  for p in system.findall("ovf:ProductSection/ovf:Property", NS)}
+    properties = ova_properties(ova)
     assert properties["KUBERNETES_SEMVER"] == record["kubernetes_version"]
     assert properties["DISTRO_NAME"] == "ubuntu" and properties["DISTRO_ARCH"] == "amd64"
     assert properties["IMAGEBUILDER_BUILD_KEY"] == record["build_key"]

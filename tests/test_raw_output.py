@@ -177,3 +177,26 @@ def test_a_raw_disk_missing_a_file_is_not_available(tmp_path: Path, env: dict[st
     assert record["state"] == "missing"
     resolved = cli_command(env, tmp_path, "images", "resolve", "--cloud", "raw", "--os", "debian-12", "--k8s", MINOR)
     assert resolved.returncode == 2 and "no usable image" in resolved.stderr
+
+
+@pytest.mark.parametrize("layout", ["hole-data-hole", "data-only", "hole-only", "data-hole-data"])
+def test_a_sparse_disk_is_read_around_its_holes_and_hashed_whole(tmp_path: Path, layout: str) -> None:
+    """The raw disk's holes are not read (disk._chunks): the sums and the compressed form are still
+    those of every byte, zeros included, wherever the holes are."""
+    from imagebuilder.clouds.raw.disk import CHUNK, raw_outputs
+
+    disk = tmp_path / "disk.img"
+    size = 3 * CHUNK + 25 * 512  # whole sectors, as a disk is
+    with disk.open("wb") as out:
+        out.truncate(size)
+        parts = {"hole-data-hole": [(CHUNK + 7, b"x" * 70000)], "data-only": [(0, os.urandom(size))],
+                 "hole-only": [], "data-hole-data": [(0, b"a" * 5000), (size - 3000, b"z" * 3000)]}[layout]
+        for offset, data in parts:
+            out.seek(offset)
+            out.write(data)
+    expected = disk.read_bytes()
+    files = raw_outputs(disk, "gz", level=1)
+    assert files.raw.read_bytes() == expected
+    assert gzip.decompress(files.compressed.read_bytes()) == expected
+    assert subprocess.run(["sha256sum", "--check", "--strict", *(path.name for path in files.sums)],
+                          cwd=tmp_path, capture_output=True).returncode == 0

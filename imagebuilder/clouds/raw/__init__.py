@@ -34,7 +34,7 @@ class Raw(LocalOutput):
         from imagebuilder.clouds.raw.disk import raw_outputs
 
         qcow2 = local_target.qcow2_of(artifact, job)
-        files = raw_outputs(qcow2, job.cell.settings["compression"])
+        files = raw_outputs(qcow2, job.cell.settings["compression"], job.cell.settings["compression_level"])
         if job.cell.settings.get("boot_test", True):
             local_target.boot_test(job, artifact, image=files.raw, disk_format="raw")
         beside = [name for name in artifact.files if Path(name).name != qcow2.name]  # the SBOM, the provenance
