@@ -2,12 +2,14 @@
 
 AWS: moto's server (S3 and EC2 over HTTP, tests/services.py); the SBOM and the DSSE envelope are
 S3 objects under ``clouds.aws.sbom_bucket``, the SBOM's sha256 an AMI tag.
+GCP: the GCE stand-in and the GCS emulator of tests/test_publish_gcp.py; the documents are GCS objects
+under ``clouds.gcp.sbom_bucket``, the SBOM's sha256 two labels and the description.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -102,3 +104,54 @@ def test_without_a_bucket_publishing_works_and_sbom_says_where_it_would_be(aws_e
     assert code == 2 and out == "" and err.count("\n") == 1
     assert "clouds.aws.sbom_bucket is not set" in err
     assert f"s3://<sbom_bucket>/sbom/{artifact.image_name}{sbom.SBOM_SUFFIX}" in err
+
+
+def test_gcp_keeps_the_sbom_in_gcs_and_sbom_verify_read_it(tmp_path: Path, signed: Path, monkeypatch, capsys,
+                                                           cells) -> None:  # noqa: F811
+    gcp = pytest.importorskip("test_publish_gcp")
+    from google.auth.credentials import AnonymousCredentials
+
+    from imagebuilder import attest as attest_module
+    from imagebuilder.clouds.gcp.settings import GcpSettings
+    from imagebuilder.clouds.gcp.store import GcpImageStore
+    from imagebuilder.clouds.local import LocalCatalogue
+
+    with gcp_services(gcp) as (compute, gcs):
+        name = "capi-debian-12-k8s-1-31-" + TIMESTAMP
+        compute.images[(gcp.PROJECT, name)] = {
+            "kind": "compute#image", "id": "79", "name": name, "status": "READY",
+            "creationTimestamp": "2026-12-04T06:30:00.000+00:00", "selfLink": compute.link(gcp.PROJECT, "images", name),
+            "labels": {}, "labelFingerprint": "fp0", "family": "", "description": ""}
+        artifact = manifest_artifact(packer_job(tmp_path, cells["gcp"], "googlecompute", name, [], name=name))
+        store = GcpImageStore(GcpSettings(project_id=gcp.PROJECT, sbom_bucket=gcp.BUCKET),
+                              credentials=AnonymousCredentials(), api_endpoint=compute.base_url, storage_endpoint=gcs,
+                              backoff=0.0, poll_interval=0.0)
+        (image_id,) = store.publish(artifact).values()
+        sbom_file = next(Path(f) for f in artifact.files if f.endswith(sbom.SBOM_SUFFIX))
+        assert store._get_object(f"sbom/{name}{sbom.SBOM_SUFFIX}") == sbom_file.read_bytes()
+        labels = compute.images[(gcp.PROJECT, name)]["labels"]
+        assert labels["imagebuilder-sbom-sha256"] + labels["imagebuilder-sbom-sha256-2"] == attest.sha256_of(sbom_file)
+        monkeypatch.setattr(attest_module, "stores_to_ask", lambda target, declared: [LocalCatalogue(), store])
+        code, out, err = run_cli(monkeypatch, capsys, "images", "sbom", image_id)
+        assert code == 0 and out.encode() == sbom_file.read_bytes(), err
+        code, out, err = run_cli(monkeypatch, capsys, "images", "verify", image_id, "--key", str(signed))
+        assert code == 0 and "verified" in out, err
+        image = compute.images[(gcp.PROJECT, name)]  # the description, whence the metadata is read, changed
+        image["description"] = gcp.describe(replace(artifact.metadata, sbom_sha256="0" * 64))
+        code, _, err = run_cli(monkeypatch, capsys, "images", "verify", image_id, "--key", str(signed))
+        assert code == 2 and err.count("\n") == 1 and "imagebuilder-sbom-sha256" in err, err
+
+
+@contextmanager
+def gcp_services(gcp):
+    """The GCS emulator and the GCE stand-in, as test_publish_gcp's fixtures start them."""
+    port = gcp.free_port()
+    server = gcp.gcs_emulator.create_server("127.0.0.1", port, in_memory=True, default_bucket=gcp.BUCKET)
+    server.start()
+    compute = gcp.GcpComputeStandin(read_source=lambda url: b"")
+    compute.start()
+    try:
+        yield compute, f"http://127.0.0.1:{port}"
+    finally:
+        compute.stop()
+        server.stop()

@@ -26,7 +26,8 @@ from imagebuilder.render import cell_metadata, render_sbom_script
 
 @pytest.fixture(scope="module")
 def cells(tmp_path_factory: pytest.TempPathFactory):
-    planned = null_cells(tmp_path_factory.mktemp("plan"), {"qemu": {}, "aws": {}}, minors=["1.31"],
+    planned = null_cells(tmp_path_factory.mktemp("plan"), {"qemu": {}, "aws": {}, "gcp": {"project_id": "p"}},
+                         minors=["1.31"],
                          oses=["debian-12"])
     return {cell.cloud: cell for cell in planned}
 
@@ -74,11 +75,11 @@ def test_a_gathered_file_cut_short_or_without_packages_is_refused(tmp_path: Path
 
 
 def packer_job(tmp_path: Path, cell, builder_type: str, artifact_id: str, files: list[str],
-               status: str = DPKG_STATUS, timestamp: str = TIMESTAMP) -> Job:
+               status: str = DPKG_STATUS, timestamp: str = TIMESTAMP, name: str = "") -> Job:
     """A cell directory as `packer build` leaves it: the manifest and the downloaded SBOM input."""
     directory = tmp_path / cell.id
     directory.mkdir(parents=True, exist_ok=True)
-    name = f"{cell.id}-{timestamp}"
+    name = name or f"{cell.id}-{timestamp}"
     tags = {**cell_metadata(cell).to_tags(), "imagebuilder-build-timestamp": timestamp}
     manifest = {"builds": [{"name": "node", "builder_type": builder_type, "build_time": 1,
                             "files": [{"name": f, "size": 1} for f in files] or None, "artifact_id": artifact_id,

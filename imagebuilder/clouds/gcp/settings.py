@@ -16,5 +16,9 @@ class GcpSettings(CloudSettings):
     subnetwork: str | None = None
     storage_locations: list[str] = Field(default_factory=lambda: ["us"])
     upload_bucket: str | None = None  # GCS bucket for importing locally built disks
+    # GCS bucket for each image's SBOM and provenance (gs://<sbom_bucket>/<sbom_prefix><image name>.sbom.cdx.json);
+    # none: not kept in GCP (`images sbom` says so)
+    sbom_bucket: str | None = None
+    sbom_prefix: str = "sbom/"
 
-    OUTSIDE_BUILD_KEY = frozenset({"max_parallel", "storage_locations", "upload_bucket"})
+    OUTSIDE_BUILD_KEY = frozenset({"max_parallel", "storage_locations", "upload_bucket", "sbom_bucket", "sbom_prefix"})

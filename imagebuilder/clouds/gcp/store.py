@@ -14,6 +14,10 @@ Two ways in:
 
 * a ``googlecompute`` Packer build already made the image: publish waits for it to be READY,
   labels it, writes the description and the family;
+Either way, the build's SBOM and provenance go to ``gs://<sbom_bucket>/<sbom_prefix><image name>...``
+when ``sbom_bucket`` is set; the SBOM's sha256 is in the labels (two of them: a label holds 63
+characters) and whole in the description.
+
 * a locally built disk (qemu): its disk is converted to ``disk.raw`` (sized to whole GiB, as
   GCE requires), packed sparse into a ``tar.gz``, uploaded to a GCS bucket and imported with
   ``images.insert`` (``rawDisk.source``). The import carries a fresh ``requestId`` reused by
@@ -35,6 +39,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -119,6 +124,8 @@ class Missing(CloudError):
 
 class GcpImageStore(ImageStore):
     cloud = "gcp"
+    attestation_setting = "sbom_bucket"
+    attestation_scheme = "gs"
 
     def __init__(self, settings: GcpSettings, *, credentials: Any = None, api_endpoint: str | None = None,
                  storage_endpoint: str | None = None, bucket: str | None = None, max_attempts: int = 6,
@@ -251,8 +258,21 @@ class GcpImageStore(ImageStore):
                              "| fix: publish a googlecompute or a qemu build")
         record = self.complete(image, metadata)
         self.settle_family(record)
+        self.store_attestations(replace(artifact, image_name=record.name), REGION)
         self.mark_published([record])
         return {REGION: record.image_id}
+
+    def _put_object(self, key: str, data: bytes) -> None:
+        blob = self._client("storage").bucket(self.settings.sbom_bucket).blob(key)
+        self.call("upload", f"gs://{self.settings.sbom_bucket}/{key}", lambda: blob.upload_from_string(
+            data, content_type="application/json", retry=storage.retry.DEFAULT_RETRY))
+
+    def _get_object(self, key: str) -> bytes | None:
+        blob = self._client("storage").bucket(self.settings.sbom_bucket).blob(key)
+        try:
+            return bytes(self.call("download", f"gs://{self.settings.sbom_bucket}/{key}", blob.download_as_bytes))
+        except Missing:
+            return None
 
     def _reconcile(self, records: list[ImageRecord]) -> None:
         for found in records:
