@@ -325,9 +325,10 @@ def verify_image(found: Attested, public_key: Any) -> str:
         raise fail(f"{where}: the statement names no image subject")
     annotations = image_subject["annotations"]
     ids = dict(annotations[provenance.IMAGE_IDS])
-    # a cloud's copies in other regions are made at publish, after the statement: same name, same metadata
-    copy = found.image_file is None and record.name == image_subject.get("name")
-    if record.image_id not in ids.values() and not copy:
+    # What publish makes after the statement (a cloud's copies in other regions, Azure's gallery version of
+    # the managed image) is not named in it: such an image is the build's by its metadata (build key and
+    # build time among it), checked whole below, and by the store keeping its documents under its name.
+    if record.image_id not in ids.values() and found.image_file is not None:
         raise fail(f"{record.image_id}: not an image id the provenance names ({', '.join(ids.values())})")
 
     if record.metadata is None:

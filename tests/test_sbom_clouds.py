@@ -4,6 +4,8 @@ AWS: moto's server (S3 and EC2 over HTTP, tests/services.py); the SBOM and the D
 S3 objects under ``clouds.aws.sbom_bucket``, the SBOM's sha256 an AMI tag.
 GCP: the GCE stand-in and the GCS emulator of tests/test_publish_gcp.py; the documents are GCS objects
 under ``clouds.gcp.sbom_bucket``, the SBOM's sha256 two labels and the description.
+Azure: the ARM stand-in and Azurite (the storage emulator) of tests/test_publish_azure.py; the documents
+are block blobs in ``clouds.azure.sbom_container``, the SBOM's sha256 a gallery version tag.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import pytest
 import yaml
 from services import aws_env, moto_url  # noqa: F401 (fixtures)
 from test_sbom import DPKG_STATUS, TIMESTAMP, ed25519_keys, run_cli
+from test_publish_azure import arm, azurite  # noqa: F401 (fixtures: the ARM stand-in, Azurite)
 from test_sbom_packer import cells, packer_job  # noqa: F401 (fixture)
 
 from imagebuilder import attest, provenance, sbom
@@ -155,3 +158,34 @@ def gcp_services(gcp):
     finally:
         compute.stop()
         server.stop()
+
+
+def test_azure_keeps_the_sbom_in_a_blob_and_sbom_verify_read_it(tmp_path: Path, signed: Path, monkeypatch, capsys,
+                                                                 cells, azurite, arm) -> None:  # noqa: F811
+    from imagebuilder import attest as attest_module
+    from imagebuilder.clouds.azure.settings import AzureSettings
+    from imagebuilder.clouds.azure.store import AzureImageStore
+    from imagebuilder.clouds.local import LocalCatalogue
+
+    azure = pytest.importorskip("test_publish_azure")
+    name = f"azure-debian-12-k8s-1.31-{TIMESTAMP}"
+    artifact = manifest_artifact(packer_job(tmp_path, cells["azure"], "azure-arm", azure.MANAGED_IMAGE, [], name=name))
+    settings = AzureSettings(resource_group=azure.RG, gallery=azure.GALLERY, location="westeurope",
+                             target_regions=["westeurope"], sbom_container="sboms")
+    store = AzureImageStore(settings, subscription_id=azure.SUB, credential=azure.FakeCredential(),
+                            base_url=arm.base_url, storage_account=azurite.account,
+                            blob_endpoint=azurite.blob_endpoint, blob_credential=azurite.credential,
+                            polling_interval=0, sleep=lambda _: None, retry_total=3, retry_backoff=0.0)
+    store.publish(artifact)
+    (record,) = store.find_by_build_key(artifact.build_key)
+    sbom_file = next(Path(f) for f in artifact.files if f.endswith(sbom.SBOM_SUFFIX))
+    assert record.tags["imagebuilder-sbom-sha256"] == attest.sha256_of(sbom_file)
+    assert store._get_object(f"sbom/{record.name}{sbom.SBOM_SUFFIX}") == sbom_file.read_bytes()
+    monkeypatch.setattr(attest_module, "stores_to_ask", lambda target, declared: [LocalCatalogue(), store])
+    code, out, err = run_cli(monkeypatch, capsys, "images", "sbom", record.image_id)
+    assert code == 0 and out.encode() == sbom_file.read_bytes(), err
+    code, out, err = run_cli(monkeypatch, capsys, "images", "verify", record.image_id, "--key", str(signed))
+    assert code == 0 and "verified" in out, err
+    store._put_object(f"sbom/{record.name}{provenance.PROVENANCE_SUFFIX}", b"{}")
+    code, _, err = run_cli(monkeypatch, capsys, "images", "verify", record.image_id, "--key", str(signed))
+    assert code == 2 and err.count("\n") == 1 and "not a DSSE envelope" in err, err

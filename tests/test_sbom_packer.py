@@ -26,7 +26,8 @@ from imagebuilder.render import cell_metadata, render_sbom_script
 
 @pytest.fixture(scope="module")
 def cells(tmp_path_factory: pytest.TempPathFactory):
-    planned = null_cells(tmp_path_factory.mktemp("plan"), {"qemu": {}, "aws": {}, "gcp": {"project_id": "p"}},
+    planned = null_cells(tmp_path_factory.mktemp("plan"), {"qemu": {}, "aws": {}, "gcp": {"project_id": "p"},
+                                                               "azure": {"resource_group": "rg"}},
                          minors=["1.31"],
                          oses=["debian-12"])
     return {cell.cloud: cell for cell in planned}

@@ -254,9 +254,13 @@ class ImageStore(abc.ABC):
         if self.attestation_setting is None:
             return (f"{image}: {self.display_name()} keeps no SBOM beside its images yet (the build's is in its cell "
                     "directory) | fix: take it from the build's output directory")
-        return (f"{image}: no SBOM kept: clouds.{self.cloud}.{self.attestation_setting} is not set (it would be at "
-                f"{self.attestation_url(image, 'sbom')}) | fix: set clouds.{self.cloud}.{self.attestation_setting} "
+        return (f"{image}: no SBOM kept: {self.attestation_settings()} is not set (it would be at "
+                f"{self.attestation_url(image, 'sbom')}) | fix: set {self.attestation_settings()} "
                 "in the matrix, pass it with -m, and build or publish again")
+
+    def attestation_settings(self) -> str:
+        """The matrix setting that says where SBOMs are kept, as messages name it."""
+        return f"clouds.{self.cloud}.{self.attestation_setting}"
 
     def store_attestations(self, artifact: Artifact, region: str) -> None:
         """The artifact's SBOM and provenance (its files with those suffixes) into the configured bucket;

@@ -16,8 +16,13 @@ class AzureSettings(CloudSettings):
     target_regions: list[str] = Field(default_factory=list)
     replica_count: int = Field(1, ge=1)
     storage_account: str | None = None  # for uploading locally built VHDs as page blobs
+    # Blob container (in storage_account) for each image's SBOM and provenance
+    # (<container>/<sbom_prefix><definition>/<version>.sbom.cdx.json); none: not kept in Azure (`images sbom` says so)
+    sbom_container: str | None = None
+    sbom_prefix: str = "sbom/"
 
-    OUTSIDE_BUILD_KEY = frozenset({"max_parallel", "target_regions", "replica_count", "storage_account"})
+    OUTSIDE_BUILD_KEY = frozenset({"max_parallel", "target_regions", "replica_count", "storage_account",
+                                   "sbom_container", "sbom_prefix"})
     # The default cells start from the vendors' generation 2 SKUs already, with the Standard security type.
     VARIANTS = {
         "cvm": Variant("a confidential VM image: the vendor's CVM SKU, security type ConfidentialVM, built on "

@@ -34,6 +34,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -125,6 +126,8 @@ class LoopbackBearerPolicy(BearerTokenCredentialPolicy):
 
 class AzureImageStore(ImageStore):
     cloud = "azure"
+    attestation_setting = "sbom_container"
+    attestation_scheme = "https"
 
     def __init__(self, settings: AzureSettings, *, subscription_id: str | None = None, credential: Any = None,
                  base_url: str | None = None, storage_account: str | None = None,
@@ -323,8 +326,40 @@ class AzureImageStore(ImageStore):
             else:
                 version = self.create_from_disk(definition, artifact)
         record = self.complete(definition, version, metadata)
+        self.store_attestations(replace(artifact, image_name=record.name), self.settings.location)
         self.mark_published([record])
         return {region: record.image_id for region in record.extra["target_regions"]}
+
+    # -- the SBOM and provenance: block blobs in sbom_container of the storage account ---------
+
+    def attestation_bucket(self) -> str | None:
+        return self.settings.sbom_container if self.storage_account else None
+
+    def attestation_settings(self) -> str:
+        return f"clouds.azure.{self.attestation_setting} (with clouds.azure.storage_account)"
+
+    def attestation_url(self, image_name: str, kind: str) -> str:
+        account = (self.blob_endpoint or f"https://{self.storage_account or '<storage_account>'}.blob.core.windows.net")
+        return f"{account}/{self.settings.sbom_container or '<sbom_container>'}/{self.attestation_key(image_name, kind)}"
+
+    def _put_object(self, key: str, data: bytes) -> None:
+        from azure.storage.blob import ContentSettings
+
+        container = self._blob_service().get_container_client(str(self.settings.sbom_container))
+        if not self.call("get container", container.container_name, container.exists):
+            self.call("create container", container.container_name, container.create_container)
+        blob = container.get_blob_client(key)
+        self.call("upload blob", key, lambda: blob.upload_blob(
+            data, overwrite=True, content_settings=ContentSettings(content_type="application/json")))
+
+    def _get_object(self, key: str) -> bytes | None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        blob = self._blob_service().get_container_client(str(self.settings.sbom_container)).get_blob_client(key)
+        try:
+            return bytes(blob.download_blob().readall())
+        except ResourceNotFoundError:
+            return None
 
     def subject(self, record: ImageRecord) -> str:
         return record.name  # <definition>/<version>, not the long ARM id
