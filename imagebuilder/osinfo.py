@@ -70,6 +70,13 @@ class OsInfo:
 
 UBUNTU_OWNER = "099720109477"  # Canonical's AWS account
 UBUNTU_IMAGES = f"{BASE_MIRRORS['ubuntu_cloud_images']}/releases"
+# The live-server installer ISOs of the clouds that install from one (vSphere, Proxmox), pinned by
+# the vendor's SHA256SUMS; amd64 only, as Canonical publishes them on this site.
+UBUNTU_RELEASES = "https://releases.ubuntu.com"
+UBUNTU_2204_ISO = {"iso_url": f"{UBUNTU_RELEASES}/22.04.4/ubuntu-22.04.4-live-server-amd64.iso",
+                   "iso_checksum": "sha256:45f873de9f8cb637345d6e66a583762730bbea30277ef7b32c9c3bd6700a32b2"}
+UBUNTU_2404_ISO = {"iso_url": f"{UBUNTU_RELEASES}/24.04.4/ubuntu-24.04.4-live-server-amd64.iso",
+                   "iso_checksum": "sha256:e907d92eeec9df64163a7e454cbc8d7755e8ddc7ed42f99dbc80c40f1a138433"}
 
 OPERATING_SYSTEMS: dict[str, OsInfo] = {
     info.id: info
@@ -97,6 +104,10 @@ OPERATING_SYSTEMS: dict[str, OsInfo] = {
                 },
                 # Glance names are the site's: one name for every arch, as operators upload them.
                 "openstack": {"amd64": {"image_name": "ubuntu-22.04"}, "arm64": {"image_name": "ubuntu-22.04"}},
+                "vsphere": {"amd64": UBUNTU_2204_ISO},
+                "proxmox": {"amd64": UBUNTU_2204_ISO},
+                # Hetzner's system image names: one name for both arches (the server type decides).
+                "hcloud": {"amd64": {"image": "ubuntu-22.04"}, "arm64": {"image": "ubuntu-22.04"}},
             },
             variant_images={"azure": {"cvm": {"amd64": {
                 "publisher": "Canonical", "offer": "0001-com-ubuntu-confidential-vm-jammy", "sku": "22_04-lts-cvm"}}}},
@@ -124,6 +135,9 @@ OPERATING_SYSTEMS: dict[str, OsInfo] = {
                     "arm64": {"publisher": "Canonical", "offer": "ubuntu-24_04-lts", "sku": "server-arm64"},
                 },
                 "openstack": {"amd64": {"image_name": "ubuntu-24.04"}, "arm64": {"image_name": "ubuntu-24.04"}},
+                "vsphere": {"amd64": UBUNTU_2404_ISO},
+                "proxmox": {"amd64": UBUNTU_2404_ISO},
+                "hcloud": {"amd64": {"image": "ubuntu-24.04"}, "arm64": {"image": "ubuntu-24.04"}},
             },
             variant_images={"azure": {"cvm": {"amd64": {
                 "publisher": "Canonical", "offer": "ubuntu-24_04-lts", "sku": "cvm"}}}},
@@ -146,6 +160,7 @@ OPERATING_SYSTEMS: dict[str, OsInfo] = {
                     "arm64": {"publisher": "Debian", "offer": "debian-12", "sku": "12-arm64"},
                 },
                 "openstack": {"amd64": {"image_name": "debian-12"}, "arm64": {"image_name": "debian-12"}},
+                "hcloud": {"amd64": {"image": "debian-12"}, "arm64": {"image": "debian-12"}},
             },
             local_base=LocalBase("rootfs"),
         ),
@@ -171,6 +186,7 @@ OPERATING_SYSTEMS: dict[str, OsInfo] = {
                     "arm64": {"publisher": "resf", "offer": "rockylinux-aarch64", "sku": "9-base"},
                 },
                 "openstack": {"amd64": {"image_name": "rockylinux-9"}, "arm64": {"image_name": "rockylinux-9"}},
+                "hcloud": {"amd64": {"image": "rocky-9"}, "arm64": {"image": "rocky-9"}},
             },
             local_base=LocalBase("cloud-image", checksums="CHECKSUM"),
         ),

@@ -139,8 +139,9 @@ def render_files(cell: Cell, cell_dir: Path, packer_version: tuple[int, int, int
     variables = packer_variables(cell, cell_dir)
     own = cloud.template_context(cell)
     pre_provision = [WAIT_FOR_CLOUD_INIT, *own.pop("provision_first", [])]
-    context = {**own, "cell": cell, "variables": variables, "builder": cloud.builder,
-               "base_pinned": bool(_resolved(cell)), "pre_provision": pre_provision, "sbom": sbom_context()}
+    context = {"provision_node": True, "provision_last": [], **own, "cell": cell, "variables": variables,
+               "builder": own.pop("builder", cloud.builder), "base_pinned": bool(_resolved(cell)),
+               "pre_provision": pre_provision, "sbom": sbom_context()}
     files = {
         "variables.pkr.hcl": env.get_template("_common/variables.pkr.hcl.j2").render(context),
         "cell.auto.pkrvars.hcl": env.get_template("_common/cell.auto.pkrvars.hcl.j2").render(context),
@@ -176,3 +177,10 @@ def render_cells(cells: list[Cell], output_dir: Path,
     rendered = [(cell, output_dir / cell.id) for cell in cells]
     contents = [render_files(cell, cell_dir, packer_version) for cell, cell_dir in rendered]
     return [write_cell(cell, cell_dir, files) for (cell, cell_dir), files in zip(rendered, contents)]
+
+
+def validate_env(cell: Cell) -> dict[str, str] | None:
+    """The environment `packer validate` of a cell runs with: the cloud's stand-ins for the variables its
+    builder's configuration check demands, where unset (registry.Cloud.validate_env); None: inherited."""
+    stand_ins = registry.get(cell.cloud).validate_environment()
+    return {**stand_ins, **os.environ} if stand_ins else None

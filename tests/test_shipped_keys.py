@@ -43,7 +43,7 @@ def test_every_base_reference_is_the_one_of_before_the_table() -> None:
     for os_id, clouds in pinned.items():
         for cloud in registry.names():
             for arch in osinfo.ARCHES:
-                want = clouds.get(cloud, {}).get(arch)
+                want = (clouds.get(cloud) or {}).get(arch)  # a cloud without references is an empty line
                 have = base_image_for(OPERATING_SYSTEMS[os_id], cloud, arch)
                 assert json.dumps(have) == json.dumps(want), (os_id, cloud, arch)
 

@@ -23,7 +23,8 @@ def validate_command(matrix_path: Path, only: tuple[str, ...], output_dir: Path,
     rendered_cells = render.render_cells(cells, output_dir, resolve_packer_version(packer_version))
     # One `packer validate` per cell, a few at once (each is a process of its own); reported in plan order.
     with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
-        results = list(pool.map(lambda rendered: packer.validate(rendered.directory), rendered_cells))
+        results = list(pool.map(lambda rendered: packer.validate(rendered.directory, render.validate_env(rendered.cell)),
+                                 rendered_cells))
     failed = 0
     for rendered, result in zip(rendered_cells, results):
         failed += not result.ok

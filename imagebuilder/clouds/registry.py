@@ -84,6 +84,9 @@ class Cloud:
     # kubernetes-sigs/image-builder's provider names for this cloud (images/capi/Makefile): accepted
     # for it under `clouds:` in the matrix; the first names its make targets (image_builder_target).
     image_builder_names: ClassVar[tuple[str, ...]] = ()
+    # Environment variables the builder's configuration check (`packer validate`) demands, with
+    # stand-in values used only by validate and only where unset (validate_environment).
+    validate_env: ClassVar[dict[str, str]] = {}
     directory: Path  # set by the registry: the cloud's folder
 
     @property
@@ -145,9 +148,17 @@ class Cloud:
         return {}
 
     def template_context(self, cell: Cell) -> dict[str, Any]:
-        """Values the cloud's template reads besides the variables (`provision_first`: shell
-        commands before the roles)."""
+        """Values the cloud's template reads besides the variables. The shared build step reads
+        `provision_first` (shell commands before the roles), `provision_last` (shell commands after
+        them), `provision_node` (False: no roles and no SBOM, the OS alone, as a base template) and
+        `builder` (the Packer builder of this cell, when not `Cloud.builder`)."""
         return {}
+
+    def validate_environment(self) -> dict[str, str]:
+        """`packer validate` of this cloud's cells with these environment variables where unset:
+        stand-ins for what the builder's configuration check demands be non-empty (its own
+        credential variables), never real values; the check makes no connection."""
+        return dict(self.validate_env)
 
     # -- build -----------------------------------------------------------------------------
     def artifact_ids(self, builder_type: str, artifact_id: str) -> dict[str, str]:
