@@ -73,6 +73,31 @@ def test_publish_uploads_the_qcow2_with_properties_private(openstack_env: str, t
     assert record.metadata == artifact.metadata and record.state == "active" and record.image_id == image_id
 
 
+def test_the_sbom_digest_is_an_image_property_and_sbom_says_where_the_document_is(
+        openstack_env: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Glance keeps properties of up to 255 characters, no documents: the SBOM's sha256 is a property,
+    and `images sbom` says in one line that the document is not kept in OpenStack."""
+    from dataclasses import replace
+
+    from test_sbom import run_cli
+
+    from imagebuilder import attest
+    from imagebuilder.clouds.local import CATALOGUE_ENV, LocalCatalogue
+
+    built = qcow2_artifact(tmp_path, cloud="openstack")
+    artifact = replace(built, metadata=replace(built.metadata, sbom_sha256="e" * 64))
+    (image_id,) = publish_artifact(artifact, {}).values()
+    (image,) = glance_images(openstack_env)
+    assert image["imagebuilder-sbom-sha256"] == "e" * 64
+    (record,) = store().list_images()
+    assert record.metadata is not None and record.metadata.sbom_sha256 == "e" * 64
+    monkeypatch.setenv(CATALOGUE_ENV, str(tmp_path / "catalogue"))
+    monkeypatch.setattr(attest, "stores_to_ask", lambda target, declared: [LocalCatalogue(), store()])
+    code, out, err = run_cli(monkeypatch, capsys, "images", "sbom", image_id)
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert f"openstack keeps no SBOM document beside its images yet, only its sha256 {'e' * 64}" in err
+
+
 def test_republishing_finds_the_image_by_build_key(openstack_env: str, tmp_path: Path) -> None:
     artifact = qcow2_artifact(tmp_path)
     first = store().publish(artifact)

@@ -249,11 +249,12 @@ class ImageStore(abc.ABC):
         bucket = self.attestation_bucket() or f"<{self.attestation_setting}>"
         return f"{self.attestation_scheme}://{bucket}/{self.attestation_key(image_name, kind)}"
 
-    def attestation_unset(self, image: str) -> str:
+    def attestation_unset(self, image: str, sbom_sha256: str = "") -> str:
         """One line: this image's SBOM is not kept, where it would be and how to configure it."""
         if self.attestation_setting is None:
-            return (f"{image}: {self.display_name()} keeps no SBOM beside its images yet (the build's is in its cell "
-                    "directory) | fix: take it from the build's output directory")
+            digest = f", only its sha256 {sbom_sha256} in the image's metadata" if sbom_sha256 else ""
+            return (f"{image}: {self.display_name()} keeps no SBOM document beside its images yet{digest} "
+                    f"| fix: take <image name>{SBOM_SUFFIX} from the build's cell directory")
         return (f"{image}: no SBOM kept: {self.attestation_settings()} is not set (it would be at "
                 f"{self.attestation_url(image, 'sbom')}) | fix: set {self.attestation_settings()} "
                 "in the matrix, pass it with -m, and build or publish again")
@@ -282,7 +283,7 @@ class ImageStore(abc.ABC):
         """(the document, where it is kept) of an image; (None, the one-line reason) when it is not kept."""
         name = record.name
         if self.attestation_bucket() is None:
-            return None, self.attestation_unset(name)
+            return None, self.attestation_unset(name, record.metadata.sbom_sha256 if record.metadata else "")
         url = self.attestation_url(name, kind)
         return self._get_object(self.attestation_key(name, kind)), url
 
