@@ -146,3 +146,13 @@ def test_the_packer_qemu_image_is_catalogued_with_its_sbom_and_verifies(tmp_path
     assert code == 0 and sbom.dpkg_versions(json.loads(out)) == {
         "bash:amd64": "5.2.15-2+b7", "libc6:amd64": "2.36-9+deb12u9", "libc6:i386": "2.36-9+deb12u9",
         "vim-tiny:amd64": "2:9.0.1378-2"}  # fake_root's status file: what is installed, not nano's config-files
+
+
+def test_gathered_from_the_debian_rootfs_the_sbom_is_the_tree_s(tmp_path: Path, debian_rootfs: Path, cells) -> None:
+    """Over a real Debian 12 tree (hundreds of packages, multi-arch, continuation lines), the file the
+    image gathers makes the same SBOM as reading the tree."""
+    gathered = gather(debian_rootfs, tmp_path / sbom.INPUT_FILE)
+    one = dict(image_name="rootfs", build_key="k", timestamp=TIMESTAMP)
+    from_file = sbom.sbom_document(sbom.contents_of_file(gathered), **one)
+    assert len(from_file["components"]) > 100
+    assert sbom.encode(from_file) == sbom.encode(sbom.sbom_document(sbom.contents_of_tree(debian_rootfs), **one))
