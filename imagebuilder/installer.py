@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from imagebuilder.errors import UserError
-from imagebuilder.osinfo import OsInfo
+from imagebuilder.osinfo import BASE_MIRRORS, OsInfo
 
 BUILD_USER = "builder"
 # Where the cell's build directory keeps the key and the files served to the installer.
@@ -24,11 +24,17 @@ KEY_FILE = "base/id_ed25519"
 HTTP_DIRECTORY = "base/seed"
 
 
+# A kickstart-installed system's own NoCloud seed, so that its first boot finds a datasource (a
+# fallback to None is a warning, and `cloud-init status --wait` fails on warnings).
+BUILD_SEED = "/var/lib/cloud/seed/nocloud-net"
+
+
 def remove_build_user(then: str = "") -> str:
-    """The command that removes the build user and its sudo rule (cloud-init's file) before the image
-    is sealed, then runs `then` (a shutdown) in the same root shell: the user's sudo is gone by then."""
-    return (f"sudo sh -c 'userdel --force --remove {BUILD_USER}; rm -f /etc/sudoers.d/90-cloud-init-users"
-            f"{'; ' + then if then else ''}'")
+    """The command that removes the build user, its sudo rule (cloud-init's file) and the build's seed
+    before the image is sealed, then runs `then` (a shutdown) in the same root shell: the user's sudo
+    is gone by then."""
+    return (f"sudo sh -c 'userdel --force --remove {BUILD_USER}; rm -f /etc/sudoers.d/90-cloud-init-users; "
+            f"rm -rf {BUILD_SEED}{'; ' + then if then else ''}'")
 
 
 @dataclass(frozen=True)
@@ -36,12 +42,12 @@ class Installer:
     """How one distribution installs unattended from its ISO."""
 
     boot_command: tuple[str, ...]  # Packer's boot_command ({{ .HTTPIP }}/{{ .HTTPPort }}: its HTTP server)
-    # (the build user's public key, the packages to add, an instance id) -> the files served from
-    # HTTP_DIRECTORY
-    files: Callable[[str, list[str], str], dict[str, str]]
+    # (the OS, the build user's public key, the packages to add, an instance id) -> the files served
+    # from HTTP_DIRECTORY
+    files: Callable[[OsInfo, str, list[str], str], dict[str, str]]
 
 
-def ubuntu_files(public_key: str, packages: list[str], instance_id: str) -> dict[str, str]:
+def ubuntu_files(os_info: OsInfo, public_key: str, packages: list[str], instance_id: str) -> dict[str, str]:
     """Subiquity's autoinstall: one disk, no swap, the guest agent, OpenSSH, and the build user
     (passwordless sudo, this key, no password)."""
     autoinstall = {
@@ -71,7 +77,57 @@ UBUNTU = Installer(
     ),
     files=ubuntu_files,
 )
-INSTALLERS: dict[str, Installer] = {"ubuntu": UBUNTU}
+
+
+def rocky_files(os_info: OsInfo, public_key: str, packages: list[str], instance_id: str) -> dict[str, str]:
+    """Anaconda's kickstart: a network install from the vendor's repositories (the minimal ISO lacks
+    cloud-init and the guest agents), one XFS root and no swap, the build user with this key and
+    passwordless sudo in cloud-init's file (so its removal is the same as on Ubuntu), no password."""
+    repositories = f"{BASE_MIRRORS['rockylinux']}/{os_info.version}"
+    lines = [
+        f"# {instance_id}: written by imagebuilder for one build",
+        "text",
+        "lang en_US.UTF-8",
+        "keyboard us",
+        "timezone UTC --utc",
+        "network --bootproto=dhcp --activate",
+        f"url --url={repositories}/BaseOS/x86_64/os/",
+        f"repo --name=AppStream --baseurl={repositories}/AppStream/x86_64/os/",
+        "rootpw --lock",
+        f"user --name={BUILD_USER} --lock",
+        f'sshkey --username={BUILD_USER} "{public_key}"',
+        "zerombr",
+        "clearpart --all --initlabel",
+        "reqpart",
+        "part / --fstype=xfs --size=1 --grow",
+        "bootloader --timeout=1",
+        "services --enabled=sshd,cloud-init",
+        "reboot --eject",
+        "",
+        "%packages",
+        "@^minimal-environment",
+        "cloud-init",
+        "sudo",
+        *packages,
+        "%end",
+        "",
+        "%post",
+        f"echo '{BUILD_USER} ALL=(ALL) NOPASSWD:ALL' > /etc/sudoers.d/90-cloud-init-users",
+        "chmod 0440 /etc/sudoers.d/90-cloud-init-users",
+        f"mkdir -p {BUILD_SEED}",
+        f"echo 'instance-id: {instance_id}' > {BUILD_SEED}/meta-data",
+        f"echo '#cloud-config' > {BUILD_SEED}/user-data",
+        "%end",
+    ]
+    return {"ks.cfg": "\n".join(lines) + "\n"}
+
+
+# Rocky Linux's ISO booted by BIOS (isolinux): Tab edits the boot entry, which gets the kickstart's URL.
+ROCKY = Installer(
+    boot_command=("<tab> inst.text inst.ks=http://{{ .HTTPIP }}:{{ .HTTPPort }}/ks.cfg<enter><wait>",),
+    files=rocky_files,
+)
+INSTALLERS: dict[str, Installer] = {"ubuntu": UBUNTU, "rocky": ROCKY}
 
 
 def installer_for(os_info: OsInfo, cloud: str) -> Installer:
@@ -90,7 +146,7 @@ def write_install_files(cell_dir: Path, os_info: OsInfo, cloud: str, packages: l
     public = place_key(cell_dir, key)
     http = cell_dir / HTTP_DIRECTORY
     http.mkdir(parents=True, exist_ok=True)
-    for name, content in installer.files(public, packages, f"build-{cell_dir.name}").items():
+    for name, content in installer.files(os_info, public, packages, f"build-{cell_dir.name}").items():
         (http / name).write_text(content)
 
 

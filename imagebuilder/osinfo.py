@@ -77,6 +77,9 @@ UBUNTU_2204_ISO = {"iso_url": f"{UBUNTU_RELEASES}/22.04.4/ubuntu-22.04.4-live-se
                    "iso_checksum": "sha256:45f873de9f8cb637345d6e66a583762730bbea30277ef7b32c9c3bd6700a32b2"}
 UBUNTU_2404_ISO = {"iso_url": f"{UBUNTU_RELEASES}/24.04.4/ubuntu-24.04.4-live-server-amd64.iso",
                    "iso_checksum": "sha256:e907d92eeec9df64163a7e454cbc8d7755e8ddc7ed42f99dbc80c40f1a138433"}
+# Rocky's minimal ISO (the installer; the packages come from the repositories, installer.py).
+ROCKY_9_ISO = {"iso_url": "https://dl.rockylinux.org/vault/rocky/9.4/isos/x86_64/Rocky-9.4-x86_64-minimal.iso",
+               "iso_checksum": "sha256:ee3ac97fdffab58652421941599902012179c37535aece76824673105169c4a2"}
 
 OPERATING_SYSTEMS: dict[str, OsInfo] = {
     info.id: info
@@ -186,6 +189,8 @@ OPERATING_SYSTEMS: dict[str, OsInfo] = {
                     "arm64": {"publisher": "resf", "offer": "rockylinux-aarch64", "sku": "9-base"},
                 },
                 "openstack": {"amd64": {"image_name": "rockylinux-9"}, "arm64": {"image_name": "rockylinux-9"}},
+                "vsphere": {"amd64": ROCKY_9_ISO},
+                "proxmox": {"amd64": ROCKY_9_ISO},
                 "hcloud": {"amd64": {"image": "rocky-9"}, "arm64": {"image": "rocky-9"}},
             },
             local_base=LocalBase("cloud-image", checksums="CHECKSUM"),

@@ -139,8 +139,9 @@ def test_the_build_step_writes_the_installer_files_with_a_throw_away_or_the_temp
     key = tmp_path / "template-key"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
     matrix = write_matrix(tmp_path / "matrix.yaml", {"vsphere": {**VSPHERE, "template_ssh_key": str(key)},
-                                                     "proxmox": PROXMOX})
+                                                     "proxmox": PROXMOX}, os_ids=["ubuntu-2204", "rockylinux-9"])
     cells = {cell.id: cell for cell in plan(load_matrix(matrix))}
+    assert len(cells) == 8
     public: dict[str, str] = {}
     for cell_id, cell in cells.items():
         job = Job(cell=cell, directory=tmp_path / cell_id, estimate=1.0)
@@ -149,14 +150,21 @@ def test_the_build_step_writes_the_installer_files_with_a_throw_away_or_the_temp
         assert private.stat().st_mode & 0o077 == 0
         public[cell_id] = (job.directory / "base" / "id_ed25519.pub").read_text().strip()
         seed = job.directory / "base" / "seed" / "user-data"
+        agent = "qemu-guest-agent" if cell.cloud == "proxmox" else "open-vm-tools"
         if cell.variant == "clone":
             assert not seed.exists()  # it starts from the template, which holds the key
+            continue
+        if cell.os == "rockylinux-9":  # a kickstart from the network repositories
+            kickstart = (job.directory / "base" / "seed" / "ks.cfg").read_text().splitlines()
+            assert f'sshkey --username=builder "{public[cell_id]}"' in kickstart
+            assert "url --url=https://dl.rockylinux.org/pub/rocky/9/BaseOS/x86_64/os/" in kickstart
+            assert {"cloud-init", "sudo", agent} <= set(kickstart) and "rootpw --lock" in kickstart
             continue
         assert seed.read_text().startswith("#cloud-config\n")
         autoinstall = yaml.safe_load(seed.read_text())["autoinstall"]
         (user,) = autoinstall["user-data"]["users"]
         assert user["name"] == "builder" and user["ssh_authorized_keys"] == [public[cell_id]]
-        assert autoinstall["packages"] == (["qemu-guest-agent"] if cell.cloud == "proxmox" else ["open-vm-tools"])
+        assert autoinstall["packages"] == [agent]
     template_key = Path(f"{key}.pub").read_text().strip()
     assert public[f"vsphere-ubuntu-2204-base-k8s-{MINOR}"] == public[f"vsphere-ubuntu-2204-clone-k8s-{MINOR}"] == template_key
     assert len({public[f"vsphere-ubuntu-2204-k8s-{MINOR}"], public[f"proxmox-ubuntu-2204-k8s-{MINOR}"], template_key}) == 3
