@@ -2,8 +2,10 @@
 
 API (the roles, versions-update and end-to-end tests share it):
 
-- ``serve_registry(root) -> ContextManager[str]``: docker-registry (distribution 2.x) with its own config
-  and storage under ``root``, on a free port of 127.0.0.1; yields its address ``127.0.0.1:PORT``.
+- ``serve_registry(root, delete=True) -> ContextManager[str]``: docker-registry (distribution 2.x) with its
+  own config and storage under ``root``, on a free port of 127.0.0.1; yields its address ``127.0.0.1:PORT``.
+  ``delete=False``: deletion disabled (``storage.delete.enabled: false``), a DELETE answers 405 UNSUPPORTED.
+  ``login=(user, password)``: every request needs them (htpasswd auth, Basic), as a private registry does.
 - ``push_images(address, images, work) -> dict[str, str]``: for each ``{path: tag}`` builds a tiny image
   with buildah (vfs storage under ``work``, ``FROM scratch`` plus one file naming it, so every image has
   its own digest) and pushes it as ``address/path:tag``; returns ``{path: "sha256:..."}``, the manifest
@@ -36,9 +38,14 @@ storage:
   filesystem:
     rootdirectory: {storage}
   delete:
-    enabled: true
+    enabled: {delete}
 http:
   addr: 127.0.0.1:{port}
+"""
+_HTPASSWD = """auth:
+  htpasswd:
+    realm: imagebuilder-test
+    path: {path}
 """
 
 
@@ -49,7 +56,8 @@ def _free_port() -> int:
 
 
 @contextmanager
-def serve_registry(root: Path, timeout: float = 30.0) -> Iterator[str]:
+def serve_registry(root: Path, timeout: float = 30.0, delete: bool = True,
+                   login: tuple[str, str] | None = None) -> Iterator[str]:
     """docker-registry on 127.0.0.1 with storage under ``root``; yields ``127.0.0.1:PORT``."""
     binary = shutil.which("docker-registry")
     if binary is None:
@@ -57,7 +65,13 @@ def serve_registry(root: Path, timeout: float = 30.0) -> Iterator[str]:
     root.mkdir(parents=True, exist_ok=True)
     port = _free_port()
     config = root / "config.yml"
-    config.write_text(_CONFIG.format(storage=root / "storage", port=port))
+    text = _CONFIG.format(storage=root / "storage", port=port, delete=str(delete).lower())
+    if login is not None:
+        import bcrypt
+
+        (root / "htpasswd").write_text(f"{login[0]}:{bcrypt.hashpw(login[1].encode(), bcrypt.gensalt(4)).decode()}\n")
+        text += _HTPASSWD.format(path=root / "htpasswd")
+    config.write_text(text)
     log = (root / "registry.log").open("w")
     process = subprocess.Popen([binary, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT,
                                stdin=subprocess.DEVNULL)
@@ -68,6 +82,10 @@ def serve_registry(root: Path, timeout: float = 30.0) -> Iterator[str]:
             try:
                 with urllib.request.urlopen(f"http://{address}/v2/", timeout=2):
                     break
+            except urllib.error.HTTPError as error:
+                if error.code == 401 and login is not None:  # up, and asking for the login
+                    break
+                raise
             except (urllib.error.URLError, OSError):
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"docker-registry did not start: {(root / 'registry.log').read_text()[-800:]}")
