@@ -19,6 +19,7 @@ import yaml
 from registry import serve_registry
 from test_raw_output import MINOR, built, cells_of, cli, cli_command, disk_content
 
+from imagebuilder.clouds import CloudError
 from imagebuilder.pipeline import TargetHooks
 from imagebuilder.planner import Cell
 from imagebuilder.render import render_cells
@@ -194,7 +195,7 @@ def test_credentials_come_from_containers_auth_json(tmp_path: Path, monkeypatch:
         for name in ("IMAGEBUILDER_REGISTRY_USERNAME", "IMAGEBUILDER_REGISTRY_PASSWORD"):
             monkeypatch.delenv(name, raising=False)
         auth_file.write_text(json.dumps({"auths": {address: {"auth": base64.b64encode(b"builder:wrong").decode()}}}))
-        with pytest.raises(Exception, match=r"401 .*\| fix: log in"):
+        with pytest.raises(CloudError, match=r"401 .*\| fix: log in"):
             push(cell, tmp_path / "denied", "20260101000000", seed=1)
         auth_file.write_text(json.dumps({"auths": {address: {"auth": base64.b64encode(b"builder:s3cret").decode()}}}))
         (image_id,) = push(cell, tmp_path / "build", "20260101000000", seed=1).values()
@@ -203,6 +204,22 @@ def test_credentials_come_from_containers_auth_json(tmp_path: Path, monkeypatch:
                                 "--output", "json").stdout)
         assert [r["image_id"] for r in listed] == [image_id]
         assert "s3cret" not in json.dumps(listed) and "s3cret" not in matrix.read_text()
+
+        # the end-to-end test's hook, on a qcow2 built elsewhere; credentials from the environment this time
+        from imagebuilder.clouds.kubevirt import containerdisk_of
+
+        monkeypatch.delenv("REGISTRY_AUTH_FILE")
+        monkeypatch.setenv("HOME", str(tmp_path))  # no auth.json of this machine's
+        monkeypatch.setenv("IMAGEBUILDER_REGISTRY_USERNAME", "builder")
+        monkeypatch.setenv("IMAGEBUILDER_REGISTRY_PASSWORD", "s3cret")
+        job, artifact = built(replace(cell, build_key="2" * 64), tmp_path / "elsewhere", "20260102000000",
+                              disk_content(2))
+        qcow2 = Path(artifact.files[0])
+        settings = {"registry": f"{address}/{REPOSITORY_PATH}", "tls_verify": False}
+        hooked = containerdisk_of(qcow2, artifact.metadata, settings)
+        assert hooked.startswith(f"{address}/{REPOSITORY_PATH}@sha256:") and hooked != image_id
+        assert containerdisk_of(qcow2, artifact.metadata, settings) == hooked  # found again, not pushed twice
+        assert not list(qcow2.parent.glob(".containerdisk-*"))  # buildah's storage removed
 
 
 def test_the_example_provides_image_builder_s_kubevirt_targets() -> None:
