@@ -6,6 +6,7 @@ API (the roles, versions-update and end-to-end tests share it):
   own config and storage under ``root``, on a free port of 127.0.0.1; yields its address ``127.0.0.1:PORT``.
   ``delete=False``: deletion disabled (``storage.delete.enabled: false``), a DELETE answers 405 UNSUPPORTED.
   ``login=(user, password)``: every request needs them (htpasswd auth, Basic), as a private registry does.
+  ``auth_config``: another ``auth:`` section (a token service's, as Harbor, GHCR and Docker Hub ask for).
 - ``push_images(address, images, work) -> dict[str, str]``: for each ``{path: tag}`` builds a tiny image
   with buildah (vfs storage under ``work``, ``FROM scratch`` plus one file naming it, so every image has
   its own digest) and pushes it as ``address/path:tag``; returns ``{path: "sha256:..."}``, the manifest
@@ -57,7 +58,7 @@ def _free_port() -> int:
 
 @contextmanager
 def serve_registry(root: Path, timeout: float = 30.0, delete: bool = True,
-                   login: tuple[str, str] | None = None) -> Iterator[str]:
+                   login: tuple[str, str] | None = None, auth_config: str = "") -> Iterator[str]:
     """docker-registry on 127.0.0.1 with storage under ``root``; yields ``127.0.0.1:PORT``."""
     binary = shutil.which("docker-registry")
     if binary is None:
@@ -71,7 +72,7 @@ def serve_registry(root: Path, timeout: float = 30.0, delete: bool = True,
 
         (root / "htpasswd").write_text(f"{login[0]}:{bcrypt.hashpw(login[1].encode(), bcrypt.gensalt(4)).decode()}\n")
         text += _HTPASSWD.format(path=root / "htpasswd")
-    config.write_text(text)
+    config.write_text(text + auth_config)
     log = (root / "registry.log").open("w")
     process = subprocess.Popen([binary, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT,
                                stdin=subprocess.DEVNULL)
@@ -83,7 +84,7 @@ def serve_registry(root: Path, timeout: float = 30.0, delete: bool = True,
                 with urllib.request.urlopen(f"http://{address}/v2/", timeout=2):
                     break
             except urllib.error.HTTPError as error:
-                if error.code == 401 and login is not None:  # up, and asking for the login
+                if error.code == 401:  # up, and asking for a login
                     break
                 raise
             except (urllib.error.URLError, OSError):

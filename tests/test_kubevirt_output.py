@@ -7,10 +7,17 @@ No build or VM: the disk is a small qcow2 made here."""
 from __future__ import annotations
 
 import base64
+import http.server
 import io
 import json
 import tarfile
+import threading
+import time
+import urllib.parse
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -238,3 +245,102 @@ def test_the_example_provides_image_builder_s_kubevirt_targets() -> None:
     planned = CliRunner().invoke(imagebuilder_cli, ["plan", "-m", str(example), "--offline", "--format", "json",
                                                     "--only", "kubevirt-qemu-debian-12-k8s-*"], catch_exceptions=False)
     assert [cell["id"] for cell in json.loads(planned.stdout)] == [f"kubevirt-debian-12-k8s-{minor}"]
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+@contextmanager
+def token_service(root: Path, login: tuple[str, str]) -> Iterator[tuple[str, str]]:
+    """A Docker token service (the distribution spec's token auth) on 127.0.0.1: checks the Basic login and
+    answers a JWT for the scope asked, signed ES256 by a self-signed certificate in its x5c header.
+    Yields (its realm URL, the registry's `auth:` section that trusts it). docker-registry verifies
+    each token for real (signature against the bundle, issuer, audience, expiry, actions)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "imagebuilder test token issuer")])
+    now = datetime.now(timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(hours=1))
+            .not_valid_after(now + timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    bundle = root / "token-issuer.pem"
+    root.mkdir(parents=True, exist_ok=True)
+    bundle.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    x5c = [base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode()]
+    expected = "Basic " + base64.b64encode(f"{login[0]}:{login[1]}".encode()).decode()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            query = urllib.parse.parse_qs(urllib.parse.urlparse(self.path).query)
+            if self.headers.get("Authorization") != expected:
+                self.send_response(401)
+                self.end_headers()
+                return
+            access = []
+            for scope in query.get("scope", []):
+                kind, repository, actions = scope.split(":")
+                access.append({"type": kind, "name": repository, "actions": actions.split(",")})
+            issued = int(time.time())
+            claims = {"iss": "imagebuilder-test", "sub": login[0], "aud": "imagebuilder-registry", "iat": issued,
+                      "nbf": issued - 10, "exp": issued + 300, "jti": str(issued), "access": access}
+            signing_input = (_b64url(json.dumps({"alg": "ES256", "typ": "JWT", "x5c": x5c}).encode()) + "."
+                             + _b64url(json.dumps(claims).encode()))
+            r, s = decode_dss_signature(key.sign(signing_input.encode(), ec.ECDSA(hashes.SHA256())))
+            token = signing_input + "." + _b64url(r.to_bytes(32, "big") + s.to_bytes(32, "big"))
+            body = json.dumps({"token": token}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    realm = f"http://127.0.0.1:{server.server_address[1]}/token"
+    try:
+        yield realm, (f"auth:\n  token:\n    realm: {realm}\n    service: imagebuilder-registry\n"
+                      f"    issuer: imagebuilder-test\n    rootcertbundle: {bundle}\n")
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_a_registry_asking_for_a_bearer_token_gets_one_from_its_token_service(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with token_service(tmp_path / "tokens", ("builder", "s3cret")) as (_, auth_config), \
+            serve_registry(tmp_path / "registry", auth_config=auth_config) as address:
+        for headers in ({}, {"Authorization": "Bearer not.a.token"}):  # the registry checks what it is given
+            assert requests.get(f"http://{address}/v2/{REPOSITORY_PATH}/tags/list", headers=headers,
+                                timeout=10).status_code == 401
+        matrix = write_matrix(tmp_path / "matrix.yaml", f"{address}/{REPOSITORY_PATH}", in_use_check="tags")
+        cell = kubevirt_cell(matrix)
+        monkeypatch.setenv("HOME", str(tmp_path))  # no auth.json of this machine's
+        monkeypatch.delenv("REGISTRY_AUTH_FILE", raising=False)
+        monkeypatch.setenv("IMAGEBUILDER_REGISTRY_USERNAME", "builder")
+        monkeypatch.setenv("IMAGEBUILDER_REGISTRY_PASSWORD", "s3cret")
+        (older_id,) = push(cell, tmp_path / "build", "20260101000000", seed=1, key="1").values()
+        (newer_id,) = push(cell, tmp_path / "build", "20260102000000", seed=2).values()
+        env = {"IMAGEBUILDER_CATALOGUE": str(tmp_path / "catalogue"), "HOME": str(tmp_path),
+               "IMAGEBUILDER_REGISTRY_USERNAME": "builder", "IMAGEBUILDER_REGISTRY_PASSWORD": "s3cret"}
+        listed = json.loads(cli(env, tmp_path, "images", "list", "-m", str(matrix), "--cloud", "kubevirt",
+                                "--output", "json").stdout)
+        assert [r["image_id"] for r in listed] == [newer_id, older_id]
+        for step in ("1 deprecated", "1 deleted"):  # a pull,push token, then a delete one
+            pruned = cli(env, tmp_path, "prune", "-m", str(matrix), "--cloud", "kubevirt", "--apply")
+            assert step in pruned.stdout and "0 failed" in pruned.stdout, pruned.stdout
+        monkeypatch.setenv("IMAGEBUILDER_REGISTRY_PASSWORD", "wrong")
+        with pytest.raises(CloudError, match=r"401 .*\| fix: log in"):
+            push(cell, tmp_path / "denied", "20260103000000", seed=3, key="3")
