@@ -6,7 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping
 
-Family = Literal["debian", "redhat", "flatcar"]
+# The package method and role data an OS gets: apt (debian); dnf, or yum on Amazon Linux 2, with rpm
+# (redhat: RHEL and its rebuilds, CentOS Stream, Amazon Linux, Oracle Linux); tdnf with rpm (tdnf: Photon
+# OS and Azure Linux); none (flatcar: Kubernetes as a sysext).
+Family = Literal["debian", "redhat", "tdnf", "flatcar"]
 Strategy = Literal["bake", "sysext"]
 Arch = Literal["amd64", "arm64"]
 ARCHES: tuple[Arch, ...] = ("amd64", "arm64")  # our spelling; each reference below has the vendor's
@@ -24,6 +27,8 @@ BASE_MIRRORS: dict[str, str] = {
     "ubuntu_cloud_images": "https://cloud-images.ubuntu.com",
     "rockylinux": "https://dl.rockylinux.org/pub/rocky",
     "flatcar": "https://stable.release.flatcar-linux.net",
+    "almalinux": "https://repo.almalinux.org/almalinux",
+    "centos_stream": "https://cloud.centos.org/centos",
 }
 # The qemu reference of a base imagebuilder builds itself (LocalBase kind "rootfs").
 LOCAL_SOURCE = "local"
@@ -42,6 +47,27 @@ class LocalBase:
 
 
 @dataclass(frozen=True)
+class Subscription:
+    """A vendor subscription a build registers with (the node role) and leaves (sysprep). Its
+    credentials come from the build's environment only, which Packer's Ansible provisioner inherits:
+    never the matrix, the rendered files or the records. One complete set of `credentials` is needed."""
+
+    key: str  # the roles' name of it (imagebuilder_subscription)
+    name: str
+    credentials: tuple[tuple[str, ...], ...]
+
+    def missing(self, environ: Mapping[str, str]) -> str | None:
+        """None when one set is complete in `environ`, else the sets to choose from, spelled out."""
+        if any(all(environ.get(name) for name in names) for names in self.credentials):
+            return None
+        return ", or ".join(" and ".join(names) for names in self.credentials)
+
+
+RHSM = Subscription("rhsm", "Red Hat Subscription Management",
+                    (("RHSM_USER", "RHSM_PASS"), ("RHSM_ACTIVATION_KEY", "RHSM_ORG_ID")))
+
+
+@dataclass(frozen=True)
 class OsInfo:
     id: str
     distro: str  # os_distro as OpenStack and our metadata spell it
@@ -57,6 +83,7 @@ class OsInfo:
     # cloud -> variant -> arch -> reference, for a variant that starts from its own vendor image
     # (Azure's confidential VM SKUs); a variant not here starts from `images`.
     variant_images: Mapping[str, Mapping[str, Mapping[str, Reference]]] = field(default_factory=dict)
+    subscription: Subscription | None = None  # registered for the build's packages, from the environment
 
     def image(self, cloud: str, arch: str, variant: str | None = None) -> dict[str, Any] | None:
         """A copy of the reference of (cloud, arch[, variant]), or None where the vendor has none."""
@@ -80,6 +107,48 @@ UBUNTU_2404_ISO = {"iso_url": f"{UBUNTU_RELEASES}/24.04.4/ubuntu-24.04.4-live-se
 # Rocky's minimal ISO (the installer; the packages come from the repositories, installer.py).
 ROCKY_9_ISO = {"iso_url": "https://dl.rockylinux.org/vault/rocky/9.4/isos/x86_64/Rocky-9.4-x86_64-minimal.iso",
                "iso_checksum": "sha256:ee3ac97fdffab58652421941599902012179c37535aece76824673105169c4a2"}
+
+UBUNTU_2604_ISO = {"iso_url": f"{UBUNTU_RELEASES}/26.04.1/ubuntu-26.04.1-live-server-amd64.iso",
+                   "iso_checksum": "sha256:cc8a95cde20f6ced61a322420de00f10cc3c90ced545daa46cb9c1a117f1d927"}
+# The installer ISOs image-builder's OVA builds use (packer/ova/<os>.json), with the vendor's sums.
+ALMALINUX_9_ISO = {"iso_url": "https://repo.almalinux.org/vault/9.4/isos/x86_64/AlmaLinux-9.4-x86_64-dvd.iso",
+                   "iso_checksum": "sha256:34c4285d524605da6dbd76b0b475338f6ea0a28bb88929bf14b04db68f1e1620"}
+PHOTON_4_ISO = {"iso_url": "https://packages.vmware.com/photon/4.0/GA/iso/photon-minimal-4.0-1526e30ba.iso",
+                "iso_checksum": "sha1:7e834b8b152e12fd7556e4e8e0e26f6ab5bf2737"}
+PHOTON_5_ISO = {"iso_url": "https://packages.vmware.com/photon/5.0/GA/iso/photon-minimal-5.0-dde71ec57.x86_64.iso",
+                "iso_checksum": "sha512:85cddaa8da26c095cf55d3f22f0838ad5d9ae73aa476d0c5c8e54bfbfcb432de"
+                                "af940733c2cb5af14d1e5b133da65c17f3f4e215bf381d5b8b411d548b66a463"}
+AMAZON_OWNER = "amazon"  # the owner alias of Amazon's own AMIs
+REDHAT_OWNER = "309956199498"  # Red Hat's AWS account (pay-as-you-go RHEL)
+CENTOS_OWNER = "125523088429"  # the CentOS project's AWS account
+ALMALINUX_OWNER = "764336703387"  # AlmaLinux OS Foundation's AWS account
+ALMALINUX_IMAGES = f"{BASE_MIRRORS['almalinux']}/9/cloud"
+CENTOS_STREAM_IMAGES = BASE_MIRRORS["centos_stream"]
+
+
+def centos_stream(version: str) -> OsInfo:
+    """CentOS Stream <version>: the project's GenericCloud qcow2 (CHECKSUM beside it), AMIs, GCP family."""
+    return OsInfo(
+        id=f"centos-{version}", distro="centos", version=f"{version}-stream", family="redhat", ssh_user="cloud-user",
+        images={
+            "qemu": {arch: {"source": f"{CENTOS_STREAM_IMAGES}/{version}-stream/{vendor}/images/"
+                                      f"CentOS-Stream-GenericCloud-{version}-latest.{vendor}.qcow2"}
+                     for arch, vendor in (("amd64", "x86_64"), ("arm64", "aarch64"))},
+            "aws": {arch: {"name_filter": f"CentOS Stream {version} {vendor} *", "owner": CENTOS_OWNER}
+                    for arch, vendor in (("amd64", "x86_64"), ("arm64", "aarch64"))},
+            "gcp": {"amd64": {"family": f"centos-stream-{version}", "project": "centos-cloud"},
+                    "arm64": {"family": f"centos-stream-{version}-arm64", "project": "centos-cloud"}},
+            "openstack": {arch: {"image_name": f"centos-stream-{version}"} for arch in ARCHES},
+        },
+        local_base=LocalBase("cloud-image", checksums="CHECKSUM"),
+    )
+
+
+def photon(version: str, iso: Reference) -> OsInfo:
+    """Photon OS <version>: installed from its ISO (image-builder's OVA builds); no cloud image of ours."""
+    return OsInfo(id=f"photon-{version}", distro="photon", version=f"{version}.0", family="tdnf", ssh_user="photon",
+                  images={"vsphere": {"amd64": iso}, "proxmox": {"amd64": iso}})
+
 
 OPERATING_SYSTEMS: dict[str, OsInfo] = {
     info.id: info
@@ -215,6 +284,91 @@ OPERATING_SYSTEMS: dict[str, OsInfo] = {
                 "openstack": {"amd64": {"image_name": "flatcar-stable"}, "arm64": {"image_name": "flatcar-stable"}},
             },
             default_strategy="sysext",
+        ),
+        OsInfo(
+            id="ubuntu-2604", distro="ubuntu", version="26.04", family="debian", ssh_user="ubuntu",
+            images={
+                "qemu": {arch: {"source": f"{UBUNTU_IMAGES}/resolute/release/ubuntu-26.04-server-cloudimg-{arch}.img"}
+                         for arch in ARCHES},
+                "aws": {arch: {"name_filter": f"ubuntu/images/*ubuntu-resolute-26.04-{arch}-server-*",
+                               "owner": UBUNTU_OWNER} for arch in ARCHES},
+                "gcp": {arch: {"family": f"ubuntu-2604-lts-{arch}", "project": "ubuntu-os-cloud"} for arch in ARCHES},
+                "azure": {
+                    "amd64": {"publisher": "Canonical", "offer": "ubuntu-26_04-lts", "sku": "server"},
+                    "arm64": {"publisher": "Canonical", "offer": "ubuntu-26_04-lts", "sku": "server-arm64"},
+                },
+                "openstack": {arch: {"image_name": "ubuntu-26.04"} for arch in ARCHES},
+                "vsphere": {"amd64": UBUNTU_2604_ISO},
+                "proxmox": {"amd64": UBUNTU_2604_ISO},
+                "hcloud": {arch: {"image": "ubuntu-26.04"} for arch in ARCHES},
+            },
+            variant_images={"azure": {"cvm": {"amd64": {
+                "publisher": "Canonical", "offer": "ubuntu-26_04-lts", "sku": "cvm"}}}},
+            local_base=LocalBase("cloud-image"),
+        ),
+        OsInfo(
+            # RHEL: pay-as-you-go cloud images; a build registers with Red Hat's subscription
+            # service from the environment only (RHSM_* variables, build.py). Red Hat's KVM guest
+            # image needs a Customer Portal login: no qemu base here.
+            id="rhel-9", distro="rhel", version="9", family="redhat", ssh_user="ec2-user",
+            images={
+                "aws": {arch: {"name_filter": f"RHEL-9.*_HVM-*-{vendor}-*", "owner": REDHAT_OWNER}
+                        for arch, vendor in (("amd64", "x86_64"), ("arm64", "arm64"))},
+                "gcp": {"amd64": {"family": "rhel-9", "project": "rhel-cloud"},
+                        "arm64": {"family": "rhel-9-arm64", "project": "rhel-cloud"}},
+                "azure": {"amd64": {"publisher": "RedHat", "offer": "RHEL", "sku": "9-lvm-gen2"}},
+                "openstack": {arch: {"image_name": "rhel-9"} for arch in ARCHES},
+            },
+            subscription=RHSM,
+        ),
+        OsInfo(
+            id="almalinux-9", distro="almalinux", version="9", family="redhat", ssh_user="almalinux",
+            images={
+                "qemu": {arch: {"source": f"{ALMALINUX_IMAGES}/{vendor}/images/"
+                                          f"AlmaLinux-9-GenericCloud-latest.{vendor}.qcow2"}
+                         for arch, vendor in (("amd64", "x86_64"), ("arm64", "aarch64"))},
+                "aws": {arch: {"name_filter": f"AlmaLinux OS 9.* {vendor}", "owner": ALMALINUX_OWNER}
+                        for arch, vendor in (("amd64", "x86_64"), ("arm64", "aarch64"))},
+                "gcp": {"amd64": {"family": "almalinux-9", "project": "almalinux-cloud"},
+                        "arm64": {"family": "almalinux-9-arm64", "project": "almalinux-cloud"}},
+                "azure": {"amd64": {"publisher": "almalinux", "offer": "almalinux-x86_64", "sku": "9-gen2"},
+                          "arm64": {"publisher": "almalinux", "offer": "almalinux-arm", "sku": "9-arm64-gen2"}},
+                "openstack": {arch: {"image_name": "almalinux-9"} for arch in ARCHES},
+                "vsphere": {"amd64": ALMALINUX_9_ISO},
+                "proxmox": {"amd64": ALMALINUX_9_ISO},
+                "hcloud": {arch: {"image": "alma-9"} for arch in ARCHES},
+            },
+            local_base=LocalBase("cloud-image", checksums="CHECKSUM"),
+        ),
+        centos_stream("9"),
+        centos_stream("10"),
+        photon("4", PHOTON_4_ISO),
+        photon("5", PHOTON_5_ISO),
+        OsInfo(
+            id="amazon-2023", distro="amzn", version="2023", family="redhat", ssh_user="ec2-user",
+            images={"aws": {arch: {"name_filter": f"al2023-ami-minimal-2023.*-kernel-6.1-{vendor}",
+                                   "owner": AMAZON_OWNER}
+                            for arch, vendor in (("amd64", "x86_64"), ("arm64", "arm64"))}},
+        ),
+        OsInfo(
+            # Amazon Linux 2: yum, not dnf (the roles' package tasks use the package manager the
+            # target has).
+            id="amazon-2", distro="amzn", version="2", family="redhat", ssh_user="ec2-user",
+            images={"aws": {arch: {"name_filter": f"amzn2-ami-hvm-2.0.*-{vendor}-gp2", "owner": AMAZON_OWNER}
+                            for arch, vendor in (("amd64", "x86_64"), ("arm64", "arm64"))}},
+        ),
+        OsInfo(
+            id="azurelinux-3", distro="azurelinux", version="3.0", family="tdnf", ssh_user="azureuser",
+            images={"azure": {
+                "amd64": {"publisher": "MicrosoftCBLMariner", "offer": "azure-linux-3", "sku": "azure-linux-3-gen2"},
+            }},
+        ),
+        OsInfo(
+            id="oracle-linux-9", distro="ol", version="9", family="redhat", ssh_user="opc",
+            images={
+                # Oracle's KVM template (its own sha256 is published on the page, not in a sums file).
+                "openstack": {arch: {"image_name": "oracle-linux-9"} for arch in ARCHES},
+            },
         ),
     )
 }

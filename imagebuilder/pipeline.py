@@ -4,7 +4,9 @@ own steps (the qemu target boot-tests), then publish with the one metadata schem
 from __future__ import annotations
 
 import json
+import os
 import time
+from collections.abc import Mapping
 from datetime import timedelta
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -19,6 +21,7 @@ from imagebuilder.build import (BuilderExecutors, Executor, Job, Limits, Lookup,
                                 make_jobs, mark_existing)
 from imagebuilder.cloudscope import CloudScope, describe
 from imagebuilder.clouds import ImageFilter, ImageRecord, canonical_cloud, registry, utcnow
+from imagebuilder.errors import UserError
 from imagebuilder.planner import Cell, moved_inputs
 
 
@@ -140,14 +143,21 @@ def unbuilt_variant(cell: Cell) -> None:
     """A variant's template settings (config.py Variant.build: Azure's security type, qemu's UEFI
     firmware) are planned and keyed but not rendered into the templates yet: its cell fails
     before Packer rather than make an image that is not what its name says."""
-    from imagebuilder.errors import UserError
-
     variant = registry.get(cell.cloud).settings.VARIANTS[cell.variant] if cell.variant else None
     if variant is not None and variant.build:
         settings = ", ".join(f"{name} {value}" for name, value in variant.build.items())
         raise UserError(f"{cell.id}: the {cell.variant} variant's {settings} is not in the {cell.cloud} "
                         f"template yet, so the image would not be {cell.variant} | fix: exclude "
                         f"{{cloud: {cell.cloud}, variant: {cell.variant}}} until it is")
+
+
+def check_subscription(cell: Cell, environ: Mapping[str, str]) -> None:
+    """Before anything of the cell is built: the OS's subscription credentials are in the environment."""
+    subscription = cell.os_info.subscription
+    wanted = subscription.missing(environ) if subscription else None
+    if subscription and wanted:
+        raise UserError(f"{cell.id}: {cell.os} registers with {subscription.name}: set {wanted} in the "
+                        "environment | fix: export them before the build (never in the matrix)")
 
 
 class TargetHooks:
@@ -159,6 +169,7 @@ class TargetHooks:
 
     def prepare(self, job: Job) -> None:
         unbuilt_variant(job.cell)
+        check_subscription(job.cell, os.environ)
         registry.get(job.cell.cloud).prepare(job)
 
     def finish(self, job: Job, artifact: Artifact) -> Artifact:

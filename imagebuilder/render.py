@@ -85,6 +85,8 @@ def ansible_vars(cell: Cell) -> dict[str, Any]:
         "imagebuilder_downloads": {name: d.model_dump() for name, d in cell.downloads.items()},
         "imagebuilder_images": cell.images,
         "imagebuilder_registry_plain_http": cell.registry_plain_http,
+        # Which subscription the roles register with: its name only, the credentials stay in the environment.
+        **({"imagebuilder_subscription": cell.os_info.subscription.key} if cell.os_info.subscription else {}),
         **cell.ansible_vars,
     }
 

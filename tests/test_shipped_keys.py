@@ -48,50 +48,52 @@ def test_every_base_reference_is_the_one_of_before_the_table() -> None:
                 assert json.dumps(have) == json.dumps(want), (os_id, cloud, arch)
 
 
-ALMA = OsInfo(
-    id="almalinux-9", distro="almalinux", version="9", family="redhat", ssh_user="almalinux",
+# A made-up OS (the shipped table has AlmaLinux 9 now): what adding one takes is the entry alone.
+EXAMPLE = OsInfo(
+    id="examplelinux-1", distro="examplelinux", version="1", family="redhat", ssh_user="example",
     images={
-        "aws": {"amd64": {"name_filter": "AlmaLinux OS 9.* x86_64", "owner": "764336703387"},
-                "arm64": {"name_filter": "AlmaLinux OS 9.* aarch64", "owner": "764336703387"}},
-        "gcp": {"amd64": {"family": "almalinux-9", "project": "almalinux-cloud"}},
-        "qemu": {"amd64": {"source": "https://repo.almalinux.org/almalinux/9/cloud/x86_64/images/"
-                                     "AlmaLinux-9-GenericCloud-latest.x86_64.qcow2"}},
+        "aws": {"amd64": {"name_filter": "ExampleLinux 1.* x86_64", "owner": "111122223333"},
+                "arm64": {"name_filter": "ExampleLinux 1.* aarch64", "owner": "111122223333"}},
+        "gcp": {"amd64": {"family": "examplelinux-1", "project": "examplelinux-cloud"}},
+        "qemu": {"amd64": {"source": "https://images.examplelinux.invalid/1/cloud/x86_64/"
+                                     "ExampleLinux-1-GenericCloud-latest.x86_64.qcow2"}},
     },
     local_base=LocalBase("cloud-image", checksums="CHECKSUM"),
 )
 
 
 @pytest.fixture()
-def alma(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+def example(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """One more OS, registered as a table entry only (its role data is the redhat family's)."""
-    monkeypatch.setitem(OPERATING_SYSTEMS, ALMA.id, ALMA)
+    monkeypatch.setitem(OPERATING_SYSTEMS, EXAMPLE.id, EXAMPLE)
     shutil.copy(DATA / "versions.lock.yaml", tmp_path / "versions.lock.yaml")
     return tmp_path
 
 
-def test_an_os_added_as_one_table_entry_plans(alma: Path) -> None:
-    (alma / "m.yaml").write_text('os: [almalinux-9, debian-12]\nkubernetes: ["1.31"]\n'
-                                 'clouds:\n  qemu: {}\n  aws: {}\n  gcp: {project_id: p}\n')
-    cells = {cell.id: cell for cell in plan(load_matrix(alma / "m.yaml"))}
-    assert cells["aws-almalinux-9-k8s-1.31"].base_image == dict(ALMA.images["aws"]["amd64"])
-    assert cells["gcp-almalinux-9-k8s-1.31"].base_image == {"family": "almalinux-9", "project": "almalinux-cloud"}
-    qemu = cells["qemu-almalinux-9-k8s-1.31"]
-    assert qemu.base_source == {"url": ALMA.images["qemu"]["amd64"]["source"]}
+def test_an_os_added_as_one_table_entry_plans(example: Path) -> None:
+    (example / "m.yaml").write_text('os: [examplelinux-1, debian-12]\nkubernetes: ["1.31"]\n'
+                                    'clouds:\n  qemu: {}\n  aws: {}\n  gcp: {project_id: p}\n')
+    cells = {cell.id: cell for cell in plan(load_matrix(example / "m.yaml"))}
+    assert cells["aws-examplelinux-1-k8s-1.31"].base_image == dict(EXAMPLE.images["aws"]["amd64"])
+    assert cells["gcp-examplelinux-1-k8s-1.31"].base_image == {"family": "examplelinux-1",
+                                                              "project": "examplelinux-cloud"}
+    qemu = cells["qemu-examplelinux-1-k8s-1.31"]
+    assert qemu.base_source == {"url": EXAMPLE.images["qemu"]["amd64"]["source"]}
     assert qemu.os_info.family == "redhat" and qemu.strategy == "bake"
     assert len({cell.build_key for cell in cells.values()}) == len(cells) == 6
 
 
-def test_a_cloud_the_os_lacks_is_refused_at_the_matrix_line(alma: Path) -> None:
-    (alma / "m.yaml").write_text('os: [almalinux-9]\nkubernetes: ["1.31"]\nclouds:\n  aws: {}\n'
-                                 '  azure: {resource_group: g}\n')
+def test_a_cloud_the_os_lacks_is_refused_at_the_matrix_line(example: Path) -> None:
+    (example / "m.yaml").write_text('os: [examplelinux-1]\nkubernetes: ["1.31"]\nclouds:\n  aws: {}\n'
+                                    '  azure: {resource_group: g}\n')
     with pytest.raises(InputError) as caught:
-        plan(load_matrix(alma / "m.yaml"))
-    assert str(caught.value) == (f"{alma / 'm.yaml'}:5: clouds.azure: almalinux-9 has no base image on azure "
-                                 "(azure-almalinux-9-k8s-1.31) (exclude {os: almalinux-9, cloud: azure})")
-    (alma / "arm.yaml").write_text('os: [almalinux-9]\nkubernetes: ["1.31"]\nclouds:\n  gcp: {project_id: p}\n'
-                                   'arch: arm64\n')
-    with pytest.raises(InputError, match=r"arm.yaml:5: arch: almalinux-9 has no arm64 base image on gcp"):
-        plan(load_matrix(alma / "arm.yaml"))
+        plan(load_matrix(example / "m.yaml"))
+    assert str(caught.value) == (f"{example / 'm.yaml'}:5: clouds.azure: examplelinux-1 has no base image on azure "
+                                 "(azure-examplelinux-1-k8s-1.31) (exclude {os: examplelinux-1, cloud: azure})")
+    (example / "arm.yaml").write_text('os: [examplelinux-1]\nkubernetes: ["1.31"]\nclouds:\n  gcp: {project_id: p}\n'
+                                      'arch: arm64\n')
+    with pytest.raises(InputError, match=r"arm.yaml:5: arch: examplelinux-1 has no arm64 base image on gcp"):
+        plan(load_matrix(example / "arm.yaml"))
 
 
 def _pinned_text() -> str:
