@@ -139,6 +139,7 @@ def centos_stream(version: str) -> OsInfo:
             "gcp": {"amd64": {"family": f"centos-stream-{version}", "project": "centos-cloud"},
                     "arm64": {"family": f"centos-stream-{version}-arm64", "project": "centos-cloud"}},
             "openstack": {arch: {"image_name": f"centos-stream-{version}"} for arch in ARCHES},
+            "hcloud": {arch: {"image": f"centos-stream-{version}"} for arch in ARCHES},
         },
         local_base=LocalBase("cloud-image", checksums="CHECKSUM"),
     )
