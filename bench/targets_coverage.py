@@ -99,23 +99,23 @@ def coverage(upstream: list[str], provided: dict[str, list[str]]) -> Coverage:
 
 
 def table(result: Coverage) -> str:
-    """Providers down, OSes across: provided/total per cell, with row and column totals."""
+    """One line per provider (its provided/total, then each OS's), then one per OS across providers."""
     providers = sorted({p for p, _ in result.total}, key=PROVIDERS.index)
     oses = sorted({o for _, o in result.total})
-    width = max(len(p) for p in providers) + 2
-    lines = [" " * width + " ".join(f"{o:>{max(len(o), 5)}}" for o in oses) + "   total"]
+    width = max(len(name) for name in (*providers, *oses)) + 2
+
+    def count(pairs: list[tuple[str, str]]) -> str:
+        return f"{sum(result.provided[pair] for pair in pairs)}/{sum(result.total[pair] for pair in pairs)}"
+
+    lines = ["by provider:"]
     for provider in providers:
-        cells = []
-        for os_id in oses:
-            total = result.total[(provider, os_id)]
-            cells.append(f"{(f'{result.provided[(provider, os_id)]}/{total}' if total else '.'):>{max(len(os_id), 5)}}")
-        row_total = sum(result.total[(provider, o)] for o in oses)
-        row_have = sum(result.provided[(provider, o)] for o in oses)
-        lines.append(f"{provider:<{width}}" + " ".join(cells) + f"   {row_have}/{row_total}")
-    column = [f"{sum(result.provided[(p, o)] for p in providers)}/{sum(result.total[(p, o)] for p in providers)}"
-              for o in oses]
-    lines.append(f"{'total':<{width}}" + " ".join(f"{c:>{max(len(o), 5)}}" for c, o in zip(column, oses))
-                 + f"   {result.provided_count}/{result.total_count}")
+        present = [o for o in oses if result.total[(provider, o)]]
+        lines.append(f"  {provider:<{width}}{count([(provider, o) for o in present]):>7}   "
+                     + ", ".join(f"{o} {count([(provider, o)])}" for o in present))
+    lines.append("by OS:")
+    for os_id in oses:
+        lines.append(f"  {os_id:<{width}}{count([(p, os_id) for p in providers if result.total[(p, os_id)]]):>7}")
+    lines.append(f"  {'total':<{width}}{count(list(result.total)):>7}")
     return "\n".join(lines)
 
 
