@@ -181,6 +181,16 @@ OPERATING_SYSTEMS: dict[str, OsInfo] = {
                 "proxmox": {"amd64": UBUNTU_2204_ISO},
                 # Hetzner's system image names: one name for both arches (the server type decides).
                 "hcloud": {"amd64": {"image": "ubuntu-22.04"}, "arm64": {"image": "ubuntu-22.04"}},
+                # OCI's platform images by operating system and version; Outscale's own OMIs by name
+                # (image-builder's); Scaleway's marketplace labels; DigitalOcean's slugs; Vultr's os ids;
+                # Nutanix takes the vendor's cloud image (the qemu reference); Huawei Cloud's public image names.
+                "oci": {"amd64": {"operating_system": "Canonical Ubuntu", "operating_system_version": "22.04"}},
+                "osc": {"amd64": {"image_name": "Ubuntu-22.04-2025-10-15"}},
+                "scaleway": {"amd64": {"image": "ubuntu_jammy"}, "arm64": {"image": "ubuntu_jammy"}},
+                "digitalocean": {"amd64": {"image": "ubuntu-22-04-x64"}},
+                "vultr": {"amd64": {"os_id": "1743"}},
+                "nutanix": {"amd64": {"source": f"{UBUNTU_IMAGES}/jammy/release/ubuntu-22.04-server-cloudimg-amd64.img"}},
+                "huaweicloud": {"amd64": {"image_filter_name": "Ubuntu 22.04 server 64bit"}},
             },
             variant_images={"azure": {"cvm": {"amd64": {
                 "publisher": "Canonical", "offer": "0001-com-ubuntu-confidential-vm-jammy", "sku": "22_04-lts-cvm"}}}},
@@ -211,6 +221,14 @@ OPERATING_SYSTEMS: dict[str, OsInfo] = {
                 "vsphere": {"amd64": UBUNTU_2404_ISO},
                 "proxmox": {"amd64": UBUNTU_2404_ISO},
                 "hcloud": {"amd64": {"image": "ubuntu-24.04"}, "arm64": {"image": "ubuntu-24.04"}},
+                "oci": {"amd64": {"operating_system": "Canonical Ubuntu", "operating_system_version": "24.04"}},
+                "osc": {"amd64": {"image_name": "Ubuntu-24.04-2025-07-07"}},
+                "scaleway": {"amd64": {"image": "ubuntu_noble"}, "arm64": {"image": "ubuntu_noble"}},
+                "digitalocean": {"amd64": {"image": "ubuntu-24-04-x64"}},
+                "vultr": {"amd64": {"os_id": "2284"}},
+                "nutanix": {"amd64": {"source": f"{UBUNTU_IMAGES}/noble/release/ubuntu-24.04-server-cloudimg-amd64.img"}},
+                # An Oxide silo's images are the operator's uploads, named as here.
+                "oxide": {"amd64": {"image_name": "ubuntu-24.04"}},
             },
             variant_images={"azure": {"cvm": {"amd64": {
                 "publisher": "Canonical", "offer": "ubuntu-24_04-lts", "sku": "cvm"}}}},
@@ -234,6 +252,7 @@ OPERATING_SYSTEMS: dict[str, OsInfo] = {
                 },
                 "openstack": {"amd64": {"image_name": "debian-12"}, "arm64": {"image_name": "debian-12"}},
                 "hcloud": {"amd64": {"image": "debian-12"}, "arm64": {"image": "debian-12"}},
+                "digitalocean": {"amd64": {"image": "debian-12-x64"}},
             },
             local_base=LocalBase("rootfs"),
         ),
@@ -262,6 +281,10 @@ OPERATING_SYSTEMS: dict[str, OsInfo] = {
                 "vsphere": {"amd64": ROCKY_9_ISO},
                 "proxmox": {"amd64": ROCKY_9_ISO},
                 "hcloud": {"amd64": {"image": "rocky-9"}, "arm64": {"image": "rocky-9"}},
+                "scaleway": {"amd64": {"image": "rockylinux_9"}},
+                "digitalocean": {"amd64": {"image": "rockylinux-9-x64"}},
+                "nutanix": {"amd64": {"source": "https://dl.rockylinux.org/pub/rocky/9/images/x86_64/"
+                                                "Rocky-9-GenericCloud-Base.latest.x86_64.qcow2"}},
             },
             local_base=LocalBase("cloud-image", checksums="CHECKSUM"),
         ),
@@ -302,6 +325,11 @@ OPERATING_SYSTEMS: dict[str, OsInfo] = {
                 "vsphere": {"amd64": UBUNTU_2604_ISO},
                 "proxmox": {"amd64": UBUNTU_2604_ISO},
                 "hcloud": {arch: {"image": "ubuntu-26.04"} for arch in ARCHES},
+                "osc": {"amd64": {"image_name": "Ubuntu-26.04-2026-06-17"}},
+                "scaleway": {arch: {"image": "ubuntu_resolute"} for arch in ARCHES},
+                "digitalocean": {"amd64": {"image": "ubuntu-26-04-x64"}},
+                "vultr": {"amd64": {"os_id": "2760"}},
+                "nutanix": {"amd64": {"source": f"{UBUNTU_IMAGES}/resolute/release/ubuntu-26.04-server-cloudimg-amd64.img"}},
             },
             variant_images={"azure": {"cvm": {"amd64": {
                 "publisher": "Canonical", "offer": "ubuntu-26_04-lts", "sku": "cvm"}}}},
@@ -369,6 +397,8 @@ OPERATING_SYSTEMS: dict[str, OsInfo] = {
             images={
                 # Oracle's KVM template (its own sha256 is published on the page, not in a sums file).
                 "openstack": {arch: {"image_name": "oracle-linux-9"} for arch in ARCHES},
+                # OCI's platform image (image-builder's oci-oracle-linux-9).
+                "oci": {"amd64": {"operating_system": "Oracle Linux", "operating_system_version": "9"}},
             },
         ),
     )

@@ -60,6 +60,22 @@ class ValidateResult:
     directory: Path
     ok: bool
     output: str
+    parsed_only: bool = False  # Packer could not check it (plugin_missing): the HCL was parsed instead
+
+
+def parse_only(cell_dir: Path, reason: str) -> ValidateResult:
+    """What can be checked of a cell whose builder this Packer lacks: every .pkr.hcl file parses
+    as HCL2 (python-hcl2). `output` is the one line that says so, or the parser's error."""
+    import hcl2
+
+    for path in sorted(cell_dir.glob("*.pkr.hcl")):
+        try:
+            hcl2.loads(path.read_text())
+        except Exception as error:  # noqa: BLE001 - the parser's errors have no common base; one line each
+            return ValidateResult(directory=cell_dir, ok=False, output=f"{path.name}: does not parse as HCL2 "
+                                  f"({' '.join(str(error).split())[:300]}); {reason}")
+    return ValidateResult(directory=cell_dir, ok=True, parsed_only=True,
+                          output=f"{reason}; the HCL was parsed with python-hcl2 instead")
 
 
 def prepare_for_validate(cell_dir: Path) -> None:

@@ -160,6 +160,14 @@ def check_subscription(cell: Cell, environ: Mapping[str, str]) -> None:
                         "environment | fix: export them before the build (never in the matrix)")
 
 
+def plugin_missing(cell: Cell) -> None:
+    """A cell whose builder only a plugin has stops before Packer when the installed Packer cannot
+    install plugins (registry.Cloud.packer_builtin)."""
+    missing = registry.get(cell.cloud).plugin_missing(packer.installed_version())
+    if missing:
+        raise UserError(f"{cell.id}: {missing} | fix: install Packer >= 1.7, or exclude {{cloud: {cell.cloud}}}")
+
+
 class TargetHooks:
     """Before the builder and after it, the cloud's own steps (the qemu target: its base disk, then
     its boot test). Then publishing."""
@@ -170,6 +178,7 @@ class TargetHooks:
     def prepare(self, job: Job) -> None:
         unbuilt_variant(job.cell)
         check_subscription(job.cell, os.environ)
+        plugin_missing(job.cell)
         registry.get(job.cell.cloud).prepare(job)
 
     def finish(self, job: Job, artifact: Artifact) -> Artifact:

@@ -12,7 +12,7 @@ from typing import Any
 
 import jinja2
 
-from imagebuilder import __version__, hcl, sbom
+from imagebuilder import __version__, hcl, packer, sbom
 from imagebuilder.atomicfile import write_atomically
 from imagebuilder.clouds import registry
 from imagebuilder.config import ANSIBLE_DIR, PACKER_DIR, PROJECT_ROOT
@@ -20,7 +20,7 @@ from imagebuilder.metadata import ImageMetadata, metadata_for
 from imagebuilder.planner import Cell
 
 # Packer 1.7 moved builders into plugins; from 1.10 `required_plugins` + `packer init` are needed.
-MODERN_PACKER = (1, 7, 0)
+MODERN_PACKER = registry.PLUGIN_PACKER
 PLAYBOOK = "node.yml"
 # Before the roles: cloud-init has finished (it may restart sshd and hold the apt lock).
 WAIT_FOR_CLOUD_INIT = "cloud-init status --wait"
@@ -151,7 +151,9 @@ def render_files(cell: Cell, cell_dir: Path, packer_version: tuple[int, int, int
         "ansible-vars.json": json.dumps(ansible_vars(cell), indent=2, sort_keys=True) + "\n",
         sbom.INPUT_SCRIPT: render_sbom_script(),
     }
-    if cloud.plugin is not None and (packer_version is None or packer_version >= MODERN_PACKER):
+    # A builder only a plugin has is declared whatever the Packer: the directory is for one that installs it.
+    if cloud.plugin is not None and (packer_version is None or packer_version >= MODERN_PACKER
+                                     or not cloud.packer_builtin):
         plugin = {"name": cloud.plugin.name, "source": cloud.plugin.source, "version": cloud.plugin.version}
         files["plugins.pkr.hcl"] = env.get_template("_common/plugins.pkr.hcl.j2").render({**context, "plugin": plugin})
     return files
@@ -186,3 +188,12 @@ def validate_env(cell: Cell) -> dict[str, str] | None:
     builder's configuration check demands, where unset (registry.Cloud.validate_env); None: inherited."""
     stand_ins = registry.get(cell.cloud).validate_environment()
     return {**stand_ins, **os.environ} if stand_ins else None
+
+
+def validate(rendered: RenderedCell, packer_version: tuple[int, int, int] | None) -> packer.ValidateResult:
+    """`packer validate` of a rendered cell; for a builder this Packer lacks (only a plugin has it,
+    registry.Cloud.plugin_missing) its HCL is parsed instead, and the result says so."""
+    missing = registry.get(rendered.cell.cloud).plugin_missing(packer_version)
+    if missing:
+        return packer.parse_only(rendered.directory, missing)
+    return packer.validate(rendered.directory, validate_env(rendered.cell))

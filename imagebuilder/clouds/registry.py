@@ -38,6 +38,14 @@ BUILTIN_DIR = Path(__file__).resolve().parent
 CLOUD_PATH_VARIABLE = "IMAGEBUILDER_CLOUD_PATH"
 # Packer's artifact id of builders that make one image: the id itself, in the build's region.
 DEFAULT_REGION = "default"
+# The first Packer that installs plugins (`required_plugins`, `packer init`).
+PLUGIN_PACKER = (1, 7, 0)
+
+
+def cluster_api_image_name(os_id: str, kubernetes_version: str, arch: str) -> str:
+    """image-builder's `cluster-api-<build name>-v<kubernetes semver>-<timestamp>`, the name most of
+    its providers give an image (`{timestamp}` is filled by Packer)."""
+    return f"cluster-api-{os_id}{'' if arch == DEFAULT_ARCH else f'-{arch}'}-v{kubernetes_version}-{{timestamp}}"
 
 
 @dataclass(frozen=True)
@@ -66,6 +74,11 @@ class Cloud:
     order: ClassVar[int] = 100  # where its cells sort in a plan (built-in clouds first)
     builder: ClassVar[str]  # Packer builder type
     plugin: ClassVar[Plugin | None] = None
+    # Packer before 1.7 carries this builder built in (so 1.6.6 validates and builds it). False: only
+    # its plugin has it, for Packer >= 1.7 after `packer init`; render then always writes its
+    # required_plugins, and with an older Packer `validate` parses the HCL instead and `build` stops
+    # the cell before Packer (plugin_missing).
+    packer_builtin: ClassVar[bool] = True
     # "module:Class" of its ImageStore. None: imagebuilder does not manage this cloud's images yet
     # (no API, emulator or stand-in to test a store against). Then `build` builds its cells every run
     # (no lookup of an existing image) and publishes nothing: the image stays where Packer leaves it,
@@ -97,6 +110,15 @@ class Cloud:
     def not_managed(self) -> str:
         """The one line that says an unmanaged cloud's images are left where Packer puts them."""
         return f"{self.name}: images are not managed yet (Packer leaves them in {self.image_location})"
+
+    def plugin_missing(self, packer_version: tuple[int, int, int] | None) -> str | None:
+        """Why this Packer cannot run this cloud's builder (its plugin only, and Packer too old to
+        install plugins); None when it can or no Packer is known."""
+        if self.packer_builtin or packer_version is None or packer_version >= PLUGIN_PACKER:
+            return None
+        version = ".".join(map(str, packer_version))
+        source = f" ({self.plugin.source})" if self.plugin else ""
+        return f"Packer {version} lacks the {self.builder} plugin builder{source}, which needs Packer >= 1.7 and `packer init`"
 
     # -- settings --------------------------------------------------------------------------
     def settings_model(self) -> type[CloudSettings]:
