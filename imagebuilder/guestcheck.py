@@ -107,6 +107,10 @@ for line in sys.stdin:
 '''
 
 
+# Linux makes this directory when UEFI firmware booted it (and handed it its runtime services).
+EFI_FIRMWARE_DIR = "/sys/firmware/efi"
+
+
 class AgentError(RuntimeError):
     """The guest agent did not answer (ssh dropped, python missing)."""
 
@@ -333,3 +337,9 @@ class RoleRunner:
 def role_checks(session: GuestSession, variables: dict[str, Any]) -> list[RoleCheck]:
     """The validate role's checks of the guest behind ``session``, one per check the role makes."""
     return RoleRunner(variables).run(session)
+
+
+def booted_firmware(session: GuestSession) -> str:
+    """"efi" when the guest was booted by UEFI firmware, else "bios"."""
+    found = session.request("stat", path=EFI_FIRMWARE_DIR)
+    return "efi" if found.get("stat", {}).get("isdir") else "bios"

@@ -65,9 +65,27 @@ def accelerator_for(job: Job, files: dict[str, Path]) -> str:
     return qemu.accelerator(files.get("vmlinuz"), files.get("initrd.img"))
 
 
+def efi_unbuilt(cell: Cell) -> str | None:
+    """Why this UEFI (efi variant) cell cannot be built, or None. The offline build makes the GPT
+    disk with its EFI system partition; the Packer template and its base disk boot BIOS only."""
+    if offline.firmware_of(cell) != "efi":
+        return None
+    if cell.settings.get("builder", "auto") != "packer" and offline.supports(cell.os):
+        return None
+    return (f"{cell.id}: the efi variant is made by the offline builder only, from {offline.debian.OS_ID}'s base "
+            f"tree (the Packer template boots BIOS) | fix: clouds.qemu.builder: auto or offline, or exclude "
+            f"{{cloud: {cell.cloud}, os: {cell.os}, variant: efi}}")
+
+
 def builder_for(job: Job, files: dict[str, Path]) -> str:
-    """The cell's builder, with "auto" resolved: offline unless KVM works (or the OS has no tree)."""
+    """The cell's builder, with "auto" resolved: offline unless KVM works (or the OS has no tree).
+    An efi variant cell is built offline (efi_unbuilt)."""
     wanted = job.cell.settings.get("builder", "auto")
+    if offline.firmware_of(job.cell) == "efi":
+        reason = efi_unbuilt(job.cell)
+        if reason:
+            raise UserError(reason)
+        return offline.BUILDER
     if wanted == offline.BUILDER and not offline.supports(job.cell.os):
         offline.base_for(job.cell.os)  # raises the one-line error naming the setting
     if wanted != "auto":
@@ -114,6 +132,8 @@ def boot_test(job: Job, artifact: Artifact, image: Path | None = None, disk_form
     """Boot the build's qcow2 (or ``image``, another form of the same disk) and check it."""
     image = image or qcow2_of(artifact, job)
     expected = {"build_key": job.cell.build_key, "kubernetes_version": job.cell.kubernetes_version}
+    if offline.firmware_of(job.cell) == "efi":
+        expected["firmware"] = "efi"  # booted under OVMF, and it must say UEFI booted it
     workdir = job.directory / "boot-test"
     shutil.rmtree(workdir, ignore_errors=True)
     result = qemu.boot_test(image, expected, user=job.cell.os_info.ssh_user, workdir=workdir,

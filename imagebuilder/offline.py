@@ -27,13 +27,15 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
 from imagebuilder import attest, procs, render
 from imagebuilder.atomicfile import write_atomically
 from imagebuilder.build import Job, Outcome
+from imagebuilder.clouds import registry
 from imagebuilder.clouds.local import local_image_id
 from imagebuilder.config import ANSIBLE_DIR
 from imagebuilder.distributions import debian
@@ -57,6 +59,22 @@ BOOT_DRIVE_CHECK = 0x66
 TARGET_DISK = "/dev/vda"
 TARGET_ROOT = "/dev/vda1"
 VIRTIO_BLOCK_MAJOR = 254
+# The `efi` variant (config: Variant.build firmware): Debian's signed shim and GRUB, as its own
+# UEFI cloud images carry them, installed into the tree in place of grub-pc.
+EFI_PACKAGES = ("grub-efi-amd64", "grub-efi-amd64-signed", "shim-signed")
+EFI_GRUB_DIR = "usr/lib/grub/x86_64-efi"
+# In the tree, what goes onto the EFI system partition (the removable-media path firmware without
+# boot entries starts, and Debian's own directory), as grub-install --uefi-secure-boot lays it out.
+EFI_BINARIES = {"shimx64.efi": "usr/lib/shim/shimx64.efi.signed", "mmx64.efi": "usr/lib/shim/mmx64.efi.signed",
+                "grubx64.efi": "usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed"}
+EFI_BOOT_NAMES = {"shimx64.efi": "BOOTX64.EFI"}  # shim is what EFI/BOOT/ starts
+
+
+def firmware_of(cell) -> str:
+    """"efi" for a cell whose variant asks for UEFI firmware, else "bios"."""
+    variants = registry.get(cell.cloud).settings.VARIANTS
+    build = variants[cell.variant].build if cell.variant in variants else {}
+    return build.get("firmware", "bios")
 
 
 class StageTimer:
@@ -121,15 +139,17 @@ def in_namespace(tree: Path, root_uuid: str, argv: Sequence[str], binds: Sequenc
     return [*procs.PRIVATE_MOUNTS, "sh", "-c", namespace_script(tree, root_uuid, binds), "namespace", *argv]
 
 
-def grub_probe_answers(root_uuid: str) -> str:
-    """A grub-probe for update-grub in the chroot: the facts of the disk being assembled.
+def grub_probe_answers(root_uuid: str, firmware: str = "bios") -> str:
+    """A grub-probe for update-grub in the chroot: the facts of the disk being assembled
+    (an MBR disk, or for ``firmware`` "efi" the GPT one; the root is partition 1 of both).
 
     The real grub-probe finds them by opening the block device under / (the build host's,
     in a chroot). update-grub only asks these questions; anything else is an error.
     """
-    answers = {"device": TARGET_ROOT, "fs_uuid": root_uuid, "fs": "ext2", "partmap": "msdos",
-               "abstraction": "", "compatibility_hint": "hd0,msdos1", "hints_string": "",
-               "drive": "(hd0,msdos1)", "disk": TARGET_DISK, "partuuid": ""}
+    table = "gpt" if firmware == "efi" else "msdos"
+    answers = {"device": TARGET_ROOT, "fs_uuid": root_uuid, "fs": "ext2", "partmap": table,
+               "abstraction": "", "compatibility_hint": f"hd0,{table}1", "hints_string": "",
+               "drive": f"(hd0,{table}1)", "disk": TARGET_DISK, "partuuid": ""}
     cases = "".join(f"    {name}) echo '{value}' ;;\n" for name, value in answers.items())
     return ("#!/bin/sh\n# imagebuilder: the offline build's grub-probe (bind-mounted for update-grub only)\n"
             "target=\nfor arg; do case $arg in --target=*) target=${arg#--target=} ;; esac; done\n"
@@ -150,6 +170,7 @@ class OfflineBuild:
         self.work = job.directory / "offline"
         self.tree = self.work / "root"
         self.timer = StageTimer(job.directory / STAGES_FILE)
+        self.firmware = firmware_of(job.cell)
 
     def say(self, text: str) -> None:
         self.log.write(f"==> offline: {text}\n".encode())
@@ -175,6 +196,10 @@ class OfflineBuild:
         self.say(f"copying the base tree {base.tree}")
         self.run(["cp", "-a", "--reflink=auto", f"{base.tree}/.", f"{self.tree}/"], "copy the base tree")
         self.timer.stage("copy", started)
+        if self.firmware == "efi":
+            started = time.monotonic()
+            self.install_efi_packages(base.root_uuid)
+            self.timer.stage("efi packages", started)
 
         timestamp = datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S")
         started = time.monotonic()
@@ -189,15 +214,23 @@ class OfflineBuild:
         self.timer.stage("sbom", started)
 
         started = time.monotonic()
-        self.install_grub(base.root_uuid)
+        if self.firmware == "efi":
+            esp = self.install_grub_efi(base.root_uuid)
+        else:
+            self.install_grub(base.root_uuid)
         self.timer.stage("grub", started)
 
         started = time.monotonic()
         raw = self.work / "disk.raw"
         size = int(cell.settings["disk_size_mb"]) * 1024**2
-        self.say(f"assembling the disk ({size // 1024**2} MiB, ext4 at {debian.PARTITION_START})")
-        debian.write_partitioned_disk(self.tree, raw, size, base.root_uuid, self.cancel)
-        self.embed_grub(raw)
+        if self.firmware == "efi":
+            self.say(f"assembling the disk ({size // 1024**2} MiB, GPT: the EFI system partition at "
+                     f"{debian.ESP_START}, ext4 at {debian.EFI_ROOT_START})")
+            debian.write_efi_disk(self.tree, esp, raw, size, base.root_uuid, self.cancel)
+        else:
+            self.say(f"assembling the disk ({size // 1024**2} MiB, ext4 at {debian.PARTITION_START})")
+            debian.write_partitioned_disk(self.tree, raw, size, base.root_uuid, self.cancel)
+            self.embed_grub(raw)
         debian.remove_tree(self.tree)
         self.timer.stage("disk", started)
 
@@ -229,7 +262,9 @@ class OfflineBuild:
         self.clean()
         return qcow2
 
-    def apply_roles(self, root_uuid: str, timestamp: str) -> None:
+    @contextmanager
+    def chroot_session(self) -> Iterator[None]:
+        """While it lasts, the tree resolves as the host does and starts no daemons."""
         policy = self.tree / POLICY_RC_D
         policy.write_text("#!/bin/sh\n# imagebuilder offline build: start nothing in the chroot\nexit 101\n")
         policy.chmod(0o755)
@@ -237,6 +272,20 @@ class OfflineBuild:
         kept_resolv = resolv.read_bytes() if resolv.exists() else b""
         resolv.unlink(missing_ok=True)
         shutil.copyfile("/etc/resolv.conf", resolv)  # apt in the chroot resolves as the host does
+        try:
+            yield
+        finally:
+            policy.unlink(missing_ok=True)
+            resolv.unlink(missing_ok=True)
+            resolv.write_bytes(kept_resolv)
+
+    def grub_probe(self, root_uuid: str) -> Path:
+        probe = self.work / "grub-probe"
+        probe.write_text(grub_probe_answers(root_uuid, self.firmware))
+        probe.chmod(0o755)
+        return probe
+
+    def apply_roles(self, root_uuid: str, timestamp: str) -> None:
         extra = self.work / "offline-vars.json"
         extra.write_text(json.dumps({**TREE_VARS, "imagebuilder_build_timestamp": timestamp}))
         cmd = ["ansible-playbook", str(ANSIBLE_DIR / render.PLAYBOOK), "-i", f"{self.tree},",
@@ -247,12 +296,28 @@ class OfflineBuild:
                "ANSIBLE_FORCE_COLOR": "0", "PYTHONUNBUFFERED": "1"}
         self.say("ansible-playbook node.yml into the tree (chroot connection)")
         try:
-            self.run(in_namespace(self.tree, root_uuid, cmd), "ansible-playbook", env=env)
+            with self.chroot_session():
+                self.run(in_namespace(self.tree, root_uuid, cmd), "ansible-playbook", env=env)
         finally:
-            policy.unlink(missing_ok=True)
-            resolv.unlink(missing_ok=True)
-            resolv.write_bytes(kept_resolv)
             shutil.rmtree(self.tree / "root/.ansible", ignore_errors=True)
+
+    def install_efi_packages(self, root_uuid: str) -> None:
+        """Debian's signed shim and GRUB for UEFI in place of grub-pc, and the ESP in fstab.
+
+        Their maintainer scripts see no /boot/efi/EFI/debian, so they install nothing onto a
+        disk: install_grub_efi lays out the ESP. update-grub, which they run, gets the disk's answers.
+        """
+        self.say(f"UEFI: apt-get install {' '.join(EFI_PACKAGES)} (in place of grub-pc)")
+        script = ("set -e; apt-get update -q; apt-get install -y -q --no-install-recommends "
+                  f"{' '.join(EFI_PACKAGES)}; apt-get clean; rm -rf /var/lib/apt/lists/*")
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        with self.chroot_session():
+            self.run(in_namespace(self.tree, root_uuid, ["chroot", str(self.tree), "sh", "-c", script],
+                                  binds=[(self.grub_probe(root_uuid), "/usr/sbin/grub-probe")]),
+                     "apt-get install (UEFI boot packages)", env=env)
+        (self.tree / debian.ESP_MOUNT.lstrip("/")).mkdir(parents=True, exist_ok=True)
+        fstab = self.tree / "etc/fstab"
+        fstab.write_text(fstab.read_text() + debian.esp_fstab_line(root_uuid))
 
     def install_grub(self, root_uuid: str) -> None:
         """What ``grub-install`` and ``update-grub`` put in /boot, with the image's own GRUB."""
@@ -265,9 +330,7 @@ class OfflineBuild:
         early = self.work / "grub-early.cfg"
         early.write_text(f"search --no-floppy --fs-uuid --set=root {root_uuid}\nset prefix=($root)/boot/grub\n")
         shutil.copyfile(early, self.tree / "boot/grub/i386-pc/early.cfg")
-        probe = self.work / "grub-probe"
-        probe.write_text(grub_probe_answers(root_uuid))
-        probe.chmod(0o755)
+        probe = self.grub_probe(root_uuid)
         self.say("grub: core image and update-grub")
         mkimage = ["chroot", str(self.tree), "grub-mkimage", "-O", "i386-pc", "-d", f"/{GRUB_DIR}",
                    "-c", "/boot/grub/i386-pc/early.cfg", "-p", "/boot/grub",
@@ -279,6 +342,33 @@ class OfflineBuild:
         update = ["chroot", str(self.tree), "update-grub"]
         self.run(in_namespace(self.tree, root_uuid, update, binds=[(probe, "/usr/sbin/grub-probe")]),
                  "update-grub")
+
+    def install_grub_efi(self, root_uuid: str) -> Path:
+        """The EFI system partition's files (shim, signed GRUB and a grub.cfg that finds the root
+        by UUID) in a directory, GRUB's x86_64-efi modules in /boot/grub and update-grub."""
+        esp = self.work / "esp"
+        stub = (f"search.fs_uuid {root_uuid} root hd0,gpt1\nset prefix=($root)'/boot/grub'\n"
+                "configfile $prefix/grub.cfg\n")
+        for directory in ("BOOT", "debian"):
+            target = esp / "EFI" / directory
+            target.mkdir(parents=True, exist_ok=True)
+            for name, inside in EFI_BINARIES.items():
+                source = self.tree / inside
+                if not source.is_file():
+                    raise RuntimeError(f"UEFI: /{inside} is not in the tree (from {', '.join(EFI_PACKAGES)})")
+                shutil.copyfile(source, target / (EFI_BOOT_NAMES.get(name, name) if directory == "BOOT" else name))
+            (target / "grub.cfg").write_text(stub)
+        modules = self.tree / "boot/grub/x86_64-efi"
+        modules.mkdir(parents=True, exist_ok=True)
+        for pattern in ("*.mod", "*.lst"):
+            for path in (self.tree / EFI_GRUB_DIR).glob(pattern):
+                shutil.copy2(path, modules / path.name)
+        self.say("grub (UEFI): the EFI system partition's files and update-grub")
+        self.run(["chroot", str(self.tree), "grub-editenv", "/boot/grub/grubenv", "create"], "grub-editenv")
+        update = ["chroot", str(self.tree), "update-grub"]
+        self.run(in_namespace(self.tree, root_uuid, update,
+                              binds=[(self.grub_probe(root_uuid), "/usr/sbin/grub-probe")]), "update-grub")
+        return esp
 
     def embed_grub(self, disk: Path) -> None:
         """boot.img into the MBR (the partition table stays), core.img in the gap after it."""

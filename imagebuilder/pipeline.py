@@ -140,15 +140,12 @@ def changed_cells(cells: list[Cell], lookup: Lookup) -> list[Cell]:
 
 
 def unbuilt_variant(cell: Cell) -> None:
-    """A variant's template settings (config.py Variant.build: Azure's security type, qemu's UEFI
-    firmware) are planned and keyed but not rendered into the templates yet: its cell fails
-    before Packer rather than make an image that is not what its name says."""
-    variant = registry.get(cell.cloud).settings.VARIANTS[cell.variant] if cell.variant else None
-    if variant is not None and variant.build:
-        settings = ", ".join(f"{name} {value}" for name, value in variant.build.items())
-        raise UserError(f"{cell.id}: the {cell.variant} variant's {settings} is not in the {cell.cloud} "
-                        f"template yet, so the image would not be {cell.variant} | fix: exclude "
-                        f"{{cloud: {cell.cloud}, variant: {cell.variant}}} until it is")
+    """A variant cell its cloud cannot build as its name says here (Cloud.variant_unbuilt: a
+    template that does not render it, a builder that cannot) fails before Packer rather than make
+    an image that is not what its name says."""
+    reason = registry.get(cell.cloud).variant_unbuilt(cell, packer.installed_version()) if cell.variant else None
+    if reason:
+        raise UserError(reason)
 
 
 def check_subscription(cell: Cell, environ: Mapping[str, str]) -> None:

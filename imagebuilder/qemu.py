@@ -36,6 +36,11 @@ DEFAULT_MEMORY_MB = 2048
 DEFAULT_CPUS = 2
 SSH_BOOT_TIMEOUT = 900.0  # TCG on 2 busy cores: a Debian boot takes ~25 s idle, minutes when loaded
 PROBE_TIMEOUT = 20.0
+# UEFI guests (firmware "efi"): Debian's OVMF (package ovmf), its code read-only and shared, a
+# fresh copy of its variable store per VM.
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE.fd")
+OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS.fd")
+Firmware = Literal["bios", "efi"]
 
 _accel_cache: dict[tuple[str, ...], Accel] = {}
 
@@ -272,11 +277,12 @@ class Vm:
 def qemu_command(disk: Path, *, port: int, serial_log: Path, accel: Accel, seed: Path | None = None,
                  disk_format: str = "qcow2", snapshot: bool = True, memory_mb: int = DEFAULT_MEMORY_MB,
                  cpus: int = DEFAULT_CPUS, kernel: Path | None = None, initrd: Path | None = None,
-                 append: str | None = None) -> list[str]:
+                 append: str | None = None, efi_vars: Path | None = None) -> list[str]:
     """The QEMU command line: virtio disk and NIC, user networking with ssh forwarded, serial to a file.
 
     ``snapshot`` keeps the disk untouched (writes go to a temporary overlay). Without
-    ``kernel`` the firmware boots the disk's own bootloader.
+    ``kernel`` the firmware boots the disk's own bootloader: SeaBIOS, or with ``efi_vars`` (the
+    VM's own copy of OVMF's variable store, see ovmf_vars) OVMF as two flash drives.
     """
     drive = f"file={disk},format={disk_format},if=virtio,cache=unsafe"
     cmd = [
@@ -287,6 +293,9 @@ def qemu_command(disk: Path, *, port: int, serial_log: Path, accel: Accel, seed:
         "-device", "virtio-net-pci,netdev=net0",
         "-device", "virtio-rng-pci",
     ]
+    if efi_vars is not None:
+        cmd += ["-drive", f"if=pflash,format=raw,unit=0,file={OVMF_CODE},readonly=on",
+                "-drive", f"if=pflash,format=raw,unit=1,file={efi_vars}"]
     if snapshot:
         cmd.append("-snapshot")
     if seed is not None:
@@ -303,16 +312,28 @@ def qemu_command(disk: Path, *, port: int, serial_log: Path, accel: Accel, seed:
 PIDFILE = "qemu.pid"  # in the boot's workdir: which process the VM is
 
 
+def ovmf_vars(workdir: Path) -> Path:
+    """A fresh copy of OVMF's variable store for one VM (the firmware writes to it)."""
+    for path in (OVMF_CODE, OVMF_VARS):
+        if not path.is_file():
+            raise QemuError(f"{path} is missing: UEFI guests need OVMF (apt-get install ovmf)")
+    target = workdir / "OVMF_VARS.fd"
+    shutil.copyfile(OVMF_VARS, target)
+    return target
+
+
 @contextmanager
 def boot(disk: Path, *, user: str, key: SshKey, workdir: Path, accel: Accel | None = None,
          disk_format: str = "qcow2", snapshot: bool = True, kernel: Path | None = None,
-         initrd: Path | None = None, append: str | None = None,
+         initrd: Path | None = None, append: str | None = None, firmware: Firmware = "bios",
          ssh_timeout: float = SSH_BOOT_TIMEOUT, cancel: threading.Event | None = None) -> Iterator[Vm]:
     """Boot ``disk`` with a NoCloud seed giving ``user`` the ``key``; yield once ssh works.
 
-    The guest is powered off (or killed) on exit. The serial log stays in ``workdir``.
+    ``firmware`` "efi" boots it under OVMF. The guest is powered off (or killed) on exit. The
+    serial log stays in ``workdir``.
     """
     workdir.mkdir(parents=True, exist_ok=True)
+    efi_vars = ovmf_vars(workdir) if firmware == "efi" else None
     seed = make_seed_iso(workdir / "seed.iso", user, [key.public])
     accel = accel or accelerator()
     serial_log = workdir / "serial.log"
@@ -323,7 +344,7 @@ def boot(disk: Path, *, user: str, key: SshKey, workdir: Path, accel: Accel | No
             port = free_port()
             cmd = [*qemu_command(disk, port=port, serial_log=serial_log, accel=accel, seed=seed,
                                  disk_format=disk_format, snapshot=snapshot, kernel=kernel, initrd=initrd,
-                                 append=append), "-pidfile", str(workdir / PIDFILE)]
+                                 append=append, efi_vars=efi_vars), "-pidfile", str(workdir / PIDFILE)]
             stderr_path = workdir / "qemu.stderr"
             with open(stderr_path, "w") as stderr:
                 process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr,
@@ -362,22 +383,25 @@ class Expected:
     ``build_key`` is compared with the provenance file; ``kubernetes_version`` ("1.31.4")
     with ``kubeadm version -o short`` and, when given, makes ``active`` default to the
     runtime's unit and ``enabled`` to the kubelet's (the node contract's, as validate checks them).
+    ``firmware`` "efi": the image boots under OVMF and must find itself booted by UEFI.
     """
 
     build_key: str | None = None
     kubernetes_version: str | None = None
     active: tuple[str, ...] | None = None
     enabled: tuple[str, ...] | None = None
+    firmware: Firmware | None = None
 
     @classmethod
     def from_dict(cls, data: dict) -> Expected:
-        unknown = set(data) - {"build_key", "kubernetes_version", "active", "enabled"}
+        unknown = set(data) - {"build_key", "kubernetes_version", "active", "enabled", "firmware"}
         if unknown:
             raise ValueError(f"boot test: unknown expectation(s) {sorted(unknown)}")
         return cls(
             build_key=data.get("build_key"), kubernetes_version=data.get("kubernetes_version"),
             active=tuple(data["active"]) if "active" in data else None,
             enabled=tuple(data["enabled"]) if "enabled" in data else None,
+            firmware=data.get("firmware"),
         )
 
     @property
@@ -457,6 +481,11 @@ def guest_checks(session: GuestSession, expected: Expected) -> list[Check]:
     """The checks a booted node image must pass, over the boot test's one connection."""
     contract = guestcheck.node_contract("imagebuilder_path", "imagebuilder_release_file")
     checks: list[Check] = []
+    if expected.firmware is not None:
+        booted = guestcheck.booted_firmware(session)
+        checks.append(Check(f"booted by {expected.firmware} firmware", booted == expected.firmware,
+                            f"{guestcheck.EFI_FIRMWARE_DIR} {'exists' if booted == 'efi' else 'is missing'}: "
+                            f"{booted} (want {expected.firmware})"))
     cloud = session.command(["cloud-init", "status", "--wait", "--long"], timeout=600)
     checks.append(Check("cloud-init", cloud["rc"] == 0 and "status: done" in cloud["stdout"],
                         (cloud["stdout"] + cloud["stderr"]).strip().lstrip(".").strip().replace("\n", " ")[:300]))
@@ -488,6 +517,7 @@ def boot_test(image: Path, expected: dict | Expected, *, user: str = "debian", w
               ssh_timeout: float = SSH_BOOT_TIMEOUT, cancel: threading.Event | None = None,
               disk_format: str = "qcow2") -> BootTestResult:
     """Boot ``image`` (qcow2, or ``disk_format``) on its own firmware and bootloader, no ``-kernel``, and check it.
+    The firmware is SeaBIOS, or OVMF when ``expected`` says ``firmware: efi``.
 
     Login is a throw-away key given to ``user`` by a NoCloud seed; the image file is not
     modified (``-snapshot``). Every check runs over one SSH connection to a small agent
@@ -506,7 +536,7 @@ def boot_test(image: Path, expected: dict | Expected, *, user: str = "debian", w
         key = make_ssh_key(keydir)
         try:
             with boot(image, user=user, key=key, workdir=workdir, accel=accel, ssh_timeout=ssh_timeout,
-                      cancel=cancel, disk_format=disk_format) as vm:
+                      cancel=cancel, disk_format=disk_format, firmware=expected.firmware or "bios") as vm:
                 seconds["ssh_up"] = round(vm.timings["ssh_up"], 1)
                 checks.append(Check("ssh login", True, f"{user} via NoCloud seed key"))
                 t = time.monotonic()

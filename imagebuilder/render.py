@@ -134,12 +134,19 @@ def render_sbom_script() -> str:
     return _environment().get_template("_common/sbom-input.sh.j2").render({"sbom": sbom_context()})
 
 
+def modern(packer_version: tuple[int, int, int] | None) -> bool:
+    """Whether that Packer (None: the modern form) has its builders as plugins (`required_plugins`)."""
+    return packer_version is None or packer_version >= MODERN_PACKER
+
+
 def render_files(cell: Cell, cell_dir: Path, packer_version: tuple[int, int, int] | None) -> dict[str, str]:
     """The file name -> content of one cell's build directory."""
     env = _environment()
     cloud = registry.get(cell.cloud)
     variables = packer_variables(cell, cell_dir)
     own = cloud.template_context(cell)
+    if not modern(packer_version):
+        own = {**own, **cloud.old_packer_context(cell)}
     pre_provision = [WAIT_FOR_CLOUD_INIT, *own.pop("provision_first", [])]
     context = {"provision_node": True, "provision_last": [], **own, "cell": cell, "variables": variables,
                "builder": own.pop("builder", cloud.builder), "base_pinned": bool(_resolved(cell)),
@@ -152,8 +159,7 @@ def render_files(cell: Cell, cell_dir: Path, packer_version: tuple[int, int, int
         sbom.INPUT_SCRIPT: render_sbom_script(),
     }
     # A builder only a plugin has is declared whatever the Packer: the directory is for one that installs it.
-    if cloud.plugin is not None and (packer_version is None or packer_version >= MODERN_PACKER
-                                     or not cloud.packer_builtin):
+    if cloud.plugin is not None and (modern(packer_version) or not cloud.packer_builtin):
         plugin = {"name": cloud.plugin.name, "source": cloud.plugin.source, "version": cloud.plugin.version}
         files["plugins.pkr.hcl"] = env.get_template("_common/plugins.pkr.hcl.j2").render({**context, "plugin": plugin})
     return files

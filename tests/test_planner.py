@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -281,17 +282,33 @@ def test_the_readme_matrix_example_plans(tmp_path: Path) -> None:
     assert cells["aws-ubuntu-2404-arm64-k8s-1.35"].settings["instance_type"] == "m7g.large"
 
 
-def test_a_variant_whose_template_settings_are_not_rendered_fails_before_packer(tmp_path: Path) -> None:
+def test_a_variant_that_cannot_be_built_here_fails_before_packer(tmp_path: Path, monkeypatch) -> None:
+    """Azure's security types need the azure plugin (Packer >= 1.7): with Packer 1.6.6 the cell stops
+    before Packer in one line. The qemu efi variant is built offline, never by the Packer template."""
+    from imagebuilder import pipeline
     from imagebuilder.errors import UserError
     from imagebuilder.pipeline import unbuilt_variant
 
     shutil.copy(DATA / "versions.lock.yaml", tmp_path / "versions.lock.yaml")
-    (tmp_path / "m.yaml").write_text(VARIANT_HEAD + "    variants: [cvm]\nexclude:\n  - {os: debian-12, variant: cvm}\n")
+    (tmp_path / "m.yaml").write_text(VARIANT_HEAD + "    variants: [cvm, trustedlaunch]\nexclude:\n"
+                                     "  - {os: debian-12, variant: cvm}\n")
     cells = {c.id: c for c in plan(load_matrix(tmp_path / "m.yaml"))}
+    monkeypatch.setattr(pipeline.packer, "installed_version", lambda: (1, 6, 6))
     unbuilt_variant(cells["azure-ubuntu-2204-k8s-1.31"])  # a default cell builds
+    unbuilt_variant(cells["qemu-debian-12-efi-k8s-1.31"])  # built offline
     with pytest.raises(UserError, match=r"^azure-ubuntu-2204-cvm-k8s-1.31: the cvm variant's security_type "
-                                        r"ConfidentialVM is not in the azure template yet, .* \| fix: exclude "
-                                        r"\{cloud: azure, variant: cvm\} until it is$"):
+                                        r"ConfidentialVM needs the azure plugin \(github.com/hashicorp/azure .*\); "
+                                        r"Packer 1.6.6's built-in azure-arm has no security_type \| fix: Packer >= 1.7.0 "
+                                        r".*exclude \{cloud: azure, variant: cvm\}$"):
         unbuilt_variant(cells["azure-ubuntu-2204-cvm-k8s-1.31"])
-    with pytest.raises(UserError, match="the efi variant's firmware efi is not in the qemu template yet"):
-        unbuilt_variant(cells["qemu-debian-12-efi-k8s-1.31"])
+    monkeypatch.setattr(pipeline.packer, "installed_version", lambda: (1, 11, 2))
+    unbuilt_variant(cells["azure-ubuntu-2204-cvm-k8s-1.31"])
+    unbuilt_variant(cells["azure-debian-12-trustedlaunch-k8s-1.31"])
+    # The Packer template boots BIOS: an efi cell asked of Packer, or of an OS without a base tree, stops.
+    for cell_id in ("qemu-ubuntu-2204-efi-k8s-1.31",):
+        with pytest.raises(UserError, match=rf"^{cell_id}: the efi variant is made by the offline builder only"):
+            unbuilt_variant(cells[cell_id])
+    efi = cells["qemu-debian-12-efi-k8s-1.31"]
+    packer_cell = dataclasses.replace(efi, settings={**efi.settings, "builder": "packer"})
+    with pytest.raises(UserError, match=r"fix: clouds.qemu.builder: auto or offline"):
+        unbuilt_variant(packer_cell)

@@ -176,6 +176,11 @@ class Cloud:
         `builder` (the Packer builder of this cell, when not `Cloud.builder`)."""
         return {}
 
+    def old_packer_context(self, cell: Cell) -> dict[str, Any]:
+        """What template_context changes for a Packer before 1.7 (its builders built in, older
+        than the plugin this cloud names): options that Packer lacks left out."""
+        return {}
+
     def validate_environment(self) -> dict[str, str]:
         """`packer validate` of this cloud's cells with these environment variables where unset:
         stand-ins for what the builder's configuration check demands be non-empty (its own
@@ -190,6 +195,19 @@ class Cloud:
     def resolve_base(self, resolver: Resolver, cell: Cell) -> dict[str, Any]:
         """The image the cell's base reference names today (baseimages.py)."""
         return {}
+
+    def variant_unbuilt(self, cell: Cell, packer_version: tuple[int, int, int] | None = None) -> str | None:
+        """Why this variant cell cannot be built as its name says here, with that Packer (None: the
+        modern form), in one line; or None.
+        By default a variant that changes the template (Variant.build) is not rendered by it:
+        a cloud whose template renders its variants says so by overriding this."""
+        variant = self.settings.VARIANTS.get(cell.variant or "")
+        if variant is None or not variant.build:
+            return None
+        settings = ", ".join(f"{name} {value}" for name, value in variant.build.items())
+        return (f"{cell.id}: the {cell.variant} variant's {settings} is not in the {cell.cloud} template yet, "
+                f"so the image would not be {cell.variant} | fix: exclude {{cloud: {cell.cloud}, variant: "
+                f"{cell.variant}}} until it is")
 
     def prepare(self, job: Job) -> None:
         """Before the builder runs (the qemu target builds its base disk here)."""

@@ -283,6 +283,90 @@ def write_partitioned_disk(tree: Path, disk: Path, size: int, root_uuid: str,
     )
 
 
+# --- the UEFI layout (the qemu `efi` variant) -------------------------------------------------
+# GPT as Debian's and Ubuntu's own cloud images lay it out: the root file system stays
+# partition 1 (/dev/vda1, so the grub-probe answers, fstab and growpart are as on BIOS), the EFI
+# system partition is partition 15 at the start of the disk, and the root fills the rest but
+# the last MiB, where GPT keeps its backup header.
+ESP_NUMBER = 15
+ESP_START = PARTITION_START
+ESP_SIZE = 127 * 1024**2
+EFI_ROOT_START = ESP_START + ESP_SIZE  # 128 MiB
+GPT_BACKUP_RESERVE = 1024**2
+ESP_TYPE = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
+LINUX_FS_TYPE = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
+ESP_LABEL = "EFI"
+ESP_MOUNT = "/boot/efi"
+
+
+def derived_uuid(root_uuid: str, what: str) -> str:
+    """A UUID derived from the root's (same inputs, same disk): the GPT's and its partitions'."""
+    return str(uuid.UUID(hashlib.sha256(f"{root_uuid}:{what}".encode()).hexdigest()[:32], version=4))
+
+
+def esp_volume_id(root_uuid: str) -> str:
+    """The ESP's FAT volume id (8 hex digits), derived from the root's UUID."""
+    return hashlib.sha256(f"{root_uuid}:esp".encode()).hexdigest()[:8].upper()
+
+
+def esp_fstab_line(root_uuid: str) -> str:
+    volume = esp_volume_id(root_uuid)
+    return f"UUID={volume[:4]}-{volume[4:]} {ESP_MOUNT} vfat umask=0077 0 1\n"
+
+
+def efi_partition_table(disk: Path, size: int, root_uuid: str) -> str:
+    """The sfdisk script of the UEFI layout (partition numbers named by the ``<disk><n>`` lines)."""
+    root_size = size - GPT_BACKUP_RESERVE - EFI_ROOT_START
+    if root_size < 1024**3:
+        raise UserError(f"a {size // 1024**2} MiB disk leaves the root under 1 GiB beside the "
+                        f"{ESP_SIZE // 1024**2} MiB EFI system partition | fix: a larger disk_size_mb")
+    return (f"label: gpt\nlabel-id: {derived_uuid(root_uuid, 'gpt')}\n"
+            f"{disk}1 : start={EFI_ROOT_START // SECTOR}, size={root_size // SECTOR}, type={LINUX_FS_TYPE}, "
+            f"uuid={derived_uuid(root_uuid, 'root-partition')}\n"
+            f"{disk}{ESP_NUMBER} : start={ESP_START // SECTOR}, size={ESP_SIZE // SECTOR}, type={ESP_TYPE}, "
+            f"uuid={derived_uuid(root_uuid, 'esp-partition')}, name=\"EFI System\"\n")
+
+
+def write_efi_disk(tree: Path, esp: Path, disk: Path, size: int, root_uuid: str,
+                   cancel: threading.Event | None = None) -> None:
+    """A sparse raw GPT disk: ``esp`` (a directory: EFI/...) as the FAT32 EFI system partition 15,
+    ``tree`` as ext4 in partition 1 from 128 MiB."""
+    for tool in ("mkfs.vfat", "mcopy"):
+        if shutil.which(tool) is None:
+            raise UserError(f"{tool} is not installed: apt-get install dosfstools mtools")
+    with open(disk, "wb") as fh:
+        fh.truncate(size)
+    _run(["sfdisk", "-q", "--no-reread", "--no-tell-kernel", str(disk)], "sfdisk",
+         input=efi_partition_table(disk, size, root_uuid))
+    image = disk.with_name(disk.name + ".esp")
+    image.unlink(missing_ok=True)
+    try:
+        _run(["mkfs.vfat", "-F", "32", "-n", ESP_LABEL, "-i", esp_volume_id(root_uuid), "-C", str(image),
+              str(ESP_SIZE // 1024)], "mkfs.vfat")
+        entries = sorted(str(path) for path in esp.iterdir())
+        if entries:
+            _run(["mcopy", "-s", "-m", "-i", str(image), *entries, "::/"], "mcopy")
+        _copy_sparse(image, disk, ESP_START)
+    finally:
+        image.unlink(missing_ok=True)
+    root_size = size - GPT_BACKUP_RESERVE - EFI_ROOT_START
+    _run(["mke2fs", "-q", "-F", "-t", "ext4", "-b", "4096", "-L", FS_LABEL, "-U", root_uuid,
+          "-d", str(tree), "-E", f"offset={EFI_ROOT_START}", str(disk), str(root_size // 4096)],
+         "mke2fs", cancel=cancel)
+
+
+def _copy_sparse(source: Path, disk: Path, offset: int, chunk: int = 1024**2) -> None:
+    """``source`` into the (fresh, sparse) ``disk`` at ``offset``, skipping its all-zero chunks."""
+    zeros = bytes(chunk)
+    with open(source, "rb") as reader, open(disk, "r+b") as writer:
+        position = offset
+        while block := reader.read(chunk):
+            if block != zeros[:len(block)]:
+                writer.seek(position)
+                writer.write(block)
+            position += len(block)
+
+
 def _run(cmd: Sequence[str], what: str, input: str | None = None, cancel: threading.Event | None = None) -> None:
     proc = procs.run(cmd, input=input, cancel=cancel)
     if proc.returncode != 0:

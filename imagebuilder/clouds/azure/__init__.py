@@ -64,7 +64,30 @@ class Azure(Cloud):
         }
 
     def template_context(self, cell: Cell) -> dict[str, Any]:
-        return {"azure_build_minute": versions.hcl_patch_expression("local.timestamp")}
+        return {"azure_build_minute": versions.hcl_patch_expression("local.timestamp"),
+                "security_type": self.security_type(cell)}
+
+    def security_type(self, cell: Cell) -> str | None:
+        """TrustedLaunch or ConfidentialVM for a variant cell (settings.py VARIANTS), else None."""
+        variant = self.settings.VARIANTS.get(cell.variant or "")
+        return variant.build.get("security_type") if variant else None
+
+    def old_packer_context(self, cell: Cell) -> dict[str, Any]:
+        # Packer 1.6.6's built-in azure-arm has secure_boot_enabled but no security_type or vtpm_enabled.
+        return {"security_type": None}
+
+    def variant_unbuilt(self, cell: Cell, packer_version: tuple[int, int, int] | None = None) -> str | None:
+        """A security type is set by the azure plugin (security_type, vtpm_enabled, and for
+        ConfidentialVM the disk and gallery encryption types), which Packer before 1.7 lacks."""
+        from imagebuilder.render import MODERN_PACKER
+
+        security = self.security_type(cell)
+        if security is None or packer_version is None or packer_version >= MODERN_PACKER:
+            return None
+        return (f"{cell.id}: the {cell.variant} variant's security_type {security} needs the azure plugin "
+                f"({self.plugin.source} {self.plugin.version}); Packer {'.'.join(map(str, packer_version))}'s "
+                f"built-in azure-arm has no security_type | fix: Packer >= {'.'.join(map(str, MODERN_PACKER))} "
+                f"(render writes required_plugins), or exclude {{cloud: azure, variant: {cell.variant}}}")
 
     def resolve_base(self, resolver: Resolver, cell: Cell) -> dict[str, Any]:
         """The marketplace versions of publisher/offer/sku: the highest."""
