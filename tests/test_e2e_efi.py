@@ -72,9 +72,13 @@ def test_efi_variant_builds_a_gpt_esp_disk_that_boots_under_ovmf(base_ready, rel
 
     # The catalogued qcow2's disk: GPT, the root ext4 partition 1 at 128 MiB, partition 15 the ESP
     # holding shim (removable path) and Debian's signed GRUB.
+    # Its first 129 MiB, sparse to the full size: the primary GPT is read (the backup, at the end, is not copied).
     head = tmp_path / "head.raw"
     subprocess.run(["qemu-img", "dd", "-f", "qcow2", "-O", "raw", "bs=1M", f"count={ESP_HEAD_MIB}",
                     f"if={build.image()}", f"of={head}"], check=True, capture_output=True)
+    info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(build.image())], capture_output=True,
+                                     text=True, check=True).stdout)
+    os.truncate(head, info["virtual-size"])
     table = subprocess.run(["sfdisk", "--json", str(head)], capture_output=True, text=True)
     parts = {p["node"][len(str(head)):]: p for p in json.loads(table.stdout)["partitiontable"]["partitions"]}
     assert parts["15"]["type"] == debian.ESP_TYPE and parts["1"]["start"] * 512 == debian.EFI_ROOT_START
