@@ -634,3 +634,17 @@ def test_packer_path_builds_the_same_image(packer_build: BackgroundBuild, offlin
     assert release["packer"] == release["offline"] and any("BUILD_KEY" in line for line in release["offline"])
     for tree in ("usr/local/bin", "opt/cni/bin"):
         assert not [name for name in differing if name.startswith(tree)]
+
+    # The Packer image's SBOM was gathered in the guest and downloaded: it validates, names the runtime and
+    # Kubernetes, lists exactly the image's dpkg packages, its digest is the metadata's, and its provenance verifies.
+    assert (packer.cell_dir / "sbom-input.txt").is_file()
+    shown = run_cli("images", "sbom", packer_record["image_id"], env=packer.env, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    assert JsonStrictValidator(SchemaVersion.V1_5).validate_str(shown.stdout) is None
+    packer_sbom = json.loads(shown.stdout)
+    assert {"containerd", "kubelet", "kubeadm"} <= {c["name"] for c in packer_sbom["components"]}
+    assert {k.split(":")[0]: v for k, v in sbom.dpkg_versions(packer_sbom).items()} == packages(trees["packer"])
+    assert packer_record["metadata"]["imagebuilder-sbom-sha256"] == hashlib.sha256(shown.stdout.encode()).hexdigest()
+    verified = run_cli("images", "verify", packer_record["image_id"], "--key", str(packer.work / "signing.pub"),
+                       env=packer.env, timeout=120)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
