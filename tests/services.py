@@ -91,7 +91,7 @@ def vendor_amis() -> list[dict[str, object]]:
 
     amis = []
     references = [(info, arch, reference) for info in OPERATING_SYSTEMS.values()
-                  for arch, reference in info.images["aws"].items()]
+                  for arch, reference in info.images.get("aws", {}).items()]
     for number, (info, arch, reference) in enumerate(references):
         amis.append({
             "ami_id": f"ami-0{number:016x}", "name": reference["name_filter"].replace("*", VENDOR_AMI_DATE),

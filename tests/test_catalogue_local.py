@@ -192,7 +192,9 @@ def test_store_for_routes_every_cloud_and_explains_what_is_missing() -> None:
     assert store_for("openstack").cloud == "openstack"
     with pytest.raises(UserError, match="project_id: Field required | fix: declare the cloud"):
         store_for("gcp")  # GCP needs its project from the matrix
-    with pytest.raises(UserError, match="cloud 'vsphere' has no image store | fix: use one of local, aws"):
+    with pytest.raises(UserError, match=r"^cloud 'nosuch' has no image store \| fix: use one of local, aws"):
+        store_for("nosuch")
+    with pytest.raises(UserError, match=r"^vsphere: images are not managed yet .*\| fix: look there"):
         store_for("vsphere")
 
 

@@ -295,7 +295,7 @@ def test_sbom_of_the_built_tree(built, release_mirror: ReleaseMirror) -> None:
     from imagebuilder import sbom
 
     root, _, _ = built
-    document = sbom.sbom_document(root, image_name="roles", build_key=BUILD_KEY, timestamp="20261204000000")
+    document = sbom.sbom_document(sbom.contents_of_tree(root), image_name="roles", build_key=BUILD_KEY, timestamp="20261204000000")
     v = release_mirror.versions
     hashes = {c["name"]: c["hashes"][0]["content"] for c in document["components"] if "hashes" in c}
     assert hashes == {sbom.RELEASE_NAMES.get(name, name): f.sha256 for name, f in release_mirror.files.items()}
