@@ -40,9 +40,12 @@ class LocalBase:
 
     # "rootfs": a root file system built here from the distribution's archive
     # (imagebuilder.distributions.debian); "cloud-image": the vendor's disk image, downloaded and
-    # checked against the vendor's checksum file beside it (imagebuilder.distributions.ubuntu).
-    kind: Literal["rootfs", "cloud-image"]
-    # The checksum file beside a cloud image: GNU `SHA256SUMS` or BSD-style `CHECKSUM`.
+    # checked against the vendor's checksum file beside it (imagebuilder.distributions.ubuntu);
+    # "flatcar": Flatcar's qemu disk, checked against the sha512 of its `.DIGESTS` file, which the
+    # Flatcar bake writes the Kubernetes sysext onto (imagebuilder.flatcar).
+    kind: Literal["rootfs", "cloud-image", "flatcar"]
+    # The checksum file beside a cloud image: GNU `SHA256SUMS`, BSD-style `CHECKSUM`, or Flatcar's
+    # per-image `{image}.DIGESTS` ({image}: the image's file name).
     checksums: str = "SHA256SUMS"
 
 
@@ -84,6 +87,11 @@ class OsInfo:
     # (Azure's confidential VM SKUs); a variant not here starts from `images`.
     variant_images: Mapping[str, Mapping[str, Mapping[str, Reference]]] = field(default_factory=dict)
     subscription: Subscription | None = None  # registered for the build's packages, from the environment
+    # cloud -> strategy where it is not default_strategy (Flatcar: baked where no stock image runs).
+    strategies: Mapping[str, Strategy] = field(default_factory=dict)
+
+    def strategy_on(self, cloud: str) -> Strategy:
+        return self.strategies.get(cloud, self.default_strategy)
 
     def image(self, cloud: str, arch: str, variant: str | None = None) -> dict[str, Any] | None:
         """A copy of the reference of (cloud, arch[, variant]), or None where the vendor has none."""
@@ -124,6 +132,11 @@ CENTOS_OWNER = "125523088429"  # the CentOS project's AWS account
 ALMALINUX_OWNER = "764336703387"  # AlmaLinux OS Foundation's AWS account
 ALMALINUX_IMAGES = f"{BASE_MIRRORS['almalinux']}/9/cloud"
 CENTOS_STREAM_IMAGES = BASE_MIRRORS["centos_stream"]
+FLATCAR_STABLE = BASE_MIRRORS["flatcar"]
+FLATCAR_ARCH = {"amd64": "amd64-usr", "arm64": "arm64-usr"}  # the release server's directories
+# Where Flatcar runs as a stock image with the sysext merged at boot (the default) and where it is
+# baked, the sysext in the image (imagebuilder/flatcar.py): the local outputs, from its qemu disk.
+FLATCAR_BAKED = ("qemu", "raw", "ova", "kubevirt")
 
 
 def centos_stream(version: str) -> OsInfo:
@@ -291,12 +304,8 @@ OPERATING_SYSTEMS: dict[str, OsInfo] = {
         OsInfo(
             id="flatcar", distro="flatcar", version="stable", family="flatcar", ssh_user="core",
             images={
-                "qemu": {
-                    "amd64": {"source": "https://stable.release.flatcar-linux.net/amd64-usr/current/"
-                                        "flatcar_production_qemu_image.img"},
-                    "arm64": {"source": "https://stable.release.flatcar-linux.net/arm64-usr/current/"
-                                        "flatcar_production_qemu_image.img"},
-                },
+                "qemu": {arch: {"source": f"{FLATCAR_STABLE}/{vendor}/current/flatcar_production_qemu_image.img"}
+                         for arch, vendor in FLATCAR_ARCH.items()},
                 # One filter for both arches, as before the table: the arm64 AMIs' names match it too.
                 "aws": {
                     "amd64": {"name_filter": "Flatcar-stable-*-hvm", "owner": "075585003325"},
@@ -308,6 +317,8 @@ OPERATING_SYSTEMS: dict[str, OsInfo] = {
                 "openstack": {"amd64": {"image_name": "flatcar-stable"}, "arm64": {"image_name": "flatcar-stable"}},
             },
             default_strategy="sysext",
+            local_base=LocalBase("flatcar", checksums="{image}.DIGESTS"),
+            strategies={cloud: "bake" for cloud in FLATCAR_BAKED},
         ),
         OsInfo(
             id="ubuntu-2604", distro="ubuntu", version="26.04", family="debian", ssh_user="ubuntu",

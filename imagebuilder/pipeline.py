@@ -247,10 +247,12 @@ def publish_existing(jobs: list[Job], dry_run: bool = False) -> list[str]:
 
 def executors() -> dict[str, Executor]:
     """Builder name -> executor. Every cell builds with Packer unless its target's prepare step
-    chose another builder (the qemu target: the offline build, see local_target.builder_for)."""
+    chose another builder (the qemu target: the offline build, see local_target.builder_for, and
+    Flatcar's bake, imagebuilder.flatcar)."""
+    from imagebuilder import flatcar
     from imagebuilder.offline import BUILDER, OfflineExecutor
 
-    return {"packer": PackerExecutor(), BUILDER: OfflineExecutor()}
+    return {"packer": PackerExecutor(), BUILDER: OfflineExecutor(), flatcar.BUILDER: flatcar.FlatcarExecutor()}
 
 
 def run_jobs(jobs: list[Job], options: BuildOptions, reporter: Any, hooks: Any | None = None) -> list[Job]:

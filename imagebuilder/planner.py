@@ -251,7 +251,7 @@ def _make_cell(loaded: LoadedMatrix, combo: Combination, mirrors: dict[str, str]
     ansible_vars: dict[str, Any] = {}
     arch = combo.arch
     arch_loc = list_item_loc(loaded.source, "arch", matrix.arch.index(arch)) if arch in matrix.arch else ("include",)
-    strategy = info.default_strategy
+    strategy = info.strategy_on(cloud)
     for index, override in enumerate(matrix.overrides):
         if not combo.matched_by(override.match):
             continue

@@ -39,7 +39,8 @@ def test_the_example_lists_image_builder_targets_with_their_cells() -> None:
                          ("build-gce-ubuntu-2204", "gcp-ubuntu-2204"), ("build-openstack-flatcar", "openstack-flatcar"),
                          ("build-azure-sig-ubuntu-2204-gen2", "azure-ubuntu-2204")):
         assert found[target] == [f"{cell}-k8s-{minor}"], target
-    assert "build-raw-flatcar" not in found  # excluded: no local Flatcar base
+    assert found["build-raw-flatcar"] == [f"raw-flatcar-k8s-{minor}"]  # baked from Flatcar's qemu disk
+    assert "build-vultr-flatcar" not in found  # excluded: no Flatcar image there
     every = sorted(cell for cells in found.values() for cell in cells)
     assert every == sorted(planned_ids(EXAMPLE))  # each cell under exactly one target
     code, table = run("targets", "-m", str(EXAMPLE), "--format", "table")

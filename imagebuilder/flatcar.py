@@ -1,0 +1,373 @@
+"""Flatcar baked through its own mechanism: the Kubernetes sysext (imagebuilder/sysext.py) placed in
+the image, merged by systemd-sysext at every boot, with kubelet enabled. No Ansible, no Python on
+the node, nothing written into /usr (Flatcar's /usr is read-only and dm-verity checked).
+
+What a baked image holds (``node_entries``), the same on every route:
+
+- ``/opt/extensions/kubernetes/kubernetes-v<version>-<arch>.raw``: the sysext, byte for byte what
+  ``imagebuilder sysext build`` makes from the same pins;
+- ``/etc/extensions/kubernetes.raw`` -> that image (what systemd-sysext merges);
+- ``/etc/systemd/system/multi-user.target.wants/kubelet.service`` -> the unit the sysext carries.
+
+Updates stay Flatcar's: the OS from its update engine, Kubernetes by a new image (or the sysupdate
+transfer file of ``sysext build --base-url``, added by the node's own Ignition config).
+
+Two routes put them there:
+
+- **the local build** (qemu, and raw, kubevirt, OVA from it): the vendor's qemu disk
+  (``flatcar_production_qemu_image.img``, checked against the sha512 of the ``.DIGESTS`` file beside
+  it), its ROOT partition (GPT name ``ROOT``, ext4) written with ``debugfs`` at the partition's
+  offset: no mount, no loop device, no VM. The disk is otherwise the vendor's, so Ignition runs at the
+  node's first boot with the node's own config (the first-boot flag is untouched);
+- **the Packer builders**: the built sysext uploaded into a Flatcar the builder booted (installed
+  from the ISO on vSphere and Proxmox, Flatcar's OpenStack image on Nutanix) or, on Hetzner Cloud,
+  written onto the ROOT partition of a disk ``flatcar-install`` just wrote from the rescue system;
+  then the build's traces removed and the first-boot flag set so that Ignition runs again for the
+  node (``packer_commands``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import tempfile
+import threading
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from imagebuilder import procs, render, sysext
+from imagebuilder.atomicfile import replacing
+from imagebuilder.cache import cache_dir
+from imagebuilder.downloads import fetch_all
+from imagebuilder.errors import UserError
+
+if TYPE_CHECKING:
+    from imagebuilder.build import Job, Outcome
+
+BUILDER = "flatcar"  # the executor of the local Flatcar bake (build.Job.builder)
+BUILDER_TYPE = "imagebuilder-flatcar"  # builder_type in its packer-manifest.json
+ROOT_PARTITION = "ROOT"  # the GPT partition name of Flatcar's root file system (ext4, partition 9)
+SECTOR = 512
+DIGESTS_SUFFIX = ".DIGESTS"  # the vendor's checksum file beside each image (MD5, SHA1, SHA512 sections)
+VERSION_FILE = "version.txt"  # FLATCAR_VERSION=... in each release directory (`current` moves)
+UNIT_DIR = "/usr/lib/systemd/system"  # where the sysext's kubelet.service is, once merged
+KUBELET_WANTS = "/etc/systemd/system/multi-user.target.wants/kubelet.service"
+FIRST_BOOT_FLAG = "/boot/flatcar/first_boot"  # Ignition runs at the next boot when it exists
+UPLOAD = "/tmp/kubernetes-sysext.raw"  # where the Packer builds upload the sysext
+CHUNK = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class NodeEntry:
+    """One thing the bake writes into the node's root file system."""
+
+    path: str
+    kind: Literal["dir", "file", "link"]
+    target: str = ""  # a link's target
+    mode: int = 0o755
+
+
+def sysext_file_name(kubernetes_version: str, arch: str) -> str:
+    return sysext.image_name(kubernetes_version, arch)
+
+
+def node_entries(image_name: str) -> list[NodeEntry]:
+    """The directories, the sysext and the links a baked Flatcar has, parents first."""
+    image = f"{sysext.NODE_IMAGE_DIR}/{image_name}"
+    directories = sorted({parent for path in (image, sysext.NODE_SYMLINK, KUBELET_WANTS)
+                          for parent in _parents(path)}, key=lambda p: (p.count("/"), p))
+    return [*(NodeEntry(path, "dir") for path in directories),
+            NodeEntry(image, "file", mode=0o644),
+            NodeEntry(sysext.NODE_SYMLINK, "link", target=image),
+            NodeEntry(KUBELET_WANTS, "link", target=f"{UNIT_DIR}/kubelet.service")]
+
+
+def _parents(path: str) -> list[str]:
+    parts = path.strip("/").split("/")[:-1]
+    return ["/" + "/".join(parts[:index]) for index in range(1, len(parts) + 1)]
+
+
+# -- the vendor's disk --------------------------------------------------------------------------
+
+
+def parse_digests(text: str) -> dict[str, dict[str, str]]:
+    """Flatcar's DIGESTS file: `# <ALGO> HASH` headers, each followed by `<hex>  <file>` lines ->
+    file name -> algorithm (lower case) -> hex digest."""
+    found: dict[str, dict[str, str]] = {}
+    algorithm = ""
+    for line in text.splitlines():
+        words = line.split()
+        if len(words) == 3 and words[0] == "#" and words[2] == "HASH":
+            algorithm = words[1].lower()
+        elif len(words) == 2 and algorithm and all(c in "0123456789abcdefABCDEF" for c in words[0]):
+            found.setdefault(words[1].lstrip("*"), {})[algorithm] = words[0].lower()
+    return found
+
+
+def parse_version(text: str) -> str:
+    """FLATCAR_VERSION of a release directory's version.txt."""
+    for line in text.splitlines():
+        name, _, value = line.strip().partition("=")
+        if name == "FLATCAR_VERSION" and value:
+            return value
+    raise UserError(f"{VERSION_FILE}: no FLATCAR_VERSION= line | fix: check the Flatcar mirror (mirrors.flatcar)")
+
+
+def release_url(url: str, version: str) -> str:
+    """The image's URL in its release's own directory (`current/` names a release that moves)."""
+    directory, _, name = url.rpartition("/")
+    channel_dir, _, _ = directory.rpartition("/")
+    return f"{channel_dir}/{version}/{name}"
+
+
+def base_image(url: str, sha512: str, cache: Path | None = None) -> Path:
+    """The vendor's qemu disk (a qcow2 despite its `.img` name), downloaded once and checked against
+    its sha512; cached under `<cache>/base/flatcar/<sha512 head>/`."""
+    if len(sha512) != 128 or any(c not in "0123456789abcdef" for c in sha512):
+        raise UserError(f"{url}: sha512 {sha512!r} is not 128 hex digits | fix: plan again (it reads the DIGESTS file)")
+    root = (cache / "base") if cache else cache_dir("base")
+    dest = root / "flatcar" / sha512[:32] / (Path(urllib.parse.urlparse(url).path).name or "flatcar.img")
+    if dest.exists():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha512()
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, replacing(dest, binary=True) as out:  # noqa: S310
+            while chunk := response.read(CHUNK):
+                digest.update(chunk)
+                out.write(chunk)
+            if digest.hexdigest() != sha512:
+                raise UserError(f"{url}: sha512 is {digest.hexdigest()}, expected {sha512} (its DIGESTS file) "
+                                "| fix: plan again, or check the mirror")
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        raise UserError(f"cannot download {url}: {reason} | fix: set mirrors.flatcar to a reachable mirror") from None
+    return dest
+
+
+# -- writing onto the ROOT partition of a disk, offline ----------------------------------------
+
+
+@dataclass(frozen=True)
+class Partition:
+    name: str
+    start: int  # bytes
+    size: int  # bytes
+
+
+def root_partition(disk: Path) -> Partition:
+    """The disk's GPT partition named ROOT (sfdisk reads the table; nothing is mounted)."""
+    result = subprocess.run(["sfdisk", "--json", str(disk)], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise UserError(f"{disk}: no partition table sfdisk reads ({result.stderr.strip()}) "
+                        "| fix: the base must be Flatcar's qemu image")
+    table = json.loads(result.stdout)["partitiontable"]
+    sector = int(table.get("sectorsize", SECTOR))
+    for entry in table.get("partitions", []):
+        if entry.get("name") == ROOT_PARTITION:
+            return Partition(ROOT_PARTITION, int(entry["start"]) * sector, int(entry["size"]) * sector)
+    raise UserError(f"{disk}: no GPT partition named {ROOT_PARTITION} | fix: the base must be Flatcar's qemu image")
+
+
+def debugfs_script(entries: list[NodeEntry], sources: dict[str, Path]) -> str:
+    """debugfs commands that write the entries (files from `sources`, by node path), owned by root."""
+    lines: list[str] = []
+    for entry in entries:
+        parent, _, name = entry.path.rpartition("/")
+        if entry.kind == "dir":
+            lines += [f"mkdir {entry.path}"]
+        elif entry.kind == "file":
+            lines += [f"cd {parent or '/'}", f"rm {name}", f"write {sources[entry.path]} {name}", "cd /"]
+        else:
+            lines += [f"rm {entry.path}", f"symlink {entry.path} {entry.target}"]
+        if entry.kind != "link":
+            file_type = 0o040000 if entry.kind == "dir" else 0o100000
+            lines += [f"sif {entry.path} mode 0{file_type | entry.mode:o}", f"sif {entry.path} uid 0",
+                      f"sif {entry.path} gid 0"]
+    return "\n".join(lines) + "\n"
+
+
+# debugfs carries on after a failed command; these messages are the expected ones (a directory the
+# vendor's file system has already, nothing to remove before writing).
+_EXPECTED = ("already exists", "File not found by ext2_lookup")
+
+
+def write_entries(disk: Path, entries: list[NodeEntry], sources: dict[str, Path]) -> Partition:
+    """The entries written into the ext4 file system of the raw disk's ROOT partition, then checked:
+    e2fsck finds it clean and each entry is there (a file with its size, a link with its target)."""
+    partition = root_partition(disk)
+    device = f"{disk}?offset={partition.start}"
+    with tempfile.NamedTemporaryFile("w", suffix=".debugfs") as script:
+        script.write(debugfs_script(entries, sources))
+        script.flush()
+        result = subprocess.run(["debugfs", "-w", "-f", script.name, device], capture_output=True, text=True)
+    problems = [line for line in result.stderr.splitlines()
+                if line.strip() and not line.startswith("debugfs ") and not any(e in line for e in _EXPECTED)]
+    if result.returncode != 0 or problems:
+        raise UserError(f"{disk}: debugfs could not write the ROOT partition: {(problems or [result.stderr])[0].strip()}")
+    check = subprocess.run(["e2fsck", "-fn", device], capture_output=True, text=True)
+    if check.returncode != 0:
+        raise UserError(f"{disk}: the ROOT file system is not clean after the bake: "
+                        f"{(check.stdout + check.stderr).strip().splitlines()[-1]}")
+    for entry in entries:
+        found = read_entry(disk, partition, entry.path)
+        wanted = sources[entry.path].stat().st_size if entry.kind == "file" else None
+        if found is None or found[0] != entry.kind or (wanted is not None and found[1] != str(wanted)) \
+                or (entry.kind == "link" and found[1] != entry.target):
+            raise UserError(f"{disk}: {entry.path} is not on the ROOT partition as written ({found})")
+    return partition
+
+
+def read_entry(disk: Path, partition: Partition, path: str) -> tuple[str, str] | None:
+    """(kind, size or link target) of a path in the ROOT partition; None when absent."""
+    result = subprocess.run(["debugfs", "-R", f"stat {path}", f"{disk}?offset={partition.start}"],
+                            capture_output=True, text=True)
+    text = result.stdout
+    if "Type:" not in text:
+        return None
+    kind = text.split("Type:", 1)[1].split()[0]
+    if kind == "symlink":
+        target = text.split("Fast link dest:", 1)[1].strip().splitlines()[0].strip().strip('"') \
+            if "Fast link dest:" in text else ""
+        return "link", target
+    if kind == "directory":
+        return "dir", ""
+    size = text.split("Size:", 1)[1].split()[0] if "Size:" in text else ""
+    return "file", size
+
+
+def dump_entry(disk: Path, partition: Partition, path: str, dest: Path) -> Path:
+    """A file of the ROOT partition copied out (what a test compares with what was written)."""
+    subprocess.run(["debugfs", "-R", f"dump {path} {dest}", f"{disk}?offset={partition.start}"],
+                   capture_output=True, text=True, check=True)
+    return dest
+
+
+def bake_disk(base: Path, image: Path, output: Path, run=None) -> list[NodeEntry]:
+    """Flatcar's qemu disk `base` with the sysext `image` baked in, as the compressed qcow2 `output`."""
+    entries = node_entries(image.name)
+    sources = {entry.path: image for entry in entries if entry.kind == "file"}
+    raw = output.with_suffix(".raw")
+    steps = run or (lambda argv, what: subprocess.run(argv, check=True, capture_output=True))
+    try:
+        steps(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(base), str(raw)], "qemu-img convert (base)")
+        write_entries(raw, entries, sources)
+        steps(["qemu-img", "convert", "-c", "-f", "raw", "-O", "qcow2", str(raw), str(output)], "qemu-img convert")
+    finally:
+        raw.unlink(missing_ok=True)
+    return entries
+
+
+# -- the sysext of a cell ------------------------------------------------------------------------
+
+
+def build_sysext(cell, directory: Path, cancel: threading.Event | None = None) -> Path:
+    """The cell's Kubernetes sysext (its pinned, mirrored downloads) in `directory`: the same tree,
+    time stamps and compression as `imagebuilder sysext build`."""
+    wanted = (*sysext.BINARIES, sysext.CNI_DOWNLOAD)
+    missing = [name for name in wanted if name not in cell.downloads]
+    if missing:
+        raise UserError(f"{cell.id}: no pin for {', '.join(missing)} | fix: add them with 'imagebuilder versions update'")
+    local = fetch_all({name: cell.downloads[name] for name in wanted})
+    request = sysext.SysextRequest(minor=cell.kubernetes, arch=cell.arch)
+    epoch = sysext.resolve_source_date_epoch(None)
+    directory.mkdir(parents=True, exist_ok=True)
+    image = directory / sysext_file_name(cell.kubernetes_version, cell.arch)
+    with tempfile.TemporaryDirectory(prefix="imagebuilder-flatcar-") as work:
+        root = Path(work) / "root"
+        sysext.populate_tree(root, request, local)
+        sysext.normalize_tree(root, epoch)
+        image.unlink(missing_ok=True)
+        sysext.pack_squashfs(root, image, epoch)
+    return image
+
+
+# -- the Packer builders' steps --------------------------------------------------------------------
+
+
+def place_commands(image_name: str, root: str = "") -> list[str]:
+    """Shell commands (run as root) that put the uploaded sysext and the links under `root` ("" for the
+    running system, or where the ROOT partition is mounted)."""
+    commands = []
+    for entry in node_entries(image_name):
+        path = f"{root}{entry.path}"
+        if entry.kind == "dir":
+            commands.append(f"install -d -m 0{entry.mode:o} {path}")
+        elif entry.kind == "file":
+            commands.append(f"install -m 0{entry.mode:o} {UPLOAD} {path}")
+        else:
+            commands.append(f"ln -sfn {entry.target} {path}")
+    return commands
+
+
+def booted_commands(image_name: str, kubernetes_version: str) -> list[str]:
+    """In a booted Flatcar: place, merge and check that the merged kubelet is the pinned one."""
+    return [*(f"sudo {command}" for command in place_commands(image_name)),
+            f"sudo rm -f {UPLOAD}",
+            "sudo systemd-sysext refresh",
+            f"kubelet --version | grep -qx 'Kubernetes v{kubernetes_version}'",
+            "sudo systemd-sysext unmerge"]
+
+
+def seal_commands(build_user: str) -> list[str]:
+    """The build's traces out and Ignition armed for the node's first boot."""
+    return [f"sudo sh -c 'touch {FIRST_BOOT_FLAG}; rm -f /etc/machine-id; "
+            f"userdel --force --remove {build_user} || true'"]
+
+
+# -- the local build's executor --------------------------------------------------------------------
+
+
+class FlatcarExecutor:
+    """The Scheduler's executor for the local Flatcar cells: the sysext, the vendor disk with it
+    baked in as `output/<image name>.qcow2`, and packer-manifest.json as the offline build writes it."""
+
+    def __call__(self, job: Job, cancel: threading.Event) -> Outcome:
+        from imagebuilder.build import Outcome, _tail
+
+        with job.log_path.open("ab") as log:
+            log.write(f"\n=== attempt {job.attempts}: Flatcar bake ({BUILDER})\n".encode())
+            log.flush()
+            try:
+                qcow2 = bake_local(job, cancel, log)
+            except procs.Cancelled:
+                return Outcome(ok=False, output_tail=_tail(job.log_path), cancelled=True)
+            except (RuntimeError, OSError, UserError, subprocess.CalledProcessError) as exc:
+                log.write(f"==> flatcar: error: {exc}\n".encode())
+                log.flush()
+                return Outcome(ok=False, output_tail=_tail(job.log_path))
+            log.write(f"==> flatcar: wrote {qcow2.relative_to(job.directory)}\n".encode())
+        return Outcome(ok=True, output_tail=_tail(job.log_path))
+
+
+def bake_local(job: Job, cancel: threading.Event, log) -> Path:
+    from imagebuilder import local_target, offline
+
+    def run(argv: list[str], what: str) -> None:
+        log.write(f"--- {what}\n".encode())
+        log.flush()
+        result = procs.run(argv, cancel=cancel, log=log)
+        if result.returncode != 0:
+            raise RuntimeError(f"{what} failed (exit {result.returncode})")
+
+    cell = job.cell
+    base = local_target.base_files(cell, cancel)["disk.img"]
+    image = build_sysext(cell, job.directory / "sysext", cancel)
+    log.write(f"==> flatcar: {image.name} (sha256 {hashlib.sha256(image.read_bytes()).hexdigest()})\n".encode())
+    timestamp = datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S")
+    name = f"{render.packer_variables(cell, job.directory)['image_name_prefix']}{timestamp}"
+    output = job.directory / "output"
+    shutil.rmtree(output, ignore_errors=True)
+    output.mkdir()
+    qcow2 = output / f"{name}.qcow2"
+    for entry in bake_disk(base, image, qcow2, run=run):
+        log.write(f"==> flatcar: ROOT {entry.kind} {entry.path}{' -> ' + entry.target if entry.target else ''}\n".encode())
+    offline.write_manifest(job, qcow2, name, timestamp)
+    return qcow2
