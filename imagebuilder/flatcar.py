@@ -152,6 +152,15 @@ def base_image(url: str, sha512: str, cache: Path | None = None) -> Path:
     return dest
 
 
+def base_disk(cell, cancel: threading.Event | None = None) -> Path:
+    """The cell's vendor disk: the release and sha512 the plan resolved (read now when planned --offline)."""
+    from imagebuilder import baseimages
+
+    resolved = cell.base_image.get("resolved") or baseimages.Resolver().resolve(cell)
+    return base_image(release_url(cell.base_source.get("url") or cell.base_image["source"], resolved["version"]),
+                      resolved["sha512"])
+
+
 # -- writing onto the ROOT partition of a disk, offline ----------------------------------------
 
 
@@ -348,7 +357,7 @@ class FlatcarExecutor:
 
 
 def bake_local(job: Job, cancel: threading.Event, log) -> Path:
-    from imagebuilder import local_target, offline
+    from imagebuilder import offline
 
     def run(argv: list[str], what: str) -> None:
         log.write(f"--- {what}\n".encode())
@@ -358,7 +367,7 @@ def bake_local(job: Job, cancel: threading.Event, log) -> Path:
             raise RuntimeError(f"{what} failed (exit {result.returncode})")
 
     cell = job.cell
-    base = local_target.base_files(cell, cancel)["disk.img"]
+    base = base_disk(cell, cancel)
     image = build_sysext(cell, job.directory / "sysext", cancel)
     log.write(f"==> flatcar: {image.name} (sha256 {hashlib.sha256(image.read_bytes()).hexdigest()})\n".encode())
     timestamp = datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S")

@@ -52,9 +52,7 @@ def base_files(cell: Cell, cancel: threading.Event | None = None) -> dict[str, P
     if local.kind == "flatcar":
         from imagebuilder import flatcar
 
-        resolved = cell.base_image.get("resolved") or baseimages.Resolver().resolve(cell)
-        url = flatcar.release_url(cell.base_source.get("url") or cell.base_image["source"], resolved["version"])
-        return {"disk.img": flatcar.base_image(url, resolved["sha512"])}
+        return {"disk.img": flatcar.base_disk(cell, cancel)}
     from imagebuilder.distributions import ubuntu  # the vendor's cloud image, with its own GRUB
 
     # Planned --offline: the image the vendor's checksum file names now.
