@@ -205,8 +205,12 @@ OPERATING_SYSTEMS: dict[str, OsInfo] = {
                 "nutanix": {"amd64": {"source": f"{UBUNTU_IMAGES}/jammy/release/ubuntu-22.04-server-cloudimg-amd64.img"}},
                 "huaweicloud": {"amd64": {"image_filter_name": "Ubuntu 22.04 server 64bit"}},
             },
-            variant_images={"azure": {"cvm": {"amd64": {
-                "publisher": "Canonical", "offer": "0001-com-ubuntu-confidential-vm-jammy", "sku": "22_04-lts-cvm"}}}},
+            variant_images={"azure": {
+                "cvm": {"amd64": {"publisher": "Canonical", "offer": "0001-com-ubuntu-confidential-vm-jammy",
+                                  "sku": "22_04-lts-cvm"}},
+                # Generation 1 SKUs (image-builder's plain azure-sig targets).
+                "gen1": {"amd64": {"publisher": "Canonical", "offer": "0001-com-ubuntu-server-jammy", "sku": "22_04-lts"}},
+            }},
             local_base=LocalBase("cloud-image"),
         ),
         OsInfo(
@@ -243,8 +247,10 @@ OPERATING_SYSTEMS: dict[str, OsInfo] = {
                 # An Oxide silo's images are the operator's uploads, named as here.
                 "oxide": {"amd64": {"image_name": "ubuntu-24.04"}},
             },
-            variant_images={"azure": {"cvm": {"amd64": {
-                "publisher": "Canonical", "offer": "ubuntu-24_04-lts", "sku": "cvm"}}}},
+            variant_images={"azure": {
+                "cvm": {"amd64": {"publisher": "Canonical", "offer": "ubuntu-24_04-lts", "sku": "cvm"}},
+                "gen1": {"amd64": {"publisher": "Canonical", "offer": "ubuntu-24_04-lts", "sku": "server-gen1"}},
+            }},
             local_base=LocalBase("cloud-image"),
         ),
         OsInfo(
@@ -316,6 +322,8 @@ OPERATING_SYSTEMS: dict[str, OsInfo] = {
                                     "sku": "stable-gen2"}},
                 "openstack": {"amd64": {"image_name": "flatcar-stable"}, "arm64": {"image_name": "flatcar-stable"}},
             },
+            variant_images={"azure": {"gen1": {"amd64": {
+                "publisher": "kinvolk", "offer": "flatcar-container-linux-free", "sku": "stable"}}}},
             default_strategy="sysext",
             local_base=LocalBase("flatcar", checksums="{image}.DIGESTS"),
             strategies={cloud: "bake" for cloud in FLATCAR_BAKED},
@@ -342,8 +350,10 @@ OPERATING_SYSTEMS: dict[str, OsInfo] = {
                 "vultr": {"amd64": {"os_id": "2760"}},
                 "nutanix": {"amd64": {"source": f"{UBUNTU_IMAGES}/resolute/release/ubuntu-26.04-server-cloudimg-amd64.img"}},
             },
-            variant_images={"azure": {"cvm": {"amd64": {
-                "publisher": "Canonical", "offer": "ubuntu-26_04-lts", "sku": "cvm"}}}},
+            variant_images={"azure": {
+                "cvm": {"amd64": {"publisher": "Canonical", "offer": "ubuntu-26_04-lts", "sku": "cvm"}},
+                "gen1": {"amd64": {"publisher": "Canonical", "offer": "ubuntu-26_04-lts", "sku": "server-gen1"}},
+            }},
             local_base=LocalBase("cloud-image"),
         ),
         OsInfo(
@@ -402,6 +412,8 @@ OPERATING_SYSTEMS: dict[str, OsInfo] = {
             images={"azure": {
                 "amd64": {"publisher": "MicrosoftCBLMariner", "offer": "azure-linux-3", "sku": "azure-linux-3-gen2"},
             }},
+            variant_images={"azure": {"gen1": {"amd64": {
+                "publisher": "MicrosoftCBLMariner", "offer": "azure-linux-3", "sku": "azure-linux-3"}}}},
         ),
         OsInfo(
             id="oracle-linux-9", distro="ol", version="9", family="redhat", ssh_user="opc",

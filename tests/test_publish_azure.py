@@ -200,6 +200,20 @@ def test_a_variant_has_its_own_definition_with_its_security_type(store: AzureIma
     assert "features" not in default_put.body["properties"]
     assert cvm_put.body["properties"]["features"] == [{"name": "SecurityType", "value": "ConfidentialVmSupported"}]
     assert cvm_put.body["properties"]["identifier"]["sku"] == "k8s-1.31-amd64-cvm"
+    assert (default_put.body["properties"]["hyperVGeneration"], cvm_put.body["properties"]["hyperVGeneration"]) == (
+        "V2", "V2")
+
+
+def test_the_gen1_variant_has_a_generation_1_definition(store: AzureImageStore, arm: AzureComputeStandin) -> None:
+    """image-builder's plain azure-sig images: Packer's VM boots the vendor's generation 1 SKU, so
+    the definition its version goes into must say V1 (a V2 one refuses it)."""
+    store.ensure_gallery()
+    gen1 = replace(metadata("1764064800"), variant="gen1")
+    assert store.ensure_definition(gen1) == "capi-debian-12-gen1-k8s-1.31"
+    (put,) = arm.calls("PUT", "/images/capi-debian-12-gen1-k8s-1.31$")
+    assert put.body["properties"]["hyperVGeneration"] == "V1"
+    assert put.body["properties"]["identifier"]["sku"] == "k8s-1.31-amd64-gen1"
+    assert "features" not in put.body["properties"]
 
 
 def test_a_version_packer_made_is_found_and_completed(store: AzureImageStore, arm: AzureComputeStandin) -> None:

@@ -210,9 +210,9 @@ def test_validate_reports_a_broken_cell(tmp_path: Path) -> None:
 def test_arch_and_variant_cells_render_and_say_what_they_are(tmp_path: Path) -> None:
     """Cells of an arch list and of variants render (fmt-clean, packer validate where Packer is), and
     their metadata records the arch and the variant; a default cell records no variant."""
-    path = all_cells_matrix(tmp_path, qemu={"variants": ["efi"]}, azure={"variants": ["cvm", "trustedlaunch"]})
+    path = all_cells_matrix(tmp_path, qemu={"variants": ["efi"]}, azure={"variants": ["cvm", "trustedlaunch", "gen1"]})
     path.write_text(path.read_text() + "arch: [amd64, arm64]\nexclude:\n  - {os: debian-12, variant: cvm}\n"
-                     "  - {variant: cvm, arch: arm64}\n")
+                     "  - {variant: cvm, arch: arm64}\n  - {os: debian-12, variant: gen1}\n  - {variant: gen1, arch: arm64}\n")
     cells = plan(load_matrix(path))
     rendered = {r.cell.id: r for r in render_cells(cells, tmp_path / "out", OLD_PACKER)}
     for cell_id, variant, arch in (("azure-ubuntu-2204-cvm-k8s-1.31", "cvm", "amd64"),
@@ -226,9 +226,12 @@ def test_arch_and_variant_cells_render_and_say_what_they_are(tmp_path: Path) -> 
         assert ansible_vars["imagebuilder_downloads"]["kubelet"]["url"].endswith(f"/linux/{arch}/kubelet")
     cvm = load_hcl((rendered["azure-ubuntu-2204-cvm-k8s-1.31"].directory / "cell.auto.pkrvars.hcl").read_text())
     assert (cvm["azure_image_sku"], cvm["azure_vm_size"]) == ("22_04-lts-cvm", "Standard_DC2as_v5")
+    gen1 = load_hcl((rendered["azure-ubuntu-2204-gen1-k8s-1.31"].directory / "cell.auto.pkrvars.hcl").read_text())
+    assert (gen1["azure_image_sku"], gen1["azure_image_definition"]) == ("22_04-lts", "capi-ubuntu-2204-gen1-k8s-1.31")
     if shutil.which("packer") is None:
         return
-    for directory in (rendered[c].directory for c in ("azure-ubuntu-2204-cvm-k8s-1.31", "aws-ubuntu-2204-arm64-k8s-1.31")):
+    for directory in (rendered[c].directory for c in ("azure-ubuntu-2204-cvm-k8s-1.31", "azure-ubuntu-2204-gen1-k8s-1.31",
+                                                      "aws-ubuntu-2204-arm64-k8s-1.31")):
         result = subprocess.run(["packer", "fmt", "-check", "."], cwd=directory, capture_output=True, text=True)
         assert result.returncode == 0, result.stdout + result.stderr
         result = subprocess.run(["packer", "validate", "."], cwd=directory, capture_output=True, text=True, timeout=120)

@@ -37,7 +37,9 @@ def test_the_example_lists_image_builder_targets_with_their_cells() -> None:
     for target, cell in (("build-raw-debian-12", "raw-debian-12"), ("build-raw-ubuntu-2404", "raw-ubuntu-2404"),
                          ("build-qemu-debian-12", "qemu-debian-12"), ("build-ami-ubuntu-2404", "aws-ubuntu-2404"),
                          ("build-gce-ubuntu-2204", "gcp-ubuntu-2204"), ("build-openstack-flatcar", "openstack-flatcar"),
-                         ("build-azure-sig-ubuntu-2204-gen2", "azure-ubuntu-2204")):
+                         ("build-azure-sig-ubuntu-2204-gen2", "azure-ubuntu-2204"),
+                         ("build-azure-sig-ubuntu-2204", "azure-ubuntu-2204-gen1"),
+                         ("build-azure-sig-ubuntu-2404-cvm", "azure-ubuntu-2404-cvm")):
         assert found[target] == [f"{cell}-k8s-{minor}"], target
     assert found["build-raw-flatcar"] == [f"raw-flatcar-k8s-{minor}"]  # baked from Flatcar's qemu disk
     assert "build-vultr-flatcar" not in found  # excluded: no Flatcar image there

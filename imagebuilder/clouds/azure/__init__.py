@@ -14,6 +14,9 @@ if TYPE_CHECKING:
     from imagebuilder.planner import Cell
 
 
+GEN1 = "gen1"  # settings.py VARIANTS: image-builder's plain (generation 1) gallery images
+
+
 def _version_key(name: str) -> tuple[int, ...]:
     return tuple(int(part) if part.isdigit() else -1 for part in name.split("."))
 
@@ -30,9 +33,10 @@ class Azure(Cloud):
     estimate_s = 1500.0
 
     def image_builder_target(self, os_id: str, arch: str, variant: str | None) -> str:
-        # Our gallery images are Hyper-V generation 2 (store.py): image-builder's `-gen2` targets;
-        # the cvm variant is its `-cvm` one.
-        return super().image_builder_target(os_id, arch, variant or "gen2")
+        # Our default gallery images are Hyper-V generation 2 (store.py): image-builder's `-gen2`
+        # targets; the gen1 variant is its plain `build-azure-sig-<os>`, the cvm variant its `-cvm`.
+        suffix = {None: "gen2", GEN1: None}.get(variant, variant)
+        return super().image_builder_target(os_id, arch, suffix)
 
     def copies_per_image(self, settings: dict[str, Any]) -> int:
         regions = max(1, len(settings.get("target_regions", [])))

@@ -25,9 +25,19 @@ class AzureSettings(CloudSettings):
                                    "sbom_container", "sbom_prefix"})
     # The default cells start from the vendors' generation 2 SKUs already, with the Standard security type.
     VARIANTS = {
+        "gen1": Variant("a Hyper-V generation 1 (BIOS) gallery image from the vendor's generation 1 SKU "
+                        "(image-builder's plain azure-sig targets)", build={"hyper_v_generation": "V1"},
+                        own_base_image=True),
         "cvm": Variant("a confidential VM image: the vendor's CVM SKU, security type ConfidentialVM, built on "
                        "an AMD SEV-SNP size", settings={"vm_size": "Standard_DC2as_v5"},
                        build={"security_type": "ConfidentialVM"}, own_base_image=True),
         "trustedlaunch": Variant("security type TrustedLaunch (secure boot and vTPM) on the usual SKU",
                                  build={"security_type": "TrustedLaunch"}),
     }
+
+
+def hyper_v_generation(variant: str | None) -> str:
+    """A gallery image definition's Hyper-V generation: V2 unless the cell's variant says V1 (gen1).
+    Packer's azure-arm takes the generation from the base SKU; the definition must match it."""
+    known = AzureSettings.VARIANTS.get(variant or "")
+    return known.build.get("hyper_v_generation", "V2") if known else "V2"

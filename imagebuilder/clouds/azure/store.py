@@ -56,7 +56,7 @@ from imagebuilder.artifact import Artifact
 from imagebuilder.clouds.azure.versions import gallery_version
 from imagebuilder.clouds.disks import aligned_raw, run_tool
 from imagebuilder.clouds import CloudError, ImageFilter, ImageRecord, ImageStore, sort_newest_first, utcnow
-from imagebuilder.clouds.azure.settings import AzureSettings
+from imagebuilder.clouds.azure.settings import AzureSettings, hyper_v_generation
 from imagebuilder.clouds.azure.naming import image_definition as azure_image_definition
 from imagebuilder.metadata import ImageMetadata, tag_key
 from imagebuilder.textline import one_line
@@ -256,7 +256,7 @@ class AzureImageStore(ImageStore):
             tags={tag_key("os"): metadata.os, tag_key("kubernetes_minor"): metadata.kubernetes_minor,
                   tag_key("arch"): metadata.arch},
             properties=m.GalleryImageProperties(
-                os_type="Linux", os_state="Generalized", hyper_v_generation="V2",
+                os_type="Linux", os_state="Generalized", hyper_v_generation=hyper_v_generation(metadata.variant or None),
                 architecture=ARCHITECTURES.get(metadata.arch, "x64"),
                 description=f"Kubernetes {metadata.kubernetes_minor} nodes on {metadata.os} ({metadata.arch})",
                 # The identifier is unique in a gallery: a variant's definition has its own SKU.
