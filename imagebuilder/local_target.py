@@ -71,23 +71,32 @@ def accelerator_for(job: Job, files: dict[str, Path]) -> str:
 
 def efi_unbuilt(cell: Cell) -> str | None:
     """Why this UEFI (efi variant) cell cannot be built, or None. The offline build makes the GPT
-    disk with its EFI system partition; the Packer template and its base disk boot BIOS only."""
-    if offline.firmware_of(cell) != "efi":
+    disk with its EFI system partition from a base tree; a vendor image that boots UEFI as it is
+    (osinfo LocalBase.uefi: Ubuntu's) is built as its BIOS cell is and boot-tested under OVMF.
+    The Packer template's Debian base boots BIOS only."""
+    if offline.firmware_of(cell) != "efi" or efi_from_vendor_image(cell):
         return None
     if cell.settings.get("builder", "auto") != "packer" and offline.supports(cell.os):
         return None
     return (f"{cell.id}: the efi variant is made by the offline builder only, from {offline.debian.OS_ID}'s base "
-            f"tree (the Packer template boots BIOS) | fix: clouds.qemu.builder: auto or offline, or exclude "
+            f"tree (the Packer template boots BIOS), or from a vendor image with an EFI system partition "
+            f"| fix: clouds.{cell.cloud}.builder: auto or offline, or exclude "
             f"{{cloud: {cell.cloud}, os: {cell.os}, variant: efi}}")
+
+
+def efi_from_vendor_image(cell: Cell) -> bool:
+    """An efi cell whose base, the vendor's disk, boots UEFI already: any builder makes it."""
+    local = cell.os_info.local_base
+    return offline.firmware_of(cell) == "efi" and local is not None and local.uefi
 
 
 def builder_for(job: Job, files: dict[str, Path]) -> str:
     """The cell's builder, with "auto" resolved: offline unless KVM works (or the OS has no tree).
-    An efi variant cell is built offline (efi_unbuilt)."""
+    An efi variant cell is built offline (efi_unbuilt), unless its vendor image boots UEFI."""
     wanted = job.cell.settings.get("builder", "auto")
     if job.cell.os_info.family == "flatcar":
         return flatcar_builder(job.cell)
-    if offline.firmware_of(job.cell) == "efi":
+    if offline.firmware_of(job.cell) == "efi" and not efi_from_vendor_image(job.cell):
         reason = efi_unbuilt(job.cell)
         if reason:
             raise UserError(reason)

@@ -47,6 +47,15 @@ class LocalBase:
     # The checksum file beside a cloud image: GNU `SHA256SUMS`, BSD-style `CHECKSUM`, or Flatcar's
     # per-image `{image}.DIGESTS` ({image}: the image's file name).
     checksums: str = "SHA256SUMS"
+    # The vendor's image boots under UEFI as well as BIOS: a GPT disk with an EFI system partition
+    # holding shim and signed GRUB beside the BIOS boot partition (Ubuntu's cloud images: partitions
+    # 14 and 15). Its efi variant cells are then the same build, boot-tested under OVMF
+    # (local_target.efi_unbuilt); without it only the offline build's tree makes an efi disk.
+    uefi: bool = False
+
+
+# Ubuntu's cloud images (SHA256SUMS beside them) boot BIOS and UEFI alike.
+UBUNTU_CLOUD_IMAGE = LocalBase("cloud-image", uefi=True)
 
 
 @dataclass(frozen=True)
@@ -211,7 +220,7 @@ OPERATING_SYSTEMS: dict[str, OsInfo] = {
                 # Generation 1 SKUs (image-builder's plain azure-sig targets).
                 "gen1": {"amd64": {"publisher": "Canonical", "offer": "0001-com-ubuntu-server-jammy", "sku": "22_04-lts"}},
             }},
-            local_base=LocalBase("cloud-image"),
+            local_base=UBUNTU_CLOUD_IMAGE,
         ),
         OsInfo(
             id="ubuntu-2404", distro="ubuntu", version="24.04", family="debian", ssh_user="ubuntu",
@@ -251,7 +260,7 @@ OPERATING_SYSTEMS: dict[str, OsInfo] = {
                 "cvm": {"amd64": {"publisher": "Canonical", "offer": "ubuntu-24_04-lts", "sku": "cvm"}},
                 "gen1": {"amd64": {"publisher": "Canonical", "offer": "ubuntu-24_04-lts", "sku": "server-gen1"}},
             }},
-            local_base=LocalBase("cloud-image"),
+            local_base=UBUNTU_CLOUD_IMAGE,
         ),
         OsInfo(
             id="debian-12", distro="debian", version="12", family="debian", ssh_user="debian",
@@ -354,7 +363,7 @@ OPERATING_SYSTEMS: dict[str, OsInfo] = {
                 "cvm": {"amd64": {"publisher": "Canonical", "offer": "ubuntu-26_04-lts", "sku": "cvm"}},
                 "gen1": {"amd64": {"publisher": "Canonical", "offer": "ubuntu-26_04-lts", "sku": "server-gen1"}},
             }},
-            local_base=LocalBase("cloud-image"),
+            local_base=UBUNTU_CLOUD_IMAGE,
         ),
         OsInfo(
             # RHEL: pay-as-you-go cloud images; a build registers with Red Hat's subscription

@@ -153,6 +153,8 @@ def test_the_descriptor_has_what_vsphere_requires(published: tuple[dict, Path, b
     assert items[17].findtext("rasd:Parent", namespaces=NS) == items[6].findtext("rasd:InstanceID", namespaces=NS)
     assert items[10].findtext("rasd:Connection", namespaces=NS) == network.get(q(OVF, "name"))
 
+    assert hardware.findall(q(VMW, "Config")) == []  # BIOS: no firmware said, as before the efi variant
+
     properties = ova_properties(ova)
     assert properties["KUBERNETES_SEMVER"] == record["kubernetes_version"]
     assert properties["DISTRO_NAME"] == "ubuntu" and properties["DISTRO_ARCH"] == "amd64"
@@ -161,10 +163,38 @@ def test_the_descriptor_has_what_vsphere_requires(published: tuple[dict, Path, b
     assert json.loads(properties["VERSIONS"])["kubernetes"]
 
 
+def test_the_efi_ova_says_so_in_the_descriptor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The efi variant's OVA: the qemu efi build's disk, its VirtualHardwareSection ending with the
+    firmware setting vSphere reads (`<vmw:Config ovf:required="false" vmw:key="firmware" vmw:value="efi"/>`)."""
+    monkeypatch.setenv("IMAGEBUILDER_CATALOGUE", str(tmp_path / "catalogue"))
+    matrix = tmp_path / "matrix.yaml"
+    matrix.write_text(yaml.safe_dump({
+        "versions_file": str(PROJECT_ROOT / "versions.lock.yaml"), "os": ["ubuntu-2404"], "kubernetes": [MINOR],
+        "clouds": {"ova": {"boot_test": False, "variants": ["efi"]}},
+    }))
+    cells = cells_of(matrix)
+    efi = cells[f"ova-ubuntu-2404-efi-k8s-{MINOR}"]
+    assert efi.build_key != cells[f"ova-ubuntu-2404-k8s-{MINOR}"].build_key
+    job, artifact = built(efi, tmp_path / "build", "20260101000000", disk_content(5))
+    done = TargetHooks(publish=False).finish(job, artifact)
+    ova = Path(done.files[0])
+    check_ova(ova, Path(done.files[1]))
+    with tarfile.open(ova) as archive:
+        envelope = ET.fromstring(archive.extractfile(archive.getmembers()[0]).read())  # type: ignore[union-attr]
+    hardware = envelope.find("ovf:VirtualSystem/ovf:VirtualHardwareSection", NS)
+    assert hardware is not None
+    (config,) = hardware.findall(q(VMW, "Config"))
+    assert list(hardware)[-1] is config  # after the items, as the section's extensions go
+    assert (config.get(q(OVF, "required")), config.get(q(VMW, "key")), config.get(q(VMW, "value"))) == \
+        ("false", "firmware", "efi")
+    assert ova_properties(ova)["IMAGEBUILDER_BUILD_KEY"] == efi.build_key
+
+
 def test_the_ova_target_name_is_image_builders() -> None:
     result = CliRunner().invoke(cli, ["targets", "-m", str(PROJECT_ROOT / "examples" / "image-builder.yaml"),
                                       "--format", "json"], catch_exceptions=False)
     found = {entry["target"]: entry["cells"] for entry in json.loads(result.stdout)}
     minor = yaml.safe_load((PROJECT_ROOT / "examples" / "image-builder.yaml").read_text())["kubernetes"][0]
     assert found["build-node-ova-local-ubuntu-2204"] == [f"ova-ubuntu-2204-k8s-{minor}"]
+    assert found["build-node-ova-local-ubuntu-2204-efi"] == [f"ova-ubuntu-2204-efi-k8s-{minor}"]
     assert "build-node-ova-local-flatcar" not in found

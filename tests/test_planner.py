@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from imagebuilder.config import PROJECT_ROOT, load_matrix
+from imagebuilder.osinfo import OPERATING_SYSTEMS
 from imagebuilder.planner import plan
 
 DATA = Path(__file__).parent / "data"
@@ -304,10 +305,17 @@ def test_a_variant_that_cannot_be_built_here_fails_before_packer(tmp_path: Path,
     monkeypatch.setattr(pipeline.packer, "installed_version", lambda: (1, 11, 2))
     unbuilt_variant(cells["azure-ubuntu-2204-cvm-k8s-1.31"])
     unbuilt_variant(cells["azure-debian-12-trustedlaunch-k8s-1.31"])
-    # The Packer template boots BIOS: an efi cell asked of Packer, or of an OS without a base tree, stops.
-    for cell_id in ("qemu-ubuntu-2204-efi-k8s-1.31",):
-        with pytest.raises(UserError, match=rf"^{cell_id}: the efi variant is made by the offline builder only"):
-            unbuilt_variant(cells[cell_id])
+    # Ubuntu's cloud image boots UEFI as it is (osinfo LocalBase.uefi): its efi cell builds with either builder.
+    ubuntu = cells["qemu-ubuntu-2204-efi-k8s-1.31"]
+    assert ubuntu.os_info.local_base.uefi
+    unbuilt_variant(ubuntu)
+    unbuilt_variant(dataclasses.replace(ubuntu, settings={**ubuntu.settings, "builder": "packer"}))
+    # The Packer template boots BIOS: an efi cell of a vendor image without an EFI system partition stops.
+    monkeypatch.setitem(OPERATING_SYSTEMS, "ubuntu-2204", dataclasses.replace(
+        ubuntu.os_info, local_base=dataclasses.replace(ubuntu.os_info.local_base, uefi=False)))
+    with pytest.raises(UserError, match=r"^qemu-ubuntu-2204-efi-k8s-1.31: the efi variant is made by the offline "
+                                        r"builder only"):
+        unbuilt_variant(ubuntu)
     efi = cells["qemu-debian-12-efi-k8s-1.31"]
     packer_cell = dataclasses.replace(efi, settings={**efi.settings, "builder": "packer"})
     with pytest.raises(UserError, match=r"fix: clouds.qemu.builder: auto or offline"):

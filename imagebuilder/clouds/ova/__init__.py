@@ -2,8 +2,9 @@
 
 Its cells build exactly as qemu's; after the boot test of the qcow2, the disk becomes a
 streamOptimized VMDK with an OVF descriptor and a manifest, tarred as `<name>.ova`, with a
-`.sha256sum` beside it, catalogued locally under its own store ("ova"). Importing into vSphere
-(a content library) is described in the README.
+`.sha256sum` beside it, catalogued locally under its own store ("ova"). The efi variant's OVA is the
+qemu efi build's disk, its descriptor saying `firmware` `efi` (vmw:Config) so that vSphere boots it
+with UEFI. Importing into vSphere (a content library) is described in the README.
 """
 
 from __future__ import annotations
@@ -39,12 +40,13 @@ class Ova(LocalOutput):
 
 
 def ova_of(job: Job, artifact: Artifact, qcow2: Path) -> OvaFiles:
-    from imagebuilder import __version__
+    from imagebuilder import __version__, offline
     from imagebuilder.clouds.ova.ovf import Hardware, Product, build_ova
 
     cell, settings, metadata = job.cell, job.cell.settings, artifact.metadata
     hardware = Hardware(version=settings["hardware_version"], cpus=settings["ova_cpus"],
-                        memory_mb=settings["ova_memory_mb"], network=settings["network"])
+                        memory_mb=settings["ova_memory_mb"], network=settings["network"],
+                        firmware=offline.firmware_of(cell))
     product = Product(name=qcow2.stem, kubernetes_semver=metadata.kubernetes_version,
                       distro_name=cell.os.split("-")[0], distro_version=metadata.os_version, distro_arch=cell.arch,
                       build_key=cell.build_key, build_timestamp=metadata.build_timestamp, versions=dict(artifact.versions),

@@ -5,7 +5,8 @@ manifest follows it, then the files References names, in that order).
 The descriptor is what vSphere's import (and ovftool) reads: References (the VMDK, its size),
 DiskSection (capacity, the streamOptimized format), NetworkSection, one VirtualSystem with its
 OperatingSystemSection, a VirtualHardwareSection (vmx-N; CPU, memory, SCSI controller, disk,
-VMXNET3 NIC as CIM RASD items, their elements in the schema's alphabetical order) and a
+VMXNET3 NIC as CIM RASD items, their elements in the schema's alphabetical order; for an efi disk
+`vmw:Config firmware=efi` after them) and a
 ProductSection with the properties image-builder sets (KUBERNETES_SEMVER, DISTRO_NAME, ...).
 """
 
@@ -73,6 +74,7 @@ class Hardware:
     cpus: int
     memory_mb: int
     network: str
+    firmware: str = "bios"  # "efi": the VM boots with UEFI, as vSphere reads it from vmw:Config firmware
 
 
 @dataclass(frozen=True)
@@ -147,6 +149,13 @@ def descriptor(name: str, vmdk_name: str, vmdk_size: int, capacity_bytes: int, h
     _item(hardware_section, {"AddressOnParent": "7", "AutomaticAllocation": "true", "Connection": hardware.network,
                              "Description": "VmxNet3 ethernet adapter", "ElementName": "Network adapter 1",
                              "InstanceID": "5", "ResourceSubType": "VmxNet3", "ResourceType": str(ETHERNET)})
+    # After the items (the section's extension elements): vSphere's boot firmware, as its own exports say
+    # it; without it a VM boots BIOS, and an efi disk (GPT, EFI system partition) finds no bootloader.
+    if hardware.firmware != "bios":
+        config = ET.SubElement(hardware_section, _q(VMW, "Config"))
+        config.set(_q(OVF, "required"), "false")
+        config.set(_q(VMW, "key"), "firmware")
+        config.set(_q(VMW, "value"), hardware.firmware)
 
     product_section = _sub(system, OVF, "ProductSection")
     _sub(product_section, OVF, "Info", "Information about the installed software")
