@@ -197,4 +197,4 @@ def test_the_ova_target_name_is_image_builders() -> None:
     minor = yaml.safe_load((PROJECT_ROOT / "examples" / "image-builder.yaml").read_text())["kubernetes"][0]
     assert found["build-node-ova-local-ubuntu-2204"] == [f"ova-ubuntu-2204-k8s-{minor}"]
     assert found["build-node-ova-local-ubuntu-2204-efi"] == [f"ova-ubuntu-2204-efi-k8s-{minor}"]
-    assert "build-node-ova-local-flatcar" not in found
+    assert found["build-node-ova-local-flatcar"] == [f"ova-flatcar-k8s-{minor}"]  # baked locally (flatcar.py)
