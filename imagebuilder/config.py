@@ -27,6 +27,7 @@ from pydantic import (
 from imagebuilder.clouds import registry
 from imagebuilder.models import CloudSettings, RebuildAfterDays, Strict, Variant
 from imagebuilder.osinfo import ARCHES, BASE_MIRRORS, DEFAULT_ARCH, OPERATING_SYSTEMS, Arch, Strategy
+from imagebuilder.supplied import SUPPLIED
 from imagebuilder.versions import COMPONENTS, VersionsLock
 from imagebuilder.yamlsource import (
     InputError,
@@ -190,6 +191,14 @@ def _one_or_list(value: Any) -> Any:
     return [value] if isinstance(value, str) else value
 
 
+class SuppliedImage(_Strict):
+    """A base image the user downloaded from behind the vendor's login (supplied.py): where to fetch
+    it (http(s) or file://) and its sha256, which goes into the build key."""
+
+    url: str = Field(pattern=r"^(https?|file)://\S+$")
+    sha256: str = Field(pattern=r"^[0-9a-fA-F]{64}$")
+
+
 class Matrix(_Strict):
     """matrix.yaml. Its `clouds` field is typed by the registry: load_matrix validates with
     matrix_model(), this class with that one field set to the clouds of the moment."""
@@ -205,6 +214,8 @@ class Matrix(_Strict):
     exclude: list[CellSelector] = Field(default_factory=list)
     overrides: list[Override] = Field(default_factory=list)
     mirrors: dict[str, str] = Field(default_factory=dict)
+    # OS -> supplied name (kvm_image, iso) -> the image the user supplies (supplied.py; or the environment).
+    supplied_images: dict[str, dict[str, SuppliedImage]] = Field(default_factory=dict)
     retention: RetentionPolicy = Field(default_factory=RetentionPolicy)
     # The scheduled versions update commits patch releases to the default branch instead of
     # opening a pull request (.github/workflows/versions-update.yml).
@@ -284,8 +295,26 @@ def _check_names(matrix: Matrix, source: SourceMap, versions: VersionsLock) -> N
         if component != "registry" and not _is_http_url(url):
             raise source.error(("mirrors", component), f"'{url}' is not an http(s) URL",
                                "write the mirror's base URL, e.g. https://mirror.example/kubernetes")
+    for os_id, images in matrix.supplied_images.items():
+        names = supplied_names(os_id)
+        if not names:
+            raise source.error(("supplied_images", os_id), f"{os_id} has no supplied base image",
+                               "only " + (", ".join(sorted(os for os in OPERATING_SYSTEMS if supplied_names(os)))
+                                          or "none") + " take one: remove this entry")
+        for name in images:
+            if name not in names:
+                raise source.error(("supplied_images", os_id, name), f"unknown supplied image '{name}'",
+                                   did_you_mean(name, names))
     if not matrix.clouds.declared():
         raise source.error(("clouds",), "no cloud declared", "add at least one of: " + ", ".join(registry.names()))
+
+
+def supplied_names(os_id: str) -> tuple[str, ...]:
+    """The names of the base images the user supplies for this OS (kvm_image, iso), from its table."""
+    info = OPERATING_SYSTEMS.get(os_id)
+    names = {reference[SUPPLIED] for arches in (info.images.values() if info else ())
+             for reference in arches.values() if SUPPLIED in reference}
+    return tuple(sorted(names))
 
 
 def list_item_loc(source: SourceMap, name: str, index: int) -> tuple[Any, ...]:

@@ -9,14 +9,20 @@ stand-in, packer.prepare_for_validate) and is removed at the end of the build (`
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
+from imagebuilder import supplied
 from imagebuilder.errors import UserError
 from imagebuilder.osinfo import BASE_MIRRORS, OsInfo
+
+if TYPE_CHECKING:
+    from imagebuilder.planner import Cell
 
 BUILD_USER = "builder"
 # Where the cell's build directory keeps the key and the files served to the installer.
@@ -79,11 +85,14 @@ UBUNTU = Installer(
 )
 
 
-def rocky_files(os_info: OsInfo, public_key: str, packages: list[str], instance_id: str) -> dict[str, str]:
-    """Anaconda's kickstart: a network install from the vendor's repositories (the minimal ISO lacks
-    cloud-init and the guest agents), one XFS root and no swap, the build user with this key and
-    passwordless sudo in cloud-init's file (so its removal is the same as on Ubuntu), no password."""
-    repositories = f"{BASE_MIRRORS['rockylinux']}/{os_info.version}"
+KICKSTART = "ks.cfg"  # Anaconda's, served from HTTP_DIRECTORY
+
+
+def kickstart(os_info: OsInfo, public_key: str, packages: list[str], instance_id: str,
+              source: tuple[str, ...]) -> dict[str, str]:
+    """Anaconda's kickstart installing from `source` (its url/repo or cdrom lines): one XFS root and no
+    swap, cloud-init and the guest agents, the build user with this key and passwordless sudo in
+    cloud-init's file (so its removal is the same as on Ubuntu), no password."""
     lines = [
         f"# {instance_id}: written by imagebuilder for one build",
         "text",
@@ -91,8 +100,7 @@ def rocky_files(os_info: OsInfo, public_key: str, packages: list[str], instance_
         "keyboard us",
         "timezone UTC --utc",
         "network --bootproto=dhcp --activate",
-        f"url --url={repositories}/BaseOS/x86_64/os/",
-        f"repo --name=AppStream --baseurl={repositories}/AppStream/x86_64/os/",
+        *source,
         "rootpw --lock",
         f"user --name={BUILD_USER} --lock",
         f'sshkey --username={BUILD_USER} "{public_key}"',
@@ -119,19 +127,94 @@ def rocky_files(os_info: OsInfo, public_key: str, packages: list[str], instance_
         f"echo '#cloud-config' > {BUILD_SEED}/user-data",
         "%end",
     ]
-    return {"ks.cfg": "\n".join(lines) + "\n"}
+    return {KICKSTART: "\n".join(lines) + "\n"}
 
 
-# Rocky Linux's ISO booted by BIOS (isolinux): Tab edits the boot entry, which gets the kickstart's URL.
-ROCKY = Installer(
-    boot_command=("<tab> inst.text inst.ks=http://{{ .HTTPIP }}:{{ .HTTPPort }}/ks.cfg<enter><wait>",),
-    files=rocky_files,
-)
-INSTALLERS: dict[str, Installer] = {"ubuntu": UBUNTU, "rocky": ROCKY}
+def rocky_files(os_info: OsInfo, public_key: str, packages: list[str], instance_id: str) -> dict[str, str]:
+    """A network install from the vendor's repositories: the minimal ISO lacks cloud-init and the guest agents."""
+    repositories = f"{BASE_MIRRORS['rockylinux']}/{os_info.version}"
+    return kickstart(os_info, public_key, packages, instance_id,
+                     (f"url --url={repositories}/BaseOS/x86_64/os/",
+                      f"repo --name=AppStream --baseurl={repositories}/AppStream/x86_64/os/"))
+
+
+def dvd_files(os_info: OsInfo, public_key: str, packages: list[str], instance_id: str) -> dict[str, str]:
+    """An install from the DVD ISO alone (AlmaLinux's, RHEL's): Anaconda adds the DVD's AppStream
+    beside its BaseOS, which hold cloud-init and the guest agents. RHEL needs no subscription for it:
+    the build registers later, from the environment (the node role)."""
+    return kickstart(os_info, public_key, packages, instance_id, ("cdrom",))
+
+
+# An ISO booted by BIOS (isolinux): Tab edits the boot entry, which gets the kickstart's URL.
+ANACONDA_BOOT = ("<tab> inst.text inst.ks=http://{{ .HTTPIP }}:{{ .HTTPPort }}/" + KICKSTART + "<enter><wait>",)
+ROCKY = Installer(boot_command=ANACONDA_BOOT, files=rocky_files)
+DVD = Installer(boot_command=ANACONDA_BOOT, files=dvd_files)
+
+
+def photon_files(os_info: OsInfo, public_key: str, packages: list[str], instance_id: str) -> dict[str, str]:
+    """Photon OS's installer reads a JSON kickstart (its `ks=` boot option): the whole disk, the
+    packages of a minimal system with cloud-init, OpenSSH, sudo and the guest agents from the ISO's own
+    repository, root's password locked, and a postinstall script that adds the build user with this
+    key and passwordless sudo (cloud-init's file, as elsewhere) and the system's own NoCloud seed."""
+    script = [
+        "#!/bin/sh",
+        f"useradd -m -U -s /bin/bash {BUILD_USER}",
+        f"usermod -p '*' {BUILD_USER}",  # no password, not locked: sshd refuses keys of a locked account
+        f"install -d -m 0700 -o {BUILD_USER} -g {BUILD_USER} /home/{BUILD_USER}/.ssh",
+        f"echo '{public_key}' > /home/{BUILD_USER}/.ssh/authorized_keys",
+        f"chown {BUILD_USER}:{BUILD_USER} /home/{BUILD_USER}/.ssh/authorized_keys",
+        f"chmod 0600 /home/{BUILD_USER}/.ssh/authorized_keys",
+        f"echo '{BUILD_USER} ALL=(ALL) NOPASSWD:ALL' > /etc/sudoers.d/90-cloud-init-users",
+        "chmod 0440 /etc/sudoers.d/90-cloud-init-users",
+        f"mkdir -p {BUILD_SEED}",
+        f"echo 'instance-id: {instance_id}' > {BUILD_SEED}/meta-data",
+        f"echo '#cloud-config' > {BUILD_SEED}/user-data",
+        "systemctl enable sshd cloud-init",
+    ]
+    config = {
+        "hostname": "localhost",
+        "disk": "/dev/sda",  # vSphere's pvscsi controller (and Proxmox's virtio-scsi): the first SCSI disk
+        "password": {"crypted": True, "text": "*", "age": -1},  # no root password
+        "packages": sorted({*PHOTON_PACKAGES, *packages}),
+        "postinstall": script,
+    }
+    return {PHOTON_KICKSTART: json.dumps(config, indent=2) + "\n"}
+
+
+PHOTON_KICKSTART = "ks.json"
+# The packages of image-builder's Photon OS kickstart that the roles rely on (the rest come with them).
+PHOTON_PACKAGES = ("bash", "ca-certificates", "cloud-init", "filesystem", "initramfs", "iptables", "iproute2",
+                   "linux", "openssh-server", "photon-release", "photon-repos", "rpm", "sudo", "tdnf",
+                   "util-linux", "which")
+_PHOTON_KS = "ks=http://{{ .HTTPIP }}:{{ .HTTPPort }}/" + PHOTON_KICKSTART
+# Photon OS 5's ISO at isolinux's boot: prompt; 4's at GRUB's command line (as image-builder boots them).
+# insecure_installation=1: the installer fetches the kickstart over plain HTTP (Packer's server).
+PHOTON_5 = Installer(
+    boot_command=("<esc><wait> vmlinuz initrd=initrd.img root=/dev/ram0 loglevel=3 photon.media=cdrom "
+                  f"{_PHOTON_KS} insecure_installation=1<enter><wait>",),
+    files=photon_files)
+PHOTON_4 = Installer(
+    boot_command=("<esc><wait>c<wait>",
+                  "linux /isolinux/vmlinuz root=/dev/ram0 loglevel=3 insecure_installation=1 photon.media=cdrom "
+                  f"{_PHOTON_KS}<enter><wait>",
+                  "initrd /isolinux/initrd.img<enter><wait>",
+                  "boot<enter>"),
+    files=photon_files)
+# By OS id first (Photon OS's releases boot differently), then by distribution.
+INSTALLERS: dict[str, Installer] = {"ubuntu": UBUNTU, "rocky": ROCKY, "almalinux": DVD, "rhel": DVD,
+                                    "photon-4": PHOTON_4, "photon-5": PHOTON_5}
+
+
+def iso_of(cell: Cell) -> tuple[str, str]:
+    """(URL, Packer's iso_checksum) of the cell's installer ISO: the OS table's, or the user's (supplied.py)."""
+    if supplied.is_supplied(cell.base_image):
+        url, sha256 = supplied.require(cell)
+        return url, f"sha256:{sha256}"
+    return cell.base_image["iso_url"], cell.base_image["iso_checksum"]
 
 
 def installer_for(os_info: OsInfo, cloud: str) -> Installer:
-    installer = INSTALLERS.get(os_info.distro)
+    installer = INSTALLERS.get(os_info.id) or INSTALLERS.get(os_info.distro)
     if installer is None:
         raise UserError(f"{cloud}: {os_info.id}: no unattended install from its ISO is known for {os_info.distro} "
                         f"(known: {', '.join(sorted(INSTALLERS))}) | fix: exclude {{os: {os_info.id}, cloud: {cloud}}}")

@@ -16,7 +16,7 @@ import shutil
 import threading
 from pathlib import Path
 
-from imagebuilder import baseimages, offline, qemu, render
+from imagebuilder import baseimages, offline, qemu, render, supplied
 from imagebuilder.clouds import registry
 from imagebuilder.clouds.qemu import bases
 from imagebuilder.artifact import Artifact
@@ -55,6 +55,9 @@ def base_files(cell: Cell, cancel: threading.Event | None = None) -> dict[str, P
         return {"disk.img": flatcar.base_disk(cell, cancel)}
     from imagebuilder.distributions import ubuntu  # the vendor's cloud image, with its own GRUB
 
+    if supplied.is_supplied(cell.base_image):  # the user's download, checked against its sha256
+        url, sha256 = supplied.require(cell)
+        return {"disk.img": ubuntu.base_image(cell.os, cell.arch, url=url, sha256=sha256).disk}
     # Planned --offline: the image the vendor's checksum file names now.
     resolved = cell.base_image.get("resolved") or baseimages.Resolver().resolve(cell)
     url = cell.base_source.get("url") or cell.base_image["source"]

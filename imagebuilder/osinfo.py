@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping
 
+from imagebuilder.supplied import SUPPLIED
+
 # The package method and role data an OS gets: apt (debian); dnf, or yum on Amazon Linux 2, with rpm
 # (redhat: RHEL and its rebuilds, CentOS Stream, Amazon Linux, Oracle Linux); tdnf with rpm (tdnf: Photon
 # OS and Azure Linux); none (flatcar: Kubernetes as a sysext).
@@ -135,6 +137,10 @@ PHOTON_4_ISO = {"iso_url": "https://packages.vmware.com/photon/4.0/GA/iso/photon
 PHOTON_5_ISO = {"iso_url": "https://packages.vmware.com/photon/5.0/GA/iso/photon-minimal-5.0-dde71ec57.x86_64.iso",
                 "iso_checksum": "sha512:85cddaa8da26c095cf55d3f22f0838ad5d9ae73aa476d0c5c8e54bfbfcb432de"
                                 "af940733c2cb5af14d1e5b133da65c17f3f4e215bf381d5b8b411d548b66a463"}
+# RHEL's KVM guest image and DVD ISO need a Customer Portal login: the user downloads them and names
+# their URL and sha256 (supplied.py: the matrix's supplied_images, or the environment).
+RHEL_KVM_IMAGE = {SUPPLIED: "kvm_image"}
+RHEL_DVD_ISO = {SUPPLIED: "iso"}
 AMAZON_OWNER = "amazon"  # the owner alias of Amazon's own AMIs
 REDHAT_OWNER = "309956199498"  # Red Hat's AWS account (pay-as-you-go RHEL)
 CENTOS_OWNER = "125523088429"  # the CentOS project's AWS account
@@ -367,10 +373,15 @@ OPERATING_SYSTEMS: dict[str, OsInfo] = {
         ),
         OsInfo(
             # RHEL: pay-as-you-go cloud images; a build registers with Red Hat's subscription
-            # service from the environment only (RHSM_* variables, build.py). Red Hat's KVM guest
-            # image needs a Customer Portal login: no qemu base here.
+            # service from the environment only (RHSM_* variables, build.py). The local outputs and
+            # Nutanix start from Red Hat's KVM guest image, vSphere and Proxmox install from the DVD:
+            # both the user's download (supplied.py).
             id="rhel-9", distro="rhel", version="9", family="redhat", ssh_user="ec2-user",
             images={
+                "qemu": {"amd64": RHEL_KVM_IMAGE},
+                "nutanix": {"amd64": RHEL_KVM_IMAGE},
+                "vsphere": {"amd64": RHEL_DVD_ISO},
+                "proxmox": {"amd64": RHEL_DVD_ISO},
                 "aws": {arch: {"name_filter": f"RHEL-9.*_HVM-*-{vendor}-*", "owner": REDHAT_OWNER}
                         for arch, vendor in (("amd64", "x86_64"), ("arm64", "arm64"))},
                 "gcp": {"amd64": {"family": "rhel-9", "project": "rhel-cloud"},
@@ -378,6 +389,7 @@ OPERATING_SYSTEMS: dict[str, OsInfo] = {
                 "azure": {"amd64": {"publisher": "RedHat", "offer": "RHEL", "sku": "9-lvm-gen2"}},
                 "openstack": {arch: {"image_name": "rhel-9"} for arch in ARCHES},
             },
+            local_base=LocalBase("cloud-image"),
             subscription=RHSM,
         ),
         OsInfo(

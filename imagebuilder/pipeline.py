@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from imagebuilder import packer, render
+from imagebuilder import packer, render, supplied
 from imagebuilder.artifact import Artifact
 from imagebuilder.build import (BuilderExecutors, Executor, Job, Limits, Lookup, PackerExecutor, Scheduler, State,
                                 make_jobs, mark_existing)
@@ -175,6 +175,7 @@ class TargetHooks:
     def prepare(self, job: Job) -> None:
         unbuilt_variant(job.cell)
         check_subscription(job.cell, os.environ)
+        supplied.check(job.cell)
         plugin_missing(job.cell)
         registry.get(job.cell.cloud).prepare(job)
 

@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from imagebuilder import targets
+from imagebuilder import supplied, targets
 from imagebuilder.clouds import registry
 from imagebuilder.config import (
     ANSIBLE_DIR,
@@ -296,7 +296,12 @@ def _make_cell(loaded: LoadedMatrix, combo: Combination, mirrors: dict[str, str]
         image_name=image_name(cloud, variant_os(os_id, DEFAULT_ARCH, variant), pins.kubernetes_version, arch),
         variant=variant,
     )
-    cell = Cell(**{**cell.__dict__, "base_source": base_source_for(cell.base_image, mirrors)})
+    base_source = base_source_for(cell.base_image, mirrors)
+    if supplied.is_supplied(base_image):  # the user's download: its sha256 in the key, its URL not
+        filled, url = supplied.filled(os_id, base_image, matrix.supplied_images)
+        cell = Cell(**{**cell.__dict__, "base_image": filled})
+        base_source = {"url": url} if url else {}
+    cell = Cell(**{**cell.__dict__, "base_source": base_source})
     return keyed(cell, pins.model_dump(mode="json"))
 
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from imagebuilder import installer
+from imagebuilder import installer, supplied
 from imagebuilder.clouds.nutanix.settings import NutanixSettings
 from imagebuilder.clouds.registry import Cloud, Plugin, RenderContext, cluster_api_image_name
 
@@ -53,7 +53,9 @@ class Nutanix(Cloud):
             "nutanix_memory_mb": settings["memory_mb"],
             "nutanix_disk_size_gb": settings["disk_size_gb"],
             "nutanix_boot_type": settings["boot_type"],
-            "nutanix_source_image_uri": cell.base_image["source"],  # the vendor's cloud image (the qemu reference)
+            # the vendor's cloud image (the qemu reference), or the one the user supplies (supplied.py)
+            "nutanix_source_image_uri": (supplied.require(cell)[0] if supplied.is_supplied(cell.base_image)
+                                         else cell.base_image["source"]),
         }
 
     def template_context(self, cell: Cell) -> dict[str, Any]:

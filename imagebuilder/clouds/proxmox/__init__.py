@@ -38,6 +38,7 @@ class Proxmox(Cloud):
 
     def packer_variables(self, cell: Cell, context: RenderContext) -> dict[str, Any]:
         settings = cell.settings
+        iso_url, iso_checksum = installer.iso_of(cell)
         return {
             # "": the builder reads PROXMOX_URL / PROXMOX_USERNAME itself.
             "proxmox_url": settings["url"] or "",
@@ -45,8 +46,8 @@ class Proxmox(Cloud):
             "proxmox_insecure_skip_tls_verify": settings["insecure_skip_tls_verify"],
             "proxmox_node": settings["node"],
             "proxmox_pool": settings["pool"] or "",
-            "proxmox_iso_url": cell.base_image["iso_url"],
-            "proxmox_iso_checksum": cell.base_image["iso_checksum"],
+            "proxmox_iso_url": iso_url,
+            "proxmox_iso_checksum": iso_checksum,
             "proxmox_iso_storage_pool": settings["iso_storage_pool"],
             "proxmox_storage_pool": settings["storage_pool"],
             "proxmox_storage_pool_type": settings["storage_pool_type"],

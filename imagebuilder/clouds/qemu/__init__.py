@@ -49,7 +49,9 @@ class Qemu(Cloud):
             "qemu_cpus": settings["cpus"],
             # base/disk.img is the vendor image the plan resolved; the Debian base is built here,
             # from the InRelease files the plan resolved (distributions/debian.py BaseSpec.releases).
-            "qemu_base_checksum": f"sha256:{resolved['sha256']}" if "sha256" in resolved else "none",
+            # A base the user supplies (supplied.py) has its sha256 in the reference itself.
+            "qemu_base_checksum": (f"sha256:{resolved['sha256']}" if "sha256" in resolved else
+                                   f"sha256:{cell.base_image['sha256']}" if "sha256" in cell.base_image else "none"),
         }
 
     def template_context(self, cell: Cell) -> dict[str, Any]:

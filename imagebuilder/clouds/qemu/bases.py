@@ -11,6 +11,7 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
+from imagebuilder import supplied
 from imagebuilder.baseimages import Resolver, Unreachable
 from imagebuilder.errors import UserError
 from imagebuilder.planner import Cell
@@ -140,6 +141,8 @@ def check_debian_releases(cell: Cell) -> None:
 
 
 def resolve(resolver: Resolver, cell: Cell) -> dict[str, Any]:
+    if supplied.is_supplied(cell.base_image):
+        return {}  # the user's download: its sha256 is in the reference already
     try:
         if cell.base_image["source"] == "local":
             return _debian_base(resolver, cell)

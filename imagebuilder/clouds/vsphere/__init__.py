@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 # The variants image-builder names as a flavour before the OS, not as a suffix after it.
 FLAVOURS = ("clone", "base")
 # vSphere's guest OS identifiers of the distributions it installs.
-GUEST_OS_TYPES = {"ubuntu": "ubuntu64Guest", "debian": "debian12_64Guest", "rocky": "rockylinux_64Guest"}
+GUEST_OS_TYPES = {"ubuntu": "ubuntu64Guest", "debian": "debian12_64Guest", "rocky": "rockylinux_64Guest",
+                  "almalinux": "rhel9_64Guest", "rhel": "rhel9_64Guest", "photon": "vmwarePhoton64Guest"}
 # In the installed system: VMware Tools report the VM's address to vCenter, which Packer asks for.
 GUEST_PACKAGES = ["open-vm-tools"]
 
@@ -79,8 +80,7 @@ class Vsphere(Cloud):
             variables["vsphere_clone_from"] = settings["clone_from"].get(cell.os, f"{cell.os}-base")
             variables["vsphere_linked_clone"] = settings["linked_clone"]
         else:
-            variables["vsphere_iso_url"] = cell.base_image["iso_url"]
-            variables["vsphere_iso_checksum"] = cell.base_image["iso_checksum"]
+            variables["vsphere_iso_url"], variables["vsphere_iso_checksum"] = installer.iso_of(cell)
             variables["vsphere_guest_os_type"] = GUEST_OS_TYPES.get(cell.os_info.distro, "otherLinux64Guest")
             variables["vsphere_boot_command"] = list(installer.installer_for(cell.os_info, self.name).boot_command)
         return variables
