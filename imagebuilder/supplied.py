@@ -80,6 +80,16 @@ def require(cell: Cell) -> tuple[str, str]:
     return url, sha256
 
 
+def require_http(cell: Cell) -> str:
+    """The supplied image's URL for a cloud that fetches it itself (Nutanix's image service): http(s) only."""
+    url, _ = require(cell)
+    if not url.startswith(("http://", "https://")):
+        raise UserError(f"{cell.id}: {cell.cloud} fetches the base image itself, and {url} is not an http(s) URL "
+                        "| fix: serve the file over http(s) and name that URL in "
+                        f"{setting(cell.os, cell.base_image[SUPPLIED])}")
+    return url
+
+
 def check(cell: Cell) -> None:
     """Before anything of the cell is built: its supplied base image is named."""
     if is_supplied(cell.base_image):

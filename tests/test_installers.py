@@ -164,9 +164,45 @@ def test_the_new_cells_render_and_pass_packer_validate(tmp_path: Path, template_
                                                   "vsphere-almalinux-9", "vsphere-photon-5"))
     variables = {path.parent.name: path.read_text() for path in (tmp_path / "out").glob("*/cell.auto.pkrvars.hcl")}
     assert f'qemu_base_checksum = "sha256:{SHA_A}"' in variables[f"qemu-rhel-9-k8s-{MINOR}"]
-    assert f'"{KVM_IMAGE["url"]}"' in variables[f"nutanix-rhel-9-k8s-{MINOR}"]
+    assert f'"{KVM_IMAGE["url"]}"' in variables[f"nutanix-rhel-9-k8s-{MINOR}"]  # Prism fetches it: http(s)
     rhel_iso = variables[f"vsphere-rhel-9-k8s-{MINOR}"]
     assert f'"{DVD_ISO["url"]}"' in rhel_iso and f'"sha256:{SHA_B}"' in rhel_iso and '"rhel9_64Guest"' in rhel_iso
     assert '"vmwarePhoton64Guest"' in variables[f"vsphere-photon-5-k8s-{MINOR}"]
     rendered = yaml.safe_dump(variables)
     assert "RHSM" not in rendered
+
+
+def test_nutanix_fetches_the_supplied_image_itself_so_a_file_url_is_refused(tmp_path: Path) -> None:
+    from imagebuilder.clouds import registry
+
+    images = {"rhel-9": {"kvm_image": {**KVM_IMAGE, "url": "file:///srv/rhel-9.4-x86_64-kvm.qcow2"}}}
+    cells = cells_of(write_matrix(tmp_path / "m.yaml", {"qemu": {}, "nutanix": LOCAL["nutanix"]}, os_ids=["rhel-9"],
+                                  supplied_images=images))
+    with pytest.raises(UserError) as caught:
+        registry.get("nutanix").packer_variables(cells[f"nutanix-rhel-9-k8s-{MINOR}"], None)  # type: ignore[arg-type]
+    assert "\n" not in str(caught.value) and "is not an http(s) URL | fix: " in str(caught.value)
+    assert supplied.require(cells[f"qemu-rhel-9-k8s-{MINOR}"])[0].startswith("file://")  # the local build reads it
+
+
+def test_the_local_build_takes_the_supplied_image_only_with_its_sha256(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import hashlib
+
+    from imagebuilder import local_target
+
+    monkeypatch.setenv("IMAGEBUILDER_CACHE", str(tmp_path / "cache"))
+    image = tmp_path / "downloads" / "rhel-9.4-x86_64-kvm.qcow2"
+    image.parent.mkdir()
+    image.write_bytes(b"QFI\xfb stand-in for the user's download")
+    right = {"url": image.as_uri(), "sha256": hashlib.sha256(image.read_bytes()).hexdigest()}
+    for name, given in (("right", right), ("wrong", {**right, "sha256": SHA_A})):
+        cells = cells_of(write_matrix(tmp_path / f"{name}.yaml", {"qemu": {}}, os_ids=["rhel-9"],
+                                      supplied_images={"rhel-9": {"kvm_image": given}}))
+        cell = cells[f"qemu-rhel-9-k8s-{MINOR}"]
+        if name == "right":
+            disk = local_target.base_files(cell)["disk.img"]
+            assert disk.read_bytes() == image.read_bytes() and right["sha256"] in disk.parts
+            continue
+        with pytest.raises(UserError, match=f"sha256 is {right['sha256']}, expected {SHA_A}"):
+            local_target.base_files(cell)
+        assert not any((tmp_path / "cache").rglob(f"{SHA_A}/*.qcow2"))  # nothing left behind

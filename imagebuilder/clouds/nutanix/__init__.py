@@ -54,7 +54,7 @@ class Nutanix(Cloud):
             "nutanix_disk_size_gb": settings["disk_size_gb"],
             "nutanix_boot_type": settings["boot_type"],
             # the vendor's cloud image (the qemu reference), or the one the user supplies (supplied.py)
-            "nutanix_source_image_uri": (supplied.require(cell)[0] if supplied.is_supplied(cell.base_image)
+            "nutanix_source_image_uri": (supplied.require_http(cell) if supplied.is_supplied(cell.base_image)
                                          else cell.base_image["source"]),
         }
 
