@@ -51,6 +51,9 @@ class Installer:
     # (the OS, the build user's public key, the packages to add, an instance id) -> the files served
     # from HTTP_DIRECTORY
     files: Callable[[OsInfo, str, list[str], str], dict[str, str]]
+    # The boot command works under UEFI firmware too (the ISO boots GRUB either way), so the efi
+    # variant installs with it; False: the BIOS boot loader's keys only (isolinux).
+    uefi: bool = False
 
 
 def ubuntu_files(os_info: OsInfo, public_key: str, packages: list[str], instance_id: str) -> dict[str, str]:
@@ -82,6 +85,7 @@ UBUNTU = Installer(
         "boot<enter>",
     ),
     files=ubuntu_files,
+    uefi=True,  # the live-server ISO starts GRUB under BIOS and UEFI alike: the same command line
 )
 
 
@@ -219,6 +223,15 @@ def installer_for(os_info: OsInfo, cloud: str) -> Installer:
         raise UserError(f"{cloud}: {os_info.id}: no unattended install from its ISO is known for {os_info.distro} "
                         f"(known: {', '.join(sorted(INSTALLERS))}) | fix: exclude {{os: {os_info.id}, cloud: {cloud}}}")
     return installer
+
+
+def uefi_unbuilt(cell_id: str, os_info: OsInfo, cloud: str, variant: str) -> str | None:
+    """Why this efi variant cell cannot install from the OS's ISO under UEFI firmware, or None."""
+    installer = INSTALLERS.get(os_info.distro)
+    if installer is None or installer.uefi:
+        return None  # no installer at all: installer_for says so when the cell renders
+    return (f"{cell_id}: {os_info.distro}'s ISO boot command is for its BIOS boot loader; no UEFI boot command "
+            f"is known for it yet | fix: exclude {{os: {os_info.id}, cloud: {cloud}, variant: {variant}}}")
 
 
 def write_install_files(cell_dir: Path, os_info: OsInfo, cloud: str, packages: list[str],

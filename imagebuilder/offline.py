@@ -71,10 +71,8 @@ EFI_BOOT_NAMES = {"shimx64.efi": "BOOTX64.EFI"}  # shim is what EFI/BOOT/ starts
 
 
 def firmware_of(cell) -> str:
-    """"efi" for a cell whose variant asks for UEFI firmware, else "bios"."""
-    variants = registry.get(cell.cloud).settings.VARIANTS
-    build = variants[cell.variant].build if cell.variant in variants else {}
-    return build.get("firmware", "bios")
+    """"efi" for a cell whose variant asks for UEFI firmware, else "bios" (registry.Cloud.firmware)."""
+    return registry.get(cell.cloud).firmware(cell)
 
 
 class StageTimer:

@@ -209,6 +209,11 @@ class Cloud:
                 f"so the image would not be {cell.variant} | fix: exclude {{cloud: {cell.cloud}, variant: "
                 f"{cell.variant}}} until it is")
 
+    def firmware(self, cell: Cell) -> str:
+        """"efi" for a cell whose variant asks for UEFI firmware (its Variant.build `firmware`), else "bios"."""
+        variant = self.settings.VARIANTS.get(cell.variant or "")
+        return variant.build.get("firmware", "bios") if variant else "bios"
+
     def prepare(self, job: Job) -> None:
         """Before the builder runs (the qemu target builds its base disk here)."""
 

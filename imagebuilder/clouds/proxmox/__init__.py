@@ -1,6 +1,10 @@
 """Proxmox VE: VM templates built with Packer's proxmox builder from the OS's installer ISO
 (image-builder's `proxmox-*` targets).
 
+The `efi` variant boots OVMF with an EFI disk (`bios = "ovmf"`, `efi_config`): the proxmox plugin's
+fields, which Packer 1.6.6's built-in builder lacks, so with it `build` refuses the cell in one line
+before Packer (and `validate` checks the rest of its template).
+
 imagebuilder does not manage these images yet (no Proxmox VE API stand-in here to test a store
 against): the template stays on the node of the settings, and `images`/`prune` skip this cloud
 (registry.Cloud.store_path).
@@ -60,12 +64,34 @@ class Proxmox(Cloud):
             "proxmox_memory_mb": settings["memory_mb"],
             "proxmox_cpu_type": settings["cpu_type"],
             "proxmox_boot_command": list(installer.installer_for(cell.os_info, self.name).boot_command),
+            **({"proxmox_efi_storage_pool": settings["efi_storage_pool"] or settings["storage_pool"]}
+               if self.firmware(cell) == "efi" else {}),
         }
 
     def template_context(self, cell: Cell) -> dict[str, Any]:
         """The builder stops the VM itself (no shutdown command): the build user goes in a last step."""
         return {"key_file": installer.KEY_FILE, "http_directory": installer.HTTP_DIRECTORY,
-                "provision_last": [installer.remove_build_user()]}
+                "provision_last": [installer.remove_build_user()],
+                "firmware": "efi" if self.firmware(cell) == "efi" else None}
+
+    def old_packer_context(self, cell: Cell) -> dict[str, Any]:
+        # Packer 1.6.6's built-in proxmox builder has neither `bios` nor `efi_config` (nor `efidisk`).
+        return {"firmware": None}
+
+    def variant_unbuilt(self, cell: Cell, packer_version: tuple[int, int, int] | None = None) -> str | None:
+        """The efi variant: an ISO boot command that works under UEFI, and the proxmox plugin's
+        `bios`/`efi_config` (Packer >= 1.7)."""
+        from imagebuilder.render import MODERN_PACKER
+
+        if self.firmware(cell) != "efi":
+            return None
+        reason = installer.uefi_unbuilt(cell.id, cell.os_info, self.name, cell.variant or "")
+        if reason or packer_version is None or packer_version >= MODERN_PACKER:
+            return reason
+        return (f"{cell.id}: the efi variant's bios ovmf and efi_config need the proxmox plugin ({self.plugin.source} "
+                f"{self.plugin.version}); Packer {'.'.join(map(str, packer_version))}'s built-in proxmox has neither "
+                f"| fix: Packer >= {'.'.join(map(str, MODERN_PACKER))} (render writes required_plugins), or exclude "
+                f"{{cloud: proxmox, variant: efi}}")
 
     def prepare(self, job: Job) -> None:
         """A throw-away key for the build user, and the installer's files with it."""

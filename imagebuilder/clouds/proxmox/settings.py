@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from imagebuilder.models import CloudSettings
+from imagebuilder.models import CloudSettings, Variant
 
 
 class ProxmoxSettings(CloudSettings):
@@ -29,6 +29,13 @@ class ProxmoxSettings(CloudSettings):
     memory_mb: int = Field(4096, ge=1024)
     disk_gib: int = Field(20, ge=10)
     cpu_type: str = "host"
+    # The efi variant's EFI disk (OVMF's variables): this storage; None: storage_pool.
+    efi_storage_pool: str | None = None
 
     OUTSIDE_BUILD_KEY = frozenset({"max_parallel", "url", "username", "insecure_skip_tls_verify", "node", "pool",
-                                   "iso_storage_pool", "storage_pool", "bridge", "vlan_tag"})
+                                   "iso_storage_pool", "storage_pool", "bridge", "vlan_tag", "efi_storage_pool"})
+    # image-builder's proxmox-*-efi: OVMF firmware and an EFI disk (the proxmox plugin's `bios` and
+    # `efi_config`, which Packer 1.6.6's built-in proxmox builder lacks).
+    VARIANTS = {
+        "efi": Variant("boots with UEFI firmware (OVMF, with an EFI disk for its variables)", build={"firmware": "efi"}),
+    }

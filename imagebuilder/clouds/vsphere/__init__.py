@@ -3,8 +3,10 @@
 
 One cloud, three flavours as image-builder has them: the default cells install the OS from its ISO
 (vsphere-iso), the `clone` variant starts from a VM template (vsphere-clone), the `base` variant is the
-OS alone (vsphere-iso, no roles), the template the clone variant starts from. The image-builder
-target of a variant cell names the flavour before the OS (`build-node-ova-vsphere-clone-ubuntu-2204`).
+OS alone (vsphere-iso, no roles), the template the clone variant starts from. Each boots UEFI as one
+more variant, `efi`, `clone-efi`, `base-efi` (vSphere's `firmware = "efi"`; clone-efi clones the
+base-efi template). The image-builder target of a variant cell names the flavour before the OS and
+the firmware after it (`build-node-ova-vsphere-clone-ubuntu-2204-efi`).
 
 imagebuilder does not manage these images yet (no vCenter simulator here to test a store against):
 the template stays in the folder of the settings, or in the content library they name, and
@@ -18,15 +20,13 @@ from typing import TYPE_CHECKING, Any
 
 from imagebuilder import installer
 from imagebuilder.clouds.registry import Cloud, Plugin, RenderContext
-from imagebuilder.clouds.vsphere.settings import VsphereSettings
+from imagebuilder.clouds.vsphere.settings import VsphereSettings, flavour_of
 from imagebuilder.osinfo import DEFAULT_ARCH
 
 if TYPE_CHECKING:
     from imagebuilder.build import Job
     from imagebuilder.planner import Cell
 
-# The variants image-builder names as a flavour before the OS, not as a suffix after it.
-FLAVOURS = ("clone", "base")
 # vSphere's guest OS identifiers of the distributions it installs.
 GUEST_OS_TYPES = {"ubuntu": "ubuntu64Guest", "debian": "debian12_64Guest", "rocky": "rockylinux_64Guest",
                   "almalinux": "rhel9_64Guest", "rhel": "rhel9_64Guest", "photon": "vmwarePhoton64Guest"}
@@ -48,15 +48,25 @@ class Vsphere(Cloud):
     validate_env = {"VSPHERE_USERNAME": "validate-only", "VSPHERE_PASSWORD": "validate-only"}
 
     def image_builder_target(self, os_id: str, arch: str, variant: str | None) -> str:
-        """`build-node-ova-vsphere[-clone|-base]-<os>[-<arch>][-<variant>]`, as image-builder names them."""
-        if variant in FLAVOURS:
-            return "-".join(["build", self.image_builder_names[0], variant, os_id,
-                             *([arch] if arch != DEFAULT_ARCH else [])])
+        """`build-node-ova-vsphere[-clone|-base]-<os>[-<arch>][-efi]`, as image-builder names them: the
+        flavour before the OS, the rest of the variant's name after it."""
+        flavour = flavour_of(variant)
+        if flavour:
+            rest = (variant or "").removeprefix(flavour).lstrip("-")
+            return "-".join(["build", self.image_builder_names[0], flavour, os_id,
+                             *([arch] if arch != DEFAULT_ARCH else []), *([rest] if rest else [])])
         return super().image_builder_target(os_id, arch, variant)
 
     def image_name_prefix(self, cell: Cell) -> str:
-        """The base variant holds no Kubernetes: `<os>-base-<timestamp>`."""
-        return f"{cell.os}-base-" if cell.variant == "base" else super().image_name_prefix(cell)
+        """The base variants hold no Kubernetes: `<os>-base-<timestamp>`, `<os>-base-efi-<timestamp>`."""
+        return f"{cell.os}-{cell.variant}-" if flavour_of(cell.variant) == "base" else super().image_name_prefix(cell)
+
+    def variant_unbuilt(self, cell: Cell, packer_version: tuple[int, int, int] | None = None) -> str | None:
+        """The template renders every variant (firmware, builder); an efi cell needs an ISO boot command
+        that works under UEFI (its clone-efi cell clones the base-efi template installed with it)."""
+        if self.firmware(cell) != "efi":
+            return None
+        return installer.uefi_unbuilt(cell.id, cell.os_info, self.name, cell.variant or "")
 
     def packer_variables(self, cell: Cell, context: RenderContext) -> dict[str, Any]:
         settings = cell.settings
@@ -76,8 +86,9 @@ class Vsphere(Cloud):
             "vsphere_content_library": settings["content_library"] or "",
             "vsphere_content_library_ovf": settings["content_library_ovf"],
         }
-        if cell.variant == "clone":
-            variables["vsphere_clone_from"] = settings["clone_from"].get(cell.os, f"{cell.os}-base")
+        if flavour_of(cell.variant) == "clone":
+            base = "-".join(["base", *(["efi"] if self.firmware(cell) == "efi" else [])])
+            variables["vsphere_clone_from"] = settings["clone_from"].get(cell.os, f"{cell.os}-{base}")
             variables["vsphere_linked_clone"] = settings["linked_clone"]
         else:
             variables["vsphere_iso_url"], variables["vsphere_iso_checksum"] = installer.iso_of(cell)
@@ -86,9 +97,12 @@ class Vsphere(Cloud):
         return variables
 
     def template_context(self, cell: Cell) -> dict[str, Any]:
-        """The builder of the cell's flavour; the base template keeps its build user (clones log in as it)."""
-        base = cell.variant == "base"
-        return {"builder": "vsphere-clone" if cell.variant == "clone" else "vsphere-iso", "provision_node": not base,
+        """The builder of the cell's flavour and its firmware (efi: UEFI; None: vSphere's default, BIOS);
+        the base template keeps its build user (clones log in as it)."""
+        flavour = flavour_of(cell.variant)
+        base = flavour == "base"
+        return {"builder": "vsphere-clone" if flavour == "clone" else "vsphere-iso", "provision_node": not base,
+                "firmware": "efi" if self.firmware(cell) == "efi" else None,
                 "key_file": installer.KEY_FILE, "http_directory": installer.HTTP_DIRECTORY,
                 "shutdown_command": "sudo shutdown -P now" if base else installer.remove_build_user("shutdown -P now")}
 
@@ -96,10 +110,10 @@ class Vsphere(Cloud):
         """The build user's key, and (from the ISO) the installer's files with it: a throw-away key for
         the node images, `template_ssh_key` for the base template (its build user stays, for clones)
         and for the clones, which log in with it."""
-        variant = job.cell.variant
+        flavour = flavour_of(job.cell.variant)
         key = job.cell.settings["template_ssh_key"]
-        key_path = Path(key) if variant in FLAVOURS and key else None
-        if variant == "clone":
+        key_path = Path(key) if flavour and key else None
+        if flavour == "clone":
             installer.place_key(job.directory, key_path)
         else:
             installer.write_install_files(job.directory, job.cell.os_info, self.name, GUEST_PACKAGES, key_path)
