@@ -139,6 +139,14 @@ def changed_cells(cells: list[Cell], lookup: Lookup) -> list[Cell]:
     return [job.cell for job in jobs if job.state in (State.QUEUED, State.PUBLISH_ONLY)]
 
 
+def unbuilt_arch(cell: Cell) -> None:
+    """A cell of an arch its cloud does not build here (Cloud.arches: the local outputs are amd64)
+    fails before anything is fetched or booted, in one line."""
+    reason = registry.get(cell.cloud).arch_refused(cell.arch)
+    if reason:
+        raise UserError(f"{cell.id}: {reason} | fix: exclude {{cloud: {cell.cloud}, arch: {cell.arch}}}")
+
+
 def unbuilt_variant(cell: Cell) -> None:
     """A variant cell its cloud cannot build as its name says here (Cloud.variant_unbuilt: a
     template that does not render it, a builder that cannot) fails before Packer rather than make
@@ -173,6 +181,7 @@ class TargetHooks:
         self.publish = publish
 
     def prepare(self, job: Job) -> None:
+        unbuilt_arch(job.cell)
         unbuilt_variant(job.cell)
         check_subscription(job.cell, os.environ)
         supplied.check(job.cell)

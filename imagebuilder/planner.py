@@ -347,9 +347,9 @@ def templates_digest(cloud_name: str) -> str:
     return files_digest(files)
 
 
-def build_settings(cloud: str, settings: dict[str, Any]) -> dict[str, Any]:
+def build_settings(cloud: str, settings: dict[str, Any], arch: str = DEFAULT_ARCH) -> dict[str, Any]:
     """The settings that shape the image; where it is copied or shared to does not."""
-    return registry.get(cloud).build_settings(settings)
+    return registry.get(cloud).build_settings(settings, arch)
 
 
 def build_key(cell: Cell, pins: dict[str, Any]) -> str:
@@ -369,7 +369,7 @@ def key_material(cell: Cell, pins: dict[str, Any]) -> dict[str, Any]:
         "cloud": cell.cloud,
         "strategy": cell.strategy,
         "base_image": cell.base_image,
-        "settings": build_settings(cell.cloud, cell.settings),
+        "settings": build_settings(cell.cloud, cell.settings, cell.arch),
         "ansible_vars": cell.ansible_vars,
         # Only a variant cell has this input, so the default cells' keys are what they were.
         **({"variant": variant_material(cell.cloud, cell.variant)} if cell.variant else {}),

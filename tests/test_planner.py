@@ -15,7 +15,7 @@ import yaml
 
 from imagebuilder.config import PROJECT_ROOT, load_matrix
 from imagebuilder.osinfo import OPERATING_SYSTEMS
-from imagebuilder.planner import plan
+from imagebuilder.planner import key_material, plan
 
 DATA = Path(__file__).parent / "data"
 
@@ -320,3 +320,29 @@ def test_a_variant_that_cannot_be_built_here_fails_before_packer(tmp_path: Path,
     packer_cell = dataclasses.replace(efi, settings={**efi.settings, "builder": "packer"})
     with pytest.raises(UserError, match=r"fix: clouds.qemu.builder: auto or offline"):
         unbuilt_variant(packer_cell)
+
+def test_arm64_cells_build_where_their_cloud_can(tmp_path: Path) -> None:
+    """AWS builds arm64 on its Graviton instance type (the amd64 cell's key keeps only its own type);
+    the local outputs are amd64 here: their arm64 cells are planned and refused before the build."""
+    from imagebuilder.errors import UserError
+    from imagebuilder.pipeline import unbuilt_arch
+    from imagebuilder.targets import target_of
+
+    shutil.copy(DATA / "versions.lock.yaml", tmp_path / "versions.lock.yaml")
+    (tmp_path / "m.yaml").write_text('os: [ubuntu-2204]\nkubernetes: ["1.31"]\narch: [amd64, arm64]\n'
+                                     'clouds:\n  qemu: {}\n  raw: {}\n  aws: {}\n')
+    cells = {c.id: c for c in plan(load_matrix(tmp_path / "m.yaml"))}
+    arm, amd = cells["aws-ubuntu-2204-arm64-k8s-1.31"], cells["aws-ubuntu-2204-k8s-1.31"]
+    assert key_material(arm, {})["settings"]["instance_type"] == "t4g.large"
+    assert "instance_type_arm64" not in key_material(amd, {})["settings"]
+    assert key_material(amd, {})["settings"]["instance_type"] == "t3.large"
+    assert (arm.image_name, amd.image_name) == ("capa-ami-ubuntu-2204-arm64-v1.31.5-{timestamp}",
+                                                "capa-ami-ubuntu-2204-v1.31.5-{timestamp}")
+    assert (target_of(arm), target_of(amd)) == ("build-ami-ubuntu-2204-arm64", "build-ami-ubuntu-2204")
+    unbuilt_arch(arm)
+    unbuilt_arch(cells["qemu-ubuntu-2204-k8s-1.31"])
+    for cell_id, cloud in (("qemu-ubuntu-2204-arm64-k8s-1.31", "qemu"), ("raw-ubuntu-2204-arm64-k8s-1.31", "raw")):
+        with pytest.raises(UserError, match=rf"^{cell_id}: {cloud} builds amd64 images only \(the local build runs "
+                                            rf"the image on this amd64 host.*\) \| fix: exclude \{{cloud: {cloud}, "
+                                            r"arch: arm64\}$"):
+            unbuilt_arch(cells[cell_id])

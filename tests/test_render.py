@@ -226,6 +226,9 @@ def test_arch_and_variant_cells_render_and_say_what_they_are(tmp_path: Path) -> 
         assert ansible_vars["imagebuilder_downloads"]["kubelet"]["url"].endswith(f"/linux/{arch}/kubelet")
     cvm = load_hcl((rendered["azure-ubuntu-2204-cvm-k8s-1.31"].directory / "cell.auto.pkrvars.hcl").read_text())
     assert (cvm["azure_image_sku"], cvm["azure_vm_size"]) == ("22_04-lts-cvm", "Standard_DC2as_v5")
+    arm = load_hcl((rendered["aws-ubuntu-2204-arm64-k8s-1.31"].directory / "cell.auto.pkrvars.hcl").read_text())
+    assert (arm["aws_instance_type"], arm["aws_source_ami_name"]) == (
+        "t4g.large", "ubuntu/images/hvm-ssd/ubuntu-jammy-22.04-arm64-server-*")
     gen1 = load_hcl((rendered["azure-ubuntu-2204-gen1-k8s-1.31"].directory / "cell.auto.pkrvars.hcl").read_text())
     assert (gen1["azure_image_sku"], gen1["azure_image_definition"]) == ("22_04-lts", "capi-ubuntu-2204-gen1-k8s-1.31")
     if shutil.which("packer") is None:

@@ -97,6 +97,11 @@ class Cloud:
     # kubernetes-sigs/image-builder's provider names for this cloud (images/capi/Makefile): accepted
     # for it under `clouds:` in the matrix; the first names its make targets (image_builder_target).
     image_builder_names: ClassVar[tuple[str, ...]] = ()
+    # The arches this cloud builds here; None: every arch the OS table has references for. A cell
+    # of another arch is planned (the OS table has its references) but refused before its build
+    # starts, in one line with `arch_reason` (Cloud.arch_refused, pipeline.unbuilt_arch).
+    arches: ClassVar[tuple[str, ...] | None] = None
+    arch_reason: ClassVar[str] = ""
     # Environment variables the builder's configuration check (`packer validate`) demands, with
     # stand-in values used only by validate and only where unset (validate_environment).
     validate_env: ClassVar[dict[str, str]] = {}
@@ -120,12 +125,23 @@ class Cloud:
         source = f" ({self.plugin.source})" if self.plugin else ""
         return f"Packer {version} lacks the {self.builder} plugin builder{source}, which needs Packer >= 1.7 and `packer init`"
 
+    def arch_refused(self, arch: str) -> str | None:
+        """Why this cloud cannot build an image of this arch here (one clause), or None."""
+        if self.arches is None or arch in self.arches:
+            return None
+        return f"{self.name} builds {', '.join(self.arches)} images only{f' ({self.arch_reason})' if self.arch_reason else ''}"
+
+    @property
+    def default_arch(self) -> str:
+        """The arch a target name leaves out: the cloud's only one, else the project's default."""
+        return self.arches[0] if self.arches and len(self.arches) == 1 else DEFAULT_ARCH
+
     # -- settings --------------------------------------------------------------------------
     def settings_model(self) -> type[CloudSettings]:
         return self.settings
 
-    def build_settings(self, settings: dict[str, Any]) -> dict[str, Any]:
-        """The settings that shape the image; where it is copied or shared to does not."""
+    def build_settings(self, settings: dict[str, Any], arch: str = DEFAULT_ARCH) -> dict[str, Any]:
+        """The settings that shape the image (of this arch); where it is copied or shared to does not."""
         model = self.settings_model()
         outside_key = model.OUTSIDE_BUILD_KEY | model.COMMON_OUTSIDE_BUILD_KEY
         return {name: value for name, value in settings.items() if name not in outside_key}
@@ -147,9 +163,10 @@ class Cloud:
 
     def image_builder_target(self, os_id: str, arch: str, variant: str | None) -> str:
         """image-builder's make target of a cell, `build-<provider>-<os>[-<arch>][-<variant>]`
-        (`build-ami-ubuntu-2404`); the arch only where it is not the default, as in cell ids."""
+        (`build-ami-ubuntu-2404`); the arch only where it is not the default (the cloud's only
+        arch, else amd64), as in cell ids."""
         provider = self.image_builder_names[0] if self.image_builder_names else self.name
-        return "-".join(["build", provider, os_id, *([arch] if arch != DEFAULT_ARCH else []),
+        return "-".join(["build", provider, os_id, *([arch] if arch != self.default_arch else []),
                          *([variant] if variant else [])])
 
     def image_name_prefix(self, cell: Cell) -> str:

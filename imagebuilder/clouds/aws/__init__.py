@@ -7,10 +7,19 @@ from typing import TYPE_CHECKING, Any
 
 from imagebuilder.clouds.aws.settings import AwsSettings
 from imagebuilder.clouds.registry import Cloud, Plugin, RenderContext
+from imagebuilder.osinfo import DEFAULT_ARCH
 
 if TYPE_CHECKING:
     from imagebuilder.baseimages import Resolver
     from imagebuilder.planner import Cell
+
+
+ARM64_INSTANCE_TYPE = "instance_type_arm64"  # settings.py: the build instance of arm64 cells
+
+
+def instance_type(settings: dict[str, Any], arch: str) -> str:
+    """The build instance type of a cell of this arch (an arm64 AMI boots on Graviton only)."""
+    return str(settings[ARM64_INSTANCE_TYPE] if arch == "arm64" else settings["instance_type"])
 
 
 class Aws(Cloud):
@@ -25,21 +34,25 @@ class Aws(Cloud):
     estimate_s = 900.0
     root_device_name = "/dev/sda1"
 
-    def build_settings(self, settings: dict[str, Any]) -> dict[str, Any]:
-        # The build region shapes the image (its base AMI); the regions copied to do not.
-        return {**super().build_settings(settings), "build_region": settings["regions"][0]}
+    def build_settings(self, settings: dict[str, Any], arch: str = DEFAULT_ARCH) -> dict[str, Any]:
+        # The build region shapes the image (its base AMI); the regions copied to do not. The
+        # instance type is the one of the cell's arch (so an amd64 cell's key is what it was).
+        shaping = super().build_settings(settings, arch)
+        shaping.pop(ARM64_INSTANCE_TYPE, None)
+        return {**shaping, "instance_type": instance_type(settings, arch), "build_region": settings["regions"][0]}
 
     def copies_per_image(self, settings: dict[str, Any]) -> int:
         return max(1, len(settings.get("regions", [])))
 
     def image_name(self, os_id: str, kubernetes_version: str, arch: str) -> str:
-        return f"capa-ami-{os_id}-v{kubernetes_version}-{{timestamp}}"
+        # image-builder's capa-ami-<build name>: its arm64 build names end in -arm64.
+        return f"capa-ami-{os_id}{'' if arch == DEFAULT_ARCH else f'-{arch}'}-v{kubernetes_version}-{{timestamp}}"
 
     def packer_variables(self, cell: Cell, context: RenderContext) -> dict[str, Any]:
         settings = cell.settings
         return {
             "aws_region": settings["regions"][0],
-            "aws_instance_type": settings["instance_type"],
+            "aws_instance_type": instance_type(settings, cell.arch),
             "aws_subnet_id": settings["subnet_id"] or "",
             "aws_volume_size_gb": settings["volume_size_gb"],
             "aws_root_device_name": self.root_device_name,

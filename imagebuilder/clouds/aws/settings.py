@@ -11,6 +11,7 @@ class AwsSettings(CloudSettings):
     max_parallel: int = Field(10, ge=1)  # builds of this cloud at once (quotas)
     regions: list[str] = Field(default_factory=lambda: ["us-east-1"], min_length=1)
     instance_type: str = "t3.large"
+    instance_type_arm64: str = "t4g.large"  # the build instance of arm64 cells (Graviton)
     volume_size_gb: int = Field(20, ge=8)
     subnet_id: str | None = None
     ami_users: list[str] = Field(default_factory=list)  # accounts to share with

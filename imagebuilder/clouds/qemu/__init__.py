@@ -38,6 +38,10 @@ class Qemu(Cloud):
     estimate_s = 300.0
     image_gib = 2.0  # a compressed qcow2
     imports_stock_image = True  # the vendor's cloud image is downloaded and kept
+    # The local build runs the image's own programs on this host (the offline builder's chroot, the
+    # Packer VM and the boot test under KVM or TCG of the host's arch): amd64 hosts, amd64 images.
+    arches = ("amd64",)
+    arch_reason = "the local build runs the image on this amd64 host: its offline chroot and boot test"
 
     def packer_variables(self, cell: Cell, context: RenderContext) -> dict[str, Any]:
         settings = cell.settings
