@@ -22,11 +22,17 @@ def target_of(cell: Cell) -> str:
     return registry.get(cell.cloud).image_builder_target(cell.os, cell.arch, cell.variant)
 
 
+def targets_of(cell: Cell) -> tuple[str, ...]:
+    """The cell's target name, then the other names image-builder gives the same image."""
+    return registry.get(cell.cloud).image_builder_targets(cell.os, cell.arch, cell.variant)
+
+
 def targets(cells: Iterable[Cell]) -> dict[str, list[str]]:
-    """Target name -> the ids of the cells it builds, by name."""
+    """Target name -> the ids of the cells it builds, by name (a cell under each of its names)."""
     found: dict[str, list[str]] = {}
     for cell in cells:
-        found.setdefault(target_of(cell), []).append(cell.id)
+        for name in targets_of(cell):
+            found.setdefault(name, []).append(cell.id)
     return dict(sorted(found.items()))
 
 
@@ -36,7 +42,7 @@ def matches(cell: Cell, pattern: str) -> bool:
         return True
     name, _, minor = pattern.partition(MINOR_SEPARATOR)
     target = name if name.startswith(PREFIX) else PREFIX + name
-    return target_of(cell) == target and fnmatch.fnmatchcase(cell.kubernetes, minor or "*")
+    return target in targets_of(cell) and fnmatch.fnmatchcase(cell.kubernetes, minor or "*")
 
 
 def select(cells: list[Cell], patterns: list[str]) -> list[Cell]:

@@ -44,7 +44,17 @@ def test_the_example_lists_image_builder_targets_with_their_cells() -> None:
     assert found["build-raw-flatcar"] == [f"raw-flatcar-k8s-{minor}"]  # baked from Flatcar's qemu disk
     assert "build-vultr-flatcar" not in found  # excluded: no Flatcar image there
     every = sorted(cell for cells in found.values() for cell in cells)
-    assert every == sorted(planned_ids(EXAMPLE))  # each cell under exactly one target
+    assert sorted(set(every)) == sorted(planned_ids(EXAMPLE))  # each cell under a target
+    # A cell is under its own name and, for a qemu or kubevirt cell from the vendor's cloud image
+    # (image-builder's -cloudimg builds), under that name too; no other cell is listed twice.
+    twice = sorted(cell for cell in set(every) if every.count(cell) > 1)
+    assert twice and all(cell.startswith(("qemu-", "kubevirt-")) for cell in twice)
+    for cloudimg, plain in (("build-qemu-ubuntu-2404-cloudimg", "build-qemu-ubuntu-2404"),
+                            ("build-qemu-rockylinux-9-cloudimg", "build-qemu-rockylinux-9"),
+                            ("build-kubevirt-qemu-ubuntu-2204-cloudimg", "build-kubevirt-qemu-ubuntu-2204")):
+        assert found[cloudimg] == found[plain], cloudimg
+    assert "build-qemu-debian-12-cloudimg" not in found  # Debian's base is built here, not a cloud image
+    assert not [name for name in found if name.startswith(("build-raw-", "build-node-ova-")) and "cloudimg" in name]
     code, table = run("targets", "-m", str(EXAMPLE), "--format", "table")
     assert code == 0 and "build-raw-debian-12" in table and f"raw-debian-12-k8s-{minor}" in table
 
@@ -57,6 +67,8 @@ def test_only_selects_a_target_as_make_passes_it_and_cell_ids_as_before() -> Non
     assert planned_ids(EXAMPLE, "build-gce-debian-12") == [f"gcp-debian-12-k8s-{minor}"]
     assert planned_ids(EXAMPLE, "raw-debian-12-k8s-*") == [f"raw-debian-12-k8s-{minor}"]
     assert planned_ids(EXAMPLE, "qemu-debian-12-k8s-*") == [f"qemu-debian-12-k8s-{minor}"]
+    assert planned_ids(EXAMPLE, f"qemu-ubuntu-2404-cloudimg-k8s-{minor}") == [f"qemu-ubuntu-2404-k8s-{minor}"]
+    assert planned_ids(EXAMPLE, "build-kubevirt-qemu-rockylinux-9-cloudimg") == [f"kubevirt-rockylinux-9-k8s-{minor}"]
     code, out = run("plan", "-m", str(EXAMPLE), "--offline", "--only", "ami-ubuntu-2404-k8s-1.01")
     assert out.strip() in ("", "[]") or code != 0  # another minor: nothing
 

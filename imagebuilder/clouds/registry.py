@@ -169,6 +169,11 @@ class Cloud:
         return "-".join(["build", provider, os_id, *([arch] if arch != self.default_arch else []),
                          *([variant] if variant else [])])
 
+    def image_builder_targets(self, os_id: str, arch: str, variant: str | None) -> tuple[str, ...]:
+        """Every image-builder target name a cell answers to: its own (image_builder_target) first,
+        then any other name image-builder gives the same image (qemu's `-cloudimg`)."""
+        return (self.image_builder_target(os_id, arch, variant),)
+
     def image_name_prefix(self, cell: Cell) -> str:
         return cell.image_name.split("/")[-1].removesuffix("{timestamp}")
 

@@ -28,6 +28,7 @@ class Kubevirt(LocalOutput):
     settings = KubevirtSettings
     order = 3
     image_builder_names = ("kubevirt-qemu",)
+    cloudimg_alias = True  # kubevirt-qemu-<os>-cloudimg: image-builder's kubevirt- + QEMU_BUILD_NAMES
     store_path = "imagebuilder.clouds.kubevirt.store:RegistryStore"
     sdk_extra = "kubevirt"
     image_gib = 2.0  # the qcow2 in an uncompressed layer: it is compressed already

@@ -8,10 +8,11 @@ local outputs; this folder is what the matrix's `clouds.qemu` means.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from imagebuilder.clouds.qemu.settings import QemuSettings
 from imagebuilder.clouds.registry import Cloud, Plugin, RenderContext
+from imagebuilder.osinfo import OPERATING_SYSTEMS
 
 if TYPE_CHECKING:
     from imagebuilder.artifact import Artifact
@@ -19,6 +20,8 @@ if TYPE_CHECKING:
     from imagebuilder.build import Job
     from imagebuilder.planner import Cell
 
+# image-builder's suffix of a qemu build that starts from the vendor's cloud image (QEMU_BUILD_NAMES).
+CLOUDIMG = "cloudimg"
 # The Packer build logs in as this user, made by the build's NoCloud seed and removed at shutdown.
 BUILD_USER = "packer"
 # A locally built base disk has no bootloader yet: the build installs it.
@@ -41,7 +44,19 @@ class Qemu(Cloud):
     # The local build runs the image's own programs on this host (the offline builder's chroot, the
     # Packer VM and the boot test under KVM or TCG of the host's arch): amd64 hosts, amd64 images.
     arches = ("amd64",)
+    cloudimg_alias: ClassVar[bool] = True  # image-builder has -cloudimg names for qemu and kubevirt-qemu
     arch_reason = "the local build runs the image on this amd64 host: its offline chroot and boot test"
+
+    def image_builder_targets(self, os_id: str, arch: str, variant: str | None) -> tuple[str, ...]:
+        """image-builder's qemu builds install from the vendor's ISO; its `-cloudimg` ones start from
+        the vendor's cloud image, as every qemu cell here whose base is one does. So such a cell
+        answers to both names: the plain one (the same OS, Kubernetes and qcow2) and `-cloudimg`
+        (the same way of building). Debian's base is built here, not a vendor cloud image."""
+        own = super().image_builder_targets(os_id, arch, variant)
+        base = OPERATING_SYSTEMS[os_id].local_base
+        if not self.cloudimg_alias or variant is not None or base is None or base.kind != "cloud-image":
+            return own
+        return (*own, f"{own[0]}-{CLOUDIMG}")
 
     def packer_variables(self, cell: Cell, context: RenderContext) -> dict[str, Any]:
         settings = cell.settings
@@ -91,6 +106,7 @@ class LocalOutput(Qemu):
     builders and boot test), whose qcow2 the output's `finish` turns into its own files."""
 
     store_name = None  # its own store in the local catalogue: its images are not the qcow2's
+    cloudimg_alias = False  # image-builder's raw and OVA targets have no -cloudimg names
     template = "qemu.pkr.hcl.j2"  # type: ignore[assignment]
 
     @property
