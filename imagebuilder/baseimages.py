@@ -29,7 +29,7 @@ from imagebuilder.clouds import registry
 from imagebuilder.cloudscope import CloudScope
 from imagebuilder.config import LoadedMatrix
 from imagebuilder.errors import UserError
-from imagebuilder.planner import Cell, rekeyed
+from imagebuilder.planner import VARIANT_SOURCE, Cell, base_cell, built_on_reference, rekeyed
 
 OFFLINE_NOTE = ("imagebuilder: --offline: base images not resolved; build keys hash the base image "
                 "references alone")
@@ -99,6 +99,12 @@ def resolve_cells(cells: list[Cell], loaded: LoadedMatrix, resolver: Resolver) -
     for cell in cells:
         if cell.strategy != "bake" or cell.cloud in resolver.scope.skipped:
             result.append(cell)
+            continue
+        if cell.base_image.get("source") == VARIANT_SOURCE:
+            # Built on another variant's image: the key of that cell once its own base is resolved.
+            (base,) = resolve_cells([base_cell(loaded, cell)], loaded, resolver)
+            reference = built_on_reference(base)
+            result.append(rekeyed(cell, loaded, base_image={**reference, "resolved": {"build_key": base.build_key}}))
             continue
         failure: list[Unresolvable] = []
 

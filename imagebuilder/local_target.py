@@ -22,7 +22,7 @@ from imagebuilder.clouds.qemu import bases
 from imagebuilder.artifact import Artifact
 from imagebuilder.build import Job
 from imagebuilder.errors import UserError
-from imagebuilder.planner import Cell
+from imagebuilder.planner import VARIANT_SOURCE, Cell
 
 # The validate role's settings for an image that has booted (see validate_hook).
 BOOTED_VARS = {"validate_hygiene_checks": False, "validate_inactive_services": []}
@@ -93,12 +93,25 @@ def efi_from_vendor_image(cell: Cell) -> bool:
     return offline.firmware_of(cell) == "efi" and local is not None and local.uefi
 
 
+def built_on_image(cell: Cell) -> bool:
+    """The cell starts from an image built here (Variant.built_on: the ova vmx flavour), a disk
+    without the tree the offline build copies: Packer boots it and applies the roles."""
+    return cell.base_image.get("source") == VARIANT_SOURCE
+
+
 def builder_for(job: Job, files: dict[str, Path]) -> str:
     """The cell's builder, with "auto" resolved: offline unless KVM works (or the OS has no tree).
-    An efi variant cell is built offline (efi_unbuilt), unless its vendor image boots UEFI."""
+    An efi variant cell is built offline (efi_unbuilt), unless its vendor image boots UEFI; a cell built on
+    an image built here, by Packer."""
     wanted = job.cell.settings.get("builder", "auto")
     if job.cell.os_info.family == "flatcar":
         return flatcar_builder(job.cell)
+    if built_on_image(job.cell):
+        if wanted == offline.BUILDER:
+            raise UserError(f"{job.cell.id}: built on the {job.cell.base_image['variant']} image "
+                            f"({job.cell.base_image['cell']}), a disk with no tree for the offline build "
+                            f"| fix: clouds.{job.cell.cloud}.builder: auto or packer")
+        return "packer"
     if offline.firmware_of(job.cell) == "efi" and not efi_from_vendor_image(job.cell):
         reason = efi_unbuilt(job.cell)
         if reason:
@@ -124,11 +137,12 @@ def flatcar_builder(cell: Cell) -> str:
     return flatcar.BUILDER
 
 
-def prepare(job: Job) -> None:
+def prepare(job: Job, files: dict[str, Path] | None = None) -> None:
+    """The builder, and for Packer the base files (``files``, else the cell's base_files), a key and a seed."""
     if job.cell.os_info.family == "flatcar":
         job.builder = flatcar_builder(job.cell)  # its executor fetches the base and the pins itself
         return
-    files = base_files(job.cell, job.cancel)
+    files = files if files is not None else base_files(job.cell, job.cancel)
     job.builder = builder_for(job, files)
     if job.builder == offline.BUILDER:
         return
@@ -170,13 +184,16 @@ def boot_test(job: Job, artifact: Artifact, image: Path | None = None, disk_form
             log.write(f"==> boot test: skipped for {job.cell.os} (Ignition through fw_cfg is not wired into "
                       "the boot test yet)\n")
         return
-    expected = {"build_key": job.cell.build_key, "kubernetes_version": job.cell.kubernetes_version}
+    node = offline.provisions_node(job.cell)
+    # The OS alone (no roles): it boots, logs in and finishes cloud-init; no Kubernetes, no provenance file.
+    expected = ({"build_key": job.cell.build_key, "kubernetes_version": job.cell.kubernetes_version} if node
+                else {"active": [], "enabled": []})
     if offline.firmware_of(job.cell) == "efi":
         expected["firmware"] = "efi"  # booted under OVMF, and it must say UEFI booted it
     workdir = job.directory / "boot-test"
     shutil.rmtree(workdir, ignore_errors=True)
     result = qemu.boot_test(image, expected, user=job.cell.os_info.ssh_user, workdir=workdir,
-                            validate=validate_hook(job), cancel=job.cancel, disk_format=disk_format)
+                            validate=validate_hook(job) if node else None, cancel=job.cancel, disk_format=disk_format)
     (job.directory / "boot-test.json").write_text(json.dumps(
         {"ok": result.ok, "seconds": result.seconds,
          "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in result.checks]}, indent=2))

@@ -44,6 +44,10 @@ class Variant:
     build: dict[str, str] = field(default_factory=dict)  # what the cloud's template sets for it
     # The variant starts from its own vendor image (osinfo OsInfo.variant_images), not the OS's usual one.
     own_base_image: bool = False
+    # The variant starts from the image its cloud's `built_on` variant builds for the same OS, minor and
+    # arch (the ova `vmx` flavour from the `base` one): the cell's base_image names that cell and its build
+    # key (planner.built_on_reference), so its own key says which image it came from.
+    built_on: str | None = None
 
 
 class CloudSettings(Strict):

@@ -70,6 +70,12 @@ EFI_BINARIES = {"shimx64.efi": "usr/lib/shim/shimx64.efi.signed", "mmx64.efi": "
 EFI_BOOT_NAMES = {"shimx64.efi": "BOOTX64.EFI"}  # shim is what EFI/BOOT/ starts
 
 
+def provisions_node(cell) -> bool:
+    """False for a cell of the OS alone (the ova base flavour: no roles, no Kubernetes), as the cloud's
+    template context says it (`provision_node`) to the Packer template."""
+    return bool(registry.get(cell.cloud).template_context(cell).get("provision_node", True))
+
+
 def firmware_of(cell) -> str:
     """"efi" for a cell whose variant asks for UEFI firmware, else "bios" (registry.Cloud.firmware)."""
     return registry.get(cell.cloud).firmware(cell)
@@ -200,9 +206,10 @@ class OfflineBuild:
             self.timer.stage("efi packages", started)
 
         timestamp = datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S")
-        started = time.monotonic()
-        self.apply_roles(base.root_uuid, timestamp)
-        self.timer.stage("ansible", started)
+        if provisions_node(cell):  # else the OS alone (the ova base flavour)
+            started = time.monotonic()
+            self.apply_roles(base.root_uuid, timestamp)
+            self.timer.stage("ansible", started)
 
         started = time.monotonic()
         name = f"{render.packer_variables(cell, self.job.directory)['image_name_prefix']}{timestamp}"

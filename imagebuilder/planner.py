@@ -121,7 +121,7 @@ def base_source_for(base_image: dict[str, Any], mirrors: dict[str, str]) -> dict
     """Where a qemu base is fetched from: {"url": its upstream URL through `mirrors:`}, or the
     Debian archives of the locally built Debian base; {} for the clouds' own images."""
     source = base_image.get("source")
-    if source is None:
+    if source is None or source == VARIANT_SOURCE:
         return {}
     if source == "local":
         return {name: mirrors[name].rstrip("/") for name in ("debian", "debian_security")}
@@ -129,6 +129,24 @@ def base_source_for(base_image: dict[str, Any], mirrors: dict[str, str]) -> dict
         if source.startswith(upstream + "/"):
             return {"url": mirrors.get(name, upstream).rstrip("/") + source[len(upstream):]}
     return {"url": str(source)}
+
+
+# base_image["source"] of a cell whose variant is built on another variant's image (Variant.built_on).
+VARIANT_SOURCE = "variant"
+
+
+def built_on_reference(base: Cell) -> dict[str, Any]:
+    """The base_image of a cell built on the image of `base` (a cell of another variant): that cell and
+    its build key, which hashes everything that made it (its own base image included)."""
+    return {"source": VARIANT_SOURCE, "variant": base.variant, "cell": base.id, "build_key": base.build_key}
+
+
+def base_cell(loaded: LoadedMatrix, cell: Cell) -> Cell:
+    """The cell whose image `cell` is built on (its variant's `built_on`: same OS, minor and arch),
+    as the matrix would plan it, planned or not."""
+    built_on = registry.get(cell.cloud).settings.VARIANTS[cell.variant or ""].built_on
+    mirrors = {**BASE_MIRRORS, **UPSTREAM_MIRRORS, **loaded.matrix.mirrors}
+    return _make_cell(loaded, Combination(cell.cloud, cell.os, cell.kubernetes, cell.arch, built_on), mirrors)
 
 
 def rekeyed(cell: Cell, loaded: LoadedMatrix, **changes: Any) -> Cell:
@@ -262,6 +280,10 @@ def _make_cell(loaded: LoadedMatrix, combo: Combination, mirrors: dict[str, str]
         strategy = override.strategy or strategy
     own_image = variant if known_variant is not None and known_variant.own_base_image else None
     base_image = registry.get(cloud).base_image(base_image_for(info, cloud, arch, own_image), info, arch)
+    if known_variant is not None and known_variant.built_on:
+        # From the image of the variant it is built on; that cell's own errors (no base image) come first.
+        base_image = built_on_reference(_make_cell(loaded, Combination(cloud, os_id, minor, combo.arch,
+                                                                       known_variant.built_on), mirrors))
     this_cell = cell_id(cloud, os_id, minor, arch, variant)
     if base_image is None and cloud not in info.images:
         raise loaded.source.error(("clouds", cloud), f"{os_id} has no base image on {cloud} ({this_cell})",

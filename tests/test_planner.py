@@ -260,8 +260,9 @@ def test_rules_match_arch_and_variant(tmp_path: Path) -> None:
 
 
 def test_every_declared_variant_is_a_valid_change_of_its_cloud() -> None:
-    """A variant's settings are settings of its cloud, and a variant with its own base image has one
-    somewhere in the OS table (else nothing could ever plan it)."""
+    """A variant's settings are settings of its cloud, a variant with its own base image has one
+    somewhere in the OS table (else nothing could ever plan it), and one built on another variant's
+    image names a variant of its cloud that starts from a base image itself."""
     from imagebuilder.config import cloud_settings
     from imagebuilder.osinfo import OPERATING_SYSTEMS
 
@@ -270,6 +271,9 @@ def test_every_declared_variant_is_a_valid_change_of_its_cloud() -> None:
             assert set(variant.settings) <= set(model.model_fields) - {"variants"}, (cloud, name)
             if variant.own_base_image:
                 assert any(name in info.variant_images.get(cloud, {}) for info in OPERATING_SYSTEMS.values())
+            if variant.built_on is not None:  # built on another variant of the same cloud, never on itself
+                assert variant.built_on in model.VARIANTS and variant.built_on != name, (cloud, name)
+                assert not model.VARIANTS[variant.built_on].built_on, (cloud, name)
 
 
 def test_the_readme_matrix_example_plans(tmp_path: Path) -> None:

@@ -40,10 +40,11 @@ DEFAULT_GUEST_OS = ("other5xLinux64Guest", 101)
 
 @dataclass(frozen=True)
 class Product:
-    """What the ProductSection says: image-builder's property names, and our build key."""
+    """What the ProductSection says: image-builder's property names, and our build key (and, for an
+    image built on another OVA, that OVA's). A base image (the OS alone) has no Kubernetes."""
 
     name: str
-    kubernetes_semver: str  # v1.35.1
+    kubernetes_semver: str | None  # v1.35.1; None: the OS alone
     distro_name: str  # ubuntu
     distro_version: str  # 24.04
     distro_arch: str  # amd64
@@ -51,21 +52,38 @@ class Product:
     build_timestamp: str
     versions: dict[str, str]
     imagebuilder_version: str
+    base_build_key: str = ""  # the build key of the OVA this one was built on (the vmx flavour's base)
 
     def properties(self) -> dict[str, str]:
-        return {
+        common = {
             "BUILD_TIMESTAMP": self.build_timestamp,
-            "CNI_VERSION": self.versions.get("cni_plugins", ""),
-            "CONTAINERD_VERSION": self.versions.get("containerd", ""),
             "DISTRO_ARCH": self.distro_arch,
             "DISTRO_NAME": self.distro_name,
             "DISTRO_VERSION": self.distro_version,
             "IMAGE_BUILDER_VERSION": self.imagebuilder_version,
             "IMAGEBUILDER_BUILD_KEY": self.build_key,
+            **({"IMAGEBUILDER_BASE_BUILD_KEY": self.base_build_key} if self.base_build_key else {}),
+        }
+        if self.kubernetes_semver is None:
+            return common
+        return {
+            **common,
+            "CNI_VERSION": self.versions.get("cni_plugins", ""),
+            "CONTAINERD_VERSION": self.versions.get("containerd", ""),
             "KUBERNETES_SEMVER": self.kubernetes_semver,
             "KUBERNETES_SOURCE_TYPE": "http",  # the release binaries, pinned by sha256
             "VERSIONS": json.dumps(self.versions, sort_keys=True, separators=(",", ":")),
         }
+
+    @property
+    def summary(self) -> str:
+        os_name = f"{self.distro_name} {self.distro_version}"
+        return f"{os_name}, the OS alone (no Kubernetes)" if self.kubernetes_semver is None else \
+            f"Kubernetes {self.kubernetes_semver} node on {os_name}"
+
+    @property
+    def version(self) -> str:
+        return self.kubernetes_semver or self.distro_version
 
 
 @dataclass(frozen=True)
@@ -121,7 +139,7 @@ def descriptor(name: str, vmdk_name: str, vmdk_size: int, capacity_bytes: int, h
     _sub(network, OVF, "Description", f"The {hardware.network} network")
 
     system = _sub(envelope, OVF, "VirtualSystem", id=name)
-    _sub(system, OVF, "Info", "A Kubernetes node image")
+    _sub(system, OVF, "Info", "A Kubernetes node image" if product.kubernetes_semver else "An operating system base image")
     _sub(system, OVF, "Name", name)
     guest, cim_id = GUEST_OS.get(product.distro_name, DEFAULT_GUEST_OS)
     os_section = _sub(system, OVF, "OperatingSystemSection", id=str(cim_id))
@@ -159,12 +177,11 @@ def descriptor(name: str, vmdk_name: str, vmdk_size: int, capacity_bytes: int, h
 
     product_section = _sub(system, OVF, "ProductSection")
     _sub(product_section, OVF, "Info", "Information about the installed software")
-    _sub(product_section, OVF, "Product", f"Kubernetes {product.kubernetes_semver} node on {product.distro_name} "
-                                          f"{product.distro_version}")
+    _sub(product_section, OVF, "Product", product.summary)
     _sub(product_section, OVF, "Vendor", "imagebuilder")
-    _sub(product_section, OVF, "Version", product.kubernetes_semver)
-    _sub(product_section, OVF, "FullVersion", f"{product.kubernetes_semver}+{product.build_key[:16]}")
-    for key, value in product.properties().items():
+    _sub(product_section, OVF, "Version", product.version)
+    _sub(product_section, OVF, "FullVersion", f"{product.version}+{product.build_key[:16]}")
+    for key, value in sorted(product.properties().items()):
         _sub(product_section, OVF, "Property", key=key, type="string", userConfigurable="false", value=value)
     ET.indent(envelope)
     return b'<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(envelope, encoding="utf-8") + b"\n"

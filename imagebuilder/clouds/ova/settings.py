@@ -5,6 +5,11 @@ from __future__ import annotations
 from pydantic import Field
 
 from imagebuilder.clouds.qemu.settings import QemuSettings
+from imagebuilder.models import Variant
+
+# image-builder's node-ova-local-base-<os> and node-ova-local-vmx-<os> flavours (Variant.build "flavour"):
+# the OS alone, and the node built on that base's disk instead of on the vendor's image.
+BASE, VMX = "base", "vmx"
 
 
 class OvaSettings(QemuSettings):
@@ -15,3 +20,16 @@ class OvaSettings(QemuSettings):
     # VM used are qemu's): in the build key, they are part of the file.
     ova_cpus: int = Field(2, ge=1)
     ova_memory_mb: int = Field(4096, ge=512)
+
+    # qemu's efi, and the two flavours with BIOS or UEFI firmware; a flavour's target names it before
+    # the OS (build-node-ova-local-vmx-ubuntu-2404-efi), as image-builder's Makefile does.
+    VARIANTS = {
+        **QemuSettings.VARIANTS,
+        BASE: Variant("the OS alone, no Kubernetes: the OVA of the base disk the vmx flavour builds on",
+                      build={"flavour": BASE}),
+        VMX: Variant("the node built on the base flavour's OVA (its disk as the base, not the vendor's image)",
+                     build={"flavour": VMX}, built_on=BASE),
+        f"{BASE}-efi": Variant("the base flavour with UEFI firmware", build={"flavour": BASE, "firmware": "efi"}),
+        f"{VMX}-efi": Variant("the vmx flavour with UEFI firmware, built on the base-efi OVA",
+                              build={"flavour": VMX, "firmware": "efi"}, built_on=f"{BASE}-efi"),
+    }
