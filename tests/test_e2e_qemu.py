@@ -26,11 +26,12 @@ import sys
 import tarfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
@@ -41,6 +42,8 @@ from conftest import REPO, process_alive
 from conftest import test_cache_dir as shared_test_cache
 from imagebuilder import procs, qemu, render, sbom
 from imagebuilder.distributions import debian
+from imagebuilder.clouds.kubevirt import containerdisk_of
+from imagebuilder.clouds.local import LocalCatalogue
 from imagebuilder.clouds.ova.ovf import Hardware, Product, build_ova
 from imagebuilder.clouds.qemu import BUILD_USER
 from imagebuilder.clouds.raw.disk import raw_outputs
@@ -430,29 +433,77 @@ def test_offline_build_boots_runs_containers_and_is_skipped_next_time(
     assert build.log.read_text().count("=== attempt") == attempts_before  # nothing built again
 
 
-def test_the_ova_of_the_built_image_checks_out(offline_build: CellBuild, tmp_path: Path) -> None:
-    """The ova output (clouds/ova) of the image the offline build made: the descriptor and manifest
-    check out as test_ova_output checks them on a small disk, and the VMDK holds this disk."""
+def test_the_ova_and_the_containerdisk_of_the_built_image(offline_build: CellBuild, image_registry,
+                                                          tmp_path: Path) -> None:
+    """The local outputs of the image the offline build made (the raw disk is booted by the offline
+    test): the ova (clouds/ova) descriptor and manifest check out as test_ova_output checks them on a
+    small disk, its VMDK holding this disk; the kubevirt containerDisk (clouds/kubevirt) is pushed to
+    the session's registry, listed, resolved and pruned there through the CLI."""
     build = offline_build
     if build.result is None or build.result.returncode != 0:
         pytest.fail(build.failure(), pytrace=False)
-    (record,) = json.loads(run_cli("images", "list", "--cloud", "local", "--output", "json", env=build.env,
-                                   timeout=120).stdout)
-    qcow2 = linked(build.image(), tmp_path / "ova")
-    product = Product(name=qcow2.stem, kubernetes_semver=record["kubernetes_version"], distro_name="debian",
-                      distro_version="12", distro_arch="amd64", build_key=record["build_key"],
-                      build_timestamp=qcow2.stem.rsplit("-", 1)[-1], versions={"kubernetes": record["kubernetes_version"]},
-                      imagebuilder_version="0.1.0")
+    (record,) = LocalCatalogue(build.env["IMAGEBUILDER_CATALOGUE"]).list_images()
+    metadata = record.metadata
+    assert metadata is not None
+    qcow2 = linked(build.image(), tmp_path / "outputs")
+    virtual_size = json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(qcow2)], capture_output=True,
+                                             text=True, check=True).stdout)["virtual-size"]
+    product = Product(name=qcow2.stem, kubernetes_semver=metadata.kubernetes_version, distro_name="debian",
+                      distro_version="12", distro_arch="amd64", build_key=metadata.build_key,
+                      build_timestamp=metadata.build_timestamp, versions={"kubernetes": metadata.kubernetes_version},
+                      imagebuilder_version=metadata.version)
     started = time.monotonic()
     files = build_ova(qcow2, qcow2.stem, Hardware(version=15, cpus=2, memory_mb=2048, network="VM Network"), product)
     print(f"ova of the built image: {time.monotonic() - started:.1f} s", file=sys.stderr)
-    vmdk_info = check_ova(files.ova, files.sums)
-    virtual_size = json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(qcow2)], capture_output=True,
-                                             text=True, check=True).stdout)["virtual-size"]
-    assert vmdk_info["virtual-size"] == virtual_size
+    assert check_ova(files.ova, files.sums)["virtual-size"] == virtual_size
     properties = ova_properties(files.ova)
-    assert properties["IMAGEBUILDER_BUILD_KEY"] == record["build_key"]
-    assert properties["KUBERNETES_SEMVER"] == record["kubernetes_version"]
+    assert properties["IMAGEBUILDER_BUILD_KEY"] == metadata.build_key
+    assert properties["KUBERNETES_SEMVER"] == metadata.kubernetes_version
+
+    repository = f"{image_registry.address}/capi/node"
+    started = time.monotonic()
+    image_id = containerdisk_of(qcow2, metadata, {"registry": repository, "tls_verify": False}, tmp_path)
+    print(f"containerDisk of the built image, pushed: {time.monotonic() - started:.1f} s", file=sys.stderr)
+    assert image_id.startswith(f"{repository}@sha256:")
+    manifest = requests.get(f"http://{image_registry.address}/v2/capi/node/manifests/{image_id.split('@')[1]}",
+                            headers={"Accept": "application/vnd.oci.image.manifest.v1+json"}, timeout=30).json()
+    (layer,) = manifest["layers"]
+    layer_blob = requests.get(f"http://{image_registry.address}/v2/capi/node/blobs/{layer['digest']}", timeout=300)
+    with tarfile.open(fileobj=io.BytesIO(layer_blob.content)) as tar:
+        disk = tar.getmember(f"disk/{qcow2.stem}.qcow2")
+        assert (disk.uid, disk.gid) == (107, 107) and disk.size == qcow2.stat().st_size
+        assert hashlib.sha256(tar.extractfile(disk).read()).digest() == hashlib.sha256(qcow2.read_bytes()).digest()
+
+    # A previous nightly's containerDisk of the cell (a small disk), which retention may prune.
+    previous = tmp_path / "previous" / f"{qcow2.stem.rsplit('-', 1)[0]}-20250101000000.qcow2"
+    previous.parent.mkdir()
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(previous), "64M"], check=True)
+    previous_id = containerdisk_of(previous, replace(metadata, build_key="0" * 64, build_timestamp="20250101000000"),
+                                   {"registry": repository, "tls_verify": False}, tmp_path)
+
+    matrix = yaml.safe_load(build.matrix.read_text())
+    matrix["clouds"]["kubevirt"] = {"registry": repository, "tls_verify": False, "in_use_check": "tags"}
+    matrix["retention"] = {"keep_newest": 1, "min_age_days": 0, "deprecate_grace_days": 0}
+    kubevirt_matrix = build.work / "kubevirt.yaml"  # beside the build's versions.lock.yaml
+    kubevirt_matrix.write_text(yaml.safe_dump(matrix))
+    options = ("-m", str(kubevirt_matrix), "--cloud", "kubevirt")
+    listing = run_cli("images", "list", *options, "--output", "json", env=build.env, timeout=120)
+    assert listing.returncode == 0, listing.stderr
+    listed = json.loads(listing.stdout)
+    assert [(r["image_id"], r["build_key"]) for r in listed] == [(image_id, metadata.build_key),
+                                                                 (previous_id, "0" * 64)]  # newest first
+    resolved = run_cli("images", "resolve", *options, "--os", "debian-12", "--k8s", metadata.kubernetes_minor,
+                       env=build.env, timeout=120)
+    assert resolved.returncode == 0 and resolved.stdout.strip() == image_id, resolved.stdout + resolved.stderr
+    dry = run_cli("prune", *options, env=build.env, timeout=120)
+    assert dry.returncode == 0 and "1 would deprecate" in dry.stdout, dry.stdout + dry.stderr  # dry run: nothing changes
+    for step in ("1 deprecated", "1 deleted"):  # the previous one: deprecated first, deleted on the next run
+        pruned = run_cli("prune", *options, "--apply", env=build.env, timeout=120)
+        assert pruned.returncode == 0 and step in pruned.stdout, pruned.stdout + pruned.stderr
+    listed = json.loads(run_cli("images", "list", *options, "--output", "json", env=build.env, timeout=120).stdout)
+    assert [r["image_id"] for r in listed] == [image_id]
+    assert run_cli("images", "resolve", *options, "--os", "debian-12", "--k8s", metadata.kubernetes_minor,
+                   env=build.env, timeout=120).stdout.strip() == image_id
 
 
 # --- Ctrl-C and SIGTERM -----------------------------------------------------------------------
