@@ -240,7 +240,7 @@ def test_the_example_provides_image_builder_s_kubevirt_targets() -> None:
                                 catch_exceptions=False)
     found = {entry["target"]: entry["cells"] for entry in json.loads(result.stdout)}
     assert found["build-kubevirt-qemu-debian-12"] == [f"kubevirt-debian-12-k8s-{minor}"]
-    assert "build-kubevirt-qemu-flatcar" not in found  # no local Flatcar base
+    assert found["build-kubevirt-qemu-flatcar"] == [f"kubevirt-flatcar-k8s-{minor}"]  # Flatcar baked locally
     # what `make build-kubevirt-qemu-debian-12` passes: --only 'kubevirt-qemu-debian-12-k8s-*'
     planned = CliRunner().invoke(imagebuilder_cli, ["plan", "-m", str(example), "--offline", "--format", "json",
                                                     "--only", "kubevirt-qemu-debian-12-k8s-*"], catch_exceptions=False)
