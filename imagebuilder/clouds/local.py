@@ -40,7 +40,7 @@ from imagebuilder.timeparse import as_utc
 CATALOGUE_ENV = "IMAGEBUILDER_CATALOGUE"
 RECORD_SCHEMA = 1
 REGION = "local"
-IMAGE_SUFFIXES = (".qcow2", ".img", ".raw", ".ova")
+IMAGE_SUFFIXES = (".qcow2", ".img", ".raw", ".ova", ".gz")  # .gz: the MAAS root tarball (.tar.gz)
 # The files a build writes beside its image (attest.py), by the record field that names them.
 SIDE_FILES = ATTESTATION_FILES
 
