@@ -13,8 +13,10 @@ from imagebuilder.supplied import SUPPLIED
 # OS and Azure Linux); none (flatcar: Kubernetes as a sysext).
 Family = Literal["debian", "redhat", "tdnf", "flatcar"]
 Strategy = Literal["bake", "sysext"]
-Arch = Literal["amd64", "arm64"]
-ARCHES: tuple[Arch, ...] = ("amd64", "arm64")  # our spelling; each reference below has the vendor's
+Arch = Literal["amd64", "arm64", "ppc64le"]
+ARCHES: tuple[Arch, ...] = ("amd64", "arm64", "ppc64le")  # our spelling; each reference below has the vendor's
+# The arches most clouds publish images of (ppc64le: IBM Power Virtual Server's only, powervs).
+AMD_ARM: tuple[Arch, ...] = ("amd64", "arm64")
 DEFAULT_ARCH: Arch = "amd64"  # a cell of this arch has no arch in its id
 
 # A base image reference as the cloud's lookup reads it (an AMI name filter and owner, a GCP
@@ -147,6 +149,8 @@ CENTOS_OWNER = "125523088429"  # the CentOS project's AWS account
 ALMALINUX_OWNER = "764336703387"  # AlmaLinux OS Foundation's AWS account
 ALMALINUX_IMAGES = f"{BASE_MIRRORS['almalinux']}/9/cloud"
 CENTOS_STREAM_IMAGES = BASE_MIRRORS["centos_stream"]
+# The IBM Cloud Object Storage bucket of the OVAs image-builder's PowerVS builds import (source_cos_*).
+POWERVS_BUCKET, POWERVS_BUCKET_REGION = "power-oss-bucket", "us-south"
 FLATCAR_STABLE = BASE_MIRRORS["flatcar"]
 FLATCAR_ARCH = {"amd64": "amd64-usr", "arm64": "arm64-usr"}  # the release server's directories
 # Where Flatcar runs as a stock image with the sysext merged at boot (the default) and where it is
@@ -166,11 +170,21 @@ def centos_stream(version: str) -> OsInfo:
                     for arch, vendor in (("amd64", "x86_64"), ("arm64", "aarch64"))},
             "gcp": {"amd64": {"family": f"centos-stream-{version}", "project": "centos-cloud"},
                     "arm64": {"family": f"centos-stream-{version}-arm64", "project": "centos-cloud"}},
-            "openstack": {arch: {"image_name": f"centos-stream-{version}"} for arch in ARCHES},
-            "hcloud": {arch: {"image": f"centos-stream-{version}"} for arch in ARCHES},
+            "openstack": {arch: {"image_name": f"centos-stream-{version}"} for arch in AMD_ARM},
+            "hcloud": {arch: {"image": f"centos-stream-{version}"} for arch in AMD_ARM},
+            # The OVA image-builder's PowerVS builds import from IBM Cloud Object Storage (packer/powervs).
+            "powervs": {"ppc64le": powervs_ova(f"centos-streams-{version}.ova.gz")},
         },
+        # CentOS Stream 10's OVA configured for a DHCP network (image-builder's centos-10-dhcp).
+        variant_images=({"powervs": {"dhcp": {"ppc64le": powervs_ova(f"centos-streams-{version}-dhcp.ova.gz")}}}
+                        if version == "10" else {}),
         local_base=LocalBase("cloud-image", checksums="CHECKSUM"),
     )
+
+
+def powervs_ova(name: str) -> Reference:
+    """An OVA in the public bucket image-builder's PowerVS builds start from."""
+    return {"bucket": POWERVS_BUCKET, "object": name, "region": POWERVS_BUCKET_REGION}
 
 
 def photon(version: str, iso: Reference) -> OsInfo:
@@ -347,20 +361,20 @@ OPERATING_SYSTEMS: dict[str, OsInfo] = {
             id="ubuntu-2604", distro="ubuntu", version="26.04", family="debian", ssh_user="ubuntu",
             images={
                 "qemu": {arch: {"source": f"{UBUNTU_IMAGES}/resolute/release/ubuntu-26.04-server-cloudimg-{arch}.img"}
-                         for arch in ARCHES},
+                         for arch in AMD_ARM},
                 "aws": {arch: {"name_filter": f"ubuntu/images/*ubuntu-resolute-26.04-{arch}-server-*",
-                               "owner": UBUNTU_OWNER} for arch in ARCHES},
-                "gcp": {arch: {"family": f"ubuntu-2604-lts-{arch}", "project": "ubuntu-os-cloud"} for arch in ARCHES},
+                               "owner": UBUNTU_OWNER} for arch in AMD_ARM},
+                "gcp": {arch: {"family": f"ubuntu-2604-lts-{arch}", "project": "ubuntu-os-cloud"} for arch in AMD_ARM},
                 "azure": {
                     "amd64": {"publisher": "Canonical", "offer": "ubuntu-26_04-lts", "sku": "server"},
                     "arm64": {"publisher": "Canonical", "offer": "ubuntu-26_04-lts", "sku": "server-arm64"},
                 },
-                "openstack": {arch: {"image_name": "ubuntu-26.04"} for arch in ARCHES},
+                "openstack": {arch: {"image_name": "ubuntu-26.04"} for arch in AMD_ARM},
                 "vsphere": {"amd64": UBUNTU_2604_ISO},
                 "proxmox": {"amd64": UBUNTU_2604_ISO},
-                "hcloud": {arch: {"image": "ubuntu-26.04"} for arch in ARCHES},
+                "hcloud": {arch: {"image": "ubuntu-26.04"} for arch in AMD_ARM},
                 "osc": {"amd64": {"image_name": "Ubuntu-26.04-2026-06-17"}},
-                "scaleway": {arch: {"image": "ubuntu_resolute"} for arch in ARCHES},
+                "scaleway": {arch: {"image": "ubuntu_resolute"} for arch in AMD_ARM},
                 "digitalocean": {"amd64": {"image": "ubuntu-26-04-x64"}},
                 "vultr": {"amd64": {"os_id": "2760"}},
                 "nutanix": {"amd64": {"source": f"{UBUNTU_IMAGES}/resolute/release/ubuntu-26.04-server-cloudimg-amd64.img"}},
@@ -387,7 +401,7 @@ OPERATING_SYSTEMS: dict[str, OsInfo] = {
                 "gcp": {"amd64": {"family": "rhel-9", "project": "rhel-cloud"},
                         "arm64": {"family": "rhel-9-arm64", "project": "rhel-cloud"}},
                 "azure": {"amd64": {"publisher": "RedHat", "offer": "RHEL", "sku": "9-lvm-gen2"}},
-                "openstack": {arch: {"image_name": "rhel-9"} for arch in ARCHES},
+                "openstack": {arch: {"image_name": "rhel-9"} for arch in AMD_ARM},
             },
             local_base=LocalBase("cloud-image"),
             subscription=RHSM,
@@ -404,10 +418,10 @@ OPERATING_SYSTEMS: dict[str, OsInfo] = {
                         "arm64": {"family": "almalinux-9-arm64", "project": "almalinux-cloud"}},
                 "azure": {"amd64": {"publisher": "almalinux", "offer": "almalinux-x86_64", "sku": "9-gen2"},
                           "arm64": {"publisher": "almalinux", "offer": "almalinux-arm", "sku": "9-arm64-gen2"}},
-                "openstack": {arch: {"image_name": "almalinux-9"} for arch in ARCHES},
+                "openstack": {arch: {"image_name": "almalinux-9"} for arch in AMD_ARM},
                 "vsphere": {"amd64": ALMALINUX_9_ISO},
                 "proxmox": {"amd64": ALMALINUX_9_ISO},
-                "hcloud": {arch: {"image": "alma-9"} for arch in ARCHES},
+                "hcloud": {arch: {"image": "alma-9"} for arch in AMD_ARM},
             },
             local_base=LocalBase("cloud-image", checksums="CHECKSUM"),
         ),
@@ -440,7 +454,7 @@ OPERATING_SYSTEMS: dict[str, OsInfo] = {
             id="oracle-linux-9", distro="ol", version="9", family="redhat", ssh_user="opc",
             images={
                 # Oracle's KVM template (its own sha256 is published on the page, not in a sums file).
-                "openstack": {arch: {"image_name": "oracle-linux-9"} for arch in ARCHES},
+                "openstack": {arch: {"image_name": "oracle-linux-9"} for arch in AMD_ARM},
                 # OCI's platform image (image-builder's oci-oracle-linux-9).
                 "oci": {"amd64": {"operating_system": "Oracle Linux", "operating_system_version": "9"}},
             },

@@ -385,7 +385,7 @@ def key_material(cell: Cell, pins: dict[str, Any]) -> dict[str, Any]:
         "schema": BUILD_KEY_SCHEMA,
         "templates": templates_digest(cell.cloud),
         "roles": tree_digest(ANSIBLE_DIR),
-        "pins": pins,
+        "pins": keyed_pins(pins, cell.arch),
         "os": cell.os,
         "arch": cell.arch,
         "cloud": cell.cloud,
@@ -396,6 +396,23 @@ def key_material(cell: Cell, pins: dict[str, Any]) -> dict[str, Any]:
         # Only a variant cell has this input, so the default cells' keys are what they were.
         **({"variant": variant_material(cell.cloud, cell.variant)} if cell.variant else {}),
     }
+
+
+# Every key hashed the amd64 and arm64 sums of every pinned file before other arches were pinned;
+# a cell of another arch (ppc64le) hashes its own sums too, so pinning them moved no key.
+KEYED_SUM_ARCHES = ("amd64", "arm64")
+
+
+def keyed_pins(pins: dict[str, Any], arch: str) -> dict[str, Any]:
+    """The minor's pins as a cell's key hashes them: each file's sums of KEYED_SUM_ARCHES and the cell's arch."""
+    def files(entries: dict[str, Any]) -> dict[str, Any]:
+        return {name: {**entry, "sha256": {a: s for a, s in entry["sha256"].items()
+                                           if a in KEYED_SUM_ARCHES or a == arch}}
+                for name, entry in entries.items()}
+
+    components = {name: {**component, "files": files(component["files"])}
+                  for name, component in pins.get("components", {}).items()}
+    return {**pins, "components": components} if "components" in pins else pins
 
 
 def variant_material(cloud: str, variant: str) -> dict[str, Any]:

@@ -7,8 +7,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-ARCHES: tuple[str, ...] = ("amd64", "arm64")
-Arch = Literal["amd64", "arm64"]
+from imagebuilder.errors import UserError
+
+ARCHES: tuple[str, ...] = ("amd64", "arm64", "ppc64le")
+Arch = Literal["amd64", "arm64", "ppc64le"]
 
 # The one place where the upstream release sites are written down.
 UPSTREAM_MIRRORS: dict[str, str] = {
@@ -106,6 +108,9 @@ def downloads_for(pins: MinorPins, arch: str, mirrors: dict[str, str]) -> dict[s
     for component_name, component in pins.components.items():
         base = mirrors.get(component_name, UPSTREAM_MIRRORS[component_name]).rstrip("/")
         for file_name, pinned in component.files.items():
+            if arch not in pinned.sha256:
+                raise UserError(f"versions.lock.yaml: {component_name} {component.version} {file_name}: no {arch} "
+                                f"sha256 pinned | fix: imagebuilder versions update (it pins every arch)")
             result[file_name] = Download(url=f"{base}/{pinned.path_for(arch)}", sha256=pinned.sha256[arch])
     return result
 
