@@ -44,6 +44,9 @@ from imagebuilder.yamlsource import (
 PROJECT_ROOT = Path(os.environ.get("IMAGEBUILDER_HOME") or Path(__file__).resolve().parent.parent)
 PACKER_DIR = PROJECT_ROOT / "packer"
 ANSIBLE_DIR = PROJECT_ROOT / "ansible"
+# What bakes Flatcar (no roles): the module and its Packer build step, a baked Flatcar cell's key input.
+FLATCAR_BAKE_FILES = (Path(__file__).resolve().parent / "flatcar.py",
+                      Path(__file__).resolve().parent / "flatcar_packer" / "flatcar-build.pkr.hcl.j2")
 DEFAULT_MATRIX = "matrix.yaml"
 
 MINOR_PATTERN = re.compile(r"^1\.\d{1,3}$")

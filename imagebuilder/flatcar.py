@@ -42,7 +42,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from imagebuilder import procs, render, sysext
+from imagebuilder import procs, sysext
 from imagebuilder.atomicfile import replacing
 from imagebuilder.cache import cache_dir
 from imagebuilder.downloads import fetch_all
@@ -61,6 +61,7 @@ UNIT_DIR = "/usr/lib/systemd/system"  # where the sysext's kubelet.service is, o
 KUBELET_WANTS = "/etc/systemd/system/multi-user.target.wants/kubelet.service"
 FIRST_BOOT_FLAG = "/boot/flatcar/first_boot"  # Ignition runs at the next boot when it exists
 UPLOAD = "/tmp/kubernetes-sysext.raw"  # where the Packer builds upload the sysext
+BUILD_IGNITION = "ignition.json"  # the build's Ignition config, in the cell's served directory
 CHUNK = 1024 * 1024
 
 
@@ -150,6 +151,62 @@ def base_image(url: str, sha512: str, cache: Path | None = None) -> Path:
         reason = getattr(error, "reason", error)
         raise UserError(f"cannot download {url}: {reason} | fix: set mirrors.flatcar to a reachable mirror") from None
     return dest
+
+
+def fetch_text(url: str) -> str | None:
+    """A small file of the release server; None when it is not there (404/410)."""
+    from imagebuilder.baseimages import Unreachable
+
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310 (http(s) URLs)
+            return bytes(response.read()).decode(errors="replace")
+    except urllib.error.HTTPError as error:
+        if error.code in (404, 410):
+            return None
+        raise Unreachable(f"{url}: HTTP {error.code} | fix: check mirrors.flatcar") from None
+    except (urllib.error.URLError, OSError) as error:
+        raise Unreachable(f"{url}: unreachable ({getattr(error, 'reason', error)}) | fix: set mirrors.flatcar to a "
+                          "reachable mirror, or plan with --offline") from None
+
+
+def resolve_release(resolver, cell, cloud: str, url: str) -> dict[str, str]:
+    """What `url` (an image of a channel's `current/`) names now: the release (version.txt beside it),
+    the image's sha512 (its DIGESTS file) and its URL in the release's own directory."""
+    from imagebuilder.baseimages import Resolver, Unreachable
+
+    name = urllib.parse.urlparse(url).path.rsplit("/", 1)[-1]
+    digests_url = url + DIGESTS_SUFFIX
+
+    def ask() -> dict[str, str]:
+        digests, version = fetch_text(digests_url), fetch_text(urllib.parse.urljoin(url, VERSION_FILE))
+        sums = parse_digests(digests or "").get(name, {})
+        if version is None or "sha512" not in sums:
+            return {}
+        return {"sha512": sums["sha512"], "version": parse_version(version)}
+
+    try:
+        found = resolver.lookup(cloud, "", {"digests": digests_url}, ask)
+    except Unreachable as error:
+        raise UserError(str(error)) from None
+    if not found:
+        raise Resolver.unresolvable(cell, f"{digests_url} (and {VERSION_FILE} beside it) has no sha512 for {name}",
+                                    "check the URL in imagebuilder/osinfo.py or mirrors.flatcar")
+    return {"sha512": found["sha512"], "file": name, "version": found["version"],
+            "url": release_url(url, found["version"])}
+
+
+def iso_variables(cell, resolved: dict[str, str]) -> tuple[str, str]:
+    """(iso_url, iso_checksum) of a cell installed from Flatcar's ISO: the release and sha512 the plan
+    resolved, else (planned --offline) the reference, whose checksum Packer reads from the DIGESTS file."""
+    if "sha512" in resolved:
+        return resolved["url"], f"sha512:{resolved['sha512']}"
+    return cell.base_image["iso_url"], cell.base_image["iso_checksum"]
+
+
+def resolve_base(resolver, cell, cloud: str) -> dict[str, str]:
+    """A Packer cloud's Flatcar image (its ISO, or an image it imports) resolved through mirrors.flatcar."""
+    url = cell.base_source.get("url") or cell.base_image.get("source") or cell.base_image["iso_url"]
+    return resolve_release(resolver, cell, cloud, url)
 
 
 def base_disk(cell, cancel: threading.Event | None = None) -> Path:
@@ -316,19 +373,88 @@ def place_commands(image_name: str, root: str = "") -> list[str]:
     return commands
 
 
+WAIT_FOR_BOOT = "sudo systemctl is-system-running --wait || true"  # Flatcar has no cloud-init to wait for
+
+
 def booted_commands(image_name: str, kubernetes_version: str) -> list[str]:
     """In a booted Flatcar: place, merge and check that the merged kubelet is the pinned one."""
-    return [*(f"sudo {command}" for command in place_commands(image_name)),
+    return [WAIT_FOR_BOOT,
+            *(f"sudo {command}" for command in place_commands(image_name)),
             f"sudo rm -f {UPLOAD}",
             "sudo systemd-sysext refresh",
             f"kubelet --version | grep -qx 'Kubernetes v{kubernetes_version}'",
             "sudo systemd-sysext unmerge"]
 
 
-def seal_commands(build_user: str) -> list[str]:
-    """The build's traces out and Ignition armed for the node's first boot."""
-    return [f"sudo sh -c 'touch {FIRST_BOOT_FLAG}; rm -f /etc/machine-id; "
-            f"userdel --force --remove {build_user} || true'"]
+def seal_commands(build_user: str = "") -> list[str]:
+    """The build's traces out and Ignition armed for the node's first boot (the build user removed
+    too when named: a cloud whose shutdown command removes it names none)."""
+    remove = f"; userdel --force --remove {build_user}" if build_user else ""
+    return [f"sudo sh -c 'touch {FIRST_BOOT_FLAG}; truncate -s 0 /etc/machine-id{remove}'"]
+
+
+# Flatcar's installer script (flatcar/init), as Flatcar's docs install from a rescue or live system.
+INSTALL_SCRIPT_URL = "https://raw.githubusercontent.com/flatcar/init/flatcar-master/bin/flatcar-install"
+INSTALL_SCRIPT = "/root/flatcar-install"
+RESCUE_MOUNT = "/mnt/flatcar-root"
+BOARD = {"amd64": "amd64-usr", "arm64": "arm64-usr"}  # flatcar-install -B
+
+
+def rescue_commands(image_name: str, arch: str, oem: str, channel: str) -> list[str]:
+    """From a rescue system (as root): Flatcar onto the server's disk, then the bake onto its ROOT
+    partition, as the local build does it, before Flatcar ever boots."""
+    root = "/dev/disk/by-partlabel/" + ROOT_PARTITION
+    return ["apt-get install -y gawk",  # flatcar-install's awk
+            f"curl -fsSL --retry 5 -o {INSTALL_SCRIPT} {INSTALL_SCRIPT_URL}",
+            f"chmod 0755 {INSTALL_SCRIPT}",
+            f"{INSTALL_SCRIPT} -s -o {oem} -C {channel} -B {BOARD[arch]}",
+            "udevadm settle",
+            f"mkdir -p {RESCUE_MOUNT}",
+            f"mount {root} {RESCUE_MOUNT}",
+            *place_commands(image_name, RESCUE_MOUNT),
+            f"umount {RESCUE_MOUNT}",
+            f"rm -f {UPLOAD}"]
+
+
+def build_ignition(build_user: str, public_key: str) -> dict:
+    """The Ignition config (3.3.0) a Packer build boots Flatcar with: the build user, its key and sudo
+    (Flatcar's sudo group), and no OS update or reboot while the image is being made."""
+    return {"ignition": {"version": sysext.IGNITION_VERSION},
+            "passwd": {"users": [{"name": build_user, "groups": ["sudo"], "sshAuthorizedKeys": [public_key]}]},
+            "systemd": {"units": [{"name": "update-engine.service", "mask": True},
+                                  {"name": "locksmithd.service", "mask": True}]}}
+
+
+BUILD_TEMPLATE = "flatcar-build.pkr.hcl.j2"  # in imagebuilder/flatcar_packer/
+TEMPLATE_DIR = Path(__file__).parent / "flatcar_packer"
+SYSEXT_DIR = "sysext"  # in the cell's build directory
+
+
+def packer_context(cell, first: list[str], last: list[str]) -> dict:
+    """What a cloud's template_context returns for a Flatcar bake cell: the Flatcar build template
+    (the shared one with the upload), no roles, no cloud-init to wait for, these steps."""
+    name = sysext_file_name(cell.kubernetes_version, cell.arch)
+    return {"build_template": BUILD_TEMPLATE, "provision_node": False, "wait_for_cloud_init": False,
+            "provision_first": first, "provision_last": last,
+            "flatcar": {"source": f"{SYSEXT_DIR}/{name}", "destination": UPLOAD}}
+
+
+def baked_by_packer(cell) -> bool:
+    return cell.os_info.family == "flatcar" and cell.strategy == "bake"
+
+
+def unbaked(cell) -> UserError:
+    """A Flatcar bake cell on a cloud whose folder does not bake Flatcar (its template_context gives no
+    build_template): the roles would run on an OS without Python or a package manager."""
+    return UserError(f"{cell.id}: {cell.cloud} does not bake Flatcar (no Flatcar bake in its folder) | fix: "
+                     f"leave {cell.os} on {cell.cloud} to the sysext strategy, or exclude {{os: {cell.os}, "
+                     f"cloud: {cell.cloud}}}")
+
+
+
+def prepare_packer(job: Job) -> Path:
+    """Before Packer: the cell's sysext where its template uploads it from."""
+    return build_sysext(job.cell, job.directory / SYSEXT_DIR, job.cancel)
 
 
 # -- the local build's executor --------------------------------------------------------------------
@@ -371,7 +497,9 @@ def bake_local(job: Job, cancel: threading.Event, log) -> Path:
     image = build_sysext(cell, job.directory / "sysext", cancel)
     log.write(f"==> flatcar: {image.name} (sha256 {hashlib.sha256(image.read_bytes()).hexdigest()})\n".encode())
     timestamp = datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S")
-    name = f"{render.packer_variables(cell, job.directory)['image_name_prefix']}{timestamp}"
+    from imagebuilder.clouds import registry
+
+    name = f"{registry.get(cell.cloud).image_name_prefix(cell)}{timestamp}"
     output = job.directory / "output"
     shutil.rmtree(output, ignore_errors=True)
     output.mkdir()

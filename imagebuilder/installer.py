@@ -209,15 +209,46 @@ INSTALLERS: dict[str, Installer] = {"ubuntu": UBUNTU, "rocky": ROCKY, "almalinux
                                     "photon-4": PHOTON_4, "photon-5": PHOTON_5}
 
 
-def iso_of(cell: Cell) -> tuple[str, str]:
-    """(URL, Packer's iso_checksum) of the cell's installer ISO: the OS table's, or the user's (supplied.py)."""
+def iso_of(cell: Cell, resolved: dict[str, str] | None = None) -> tuple[str, str]:
+    """(URL, Packer's iso_checksum) of the cell's installer ISO: the OS table's, or the user's (supplied.py),
+    or for Flatcar the release the plan resolved (`resolved`, the render context's)."""
+    if cell.os_info.family == "flatcar":
+        from imagebuilder import flatcar
+
+        return flatcar.iso_variables(cell, resolved or {})
     if supplied.is_supplied(cell.base_image):
         url, sha256 = supplied.require(cell)
         return url, f"sha256:{sha256}"
     return cell.base_image["iso_url"], cell.base_image["iso_checksum"]
 
 
+def flatcar_files(os_info: OsInfo, public_key: str, packages: list[str], instance_id: str) -> dict[str, str]:
+    """The Ignition config the installed Flatcar boots with for the build (imagebuilder.flatcar)."""
+    from imagebuilder import flatcar
+
+    return {flatcar.BUILD_IGNITION: json.dumps(flatcar.build_ignition(BUILD_USER, public_key), indent=2) + "\n"}
+
+
+def flatcar_installer(reference: dict[str, str]) -> Installer:
+    """Flatcar's ISO boots to a shell logged in as `core`: it fetches the build's Ignition config from
+    Packer's HTTP server, installs the channel's current release with the cloud's OEM onto the one disk
+    (flatcar-install -s) and reboots into it, where Packer logs in as the build user."""
+    from imagebuilder import flatcar
+
+    return Installer(
+        boot_command=(
+            "<wait60>",
+            f"curl -fsSLo /tmp/{flatcar.BUILD_IGNITION} http://{{{{ .HTTPIP }}}}:{{{{ .HTTPPort }}}}/{flatcar.BUILD_IGNITION}<enter><wait5>",
+            f"sudo flatcar-install -s -C {reference['channel']} -o {reference['oem']} -i /tmp/{flatcar.BUILD_IGNITION} "
+            "&& sudo systemctl reboot<enter>",
+        ),
+        files=flatcar_files,
+    )
+
+
 def installer_for(os_info: OsInfo, cloud: str) -> Installer:
+    if os_info.family == "flatcar" and os_info.image(cloud, "amd64"):
+        return flatcar_installer(os_info.image(cloud, "amd64") or {})
     installer = INSTALLERS.get(os_info.id) or INSTALLERS.get(os_info.distro)
     if installer is None:
         raise UserError(f"{cloud}: {os_info.id}: no unattended install from its ISO is known for {os_info.distro} "

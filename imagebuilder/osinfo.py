@@ -155,7 +155,14 @@ FLATCAR_STABLE = BASE_MIRRORS["flatcar"]
 FLATCAR_ARCH = {"amd64": "amd64-usr", "arm64": "arm64-usr"}  # the release server's directories
 # Where Flatcar runs as a stock image with the sysext merged at boot (the default) and where it is
 # baked, the sysext in the image (imagebuilder/flatcar.py): the local outputs, from its qemu disk.
-FLATCAR_BAKED = ("qemu", "raw", "ova", "kubevirt")
+FLATCAR_BAKED = ("qemu", "raw", "ova", "kubevirt", "vsphere", "proxmox", "hcloud", "nutanix")
+# Installed from Flatcar's ISO (vSphere, Proxmox: installer.flatcar_installer) or from Hetzner's rescue
+# system with flatcar-install, each with the platform's OEM (Ignition's provider); the channel's current
+# release. The ISO's checksum: Packer reads the image's line in the DIGESTS file beside it.
+FLATCAR_CHANNEL = "stable"
+FLATCAR_ISO = {"iso_url": f"{FLATCAR_STABLE}/amd64-usr/current/flatcar_production_iso_image.iso",
+               "iso_checksum": f"file:{FLATCAR_STABLE}/amd64-usr/current/flatcar_production_iso_image.iso.DIGESTS",
+               "channel": FLATCAR_CHANNEL}
 
 
 def centos_stream(version: str) -> OsInfo:
@@ -341,15 +348,24 @@ OPERATING_SYSTEMS: dict[str, OsInfo] = {
             images={
                 "qemu": {arch: {"source": f"{FLATCAR_STABLE}/{vendor}/current/flatcar_production_qemu_image.img"}
                          for arch, vendor in FLATCAR_ARCH.items()},
-                # One filter for both arches, as before the table: the arm64 AMIs' names match it too.
+                # Kinvolk names the arm64 AMIs Flatcar-stable-<version>-arm64-hvm. The amd64 filter is the one
+                # of before the table (it matches those too; amd64 cells run the stock AMI, nothing resolves it).
                 "aws": {
                     "amd64": {"name_filter": "Flatcar-stable-*-hvm", "owner": "075585003325"},
-                    "arm64": {"name_filter": "Flatcar-stable-*-hvm", "owner": "075585003325"},
+                    "arm64": {"name_filter": "Flatcar-stable-*-arm64-hvm", "owner": "075585003325"},
                 },
                 "gcp": {"amd64": {"family": "flatcar-stable", "project": "kinvolk-public"}},
                 "azure": {"amd64": {"publisher": "kinvolk", "offer": "flatcar-container-linux-free",
                                     "sku": "stable-gen2"}},
                 "openstack": {"amd64": {"image_name": "flatcar-stable"}, "arm64": {"image_name": "flatcar-stable"}},
+                "vsphere": {"amd64": {**FLATCAR_ISO, "oem": "vmware_raw"}},
+                "proxmox": {"amd64": {**FLATCAR_ISO, "oem": "proxmoxve"}},
+                # The server's own image is overwritten from the rescue system (hcloud's rescue).
+                "hcloud": {arch: {"image": "debian-12", "rescue": "linux64", "oem": "hetzner", "channel": FLATCAR_CHANNEL}
+                           for arch in ARCHES},
+                # Flatcar's OpenStack image reads Ignition from the config drive Nutanix gives the VM.
+                "nutanix": {"amd64": {"source": f"{FLATCAR_STABLE}/amd64-usr/current/"
+                                                "flatcar_production_openstack_image.img"}},
             },
             variant_images={"azure": {"gen1": {"amd64": {
                 "publisher": "kinvolk", "offer": "flatcar-container-linux-free", "sku": "stable"}}}},

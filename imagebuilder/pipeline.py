@@ -187,6 +187,10 @@ class TargetHooks:
         supplied.check(job.cell)
         plugin_missing(job.cell)
         registry.get(job.cell.cloud).prepare(job)
+        if job.builder == "packer" and job.cell.os_info.family == "flatcar" and job.cell.strategy == "bake":
+            from imagebuilder import flatcar
+
+            flatcar.prepare_packer(job)  # the sysext its template uploads
 
     def finish(self, job: Job, artifact: Artifact) -> Artifact:
         cloud = registry.get(job.cell.cloud)

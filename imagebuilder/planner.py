@@ -14,6 +14,7 @@ from imagebuilder import supplied, targets
 from imagebuilder.clouds import registry
 from imagebuilder.config import (
     ANSIBLE_DIR,
+    FLATCAR_BAKE_FILES,
     PACKER_DIR,
     CellSelector,
     LoadedMatrix,
@@ -121,6 +122,8 @@ def base_source_for(base_image: dict[str, Any], mirrors: dict[str, str]) -> dict
     """Where a qemu base is fetched from: {"url": its upstream URL through `mirrors:`}, or the
     Debian archives of the locally built Debian base; {} for the clouds' own images."""
     source = base_image.get("source")
+    if source is None and str(base_image.get("iso_url", "")).startswith(BASE_MIRRORS["flatcar"] + "/"):
+        source = base_image["iso_url"]  # Flatcar's ISO (its release is resolved like its qemu disk)
     if source is None or source == VARIANT_SOURCE:
         return {}
     if source == "local":
@@ -395,6 +398,9 @@ def key_material(cell: Cell, pins: dict[str, Any]) -> dict[str, Any]:
         "ansible_vars": cell.ansible_vars,
         # Only a variant cell has this input, so the default cells' keys are what they were.
         **({"variant": variant_material(cell.cloud, cell.variant)} if cell.variant else {}),
+        # Only a baked Flatcar cell has this one: its bake (imagebuilder/flatcar.py and its build step).
+        **({"flatcar_bake": flatcar_bake_digest()} if cell.os_info.family == "flatcar" and cell.strategy == "bake"
+           else {}),
     }
 
 
@@ -415,6 +421,11 @@ def keyed_pins(pins: dict[str, Any], arch: str) -> dict[str, Any]:
     return {**pins, "components": components} if "components" in pins else pins
 
 
+@lru_cache(maxsize=1)
+def flatcar_bake_digest() -> str:
+    return files_digest({path.name: path for path in FLATCAR_BAKE_FILES})
+
+
 def variant_material(cloud: str, variant: str) -> dict[str, Any]:
     """What a variant changes besides its settings and base image, which the key hashes already."""
     return {"name": variant, "build": registry.get(cloud).settings.VARIANTS[variant].build}
@@ -430,6 +441,7 @@ def _digest(value: Any) -> str:
 INPUT_DIGEST_LENGTH = 4
 # How `plan --changed` names a moved input; an input not here is named by its key.
 INPUT_LABELS = {"roles": "roles/templates", "templates": "roles/templates", "base_image": "base image",
+                "flatcar_bake": "Flatcar bake",
                 "ansible_vars": "ansible vars", "schema": "build key schema"}
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import jinja2
 
-from imagebuilder import __version__, hcl, packer, sbom
+from imagebuilder import __version__, flatcar, hcl, packer, sbom
 from imagebuilder.atomicfile import write_atomically
 from imagebuilder.clouds import registry
 from imagebuilder.config import ANSIBLE_DIR, PACKER_DIR, PROJECT_ROOT
@@ -24,6 +24,7 @@ MODERN_PACKER = registry.PLUGIN_PACKER
 PLAYBOOK = "node.yml"
 # Before the roles: cloud-init has finished (it may restart sshd and hold the apt lock).
 WAIT_FOR_CLOUD_INIT = "cloud-init status --wait"
+COMMON_BUILD = "_common/build.pkr.hcl.j2"  # the build step a cloud's template includes (build_template)
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,8 @@ def _environment() -> jinja2.Environment:
 def _environment_for(cloud_dirs: tuple[Path, ...]) -> jinja2.Environment:
     env = jinja2.Environment(
         # The shared templates, then each cloud's folder (its <cloud>.pkr.hcl.j2).
-        loader=jinja2.FileSystemLoader([PACKER_DIR, *cloud_dirs]),
+        # (and Flatcar's bake: its build step, outside packer/ so that no other cell's key moves with it).
+        loader=jinja2.FileSystemLoader([PACKER_DIR, *cloud_dirs, flatcar.TEMPLATE_DIR]),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         trim_blocks=True,
@@ -147,8 +149,12 @@ def render_files(cell: Cell, cell_dir: Path, packer_version: tuple[int, int, int
     own = cloud.template_context(cell)
     if not modern(packer_version):
         own = {**own, **cloud.old_packer_context(cell)}
-    pre_provision = [WAIT_FOR_CLOUD_INIT, *own.pop("provision_first", [])]
-    context = {"provision_node": True, "provision_last": [], **own, "cell": cell, "variables": variables,
+    if flatcar.baked_by_packer(cell) and "build_template" not in own:
+        raise flatcar.unbaked(cell)
+    wait = [WAIT_FOR_CLOUD_INIT] if own.pop("wait_for_cloud_init", True) else []
+    pre_provision = [*wait, *own.pop("provision_first", [])]
+    context = {"provision_node": True, "provision_last": [], "build_template": COMMON_BUILD, **own, "cell": cell,
+               "variables": variables,
                "builder": own.pop("builder", cloud.builder), "base_pinned": bool(_resolved(cell)),
                "pre_provision": pre_provision, "sbom": sbom_context()}
     files = {

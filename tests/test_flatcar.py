@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -16,6 +18,8 @@ import yaml
 
 from imagebuilder import flatcar, local_target, sysext
 from imagebuilder.build import Job
+from imagebuilder.clouds import registry
+from imagebuilder.pipeline import TargetHooks
 from imagebuilder.config import PROJECT_ROOT, load_matrix
 from imagebuilder.errors import UserError
 from imagebuilder.planner import plan
@@ -24,6 +28,8 @@ from mirror import DEFAULT_FIXTURE_VERSIONS, build_fixture_release, fixture_lock
 MINOR = ".".join(DEFAULT_FIXTURE_VERSIONS["kubernetes"].split(".")[:2])
 VERSION = "4230.2.3"
 IMAGE = "flatcar_production_qemu_image.img"
+ISO = "flatcar_production_iso_image.iso"
+OPENSTACK = "flatcar_production_openstack_image.img"
 ROOT_START = 18432  # sectors: after a small EFI-SYSTEM partition, as on Flatcar's disk (where it is partition 9)
 
 
@@ -62,6 +68,9 @@ def served(tmp_path_factory: pytest.TempPathFactory):
         (release / IMAGE).write_bytes(disk.read_bytes())
         (release / (IMAGE + ".DIGESTS")).write_text(digests(disk))
         (release / "version.txt").write_text(f"FLATCAR_BUILD=4230\nFLATCAR_VERSION={VERSION}\n")
+        for other in (ISO, OPENSTACK):  # what the Packer builders install or import: only their sums matter here
+            (release / other).write_bytes(other.encode())
+            (release / (other + ".DIGESTS")).write_text(digests(release / other))
     with serve_directory(root) as base_url:
         yield base_url, files, disk
 
@@ -139,3 +148,77 @@ def test_the_shipped_matrix_bakes_flatcar_on_the_local_outputs() -> None:
     flatcar_cells = {cell.cloud: cell.strategy for cell in cells if cell.os == "flatcar" and cell.arch == "amd64"}
     assert {cloud: flatcar_cells[cloud] for cloud in ("qemu", "raw", "ova", "kubevirt", "aws")} == {
         "qemu": "bake", "raw": "bake", "ova": "bake", "kubevirt": "bake", "aws": "sysext"}
+
+
+def test_packer_builders_bake_flatcar_and_validate(served, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """vSphere (ISO, clone, base), Proxmox, Hetzner Cloud and Nutanix: rendered with the Flatcar build step
+    (the sysext uploaded first, no roles), the ISO as the release the plan resolved with its sha512, and
+    `packer validate` (Nutanix: parsed; Packer 1.6.6 lacks its builder). The sysext is built before Packer."""
+    base_url, files, _ = served
+    key = tmp_path / "template_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    clouds = {"vsphere": {"vcenter_server": "vcenter.example.com", "datacenter": "dc1", "cluster": "c1",
+                          "datastore": "ds1", "variants": ["clone", "base"], "template_ssh_key": str(key)},
+              "proxmox": {"url": "https://pve.example.com:8006/api2/json", "node": "pve1"},
+              "hcloud": {}, "nutanix": {"endpoint": "pc.example.com", "cluster_name": "c1", "subnet_name": "v10"}}
+    matrix = matrix_file(tmp_path, base_url, files, clouds)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "IMAGEBUILDER_CACHE": str(tmp_path / "cache")}
+    out = tmp_path / "rendered"
+    result = subprocess.run([sys.executable, "-m", "imagebuilder.cli", "validate", "-m", str(matrix), "-o", str(out)],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for cell_id in ("vsphere-flatcar", "vsphere-flatcar-clone", "vsphere-flatcar-base", "proxmox-flatcar",
+                    "hcloud-flatcar"):
+        assert f"ok  {cell_id}-k8s-{MINOR}" in result.stdout, result.stdout
+    assert f"parsed  nutanix-flatcar-k8s-{MINOR}" in result.stdout
+
+    name = sysext.image_name(DEFAULT_FIXTURE_VERSIONS["kubernetes"], "amd64")
+    iso_sha512 = hashlib.sha512(ISO.encode()).hexdigest()
+    for cell_id, cloud in ((f"vsphere-flatcar-k8s-{MINOR}", "vsphere"), (f"proxmox-flatcar-k8s-{MINOR}", "proxmox")):
+        hcl = (out / cell_id / f"{cloud}.pkr.hcl").read_text()
+        pkrvars = (out / cell_id / "cell.auto.pkrvars.hcl").read_text()
+        assert f'"{base_url}/flatcar/amd64-usr/{VERSION}/{ISO}"' in pkrvars and f'"sha512:{iso_sha512}"' in pkrvars
+        assert "flatcar-install -s -C stable -o " in pkrvars
+        assert 'provisioner "ansible"' not in hcl and "cloud-init status" not in hcl
+        upload, first_shell = hcl.index('provisioner "file"'), hcl.index('provisioner "shell"')
+        assert upload < first_shell and f"sysext/{name}" in hcl[upload:first_shell]
+        assert "systemd-sysext refresh" in hcl and flatcar.FIRST_BOOT_FLAG in hcl
+    base = (out / f"vsphere-flatcar-base-k8s-{MINOR}" / "vsphere.pkr.hcl").read_text()
+    assert 'provisioner "file"' not in base and "systemd-sysext" not in base  # Flatcar alone, for the clones
+    hcloud = (out / f"hcloud-flatcar-k8s-{MINOR}" / "hcloud.pkr.hcl").read_text()
+    assert 'rescue          = "linux64"' in hcloud and "-o hetzner -C stable -B amd64-usr" in hcloud
+    assert f"mount /dev/disk/by-partlabel/ROOT {flatcar.RESCUE_MOUNT}" in hcloud
+    nutanix_vars = (out / f"nutanix-flatcar-k8s-{MINOR}" / "cell.auto.pkrvars.hcl").read_text()
+    assert f'"{base_url}/flatcar/amd64-usr/{VERSION}/{OPENSTACK}"' in nutanix_vars
+
+    # Before Packer: the sysext where the template uploads it from (the fixture pins), and Nutanix's
+    # user data as the Ignition config that lets the build user in.
+    monkeypatch.setenv("IMAGEBUILDER_CACHE", str(tmp_path / "cache"))
+    cells = {cell.id: cell for cell in plan(load_matrix(matrix))}
+    job = Job(cell=cells[f"hcloud-flatcar-k8s-{MINOR}"], directory=out / f"hcloud-flatcar-k8s-{MINOR}", estimate=1.0)
+    TargetHooks().prepare(job)
+    listing = subprocess.run(["unsquashfs", "-l", str(job.directory / "sysext" / name)], capture_output=True,
+                             text=True, check=True).stdout
+    assert "squashfs-root/usr/bin/kubelet" in listing
+    job = Job(cell=cells[f"nutanix-flatcar-k8s-{MINOR}"], directory=tmp_path / "nutanix", estimate=1.0)
+    registry.get("nutanix").prepare(job)
+    ignition = json.loads((job.directory / "base" / "seed" / "user-data").read_text())
+    public = (job.directory / "base" / "id_ed25519.pub").read_text().strip()
+    assert ignition["ignition"]["version"] == sysext.IGNITION_VERSION
+    assert ignition["passwd"]["users"] == [{"name": "builder", "groups": ["sudo"], "sshAuthorizedKeys": [public]}]
+
+
+def test_a_cloud_without_a_flatcar_bake_refuses_it(tmp_path: Path) -> None:
+    """An override that bakes Flatcar where its folder has no Flatcar bake: one line, before Packer."""
+    from imagebuilder.render import render_files
+
+    matrix = tmp_path / "matrix.yaml"
+    matrix.write_text(yaml.safe_dump({"versions_file": str(PROJECT_ROOT / "versions.lock.yaml"), "os": ["flatcar"],
+                                      "kubernetes": [next(iter(yaml.safe_load((PROJECT_ROOT / "versions.lock.yaml")
+                                                                              .read_text())["minors"]))],
+                                      "clouds": {"openstack": {}},
+                                      "overrides": [{"match": {"os": "flatcar"}, "strategy": "bake"}]}))
+    cell = plan(load_matrix(matrix))[0]
+    with pytest.raises(UserError, match="openstack does not bake Flatcar"):
+        render_files(cell, tmp_path / cell.id, None)

@@ -1,5 +1,9 @@
 """Hetzner Cloud: snapshots built with Packer's hcloud builder (image-builder's `hcloud-*` targets).
 
+Flatcar (no Hetzner image of it) is installed from the rescue system and baked before it boots, as the
+local build bakes it (imagebuilder/flatcar.py: flatcar-install with Hetzner's OEM, then the sysext
+onto the ROOT partition); the snapshot's first boot runs Ignition with the node's user data.
+
 imagebuilder does not manage these images yet (no emulator of the Hetzner Cloud API to test a
 store against): the snapshot stays in the project the token belongs to, labelled with the image
 metadata, and `images`/`prune` skip this cloud (registry.Cloud.store_path).
@@ -32,6 +36,17 @@ class Hcloud(Cloud):
     def image_name(self, os_id: str, kubernetes_version: str, arch: str) -> str:
         """image-builder's `cluster-api-<build name>-<kubernetes semver>-<timestamp>`."""
         return f"cluster-api-{os_id}{'' if arch == 'amd64' else f'-{arch}'}-v{kubernetes_version}-{{timestamp}}"
+
+    def template_context(self, cell: Cell) -> dict[str, Any]:
+        """A Flatcar cell boots the server's rescue system (its OS reference names which) and bakes from it."""
+        rescue = cell.base_image.get("rescue")
+        if rescue is None:
+            return {"rescue": ""}
+        from imagebuilder import flatcar
+
+        name = flatcar.sysext_file_name(cell.kubernetes_version, cell.arch)
+        steps = flatcar.rescue_commands(name, cell.arch, cell.base_image["oem"], cell.base_image["channel"])
+        return {"rescue": rescue, **flatcar.packer_context(cell, steps, [])}
 
     def packer_variables(self, cell: Cell, context: RenderContext) -> dict[str, Any]:
         settings = cell.settings

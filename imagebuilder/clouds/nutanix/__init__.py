@@ -10,6 +10,8 @@ removed at the end of the build.
 
 from __future__ import annotations
 
+import json
+
 from typing import TYPE_CHECKING, Any
 
 import yaml
@@ -19,6 +21,7 @@ from imagebuilder.clouds.nutanix.settings import NutanixSettings
 from imagebuilder.clouds.registry import Cloud, Plugin, RenderContext, cluster_api_image_name
 
 if TYPE_CHECKING:
+    from imagebuilder.baseimages import Resolver
     from imagebuilder.build import Job
     from imagebuilder.planner import Cell
 
@@ -53,20 +56,41 @@ class Nutanix(Cloud):
             "nutanix_memory_mb": settings["memory_mb"],
             "nutanix_disk_size_gb": settings["disk_size_gb"],
             "nutanix_boot_type": settings["boot_type"],
-            # the vendor's cloud image (the qemu reference), or the one the user supplies (supplied.py)
+            # the vendor's cloud image (the qemu reference), or the one the user supplies (supplied.py);
+            # Flatcar's OpenStack image in the release the plan resolved
             "nutanix_source_image_uri": (supplied.require_http(cell) if supplied.is_supplied(cell.base_image)
-                                         else cell.base_image["source"]),
+                                         else context.resolved.get("url") or cell.base_image["source"]),
         }
 
+    def resolve_base(self, resolver: Resolver, cell: Cell) -> dict[str, Any]:
+        """Flatcar's OpenStack image: the release `current/` names and its sha512 (imagebuilder/flatcar.py)."""
+        if cell.os_info.family != "flatcar":
+            return {}
+        from imagebuilder import flatcar
+
+        return flatcar.resolve_base(resolver, cell, self.name)
+
     def template_context(self, cell: Cell) -> dict[str, Any]:
-        return {"key_file": installer.KEY_FILE, "user_data": f"{installer.HTTP_DIRECTORY}/{USER_DATA}",
-                "provision_last": [installer.remove_build_user()]}
+        context = {"key_file": installer.KEY_FILE, "user_data": f"{installer.HTTP_DIRECTORY}/{USER_DATA}",
+                   "provision_last": [installer.remove_build_user()]}
+        if cell.os_info.family != "flatcar":
+            return context
+        from imagebuilder import flatcar  # Flatcar's OpenStack image, booted with the build's Ignition config
+
+        name = flatcar.sysext_file_name(cell.kubernetes_version, cell.arch)
+        return {**context, **flatcar.packer_context(cell, flatcar.booted_commands(name, cell.kubernetes_version),
+                                                    [*flatcar.seal_commands(), installer.remove_build_user()])}
 
     def prepare(self, job: Job) -> None:
         """A throw-away key, and the cloud-init user data that lets the build user in with it."""
         public = installer.place_key(job.directory)
         seed = job.directory / installer.HTTP_DIRECTORY
         seed.mkdir(parents=True, exist_ok=True)
+        if job.cell.os_info.family == "flatcar":  # Flatcar reads Ignition, not cloud-config, from the config drive
+            from imagebuilder import flatcar
+
+            (seed / USER_DATA).write_text(json.dumps(flatcar.build_ignition(installer.BUILD_USER, public), indent=2))
+            return
         users = [{"name": installer.BUILD_USER, "shell": "/bin/bash", "sudo": "ALL=(ALL) NOPASSWD:ALL",
                   "lock_passwd": True, "ssh_authorized_keys": [public]}]
         (seed / USER_DATA).write_text("#cloud-config\n" + yaml.safe_dump({"users": users}, sort_keys=False))

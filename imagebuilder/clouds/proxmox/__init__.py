@@ -19,6 +19,7 @@ from imagebuilder.clouds.proxmox.settings import ProxmoxSettings
 from imagebuilder.clouds.registry import Cloud, Plugin, RenderContext
 
 if TYPE_CHECKING:
+    from imagebuilder.baseimages import Resolver
     from imagebuilder.build import Job
     from imagebuilder.planner import Cell
 
@@ -42,7 +43,7 @@ class Proxmox(Cloud):
 
     def packer_variables(self, cell: Cell, context: RenderContext) -> dict[str, Any]:
         settings = cell.settings
-        iso_url, iso_checksum = installer.iso_of(cell)
+        iso_url, iso_checksum = installer.iso_of(cell, context.resolved)
         return {
             # "": the builder reads PROXMOX_URL / PROXMOX_USERNAME itself.
             "proxmox_url": settings["url"] or "",
@@ -68,11 +69,19 @@ class Proxmox(Cloud):
                if self.firmware(cell) == "efi" else {}),
         }
 
+    def resolve_base(self, resolver: Resolver, cell: Cell) -> dict[str, Any]:
+        """Flatcar's ISO: the release `current/` names and its sha512 (imagebuilder/flatcar.py)."""
+        if cell.os_info.family != "flatcar":
+            return {}
+        from imagebuilder import flatcar
+
+        return flatcar.resolve_base(resolver, cell, self.name)
+
     def template_context(self, cell: Cell) -> dict[str, Any]:
         """The builder stops the VM itself (no shutdown command): the build user goes in a last step."""
         return {"key_file": installer.KEY_FILE, "http_directory": installer.HTTP_DIRECTORY,
                 "provision_last": [installer.remove_build_user()],
-                "firmware": "efi" if self.firmware(cell) == "efi" else None}
+                "firmware": "efi" if self.firmware(cell) == "efi" else None, **self.flatcar_context(cell)}
 
     def old_packer_context(self, cell: Cell) -> dict[str, Any]:
         # Packer 1.6.6's built-in proxmox builder has neither `bios` nor `efi_config` (nor `efidisk`).
@@ -92,6 +101,16 @@ class Proxmox(Cloud):
                 f"{self.plugin.version}); Packer {'.'.join(map(str, packer_version))}'s built-in proxmox has neither "
                 f"| fix: Packer >= {'.'.join(map(str, MODERN_PACKER))} (render writes required_plugins), or exclude "
                 f"{{cloud: proxmox, variant: efi}}")
+
+    def flatcar_context(self, cell: Cell) -> dict[str, Any]:
+        """Flatcar, installed from its ISO (installer.flatcar_installer), is baked in the booted system."""
+        if cell.os_info.family != "flatcar":
+            return {}
+        from imagebuilder import flatcar
+
+        name = flatcar.sysext_file_name(cell.kubernetes_version, cell.arch)
+        return flatcar.packer_context(cell, flatcar.booted_commands(name, cell.kubernetes_version),
+                                      [*flatcar.seal_commands(), installer.remove_build_user()])
 
     def prepare(self, job: Job) -> None:
         """A throw-away key for the build user, and the installer's files with it."""

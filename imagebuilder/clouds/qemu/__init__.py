@@ -74,6 +74,11 @@ class Qemu(Cloud):
         }
 
     def template_context(self, cell: Cell) -> dict[str, Any]:
+        if cell.os_info.family == "flatcar":
+            # Baked by the flatcar builder (imagebuilder/flatcar.py), never by this template: it says so.
+            return {"direct_kernel_boot": False, "build_template": "_common/build.pkr.hcl.j2", "provision_node": False,
+                    "wait_for_cloud_init": False,
+                    "provision_first": ["echo 'Flatcar is baked by the flatcar builder, not this template' >&2; exit 1"]}
         direct_kernel_boot = cell.base_image.get("source") == "local"
         return {"direct_kernel_boot": direct_kernel_boot,
                 "provision_first": list(INSTALL_BOOTLOADER) if direct_kernel_boot else []}

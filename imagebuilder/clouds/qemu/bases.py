@@ -60,32 +60,16 @@ def fixed_name(sums: dict[str, str], name: str) -> str:
     return others[0] if others and "latest" in name else name
 
 
-def _flatcar_image(resolver: Resolver, cell: Cell, source: str, checksums: str, name: str) -> dict[str, Any]:
-    """The release `current/` names now (version.txt beside it) and the image's sha512 (its DIGESTS)."""
-    from imagebuilder import flatcar
-
-    def ask() -> dict[str, Any]:
-        digests, version = _fetch(checksums), _fetch(urllib.parse.urljoin(source, flatcar.VERSION_FILE))
-        if digests is None or version is None:
-            return {}
-        sums = flatcar.parse_digests(digests.decode(errors="replace")).get(name, {})
-        return {"sha512": sums["sha512"], "version": flatcar.parse_version(version.decode(errors="replace"))} \
-            if "sha512" in sums else {}
-
-    found = resolver.lookup(CLOUD_NAME, "", {"digests": checksums}, ask)
-    if not found:
-        raise Resolver.unresolvable(cell, f"{checksums} (and {flatcar.VERSION_FILE} beside it) has no sha512 for "
-                                    f"{name}", "check the image URL in imagebuilder/osinfo.py or mirrors.flatcar")
-    return {"sha512": found["sha512"], "file": name, "version": found["version"]}
-
-
 def _vendor_image(resolver: Resolver, cell: Cell) -> dict[str, Any]:
     source = cell.base_source.get("url") or cell.base_image["source"]
     local = cell.os_info.local_base
     name = urllib.parse.urlparse(source).path.rsplit("/", 1)[-1]
     checksums = urllib.parse.urljoin(source, (local.checksums if local else "SHA256SUMS").format(image=name))
     if local is not None and local.kind == "flatcar":
-        return _flatcar_image(resolver, cell, source, checksums, name)
+        from imagebuilder import flatcar
+
+        resolved = flatcar.resolve_release(resolver, cell, CLOUD_NAME, source)
+        return {key: resolved[key] for key in ("sha512", "file", "version")}
 
     def ask() -> dict[str, Any]:
         body = _fetch(checksums)

@@ -24,12 +24,14 @@ from imagebuilder.clouds.vsphere.settings import VsphereSettings, flavour_of
 from imagebuilder.osinfo import DEFAULT_ARCH
 
 if TYPE_CHECKING:
+    from imagebuilder.baseimages import Resolver
     from imagebuilder.build import Job
     from imagebuilder.planner import Cell
 
 # vSphere's guest OS identifiers of the distributions it installs.
 GUEST_OS_TYPES = {"ubuntu": "ubuntu64Guest", "debian": "debian12_64Guest", "rocky": "rockylinux_64Guest",
-                  "almalinux": "rhel9_64Guest", "rhel": "rhel9_64Guest", "photon": "vmwarePhoton64Guest"}
+                  "almalinux": "rhel9_64Guest", "rhel": "rhel9_64Guest", "photon": "vmwarePhoton64Guest",
+                  "flatcar": "other5xLinux64Guest"}
 # In the installed system: VMware Tools report the VM's address to vCenter, which Packer asks for.
 GUEST_PACKAGES = ["open-vm-tools"]
 
@@ -91,20 +93,38 @@ class Vsphere(Cloud):
             variables["vsphere_clone_from"] = settings["clone_from"].get(cell.os, f"{cell.os}-{base}")
             variables["vsphere_linked_clone"] = settings["linked_clone"]
         else:
-            variables["vsphere_iso_url"], variables["vsphere_iso_checksum"] = installer.iso_of(cell)
+            variables["vsphere_iso_url"], variables["vsphere_iso_checksum"] = installer.iso_of(cell, context.resolved)
             variables["vsphere_guest_os_type"] = GUEST_OS_TYPES.get(cell.os_info.distro, "otherLinux64Guest")
             variables["vsphere_boot_command"] = list(installer.installer_for(cell.os_info, self.name).boot_command)
         return variables
+
+    def resolve_base(self, resolver: Resolver, cell: Cell) -> dict[str, Any]:
+        """Flatcar's ISO: the release `current/` names and its sha512 (imagebuilder/flatcar.py)."""
+        if cell.os_info.family != "flatcar":
+            return {}
+        from imagebuilder import flatcar
+
+        return flatcar.resolve_base(resolver, cell, self.name)
 
     def template_context(self, cell: Cell) -> dict[str, Any]:
         """The builder of the cell's flavour and its firmware (efi: UEFI; None: vSphere's default, BIOS);
         the base template keeps its build user (clones log in as it)."""
         flavour = flavour_of(cell.variant)
         base = flavour == "base"
-        return {"builder": "vsphere-clone" if flavour == "clone" else "vsphere-iso", "provision_node": not base,
-                "firmware": "efi" if self.firmware(cell) == "efi" else None,
-                "key_file": installer.KEY_FILE, "http_directory": installer.HTTP_DIRECTORY,
-                "shutdown_command": "sudo shutdown -P now" if base else installer.remove_build_user("shutdown -P now")}
+        context = {"builder": "vsphere-clone" if flavour == "clone" else "vsphere-iso", "provision_node": not base,
+                   "firmware": "efi" if self.firmware(cell) == "efi" else None,
+                   "key_file": installer.KEY_FILE, "http_directory": installer.HTTP_DIRECTORY,
+                   "shutdown_command": "sudo shutdown -P now" if base else installer.remove_build_user("shutdown -P now")}
+        if cell.os_info.family != "flatcar":
+            return context
+        from imagebuilder import flatcar  # installed from its ISO (installer.flatcar_installer), then baked
+
+        if base:  # Flatcar alone, its build user kept for the clones
+            return {**context, "build_template": "_common/build.pkr.hcl.j2", "wait_for_cloud_init": False,
+                    "provision_first": [flatcar.WAIT_FOR_BOOT]}
+        name = flatcar.sysext_file_name(cell.kubernetes_version, cell.arch)
+        return {**context, **flatcar.packer_context(cell, flatcar.booted_commands(name, cell.kubernetes_version),
+                                                    flatcar.seal_commands())}
 
     def prepare(self, job: Job) -> None:
         """The build user's key, and (from the ISO) the installer's files with it: a throw-away key for
