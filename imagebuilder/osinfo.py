@@ -362,7 +362,7 @@ OPERATING_SYSTEMS: dict[str, OsInfo] = {
                 "proxmox": {"amd64": {**FLATCAR_ISO, "oem": "proxmoxve"}},
                 # The server's own image is overwritten from the rescue system (hcloud's rescue).
                 "hcloud": {arch: {"image": "debian-12", "rescue": "linux64", "oem": "hetzner", "channel": FLATCAR_CHANNEL}
-                           for arch in ARCHES},
+                           for arch in FLATCAR_ARCH},
                 # Flatcar's OpenStack image reads Ignition from the config drive Nutanix gives the VM.
                 "nutanix": {"amd64": {"source": f"{FLATCAR_STABLE}/amd64-usr/current/"
                                                 "flatcar_production_openstack_image.img"}},
