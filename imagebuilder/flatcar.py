@@ -493,9 +493,8 @@ def bake_local(job: Job, cancel: threading.Event, log) -> Path:
             raise RuntimeError(f"{what} failed (exit {result.returncode})")
 
     cell = job.cell
-    base = base_disk(cell, cancel)
-    image = build_sysext(cell, job.directory / "sysext", cancel)
-    log.write(f"==> flatcar: {image.name} (sha256 {hashlib.sha256(image.read_bytes()).hexdigest()})\n".encode())
+    # The vendor's disk, or the disk of the image the cell is built on (the ova vmx flavour's base OVA).
+    base = offline.built_on_path(job) if offline.built_on_image(cell) else base_disk(cell, cancel)
     timestamp = datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S")
     from imagebuilder.clouds import registry
 
@@ -504,6 +503,13 @@ def bake_local(job: Job, cancel: threading.Event, log) -> Path:
     shutil.rmtree(output, ignore_errors=True)
     output.mkdir()
     qcow2 = output / f"{name}.qcow2"
+    if offline.os_alone(cell):  # the ova base flavour: the disk as it is, no sysext
+        log.write(f"==> flatcar: the OS alone, {base.name} without the Kubernetes sysext\n".encode())
+        run(["qemu-img", "convert", "-c", "-f", "qcow2", "-O", "qcow2", str(base), str(qcow2)], "qemu-img convert")
+        offline.write_manifest(job, qcow2, name, timestamp)
+        return qcow2
+    image = build_sysext(cell, job.directory / "sysext", cancel)
+    log.write(f"==> flatcar: {image.name} (sha256 {hashlib.sha256(image.read_bytes()).hexdigest()})\n".encode())
     for entry in bake_disk(base, image, qcow2, run=run):
         log.write(f"==> flatcar: ROOT {entry.kind} {entry.path}{' -> ' + entry.target if entry.target else ''}\n".encode())
     offline.write_manifest(job, qcow2, name, timestamp)

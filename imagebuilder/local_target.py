@@ -22,7 +22,7 @@ from imagebuilder.clouds.qemu import bases
 from imagebuilder.artifact import Artifact
 from imagebuilder.build import Job
 from imagebuilder.errors import UserError
-from imagebuilder.planner import VARIANT_SOURCE, Cell
+from imagebuilder.planner import Cell
 
 # The validate role's settings for an image that has booted (see validate_hook).
 BOOTED_VARS = {"validate_hygiene_checks": False, "validate_inactive_services": []}
@@ -93,12 +93,6 @@ def efi_from_vendor_image(cell: Cell) -> bool:
     return offline.firmware_of(cell) == "efi" and local is not None and local.uefi
 
 
-def built_on_image(cell: Cell) -> bool:
-    """The cell starts from an image built here (Variant.built_on: the ova vmx flavour), a disk
-    without the tree the offline build copies: Packer boots it and applies the roles."""
-    return cell.base_image.get("source") == VARIANT_SOURCE
-
-
 def builder_for(job: Job, files: dict[str, Path]) -> str:
     """The cell's builder, with "auto" resolved: offline unless KVM works (or the OS has no tree).
     An efi variant cell is built offline (efi_unbuilt), unless its vendor image boots UEFI; a cell built on
@@ -106,7 +100,7 @@ def builder_for(job: Job, files: dict[str, Path]) -> str:
     wanted = job.cell.settings.get("builder", "auto")
     if job.cell.os_info.family == "flatcar":
         return flatcar_builder(job.cell)
-    if built_on_image(job.cell):
+    if offline.built_on_image(job.cell):
         if wanted == offline.BUILDER:
             raise UserError(f"{job.cell.id}: built on the {job.cell.base_image['variant']} image "
                             f"({job.cell.base_image['cell']}), a disk with no tree for the offline build "
@@ -184,7 +178,7 @@ def boot_test(job: Job, artifact: Artifact, image: Path | None = None, disk_form
             log.write(f"==> boot test: skipped for {job.cell.os} (Ignition through fw_cfg is not wired into "
                       "the boot test yet)\n")
         return
-    node = offline.provisions_node(job.cell)
+    node = not offline.os_alone(job.cell)
     # The OS alone (no roles): it boots, logs in and finishes cloud-init; no Kubernetes, no provenance file.
     expected = ({"build_key": job.cell.build_key, "kubernetes_version": job.cell.kubernetes_version} if node
                 else {"active": [], "enabled": []})

@@ -41,6 +41,7 @@ from imagebuilder.config import ANSIBLE_DIR
 from imagebuilder.distributions import debian
 from imagebuilder.errors import UserError
 from imagebuilder.metadata import tag_key
+from imagebuilder.planner import VARIANT_SOURCE
 
 BUILDER = "offline"
 BUILDER_TYPE = "imagebuilder-offline"  # builder_type in the manifest (Packer's is "qemu")
@@ -70,10 +71,25 @@ EFI_BINARIES = {"shimx64.efi": "usr/lib/shim/shimx64.efi.signed", "mmx64.efi": "
 EFI_BOOT_NAMES = {"shimx64.efi": "BOOTX64.EFI"}  # shim is what EFI/BOOT/ starts
 
 
-def provisions_node(cell) -> bool:
-    """False for a cell of the OS alone (the ova base flavour: no roles, no Kubernetes), as the cloud's
-    template context says it (`provision_node`) to the Packer template."""
-    return bool(registry.get(cell.cloud).template_context(cell).get("provision_node", True))
+def os_alone(cell) -> bool:
+    """The cell's image is the OS alone (Cloud.os_alone: the ova base flavour): no roles, no Kubernetes."""
+    return registry.get(cell.cloud).os_alone(cell)
+
+
+# The disk of the image a cell is built on (built_on_image), in its base/ directory: the cloud's
+# prepare puts it there (the ova vmx flavour: clouds/ova built_on_disk); Packer boots it, or the
+# Flatcar bake writes onto it.
+BUILT_ON_DISK = "built-on.qcow2"
+
+
+def built_on_path(job: Job) -> Path:
+    return job.directory / "base" / BUILT_ON_DISK
+
+
+def built_on_image(cell) -> bool:
+    """The cell starts from an image built here (Variant.built_on: the ova vmx flavour), a disk
+    without the tree this build copies."""
+    return cell.base_image.get("source") == VARIANT_SOURCE
 
 
 def firmware_of(cell) -> str:
@@ -206,7 +222,7 @@ class OfflineBuild:
             self.timer.stage("efi packages", started)
 
         timestamp = datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S")
-        if provisions_node(cell):  # else the OS alone (the ova base flavour)
+        if not os_alone(cell):  # the OS alone (the ova base flavour) gets no roles
             started = time.monotonic()
             self.apply_roles(base.root_uuid, timestamp)
             self.timer.stage("ansible", started)

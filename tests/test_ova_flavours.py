@@ -1,30 +1,38 @@
 """The ova cloud's base and vmx flavours (image-builder's node-ova-local-base-<os> and
 node-ova-local-vmx-<os>): the plan names the base a vmx cell is built on in its base image and key,
 the base renders without the roles, and each flavour's OVA is made from a small disk and checked as
-vSphere reads it; the vmx build takes its base disk out of the base OVA in the catalogue. No VM."""
+vSphere reads it; the vmx build takes its base disk out of the base OVA in the catalogue (Flatcar's
+bake writes the sysext onto it). No VM."""
 
 from __future__ import annotations
 
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
 import yaml
+from mirror import DEFAULT_FIXTURE_VERSIONS
+from test_flatcar import MINOR as FLATCAR_MINOR
+from test_flatcar import matrix_file as flatcar_matrix
+from test_flatcar import served  # noqa: F401 - the fixture: a Flatcar release server and the fixture pins
 from test_ova_output import check_ova, ova_properties
 from test_raw_output import MINOR, built, cells_of, disk_content
 
-from imagebuilder import baseimages
+from imagebuilder import baseimages, flatcar, sysext
+from imagebuilder.artifact import from_packer_manifest
 from imagebuilder.build import Job
 from imagebuilder.clouds import registry
-from imagebuilder.clouds.ova import BUILT_ON_DISK
 from imagebuilder.config import PROJECT_ROOT, load_matrix
 from imagebuilder.errors import UserError
+from imagebuilder.offline import BUILT_ON_DISK
 from imagebuilder.pipeline import TargetHooks
-from imagebuilder.planner import Cell
+from imagebuilder.planner import Cell, plan
 from imagebuilder.render import render_cells
 from imagebuilder.targets import target_of
 
 FLAVOURS = ["base", "vmx", "base-efi", "vmx-efi"]
+FIXTURE_KUBERNETES = DEFAULT_FIXTURE_VERSIONS["kubernetes"]
 
 
 def write_matrix(path: Path, overrides: list | None = None) -> Path:
@@ -174,15 +182,48 @@ def test_a_vmx_build_without_its_base_ova_stops_in_one_line(tmp_path: Path, cell
         registry.get("ova").prepare(job)
 
 
-def test_flatcars_flavours_are_refused_before_the_bake(tmp_path: Path) -> None:
-    """Flatcar's OVA is baked from the vendor's disk (imagebuilder/flatcar.py): no base or vmx of it yet."""
-    matrix = tmp_path / "matrix.yaml"
-    matrix.write_text(yaml.safe_dump({
-        "versions_file": str(PROJECT_ROOT / "versions.lock.yaml"), "os": ["flatcar"], "kubernetes": [MINOR],
-        "clouds": {"ova": {"boot_test": False, "variants": ["base", "vmx"]}}}))
-    cells = cells_of(matrix)
+
+def test_flatcars_base_is_the_vendor_disk_and_its_vmx_is_baked_onto_the_base_ova(
+        served, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flatcar's OVA is baked (imagebuilder/flatcar.py): the base is the vendor's disk without the sysext,
+    the vmx the sysext written onto the base OVA's disk, the vendor's never fetched again."""
+    base_url, files, _ = served
+    monkeypatch.setenv("IMAGEBUILDER_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("IMAGEBUILDER_CATALOGUE", str(tmp_path / "catalogue"))
+    matrix = flatcar_matrix(tmp_path, base_url, files, {"ova": {"boot_test": False, "variants": ["base", "vmx"]}})
+    cells = {c.id: c for c in plan(load_matrix(matrix))}
     ova = registry.get("ova")
-    assert ova.variant_unbuilt(cell(cells, "flatcar")) is None
-    for flavour in ("base", "vmx"):
-        reason = ova.variant_unbuilt(cell(cells, "flatcar", flavour))
-        assert reason is not None and reason.endswith(f'| fix: exclude {{cloud: ova, os: flatcar, variant: "{flavour}*"}}')
+    base_cell, vmx_cell = cells[f"ova-flatcar-base-k8s-{FLATCAR_MINOR}"], cells[f"ova-flatcar-vmx-k8s-{FLATCAR_MINOR}"]
+    assert ova.variant_unbuilt(base_cell) is None and ova.variant_unbuilt(vmx_cell) is None
+
+    def bake(c: Cell) -> tuple[Job, Path]:
+        job = Job(cell=c, directory=tmp_path / c.id, estimate=1.0)
+        job.directory.mkdir()
+        ova.prepare(job)
+        assert job.builder == flatcar.BUILDER
+        with job.log_path.open("ab") as log:
+            return job, flatcar.bake_local(job, threading.Event(), log)
+
+    def entries(qcow2: Path) -> tuple | None:
+        raw = qcow2.with_suffix(".check.raw")
+        subprocess.run(["qemu-img", "convert", "-q", "-O", "raw", str(qcow2), str(raw)], check=True)
+        try:
+            return flatcar.read_entry(raw, flatcar.root_partition(raw), sysext.NODE_SYMLINK)
+        finally:
+            raw.unlink()
+
+    job, qcow2 = bake(base_cell)
+    assert qcow2.name.startswith("flatcar-base-") and entries(qcow2) is None  # the OS alone
+    assert not (job.directory / "sysext").exists()
+    record = TargetHooks(publish=True).finish(job, from_packer_manifest(job.directory / "packer-manifest.json", "ova"))
+    base_ova = Path(next(name for name in record.files if name.endswith(".ova")))
+    assert "KUBERNETES_SEMVER" not in ova_properties(base_ova)
+
+    monkeypatch.setattr(flatcar, "base_disk", lambda *args: pytest.fail("the vmx bake fetched the vendor's disk"))
+    job, qcow2 = bake(vmx_cell)
+    assert (job.directory / "base" / BUILT_ON_DISK).is_file()
+    assert entries(qcow2) == ("link", f"{sysext.NODE_IMAGE_DIR}/{sysext.image_name(FIXTURE_KUBERNETES, 'amd64')}")
+    record = TargetHooks(publish=True).finish(job, from_packer_manifest(job.directory / "packer-manifest.json", "ova"))
+    vmx_ova = Path(next(name for name in record.files if name.endswith(".ova")))
+    check_ova(vmx_ova, vmx_ova.with_name(vmx_ova.name + ".sha256sum"))
+    assert ova_properties(vmx_ova)["IMAGEBUILDER_BASE_BUILD_KEY"] == base_cell.build_key

@@ -198,6 +198,11 @@ class Cloud:
         `builder` (the Packer builder of this cell, when not `Cloud.builder`)."""
         return {}
 
+    def os_alone(self, cell: Cell) -> bool:
+        """The cell's image is the OS alone, no roles and no Kubernetes: a base other builds start from
+        (the ova `base` flavour). The local builders (offline, the Flatcar bake) and the boot test follow it."""
+        return False
+
     def old_packer_context(self, cell: Cell) -> dict[str, Any]:
         """What template_context changes for a Packer before 1.7 (its builders built in, older
         than the plugin this cloud names): options that Packer lacks left out."""

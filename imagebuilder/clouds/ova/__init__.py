@@ -14,7 +14,8 @@ of the vendor's image (image-builder's vmware-vmx builder on the base VM's .vmx)
 without reinstalling the OS. A vmx cell's base_image names the base cell and its build key
 (planner.built_on_reference), so its own key says which OVA it came from; the build takes that OVA
 from the catalogue, and its descriptor names it (IMAGEBUILDER_BASE_BUILD_KEY). `base-efi` and
-`vmx-efi` are the same with UEFI firmware.
+`vmx-efi` are the same with UEFI firmware. Flatcar's are baked (imagebuilder/flatcar.py): its base is
+the vendor's disk without the sysext, its vmx the sysext written onto the base OVA's disk.
 """
 
 from __future__ import annotations
@@ -35,8 +36,6 @@ if TYPE_CHECKING:
     from imagebuilder.clouds.ova.ovf import OvaFiles
     from imagebuilder.planner import Cell
 
-# The disk of the OVA a vmx cell is built on, in its base/ directory (local_target links disk.img to it).
-BUILT_ON_DISK = "built-on.qcow2"
 
 
 class Ova(LocalOutput):
@@ -67,11 +66,14 @@ class Ova(LocalOutput):
         boots with its own bootloader."""
         context = super().template_context(cell)
         flavour = flavour_of(cell.variant)
-        if flavour == BASE:
+        if self.os_alone(cell):
             context["provision_node"] = False
         if flavour == VMX:
             context.update(direct_kernel_boot=False, provision_first=[])
         return context
+
+    def os_alone(self, cell: Cell) -> bool:
+        return flavour_of(cell.variant) == BASE
 
     def variant_unbuilt(self, cell: Cell, packer_version: tuple[int, int, int] | None = None) -> str | None:
         """The efi variants as qemu's; a vmx-efi cell is booted by the Packer template, which boots BIOS:
@@ -80,10 +82,6 @@ class Ova(LocalOutput):
         flavour = flavour_of(cell.variant)
         if reason or flavour is None:
             return reason
-        if cell.os_info.family == "flatcar":
-            return (f"{cell.id}: Flatcar's OVA is baked from the vendor's disk (imagebuilder/flatcar.py), which has "
-                    f"no {flavour} flavour yet | fix: exclude {{cloud: {cell.cloud}, os: {cell.os}, variant: "
-                    f"\"{flavour}*\"}}")
         if flavour != VMX:
             return None
         from imagebuilder import offline
@@ -96,10 +94,11 @@ class Ova(LocalOutput):
         return None
 
     def prepare(self, job: Job) -> None:
-        """A vmx cell's base disk is the base OVA's, from the catalogue; the others' as qemu's."""
-        from imagebuilder import local_target
+        """A vmx cell's base disk is the base OVA's, from the catalogue (Flatcar's bake writes onto it
+        too); the others' as qemu's."""
+        from imagebuilder import local_target, offline
 
-        if local_target.built_on_image(job.cell):
+        if offline.built_on_image(job.cell):
             local_target.prepare(job, {"disk.img": built_on_disk(job)})
         else:
             local_target.prepare(job)
@@ -138,8 +137,9 @@ def flavour_of(variant: str | None) -> str | None:
 def built_on_disk(job: Job) -> Path:
     """The disk of the base OVA a vmx cell is built on (its base_image's build key), from the OVA
     catalogue: its .sha256sum checked, the VMDK taken out and made a qcow2 in the cell's base/."""
-    from imagebuilder.clouds.ova.store import OvaCatalogue
+    from imagebuilder import offline
     from imagebuilder.clouds.disks import run_tool
+    from imagebuilder.clouds.ova.store import OvaCatalogue
 
     cell, base = job.cell, job.cell.base_image
     records = OvaCatalogue().find_by_build_key(base["build_key"])
@@ -165,7 +165,7 @@ def built_on_disk(job: Job) -> Path:
         with vmdk.open("wb") as out:
             while chunk := stream.read(4 * 1024**2):
                 out.write(chunk)
-    disk = directory / BUILT_ON_DISK
+    disk = offline.built_on_path(job)
     try:
         run_tool(["qemu-img", "convert", "-f", "vmdk", "-O", "qcow2", str(vmdk), str(disk)], vmdk)
     finally:
