@@ -5,9 +5,7 @@ plugin, image-builder's target names, downloads pinned for ppc64le, and no other
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,8 @@ from imagebuilder.config import PROJECT_ROOT, load_matrix
 from imagebuilder.errors import UserError
 from imagebuilder.pipeline import unbuilt_arch
 from imagebuilder.planner import key_material, plan
+from test_providers_more import cli as providers_cli
+from test_providers_more import unquote
 
 MINOR = next(iter(yaml.safe_load((PROJECT_ROOT / "versions.lock.yaml").read_text())["minors"]))
 POWERVS = {"service_instance_id": "0123-example", "key_pair_name": "capi", "ssh_private_key_file": "/keys/capi",
@@ -36,14 +36,7 @@ def write_matrix(path: Path, **extra: Any) -> Path:
 
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {name: value for name, value in os.environ.items() if name not in CREDENTIALS}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    return subprocess.run([sys.executable, "-m", "imagebuilder.cli", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=300)
-
-
-def unquote(text: str) -> str:
-    return text[1:-1] if text.startswith('"') and text.endswith('"') else text
+    return providers_cli(*args, cwd=cwd, without=CREDENTIALS)
 
 
 def test_cells_are_ppc64le_from_image_builders_ovas_and_dhcp_is_its_own(tmp_path: Path) -> None:

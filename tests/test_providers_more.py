@@ -46,8 +46,9 @@ def write_matrix(path: Path, clouds: dict[str, Any], os_ids: list[str] | None = 
     return path
 
 
-def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {name: value for name, value in os.environ.items() if name not in CREDENTIALS}
+def cli(*args: str, cwd: Path, without: tuple[str, ...] = CREDENTIALS) -> subprocess.CompletedProcess[str]:
+    """imagebuilder as a user runs it, with the clouds' credentials (`without`) out of the environment."""
+    env = {name: value for name, value in os.environ.items() if name not in without}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     return subprocess.run([sys.executable, "-m", "imagebuilder.cli", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=300)
