@@ -11,7 +11,9 @@ PYTHON ?= $(if $(wildcard $(VENV)/bin/python),$(VENV)/bin/python,python3)
 # Its tools (ansible-playbook, moto_server...) first on PATH, for the commands make runs.
 export PATH := $(if $(wildcard $(VENV)/bin),$(abspath $(VENV))/bin:)$(PATH)
 IMAGEBUILDER ?= $(PYTHON) -m imagebuilder.cli
-cells = --only '$*-k8s-$(K8S)'
+# More options of `imagebuilder build|validate|render`, as image-builder's PACKER_FLAGS: ARGS='-o out --offline'.
+ARGS ?=
+cells = --only '$*-k8s-$(K8S)' $(ARGS)
 
 .PHONY: help plan render validate test bench prune
 help:

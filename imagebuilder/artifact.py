@@ -53,7 +53,8 @@ def from_packer_manifest(manifest_path: Path, cloud: str, started_at: float = 0.
         image_name=custom.get("image_name", ""),
         metadata=metadata,
         ids=registry.get(cloud).artifact_ids(build.get("builder_type", ""), build.get("artifact_id", "")),
-        files=[str(Path(manifest_path.parent, f["name"])) for f in build.get("files") or []],
+        # Packer names them relative to its directory, the manifest's: absolute here, whatever `-o` was
+        files=[str(Path(manifest_path.parent, f["name"]).absolute()) for f in build.get("files") or []],
         versions=versions,
         started_at=started_at,
         finished_at=finished_at,

@@ -80,6 +80,7 @@ def ansible_vars(cell: Cell) -> dict[str, Any]:
         "imagebuilder_os": cell.os,
         "imagebuilder_os_family": cell.os_info.family,
         "imagebuilder_cloud": cell.cloud,
+        "imagebuilder_platform": registry.get(cell.cloud).platform,
         "imagebuilder_arch": cell.arch,
         "imagebuilder_kubernetes_minor": cell.kubernetes,
         "imagebuilder_versions": cell.versions,

@@ -137,6 +137,11 @@ class CellBuild:
         return [sys.executable, "-m", "imagebuilder.cli", "build", "-m", str(self.matrix), "-o", str(self.build_dir),
                 "--offline", *unreachable_here]
 
+    def make(self, *targets: str) -> list[str]:
+        """`make build-<target>` as a user runs it, with the options command() gives (ARGS)."""
+        return ["make", "-C", str(REPO), *targets, f"MATRIX={self.matrix}", f"PYTHON={sys.executable}",
+                "ARGS=" + " ".join(self.command()[6:])]
+
     def failure(self) -> str:
         out = (self.result.stdout[-2000:] + "\n" + self.result.stderr[-2000:]) if self.result else ""
         log = self.log.read_text()[-8000:] if self.log.exists() else "no log"
@@ -238,7 +243,9 @@ def packer_started_early(request) -> None:
 def offline_build(tmp_path_factory, release_mirror, image_registry, base_ready) -> CellBuild:
     build = cell_build(tmp_path_factory.mktemp("offline"), release_mirror, image_registry, "offline")
     started = time.monotonic()
-    build.result = run_cli(*build.command()[3:], env=build.env, timeout=OFFLINE_TIMEOUT)
+    # `make build-qemu-debian-12`, the way users start a build
+    build.result = subprocess.run(build.make("build-qemu-debian-12"), cwd=REPO, env=build.env, capture_output=True,
+                                  text=True, timeout=OFFLINE_TIMEOUT, stdin=subprocess.DEVNULL)
     build.seconds = time.monotonic() - started
     return build
 
@@ -543,6 +550,50 @@ def assert_stopped_promptly(process: subprocess.Popen, sig: signal.Signals) -> f
         time.sleep(0.5)
     assert session_processes(process.pid) == [], "children outlived the interrupt"
     return time.monotonic() - sent
+
+
+def test_make_builds_image_builders_raw_and_kubevirt_targets_on_the_cached_base(
+        offline_build: CellBuild, release_mirror, image_registry, tmp_path: Path) -> None:
+    """`make build-raw-debian-12 build-kubevirt-qemu-debian-12` (image-builder's names) after the qemu
+    build's `make build-qemu-debian-12`: both cells start from the base that build used (the cache, not
+    built again), and each output is catalogued where `images` finds it (no boot tests: the raw disk and
+    the containerDisk of the same build are booted and checked above)."""
+    assert offline_build.result is not None and offline_build.result.returncode == 0, offline_build.failure()
+    build = cell_build(tmp_path / "work", release_mirror, image_registry, "offline")
+    repository = f"{image_registry.address}/capi/make-node"
+    matrix = yaml.safe_load(build.matrix.read_text())
+    matrix["clouds"] = {"raw": {"builder": "offline", "boot_test": False, "compression_level": 1},
+                        "kubevirt": {"builder": "offline", "boot_test": False, "tls_verify": False,
+                                     "registry": repository}}
+    build.matrix.write_text(yaml.safe_dump(matrix))
+    started = time.monotonic()
+    result = subprocess.run(build.make("build-raw-debian-12", "build-kubevirt-qemu-debian-12"), cwd=REPO,
+                            env=build.env, capture_output=True, text=True, timeout=OFFLINE_TIMEOUT,
+                            stdin=subprocess.DEVNULL)
+    print(f"make raw and kubevirt: {time.monotonic() - started:.0f} s", file=sys.stderr)
+    minor = matrix["kubernetes"][0]
+    logs = {cloud: build.build_dir / f"{cloud}-debian-12-k8s-{minor}" / "build.log" for cloud in ("raw", "kubevirt")}
+    assert result.returncode == 0, (result.stdout[-3000:] + result.stderr[-2000:] + "".join(
+        log.read_text()[-3000:] for log in logs.values() if log.exists()))
+
+    def base_tree(log: Path) -> str:
+        return next(line for line in log.read_text().splitlines() if "copying the base tree" in line)
+
+    assert base_tree(logs["raw"]) == base_tree(logs["kubevirt"]) == base_tree(offline_build.log)
+
+    def listed(cloud: str) -> list[dict]:
+        shown = run_cli("images", "list", "-m", str(build.matrix), "--cloud", cloud, "--output", "json",
+                        env=build.env, timeout=120)
+        assert shown.returncode == 0, shown.stderr
+        return json.loads(shown.stdout)
+
+    (raw,) = listed("raw")
+    assert raw["os"] == "debian-12" and raw["arch"] == "amd64" and raw["published"]
+    names = [Path(name).name for name in raw["files"]]
+    assert any(name.endswith(".raw.gz") for name in names) and any(name.endswith(".sha256sum") for name in names)
+    (disk,) = listed("kubevirt")
+    assert disk["image_id"].startswith(f"{repository}@sha256:") and disk["build_key"] != raw["build_key"]
+    assert disk["kubernetes_version"] == raw["kubernetes_version"]
 
 
 def test_sigterm_stops_the_offline_build_while_ansible_runs_and_cleans_up(

@@ -105,7 +105,15 @@ class Cloud:
     # Environment variables the builder's configuration check (`packer validate`) demands, with
     # stand-in values used only by validate and only where unset (validate_environment).
     validate_env: ClassVar[dict[str, str]] = {}
+    # The platform whose guest data its images take from the roles (ansible/roles/providers: cloud-init
+    # datasources, guest agents, chrony), passed as imagebuilder_platform; None: its own name. The
+    # local outputs run where their disk is deployed: raw and KubeVirt on KVM, an OVA on vSphere.
+    guest_platform: ClassVar[str | None] = None
     directory: Path  # set by the registry: the cloud's folder
+
+    @property
+    def platform(self) -> str:
+        return self.guest_platform or self.name
 
     @property
     def managed(self) -> bool:

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 class Huaweicloud(Cloud):
     name = "huaweicloud"
+    guest_platform = "openstack"
     settings = HuaweicloudSettings
     order = 43
     builder = "huaweicloud-ecs"

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 class Kubevirt(LocalOutput):
     name = "kubevirt"
+    guest_platform = "qemu"
     settings = KubevirtSettings
     order = 3
     image_builder_names = ("kubevirt-qemu",)

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
 class Ova(LocalOutput):
     name = "ova"
+    guest_platform = "vsphere"
     settings = OvaSettings
     order = 2
     image_builder_names = ("node-ova-local",)

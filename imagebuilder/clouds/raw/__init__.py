@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 class Raw(LocalOutput):
     name = "raw"
+    guest_platform = "qemu"
     settings = RawSettings
     order = 1
     image_builder_names = ("raw",)
