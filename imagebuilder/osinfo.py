@@ -419,7 +419,8 @@ OPERATING_SYSTEMS: dict[str, OsInfo] = {
                 "azure": {"amd64": {"publisher": "RedHat", "offer": "RHEL", "sku": "9-lvm-gen2"}},
                 "openstack": {arch: {"image_name": "rhel-9"} for arch in AMD_ARM},
             },
-            local_base=LocalBase("cloud-image"),
+            # Red Hat's KVM guest image boots BIOS and UEFI alike (a BIOS boot and an EFI system partition).
+            local_base=LocalBase("cloud-image", uefi=True),
             subscription=RHSM,
         ),
         OsInfo(

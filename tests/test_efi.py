@@ -122,3 +122,22 @@ def test_azure_security_types_render_where_packer_has_them(cells: dict, tmp_path
             result = subprocess.run(["packer", "fmt", "-check", "-diff", "."], cwd=directory, capture_output=True,
                                     text=True)
             assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_rhels_kvm_image_makes_the_raw_efi_cell_as_ubuntus_cloud_image_does(tmp_path: Path) -> None:
+    """image-builder's build-raw-rhel-9-efi: Red Hat's KVM guest image boots UEFI as it is, so the cell is
+    built as its BIOS cell (any builder) and boot-tested under OVMF; Rocky's stays refused."""
+    from imagebuilder import local_target
+    from imagebuilder.clouds import registry
+
+    shutil.copy(DATA / "versions.lock.yaml", tmp_path / "versions.lock.yaml")
+    (tmp_path / "m.yaml").write_text('versions_file: versions.lock.yaml\nos: [rhel-9, rockylinux-9]\n'
+                                     'kubernetes: ["1.31"]\nclouds:\n  raw:\n    variants: [efi]\n')
+    cells = {cell.id: cell for cell in plan(load_matrix(tmp_path / "m.yaml"))}
+    rhel, rocky = cells["raw-rhel-9-efi-k8s-1.31"], cells["raw-rockylinux-9-efi-k8s-1.31"]
+    assert offline.firmware_of(rhel) == "efi" and local_target.efi_from_vendor_image(rhel)
+    assert registry.get("raw").variant_unbuilt(rhel) is None
+    assert rhel.build_key != cells["raw-rhel-9-k8s-1.31"].build_key
+    reason = registry.get("raw").variant_unbuilt(rocky)
+    assert reason is not None and "the efi variant is made by the offline builder only" in reason
+    assert registry.get("raw").image_builder_target("rhel-9", "amd64", "efi") == "build-raw-rhel-9-efi"
