@@ -16,7 +16,7 @@ import shutil
 import threading
 from pathlib import Path
 
-from imagebuilder import baseimages, offline, qemu, render, supplied
+from imagebuilder import baseimages, immutable, offline, qemu, render, supplied
 from imagebuilder.clouds import registry
 from imagebuilder.clouds.qemu import bases
 from imagebuilder.artifact import Artifact
@@ -100,6 +100,11 @@ def builder_for(job: Job, files: dict[str, Path]) -> str:
     wanted = job.cell.settings.get("builder", "auto")
     if job.cell.os_info.family == "flatcar":
         return flatcar_builder(job.cell)
+    if immutable.of(job.cell):
+        reason = immutable.unbuilt(job.cell)
+        if reason:
+            raise UserError(reason)
+        return "packer"  # the role repartitions the build machine's boot disk
     if offline.built_on_image(job.cell):
         if wanted == offline.BUILDER:
             raise UserError(f"{job.cell.id}: built on the {job.cell.base_image['variant']} image "
@@ -148,7 +153,8 @@ def prepare(job: Job, files: dict[str, Path] | None = None) -> None:
         (base / stale).unlink(missing_ok=True)
     key = qemu.make_ssh_key(base)
     # The build user exists only while Packer runs: the template's shutdown removes it.
-    qemu.write_seed_dir(base / "seed", str(registry.get(job.cell.cloud).ssh_user), [key.public], instance_id=f"build-{job.cell.id}")
+    qemu.write_seed_dir(base / "seed", str(registry.get(job.cell.cloud).ssh_user), [key.public], instance_id=f"build-{job.cell.id}",
+                        extra_config=immutable.seed_config(job.cell))
     job.packer_args = ["-var", f"qemu_accelerator={accelerator_for(job, files)}"]
 
 

@@ -48,6 +48,9 @@ class Variant:
     # arch (the ova `vmx` flavour from the `base` one): the cell's base_image names that cell and its build
     # key (planner.built_on_reference), so its own key says which image it came from.
     built_on: str | None = None
+    # Variables the variant's cells pass to the roles (under the matrix overrides' ansible_vars): what the
+    # cell chooses; the values they select are the roles' defaults (the immutable variant's node contract).
+    ansible_vars: dict[str, Any] = field(default_factory=dict)
 
 
 class CloudSettings(Strict):

@@ -269,7 +269,7 @@ def _make_cell(loaded: LoadedMatrix, combo: Combination, mirrors: dict[str, str]
     known_variant = registry.get(cloud).settings.VARIANTS[variant] if variant else None
     if known_variant is not None:
         settings = registry.get(cloud).settings.model_validate({**settings, **known_variant.settings}).model_dump()
-    ansible_vars: dict[str, Any] = {}
+    ansible_vars: dict[str, Any] = dict(known_variant.ansible_vars) if known_variant is not None else {}
     arch = combo.arch
     arch_loc = list_item_loc(loaded.source, "arch", matrix.arch.index(arch)) if arch in matrix.arch else ("include",)
     strategy = info.strategy_on(cloud)

@@ -149,8 +149,9 @@ def make_ssh_key(directory: Path, name: str = "id_ed25519") -> SshKey:
 
 
 def seed_files(user: str, authorized_keys: Sequence[str], instance_id: str | None = None,
-               hostname: str = "imagebuilder") -> dict[str, str]:
-    """NoCloud ``user-data`` and ``meta-data``: ``user`` with passwordless sudo and the keys."""
+               hostname: str = "imagebuilder", extra_config: str = "") -> dict[str, str]:
+    """NoCloud ``user-data`` and ``meta-data``: ``user`` with passwordless sudo and the keys (and
+    ``extra_config``, more top-level cloud-config keys)."""
     instance_id = instance_id or f"iid-{uuid.uuid4().hex[:12]}"
     keys = "".join(f"      - {key}\n" for key in authorized_keys)
     user_data = (
@@ -162,17 +163,18 @@ def seed_files(user: str, authorized_keys: Sequence[str], instance_id: str | Non
         "    lock_passwd: true\n"
         "    ssh_authorized_keys:\n"
         f"{keys}"
+        f"{extra_config}"
     )
     meta_data = f"instance-id: {instance_id}\nlocal-hostname: {hostname}\n"
     return {"user-data": user_data, "meta-data": meta_data}
 
 
 def write_seed_dir(directory: Path, user: str, authorized_keys: Sequence[str],
-                   instance_id: str | None = None) -> list[Path]:
+                   instance_id: str | None = None, extra_config: str = "") -> list[Path]:
     """The seed as plain files (for Packer's ``cd_files`` with ``cd_label = "cidata"``)."""
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
-    for name, text in seed_files(user, authorized_keys, instance_id).items():
+    for name, text in seed_files(user, authorized_keys, instance_id, extra_config=extra_config).items():
         (directory / name).write_text(text)
         paths.append(directory / name)
     return paths

@@ -24,7 +24,8 @@ VALIDATE = ROLES / "validate"
 VALIDATE_FILES = sorted(p for d in ("defaults", "tasks", "templates", "vars") for p in (VALIDATE / d).rglob("*")
                         if p.is_file())
 # Paths the OS, the kernel, systemd or cloud-init fix (no role chooses them): validate may name these.
-OS_PATHS = {"/dev/null", "/etc/fstab", "/etc/ssh", "/proc/modules", "/proc/swaps", "/var/lib/cloud/instance", "/var/log"}
+OS_PATHS = {"/dev/null", "/etc/fstab", "/etc/ssh", "/proc/modules", "/proc/self/mountinfo", "/proc/swaps",
+            "/var/lib/cloud/instance", "/var/log"}
 # Contract lists of clouds (not values of the node: they select what applies to a cell).
 CLOUD_LISTS = {"imagebuilder_ntp_from_dhcp"}
 # Characters of one token: a default value inside a longer one (/probe/etc/x, probe-overlay) is not that value.
@@ -84,7 +85,11 @@ def strip_keys(value: Any) -> Any:
 
 
 def found(value: str, text: str) -> bool:
-    """``value`` as a token of ``text``; a path also as the start of a longer one (/opt/cni/bin/bridge)."""
+    """``value`` as a token of ``text``; a path also as the start of a longer one (/opt/cni/bin/bridge).
+    The OS paths validate may name are not looked in: a contract directory that holds one (the
+    immutable variant's persistent /etc, /var/log) is not restated by naming /etc/fstab or /var/log."""
+    text = re.sub("|".join(rf"(?<!{TOKEN}){re.escape(path)}(?![\w.:-])" for path in sorted(OS_PATHS, key=len, reverse=True)),
+                  " ", text)
     after = r"(?![\w.:-])" if value.startswith("/") else rf"(?!{TOKEN})"
     return re.search(rf"(?<!{TOKEN}){re.escape(value)}{after}", text) is not None
 
@@ -209,3 +214,43 @@ def test_validate_checks_follow_the_contract(cloud: str, family: str) -> None:
     for check in checks:
         kept = sorted(v for v in values if found(v, check.name) or found(v, check.detail))
         assert not kept, f"[{check.name}] {check.detail}: still names the default {kept}"
+
+
+def test_validate_immutable_checks_follow_the_contract() -> None:
+    """An immutable cell's checks (fstab during the build, the mounts once booted) name the moved contract's
+    label, mount point and paths, and fail on this host, which has none of them."""
+    from imagebuilder import guestcheck
+
+    moved_contract = {name: moved(name, value) for name, value in contract().items()}
+    variables = {
+        **moved_contract, "imagebuilder_immutable": True, "validate_hygiene_checks": False,
+        "imagebuilder_versions": {"kubernetes": "1.31.4", "containerd": "1.7.24", "runc": "1.2.3",
+                                  "crictl": "1.31.1", "cni_plugins": "1.6.1"},
+        "imagebuilder_build_key": "k" * 64, "imagebuilder_pause_image": "registry.k8s.io/pause:3.10",
+        "imagebuilder_cloud": "qemu", "containerd_install_method": "package", "kubernetes_install_method": "package",
+        "imagebuilder_images": [], "imagebuilder_family": "debian",
+    }
+    with guestcheck.GuestSession(["sh", "-c"], become="") as session:
+        checks = guestcheck.RoleRunner(variables, role_dir=VALIDATE).run(session)
+    immutable = {c.name: c for c in checks if c.name.startswith("immutable: ")}
+    expected = {"immutable: / read-only in fstab", "immutable: fstab mounts /probe/var/lib/cluster-api-data",
+                "immutable: fstab binds /probe/etc", "immutable: fstab binds /probe/opt/cni/bin",
+                "immutable: fstab binds /probe/var/lib/kubelet", "immutable: fstab mounts tmpfs on /probe/tmp",
+                "immutable: / mounted read-only", "immutable: mounted /probe/var/lib/cluster-api-data",
+                "immutable: bind mounted /probe/etc", "immutable: bind mounted /probe/var/log",
+                "immutable: tmpfs mounted on /probe/var/tmp"}
+    assert expected <= set(immutable), sorted(expected - set(immutable))
+    assert not any(immutable[name].ok for name in expected if "/probe" in name), "a /probe path passed on this host"
+    assert "expected a bind from /probe/var/lib/cluster-api-data/persistent/probe/etc" in \
+        immutable["immutable: fstab binds /probe/etc"].detail
+    assert "expected /persistent/probe/etc of /probe/var/lib/cluster-api-data's device" in \
+        immutable["immutable: bind mounted /probe/etc"].detail
+    values = contract_values()
+    for check in immutable.values():
+        kept = sorted(v for v in values if found(v, check.name) or found(v, check.detail))
+        assert not kept, f"[{check.name}] {check.detail}: still names the default {kept}"
+    # The default cell has none of these checks.
+    variables["imagebuilder_immutable"] = False
+    with guestcheck.GuestSession(["sh", "-c"], become="") as session:
+        plain = guestcheck.RoleRunner(variables, role_dir=VALIDATE).run(session)
+    assert not [c.name for c in plain if c.name.startswith("immutable: ")]

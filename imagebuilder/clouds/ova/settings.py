@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from imagebuilder.clouds.qemu.settings import QemuSettings
+from imagebuilder.clouds.qemu.settings import LOCAL_VARIANTS, QemuSettings
 from imagebuilder.models import Variant
 
 # image-builder's node-ova-local-base-<os> and node-ova-local-vmx-<os> flavours (Variant.build "flavour"):
@@ -24,7 +24,7 @@ class OvaSettings(QemuSettings):
     # qemu's efi, and the two flavours with BIOS or UEFI firmware; a flavour's target names it before
     # the OS (build-node-ova-local-vmx-ubuntu-2404-efi), as image-builder's Makefile does.
     VARIANTS = {
-        **QemuSettings.VARIANTS,
+        **LOCAL_VARIANTS,
         BASE: Variant("the OS alone, no Kubernetes: the OVA of the base disk the vmx flavour builds on",
                       build={"flavour": BASE}),
         VMX: Variant("the node built on the base flavour's OVA (its disk as the base, not the vendor's image)",

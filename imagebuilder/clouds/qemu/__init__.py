@@ -89,10 +89,11 @@ class Qemu(Cloud):
         return bases.resolve(resolver, cell)
 
     def variant_unbuilt(self, cell: Cell, packer_version: tuple[int, int, int] | None = None) -> str | None:
-        """The efi variant is built (by the offline build) for an OS with a base tree."""
-        from imagebuilder import local_target
+        """The efi variant is built (by the offline build) for an OS with a base tree; the immutable one by
+        the Packer build of a vendor cloud image."""
+        from imagebuilder import immutable, local_target
 
-        return local_target.efi_unbuilt(cell)
+        return local_target.efi_unbuilt(cell) or immutable.unbuilt(cell)
 
     def prepare(self, job: Job) -> None:
         from imagebuilder import local_target

@@ -6,7 +6,13 @@ from typing import Literal
 
 from pydantic import Field
 
+from imagebuilder import immutable
 from imagebuilder.models import CloudSettings, Variant
+
+# The variants of every local output (raw and ova too).
+LOCAL_VARIANTS = {
+    "efi": Variant("boots with UEFI firmware (OVMF) instead of BIOS", build={"firmware": "efi"}),
+}
 
 
 class QemuSettings(CloudSettings):
@@ -24,6 +30,5 @@ class QemuSettings(CloudSettings):
 
     # Neither changes the image: the builders make the same one, the boot test only reads it.
     OUTSIDE_BUILD_KEY = frozenset({"max_parallel", "builder", "boot_test"})
-    VARIANTS = {
-        "efi": Variant("boots with UEFI firmware (OVMF) instead of BIOS", build={"firmware": "efi"}),
-    }
+    # image-builder's immutable targets are qemu's and kubevirt-qemu's only.
+    VARIANTS = {**LOCAL_VARIANTS, immutable.NAME: immutable.VARIANT}

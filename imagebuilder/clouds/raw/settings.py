@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from imagebuilder.clouds.qemu.settings import QemuSettings
+from imagebuilder.clouds.qemu.settings import LOCAL_VARIANTS, QemuSettings
 
 
 class RawSettings(QemuSettings):
@@ -16,3 +16,5 @@ class RawSettings(QemuSettings):
     # gzip's and xz's own default; 1 compresses a disk's gigabyte of data five times faster into a
     # tenth more bytes. In the build key too.
     compression_level: int = Field(6, ge=1, le=9)
+
+    VARIANTS = LOCAL_VARIANTS
