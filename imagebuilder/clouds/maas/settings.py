@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from imagebuilder.clouds.qemu.settings import QemuSettings
+from imagebuilder.clouds.qemu.settings import LOCAL_VARIANTS, QemuSettings
 
 
 class MaasSettings(QemuSettings):
-    pass
+    VARIANTS = LOCAL_VARIANTS  # no immutable: a root tarball has no partitions
