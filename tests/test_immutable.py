@@ -202,6 +202,8 @@ def test_the_role_partitions_a_loop_disk_seeds_the_paths_and_writes_fstab(tmp_pa
         assert (data / "etc/fstab").read_text() == (tree / "etc/fstab").read_text()
         cloud_cfg = yaml.safe_load((tree / "etc/cloud/cloud.cfg.d/99-imagebuilder-immutable.cfg").read_text())
         assert cloud_cfg == {"growpart": {"mode": "off"}, "resize_rootfs": False}
+        dropin = (tree / "etc/systemd/system/cloud-init-local.service.d/10-imagebuilder-immutable.conf").read_text()
+        assert f"RequiresMountsFor={' '.join(sorted(PATHS, key=str.lower))}" in dropin.splitlines()
         _validate_reads_the_fstab(tree, tmp_path)
     finally:
         if mounted:
