@@ -1,5 +1,6 @@
 """Installing an OS from the vendor's installer ISO, for the clouds whose builders start from one
-(vSphere's vsphere-iso, Proxmox's proxmox): the boot command that starts the unattended install
+(vSphere's vsphere-iso, Proxmox's proxmox, and the local qemu build of an OS with no disk image of
+ours, osinfo LocalBase "installer"): the boot command that starts the unattended install
 and the files Packer's HTTP server hands the installer.
 
 The build user exists only while Packer runs: it logs in with a throw-away key (the same
@@ -177,7 +178,8 @@ def photon_files(os_info: OsInfo, public_key: str, packages: list[str], instance
     ]
     config = {
         "hostname": "localhost",
-        "disk": "/dev/sda",  # vSphere's pvscsi controller (and Proxmox's virtio-scsi): the first SCSI disk
+        # vSphere's pvscsi controller (Proxmox's and the local qemu build's virtio-scsi): the first SCSI disk
+        "disk": "/dev/sda",
         "password": {"crypted": True, "text": "*", "age": -1},  # no root password
         "packages": sorted({*PHOTON_PACKAGES, *packages}),
         "postinstall": script,

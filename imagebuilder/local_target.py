@@ -4,7 +4,8 @@ The builder: ``clouds.qemu.builder`` (auto: Packer when KVM works, else the offl
 imagebuilder/offline.py, which needs no VM until the boot test).
 Before Packer: the cached base disk (and, for a base without a bootloader, its kernel and
 initrd for a direct kernel boot), a throw-away build key and a NoCloud seed that gives the
-OS's default user that key, all linked into the cell's `base/` directory.
+OS's default user that key, all linked into the cell's `base/` directory; for an OS installed
+from the vendor's ISO (osinfo LocalBase "installer"), the key and the installer's kickstart.
 After Packer: the qcow2 boots on its own in QEMU, with a fresh throw-away key, and must
 pass the checks; a failure fails the cell, so the image is never published.
 """
@@ -16,9 +17,9 @@ import shutil
 import threading
 from pathlib import Path
 
-from imagebuilder import baseimages, immutable, offline, qemu, render, supplied
+from imagebuilder import baseimages, immutable, installer, offline, qemu, render, supplied
 from imagebuilder.clouds import registry
-from imagebuilder.clouds.qemu import bases
+from imagebuilder.clouds.qemu import bases, installs_from_iso
 from imagebuilder.artifact import Artifact
 from imagebuilder.build import Job
 from imagebuilder.errors import UserError
@@ -53,6 +54,8 @@ def base_files(cell: Cell, cancel: threading.Event | None = None) -> dict[str, P
         from imagebuilder import flatcar
 
         return {"disk.img": flatcar.base_disk(cell, cancel)}
+    if local.kind == "installer":
+        return {}  # no disk: Packer downloads the vendor's ISO (checked against its pinned checksum) and installs it
     from imagebuilder.distributions import ubuntu  # the vendor's cloud image, with its own GRUB
 
     if supplied.is_supplied(cell.base_image):  # the user's download, checked against its sha256
@@ -81,10 +84,11 @@ def efi_unbuilt(cell: Cell) -> str | None:
         return None
     if cell.settings.get("builder", "auto") != "packer" and offline.supports(cell.os):
         return None
+    # An OS without a base tree (a vendor image, an ISO install) has no builder to switch to.
+    switch = f"clouds.{cell.cloud}.builder: auto or offline, or " if offline.supports(cell.os) else ""
     return (f"{cell.id}: the efi variant is made by the offline builder only, from {offline.debian.OS_ID}'s base "
             f"tree (the Packer template boots BIOS), or from a vendor image with an EFI system partition "
-            f"| fix: clouds.{cell.cloud}.builder: auto or offline, or exclude "
-            f"{{cloud: {cell.cloud}, os: {cell.os}, variant: efi}}")
+            f"| fix: {switch}exclude {{cloud: {cell.cloud}, os: {cell.os}, variant: {cell.variant}}}")
 
 
 def efi_from_vendor_image(cell: Cell) -> bool:
@@ -144,6 +148,11 @@ def prepare(job: Job, files: dict[str, Path] | None = None) -> None:
     files = files if files is not None else base_files(job.cell, job.cancel)
     job.builder = builder_for(job, files)
     if job.builder == offline.BUILDER:
+        return
+    if installs_from_iso(job.cell):
+        # The build user's throw-away key and the installer's kickstart, as vSphere's (installer.py).
+        installer.write_install_files(job.directory, job.cell.os_info, job.cell.cloud, [])
+        job.packer_args = ["-var", f"qemu_accelerator={accelerator_for(job, files)}"]
         return
     base = job.directory / "base"
     base.mkdir(parents=True, exist_ok=True)

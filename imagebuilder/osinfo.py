@@ -46,8 +46,10 @@ class LocalBase:
     # (imagebuilder.distributions.debian); "cloud-image": the vendor's disk image, downloaded and
     # checked against the vendor's checksum file beside it (imagebuilder.distributions.ubuntu);
     # "flatcar": Flatcar's qemu disk, checked against the sha512 of its `.DIGESTS` file, which the
-    # Flatcar bake writes the Kubernetes sysext onto (imagebuilder.flatcar).
-    kind: Literal["rootfs", "cloud-image", "flatcar"]
+    # Flatcar bake writes the Kubernetes sysext onto (imagebuilder.flatcar); "installer": no disk to
+    # start from, the vendor's ISO (the qemu reference: iso_url, iso_checksum as pinned here) installed
+    # by the Packer build with the OS's unattended install (imagebuilder.installer), as vSphere's is.
+    kind: Literal["rootfs", "cloud-image", "flatcar", "installer"]
     # The checksum file beside a cloud image: GNU `SHA256SUMS`, BSD-style `CHECKSUM`, or Flatcar's
     # per-image `{image}.DIGESTS` ({image}: the image's file name).
     checksums: str = "SHA256SUMS"
@@ -195,9 +197,11 @@ def powervs_ova(name: str) -> Reference:
 
 
 def photon(version: str, iso: Reference) -> OsInfo:
-    """Photon OS <version>: installed from its ISO (image-builder's OVA builds); no cloud image of ours."""
+    """Photon OS <version>: installed from its ISO (image-builder's OVA builds), the local outputs' too
+    (no cloud image of ours)."""
     return OsInfo(id=f"photon-{version}", distro="photon", version=f"{version}.0", family="tdnf", ssh_user="photon",
-                  images={"vsphere": {"amd64": iso}, "proxmox": {"amd64": iso}})
+                  images={"vsphere": {"amd64": iso}, "proxmox": {"amd64": iso}, "qemu": {"amd64": iso}},
+                  local_base=LocalBase("installer"))
 
 
 OPERATING_SYSTEMS: dict[str, OsInfo] = {

@@ -59,13 +59,11 @@ class Qemu(Cloud):
         return (*own, f"{own[0]}-{CLOUDIMG}")
 
     def packer_variables(self, cell: Cell, context: RenderContext) -> dict[str, Any]:
-        settings = cell.settings
         resolved = context.resolved
+        if installs_from_iso(cell):
+            return {**self.machine_variables(cell), **iso_variables(cell, context)}
         return {
-            "qemu_accelerator": settings["accelerator"] if settings["accelerator"] != "auto" else "tcg",
-            "qemu_disk_size_mb": settings["disk_size_mb"],
-            "qemu_memory_mb": settings["memory_mb"],
-            "qemu_cpus": settings["cpus"],
+            **self.machine_variables(cell),
             # base/disk.img is the vendor image the plan resolved; the Debian base is built here,
             # from the InRelease files the plan resolved (distributions/debian.py BaseSpec.releases).
             # A base the user supplies (supplied.py) has its sha256 in the reference itself.
@@ -73,14 +71,33 @@ class Qemu(Cloud):
                                    f"sha256:{cell.base_image['sha256']}" if "sha256" in cell.base_image else "none"),
         }
 
+    def machine_variables(self, cell: Cell) -> dict[str, Any]:
+        """The build VM's, whatever it boots."""
+        settings = cell.settings
+        return {
+            "qemu_accelerator": settings["accelerator"] if settings["accelerator"] != "auto" else "tcg",
+            "qemu_disk_size_mb": settings["disk_size_mb"],
+            "qemu_memory_mb": settings["memory_mb"],
+            "qemu_cpus": settings["cpus"],
+        }
+
     def template_context(self, cell: Cell) -> dict[str, Any]:
+        if installs_from_iso(cell):
+            from imagebuilder import installer
+
+            # The installed system's first boot: the build user the install made, removed (with the
+            # install's own seed) by the shutdown command.
+            return {"direct_kernel_boot": False, "provision_first": [], "install_from_iso": True,
+                    "http_directory": installer.HTTP_DIRECTORY,
+                    "shutdown_command": installer.remove_build_user("shutdown -P now")}
         if cell.os_info.family == "flatcar":
             # Baked by the flatcar builder (imagebuilder/flatcar.py), never by this template: it says so.
-            return {"direct_kernel_boot": False, "build_template": "_common/build.pkr.hcl.j2", "provision_node": False,
+            return {"direct_kernel_boot": False, "install_from_iso": False,
+                    "build_template": "_common/build.pkr.hcl.j2", "provision_node": False,
                     "wait_for_cloud_init": False,
                     "provision_first": ["echo 'Flatcar is baked by the flatcar builder, not this template' >&2; exit 1"]}
         direct_kernel_boot = cell.base_image.get("source") == "local"
-        return {"direct_kernel_boot": direct_kernel_boot,
+        return {"direct_kernel_boot": direct_kernel_boot, "install_from_iso": False,
                 "provision_first": list(INSTALL_BOOTLOADER) if direct_kernel_boot else []}
 
     def resolve_base(self, resolver: Resolver, cell: Cell) -> dict[str, Any]:
@@ -105,6 +122,24 @@ class Qemu(Cloud):
             from imagebuilder import local_target
 
             local_target.boot_test(job, artifact)
+
+
+def installs_from_iso(cell: Cell) -> bool:
+    """The cell's build installs the OS from the vendor's ISO (osinfo LocalBase kind "installer": Photon
+    OS), not from a disk; a cell built on an image built here (the ova vmx flavour) boots that disk."""
+    local = cell.os_info.local_base
+    return local is not None and local.kind == "installer" and "iso_url" in cell.base_image
+
+
+def iso_variables(cell: Cell, context: RenderContext) -> dict[str, Any]:
+    """The ISO, as the OS table pins it, and the installer's boot command (imagebuilder/installer.py, as
+    vSphere's); Packer logs in as the build user the install made."""
+    from imagebuilder import installer
+
+    iso_url, iso_checksum = installer.iso_of(cell, context.resolved)
+    return {"qemu_iso_url": iso_url, "qemu_iso_checksum": iso_checksum,
+            "qemu_boot_command": list(installer.installer_for(cell.os_info, Qemu.name).boot_command),
+            "ssh_username": installer.BUILD_USER}
 
 
 class LocalOutput(Qemu):

@@ -1,6 +1,7 @@
 """The qemu target's base images: a vendor cloud image's sha256 from the vendor's checksum file
 beside it (``SHA256SUMS`` or Rocky's ``CHECKSUM``) and the fixed file name it names, or, for the
-Debian base built here, the sha256 of each suite's ``InRelease`` on the mirror."""
+Debian base built here, the sha256 of each suite's ``InRelease`` on the mirror. An OS installed from
+the vendor's ISO (Photon OS) has its ISO's checksum pinned in the OS table: nothing to resolve."""
 
 from __future__ import annotations
 
@@ -127,6 +128,8 @@ def check_debian_releases(cell: Cell) -> None:
 def resolve(resolver: Resolver, cell: Cell) -> dict[str, Any]:
     if supplied.is_supplied(cell.base_image):
         return {}  # the user's download: its sha256 is in the reference already
+    if "iso_url" in cell.base_image:
+        return {}  # the vendor's installer ISO (LocalBase "installer"): its checksum pinned in the OS table
     try:
         if cell.base_image["source"] == "local":
             return _debian_base(resolver, cell)
