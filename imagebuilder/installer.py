@@ -258,6 +258,14 @@ def installer_for(os_info: OsInfo, cloud: str) -> Installer:
     return installer
 
 
+def installs_locally(cell: Cell) -> bool:
+    """The local qemu build of this cell installs the OS from the vendor's ISO (osinfo LocalBase kind
+    "installer": Photon OS) rather than starting from a disk; a cell built on an image built here (the ova
+    vmx flavour) boots that image's disk instead."""
+    local = cell.os_info.local_base
+    return local is not None and local.kind == "installer" and "iso_url" in cell.base_image
+
+
 def uefi_unbuilt(cell_id: str, os_info: OsInfo, cloud: str, variant: str) -> str | None:
     """Why this efi variant cell cannot install from the OS's ISO under UEFI firmware, or None."""
     installer = INSTALLERS.get(os_info.distro)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from imagebuilder import baseimages, immutable, installer, offline, qemu, render, supplied
 from imagebuilder.clouds import registry
-from imagebuilder.clouds.qemu import bases, installs_from_iso
+from imagebuilder.clouds.qemu import bases
 from imagebuilder.artifact import Artifact
 from imagebuilder.build import Job
 from imagebuilder.errors import UserError
@@ -149,7 +149,7 @@ def prepare(job: Job, files: dict[str, Path] | None = None) -> None:
     job.builder = builder_for(job, files)
     if job.builder == offline.BUILDER:
         return
-    if installs_from_iso(job.cell):
+    if installer.installs_locally(job.cell):
         # The build user's throw-away key and the installer's kickstart, as vSphere's (installer.py).
         installer.write_install_files(job.directory, job.cell.os_info, job.cell.cloud, [])
         job.packer_args = ["-var", f"qemu_accelerator={accelerator_for(job, files)}"]

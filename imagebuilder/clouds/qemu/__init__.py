@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from imagebuilder import installer
 from imagebuilder.clouds.qemu.settings import QemuSettings
 from imagebuilder.clouds.registry import Cloud, Plugin, RenderContext
 from imagebuilder.osinfo import OPERATING_SYSTEMS
@@ -60,7 +61,7 @@ class Qemu(Cloud):
 
     def packer_variables(self, cell: Cell, context: RenderContext) -> dict[str, Any]:
         resolved = context.resolved
-        if installs_from_iso(cell):
+        if installer.installs_locally(cell):
             return {**self.machine_variables(cell), **iso_variables(cell, context)}
         return {
             **self.machine_variables(cell),
@@ -82,9 +83,7 @@ class Qemu(Cloud):
         }
 
     def template_context(self, cell: Cell) -> dict[str, Any]:
-        if installs_from_iso(cell):
-            from imagebuilder import installer
-
+        if installer.installs_locally(cell):
             # The installed system's first boot: the build user the install made, removed (with the
             # install's own seed) by the shutdown command.
             return {"direct_kernel_boot": False, "provision_first": [], "install_from_iso": True,
@@ -124,18 +123,9 @@ class Qemu(Cloud):
             local_target.boot_test(job, artifact)
 
 
-def installs_from_iso(cell: Cell) -> bool:
-    """The cell's build installs the OS from the vendor's ISO (osinfo LocalBase kind "installer": Photon
-    OS), not from a disk; a cell built on an image built here (the ova vmx flavour) boots that disk."""
-    local = cell.os_info.local_base
-    return local is not None and local.kind == "installer" and "iso_url" in cell.base_image
-
-
 def iso_variables(cell: Cell, context: RenderContext) -> dict[str, Any]:
     """The ISO, as the OS table pins it, and the installer's boot command (imagebuilder/installer.py, as
     vSphere's); Packer logs in as the build user the install made."""
-    from imagebuilder import installer
-
     iso_url, iso_checksum = installer.iso_of(cell, context.resolved)
     return {"qemu_iso_url": iso_url, "qemu_iso_checksum": iso_checksum,
             "qemu_boot_command": list(installer.installer_for(cell.os_info, Qemu.name).boot_command),
