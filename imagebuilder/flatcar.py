@@ -416,6 +416,73 @@ def rescue_commands(image_name: str, arch: str, oem: str, channel: str) -> list[
             f"rm -f {UPLOAD}"]
 
 
+# Overwriting a running system (Outscale): Flatcar's generic image, unpacked on a scratch volume, its
+# OEM partition given the build's Ignition config, then written over the VM's root disk.
+SCRATCH_MOUNT = "/mnt/flatcar-scratch"
+OEM_PARTITION = "OEM"  # the GPT partition name of Flatcar's OEM partition (mounted at /usr/share/oem)
+OEM_DIR = "/usr/share/oem"
+OEM_CONFIG = "config.ign"  # Ignition's config on the OEM partition, read at the first boot
+IGNITION_UPLOAD = "/tmp/build-ignition.json"  # where the overwrite's Ignition config is uploaded
+# The node's first boot after the bake: the metal platform with its Ignition config from the VM's user
+# data (image-builder's oem_id and ignition_config_url of build-osc-flatcar).
+METADATA_OEM_ID = "metal"
+METADATA_USER_DATA = "http://169.254.169.254/latest/user-data"
+
+
+def sha512_check(url: str, sha512: str) -> str:
+    """The command (in the download's directory) that checks the download against the sha512 the plan
+    resolved, or (planned --offline) against the image's SHA512 line in the DIGESTS file beside it."""
+    name = url.rsplit("/", 1)[-1]
+    if sha512:
+        return f"echo '{sha512}  {name}' | sha512sum -c -"
+    return (f"curl -fsSL --retry 5 '{url}{DIGESTS_SUFFIX}' "
+            f"| awk -v f='{name}' '$1 == \"#\" {{ s = ($2 == \"SHA512\") ; next }} s && $2 == f' | sha512sum -c -")
+
+
+def overwrite_commands(url: str, sha512: str, root_disk: str) -> list[str]:
+    """From the cloud's stock Linux VM (its default user, with sudo; one shell script): Flatcar's
+    generic image downloaded to the scratch volume (the VM's other disk) and checked, the build's
+    Ignition config (uploaded to IGNITION_UPLOAD) placed on its OEM partition, the image written
+    over `root_disk` and the VM rebooted into Flatcar at once (Packer expects the disconnect)."""
+    name = url.rsplit("/", 1)[-1]
+    image = f"{SCRATCH_MOUNT}/{name.removesuffix('.bz2')}"
+    oem = f"{SCRATCH_MOUNT}/oem"
+    return ["cloud-init status --wait >/dev/null || true",  # cloud-init's own apt runs first
+            "sudo apt-get update -qq",
+            "sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bzip2",
+            f"scratch=$(lsblk -dpno NAME,TYPE | awk -v root='{root_disk}' '$2 == \"disk\" && $1 != root {{ print $1; exit }}')",
+            'test -n "$scratch"',
+            'sudo mkfs.ext4 -q "$scratch"',
+            f"sudo mkdir -p {SCRATCH_MOUNT}",
+            f'sudo mount "$scratch" {SCRATCH_MOUNT}',
+            f"sudo chown \"$(id -u)\" {SCRATCH_MOUNT}",
+            f"curl -fsSL --retry 5 -o {SCRATCH_MOUNT}/{name} '{url}'",
+            f"(cd {SCRATCH_MOUNT} && {sha512_check(url, sha512)})",
+            f"bunzip2 {SCRATCH_MOUNT}/{name}",
+            f"loop=$(sudo losetup --find --show --partscan {image})",
+            "sudo udevadm settle",
+            f"oem=$(lsblk -lnpo NAME,PARTLABEL \"$loop\" | awk '$2 == \"{OEM_PARTITION}\" {{ print $1 }}')",
+            'test -n "$oem"',
+            f"mkdir -p {oem}",
+            f'sudo mount "$oem" {oem}',
+            f"sudo install -m 0600 {IGNITION_UPLOAD} {oem}/{OEM_CONFIG}",
+            f"sudo umount {oem}",
+            'sudo losetup --detach "$loop"',
+            f"rm -f {IGNITION_UPLOAD}",
+            # One root shell, in memory: nothing is read from the root disk once dd has begun.
+            f"sudo sh -c 'dd bs=1M if={image} of={root_disk} conv=fdatasync status=none && "
+            "echo 1 > /proc/sys/kernel/sysrq && echo b > /proc/sysrq-trigger'"]
+
+
+def metadata_ignition_commands() -> list[str]:
+    """In the booted Flatcar of an overwrite: the build's Ignition config off the OEM partition (it
+    holds the build key), and the node's first boot told to read its own from the VM's user data."""
+    append = f'\\"\\$linux_append ignition.config.url={METADATA_USER_DATA}\\"'  # grub's variable, not the shell's
+    return [f"sudo rm -f {OEM_DIR}/{OEM_CONFIG}",
+            f"printf '%s\\n' 'set oem_id=\"{METADATA_OEM_ID}\"' \"set linux_append={append}\" "
+            f"| sudo tee -a {OEM_DIR}/grub.cfg >/dev/null"]
+
+
 def build_ignition(build_user: str, public_key: str) -> dict:
     """The Ignition config (3.3.0) a Packer build boots Flatcar with: the build user, its key and sudo
     (Flatcar's sudo group), and no OS update or reboot while the image is being made."""
@@ -430,13 +497,17 @@ TEMPLATE_DIR = Path(__file__).parent / "flatcar_packer"
 SYSEXT_DIR = "sysext"  # in the cell's build directory
 
 
-def packer_context(cell, first: list[str], last: list[str]) -> dict:
+def packer_context(cell, first: list[str], last: list[str], install: dict | None = None) -> dict:
     """What a cloud's template_context returns for a Flatcar bake cell: the Flatcar build template
-    (the shared one with the upload), no roles, no cloud-init to wait for, these steps."""
+    (the shared one with the upload), no roles, no cloud-init to wait for, these steps. `install`:
+    the steps that make the machine Flatcar before the upload ({"ignition": the build's Ignition
+    config in the cell's directory, "commands": overwrite_commands}); Packer reconnects after them."""
     name = sysext_file_name(cell.kubernetes_version, cell.arch)
+    flatcar = {"source": f"{SYSEXT_DIR}/{name}", "destination": UPLOAD}
+    if install:
+        flatcar["install"] = {**install, "ignition_destination": IGNITION_UPLOAD}
     return {"build_template": BUILD_TEMPLATE, "provision_node": False, "wait_for_cloud_init": False,
-            "provision_first": first, "provision_last": last,
-            "flatcar": {"source": f"{SYSEXT_DIR}/{name}", "destination": UPLOAD}}
+            "provision_first": first, "provision_last": last, "flatcar": flatcar}
 
 
 def baked_by_packer(cell) -> bool:

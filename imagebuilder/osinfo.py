@@ -131,6 +131,8 @@ UBUNTU_2404_ISO = {"iso_url": f"{UBUNTU_RELEASES}/24.04.4/ubuntu-24.04.4-live-se
 ROCKY_9_ISO = {"iso_url": "https://dl.rockylinux.org/vault/rocky/9.4/isos/x86_64/Rocky-9.4-x86_64-minimal.iso",
                "iso_checksum": "sha256:ee3ac97fdffab58652421941599902012179c37535aece76824673105169c4a2"}
 
+# Outscale's Ubuntu 24.04 OMI (owner Outscale): Ubuntu's osc cells, and the system Flatcar's osc cell overwrites.
+OSC_UBUNTU_2404 = {"image_name": "Ubuntu-24.04-2025-07-07"}
 UBUNTU_2604_ISO = {"iso_url": f"{UBUNTU_RELEASES}/26.04.1/ubuntu-26.04.1-live-server-amd64.iso",
                    "iso_checksum": "sha256:cc8a95cde20f6ced61a322420de00f10cc3c90ced545daa46cb9c1a117f1d927"}
 # The installer ISOs image-builder's OVA builds use (packer/ova/<os>.json), with the vendor's sums.
@@ -157,7 +159,7 @@ FLATCAR_STABLE = BASE_MIRRORS["flatcar"]
 FLATCAR_ARCH = {"amd64": "amd64-usr", "arm64": "arm64-usr"}  # the release server's directories
 # Where Flatcar runs as a stock image with the sysext merged at boot (the default) and where it is
 # baked, the sysext in the image (imagebuilder/flatcar.py): the local outputs, from its qemu disk.
-FLATCAR_BAKED = ("qemu", "raw", "ova", "kubevirt", "vsphere", "proxmox", "hcloud", "nutanix")
+FLATCAR_BAKED = ("qemu", "raw", "ova", "kubevirt", "vsphere", "proxmox", "hcloud", "nutanix", "osc")
 # Installed from Flatcar's ISO (vSphere, Proxmox: installer.flatcar_installer) or from Hetzner's rescue
 # system with flatcar-install, each with the platform's OEM (Ignition's provider); the channel's current
 # release. The ISO's checksum: Packer reads the image's line in the DIGESTS file beside it.
@@ -279,7 +281,7 @@ OPERATING_SYSTEMS: dict[str, OsInfo] = {
                 "proxmox": {"amd64": UBUNTU_2404_ISO},
                 "hcloud": {"amd64": {"image": "ubuntu-24.04"}, "arm64": {"image": "ubuntu-24.04"}},
                 "oci": {"amd64": {"operating_system": "Canonical Ubuntu", "operating_system_version": "24.04"}},
-                "osc": {"amd64": {"image_name": "Ubuntu-24.04-2025-07-07"}},
+                "osc": {"amd64": OSC_UBUNTU_2404},
                 "scaleway": {"amd64": {"image": "ubuntu_noble"}, "arm64": {"image": "ubuntu_noble"}},
                 "digitalocean": {"amd64": {"image": "ubuntu-24-04-x64"}},
                 "vultr": {"amd64": {"os_id": "2284"}},
@@ -370,6 +372,10 @@ OPERATING_SYSTEMS: dict[str, OsInfo] = {
                 # Flatcar's OpenStack image reads Ignition from the config drive Nutanix gives the VM.
                 "nutanix": {"amd64": {"source": f"{FLATCAR_STABLE}/amd64-usr/current/"
                                                 "flatcar_production_openstack_image.img"}},
+                # Outscale's Ubuntu VM writes Flatcar's generic image over its own root disk (the VM's virtio
+                # disk) and reboots into it, as image-builder's build-osc-flatcar (imagebuilder/flatcar.py).
+                "osc": {"amd64": {**OSC_UBUNTU_2404, "root_disk": "/dev/vda",
+                                  "source": f"{FLATCAR_STABLE}/amd64-usr/current/flatcar_production_image.bin.bz2"}},
             },
             variant_images={"azure": {"gen1": {"amd64": {
                 "publisher": "kinvolk", "offer": "flatcar-container-linux-free", "sku": "stable"}}}},

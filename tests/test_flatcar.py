@@ -30,6 +30,7 @@ VERSION = "4230.2.3"
 IMAGE = "flatcar_production_qemu_image.img"
 ISO = "flatcar_production_iso_image.iso"
 OPENSTACK = "flatcar_production_openstack_image.img"
+GENERIC = "flatcar_production_image.bin.bz2"
 ROOT_START = 18432  # sectors: after a small EFI-SYSTEM partition, as on Flatcar's disk (where it is partition 9)
 
 
@@ -68,7 +69,7 @@ def served(tmp_path_factory: pytest.TempPathFactory):
         (release / IMAGE).write_bytes(disk.read_bytes())
         (release / (IMAGE + ".DIGESTS")).write_text(digests(disk))
         (release / "version.txt").write_text(f"FLATCAR_BUILD=4230\nFLATCAR_VERSION={VERSION}\n")
-        for other in (ISO, OPENSTACK):  # what the Packer builders install or import: only their sums matter here
+        for other in (ISO, OPENSTACK, GENERIC):  # what the Packer builders install or import: only their sums matter here
             (release / other).write_bytes(other.encode())
             (release / (other + ".DIGESTS")).write_text(digests(release / other))
     with serve_directory(root) as base_url:
