@@ -136,7 +136,8 @@ def _playbook(tmp_path: Path, tree: Path) -> subprocess.CompletedProcess[str]:
            "ANSIBLE_LOCAL_TEMP": str(tmp_path / "ansible-tmp"), "HOME": str(tmp_path)}
     return subprocess.run([str(Path(sys.executable).parent / "ansible-playbook"), "-i", "localhost,", "-c", "local",
                            str(tmp_path / "play.yml"), "-e", f"@{tmp_path / 'vars.json'}"],
-                          capture_output=True, text=True, env=env, timeout=300)
+                          capture_output=True, text=True, env=env, timeout=300,
+                          stdin=subprocess.DEVNULL)  # Ansible refuses a stdin an earlier test left non-blocking
 
 
 def _recap(output: str) -> dict[str, int]:

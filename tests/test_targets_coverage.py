@@ -14,7 +14,7 @@ from imagebuilder.config import PROJECT_ROOT
 
 # The image-builder targets the example provides today; raised as provider folders land (issue 20:
 # every Linux one).
-FLOOR = 186  # 60 before oci, osc, scaleway, do, nutanix, vultr, oxide, huaweicloud; 81 before Flatcar baked locally; 85 before azure gen1 and cvm; 92 before the local efi variants; 104 before the AlmaLinux, RHEL and Photon OS installs and RHEL's supplied images; 121 before vSphere and Proxmox efi; 132 before arm64 on AWS; 135 before the -cloudimg names; 141 before maas and the ova base and vmx flavours; 162 before powervs; 165 before Flatcar on vSphere, Proxmox, hcloud, Nutanix and arm64 AMIs; 173 before the Flatcar ova base and vmx flavours; 175 before maas arm64 and raw-rhel-9-efi; 178 before the immutable variant; 180 before Photon OS on the local outputs (its ISO installed)
+FLOOR = 187  # 60 before oci, osc, scaleway, do, nutanix, vultr, oxide, huaweicloud; 81 before Flatcar baked locally; 85 before azure gen1 and cvm; 92 before the local efi variants; 104 before the AlmaLinux, RHEL and Photon OS installs and RHEL's supplied images; 121 before vSphere and Proxmox efi; 132 before arm64 on AWS; 135 before the -cloudimg names; 141 before maas and the ova base and vmx flavours; 162 before powervs; 165 before Flatcar on vSphere, Proxmox, hcloud, Nutanix and arm64 AMIs; 173 before the Flatcar ova base and vmx flavours; 175 before maas arm64 and raw-rhel-9-efi; 178 before the immutable variant; 180 before Photon OS on the local outputs (its ISO installed); 186 before Flatcar on Outscale
 
 
 def _bench() -> ModuleType:
