@@ -152,8 +152,13 @@ def prepare(job: Job, files: dict[str, Path] | None = None) -> None:
     if installer.installs_locally(job.cell):
         # The build user's throw-away key and the installer's kickstart, as vSphere's (installer.py).
         installer.write_install_files(job.directory, job.cell.os_info, job.cell.cloud, [])
-        job.packer_args = ["-var", f"qemu_accelerator={accelerator_for(job, files)}"]
-        return
+    else:
+        _place_base(job, files)
+    job.packer_args = ["-var", f"qemu_accelerator={accelerator_for(job, files)}"]
+
+
+def _place_base(job: Job, files: dict[str, Path]) -> None:
+    """The base files linked into base/, a throw-away key and the NoCloud seed that lets the build user in."""
     base = job.directory / "base"
     base.mkdir(parents=True, exist_ok=True)
     for name, path in files.items():
@@ -164,7 +169,6 @@ def prepare(job: Job, files: dict[str, Path] | None = None) -> None:
     # The build user exists only while Packer runs: the template's shutdown removes it.
     qemu.write_seed_dir(base / "seed", str(registry.get(job.cell.cloud).ssh_user), [key.public], instance_id=f"build-{job.cell.id}",
                         extra_config=immutable.seed_config(job.cell))
-    job.packer_args = ["-var", f"qemu_accelerator={accelerator_for(job, files)}"]
 
 
 def qcow2_of(artifact: Artifact, job: Job) -> Path:

@@ -130,17 +130,20 @@ class CellBuild:
     def log(self) -> Path:
         return self.cell_dir / "build.log"
 
-    def command(self) -> list[str]:
+    def options(self) -> list[str]:
+        """`imagebuilder build`'s options besides the matrix."""
         # The host cannot reach 10.0.2.2, the name the Packer build VM has for the fixture mirror.
         unreachable_here = ["--skip-preflight"] if HOST_ALIAS[self.builder] != "127.0.0.1" else []
         # --offline: the base is the one base_ready built from the suites as they are (no InRelease pin)
-        return [sys.executable, "-m", "imagebuilder.cli", "build", "-m", str(self.matrix), "-o", str(self.build_dir),
-                "--offline", *unreachable_here]
+        return ["-o", str(self.build_dir), "--offline", *unreachable_here]
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "imagebuilder.cli", "build", "-m", str(self.matrix), *self.options()]
 
     def make(self, *targets: str) -> list[str]:
-        """`make build-<target>` as a user runs it, with the options command() gives (ARGS)."""
+        """`make build-<target>` as a user runs it, with the same options (ARGS)."""
         return ["make", "-C", str(REPO), *targets, f"MATRIX={self.matrix}", f"PYTHON={sys.executable}",
-                "ARGS=" + " ".join(self.command()[6:])]
+                "ARGS=" + " ".join(self.options())]
 
     def failure(self) -> str:
         out = (self.result.stdout[-2000:] + "\n" + self.result.stderr[-2000:]) if self.result else ""
